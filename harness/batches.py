@@ -1,0 +1,104 @@
+"""Mini-batches from in-memory uint8 tensors, augmented in whole batches on the training device.
+
+Per-image Python transforms cost more than the small networks of CIFAR-sized tables on a CPU; here a batch
+is cropped and flipped with a few tensor operations.  All randomness comes from a generator seeded by
+(seed, epoch), so an epoch's order and augmentation are the same after a resume and on any device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Batch:
+    """One mini-batch: a normalised view per peer (or one shared view), labels and dataset indices."""
+
+    views: list[torch.Tensor]
+    y: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.views[0]
+
+    def view(self, peer: int) -> torch.Tensor:
+        """The input of peer ``peer``: its own view when each peer has one, else the shared view."""
+        return self.views[peer % len(self.views)]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``padding``, take a random crop of the original size, flip half of the images."""
+    n, c, h, w = images.shape
+    out = images
+    if padding:
+        padded = F.pad(images, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+        batch = torch.arange(n, device=images.device)[:, None, None, None]
+        chans = torch.arange(c, device=images.device)[None, :, None, None]
+        out = padded[batch, chans, rows, cols]
+    if flip:
+        flipped = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        out = torch.where(flipped[:, None, None, None], out.flip(3), out)
+    return out
+
+
+class Normalize:
+    """uint8 images → float, scaled to [0, 1], standardised per channel, in the chosen memory format."""
+
+    def __init__(self, mean, std, device, channels_last: bool):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = (images.float() - self.mean) / self.std
+        return out.contiguous(memory_format=self.memory_format)
+
+
+class TrainBatches:
+    """Shuffled, augmented training batches; ``views`` independent augmentations of the same images."""
+
+    def __init__(self, x, y, batch_size: int, normalize: Normalize, seed: int,
+                 crop_padding: int = 0, flip: bool = False, views: int = 1):
+        self.x, self.y = x, y
+        self.batch_size, self.normalize, self.seed = batch_size, normalize, seed
+        self.crop_padding, self.flip, self.views = crop_padding, flip, views
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.y), self.batch_size)
+        return full + (rest > 1)  # a last batch of one image would break batch norm: it is dropped
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        generator = epoch_generator(self.seed, epoch)
+        order = torch.randperm(len(self.y), generator=generator)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start: start + self.batch_size]
+            if len(index) < 2:
+                break
+            device_index = index.to(self.x.device)
+            raw = self.x[device_index]
+            views = [
+                self.normalize(random_crop_flip(raw, self.crop_padding, self.flip, generator))
+                for _ in range(self.views)
+            ]
+            yield Batch(views=views, y=self.y[device_index], index=device_index)
+
+
+def eval_batches(x, y, batch_size: int, normalize: Normalize) -> Iterator[Batch]:
+    for start in range(0, len(y), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(y)), device=x.device)
+        yield Batch(views=[normalize(x[index])], y=y[index], index=index)

@@ -1,0 +1,58 @@
+"""A cell: one fully resolved training run (dataset, peer group, method and its hyper-parameters, recipe,
+seed) with a stable hash that names its result everywhere."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+HASH_FORMAT = 1  # bump only when the meaning of an unchanged config changes
+_NOT_HASHED = {"dataset": ("root", "download"), "recipe": ("source",)}  # where data lives, citations
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    hparams: dict
+    group: tuple[str, ...]
+    dataset: dict
+    recipe: dict
+    seed: int
+    label: str = ""  # the method's column name in the suite's table; cosmetic, not hashed
+    suite: str = field(default="", compare=False)
+
+    def identity(self) -> dict:
+        """What defines the result: every field that changes the numbers, and nothing else."""
+        ident = {
+            "format": HASH_FORMAT,
+            "method": self.method,
+            "hparams": self.hparams,
+            "group": list(self.group),
+            "dataset": self.dataset,
+            "recipe": self.recipe,
+            "seed": self.seed,
+        }
+        for section, keys in _NOT_HASHED.items():
+            ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
+        return ident
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def group_name(self) -> str:
+        return "+".join(self.group)
+
+    def describe(self) -> str:
+        return f"{self.label or self.method} {self.group_name} seed {self.seed}"
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["group"] = list(self.group)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Cell":
+        return cls(**{**data, "group": tuple(data["group"])})

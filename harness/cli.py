@@ -1,0 +1,123 @@
+"""The ``harness`` command: run, validate, report, list."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import harness  # noqa: F401  (torchvision shim first)
+
+DEFAULT_RESULTS = "results"
+DEFAULT_REPORTS = "reports"
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
+                   help=f"where results live (default: ./{DEFAULT_RESULTS}); shared storage on a cluster")
+    p.add_argument("--reports", default=DEFAULT_REPORTS, metavar="DIR",
+                   help=f"where reports are written (default: ./{DEFAULT_REPORTS})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train every unfinished cell of a suite on Ray, then write its report")
+    run.add_argument("suite")
+    _add_store_args(run)
+    run.add_argument("--address", default=None,
+                     help="join this Ray cluster (default: $RAY_ADDRESS, else start a local instance)")
+    run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    run.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance")
+    run.add_argument("--num-gpus", type=float, default=None, help="GPUs of the local Ray instance")
+    run.add_argument("--data-root", default=None, help="folder with the datasets (default: $HARNESS_DATA_ROOT)")
+    run.add_argument("--device", default="auto", help="auto (cuda when the trial has a GPU), cpu or cuda")
+    run.add_argument("--max-failures", type=int, default=0, help="Ray Tune retries of a failed trial")
+
+    validate = sub.add_parser("validate", help="check suite files and count their cells")
+    validate.add_argument("suites", nargs="+")
+
+    report = sub.add_parser("report", help="aggregate finished cells into Markdown and LaTeX tables")
+    report.add_argument("suite")
+    _add_store_args(report)
+
+    lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
+    lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
+    return parser
+
+
+def cmd_validate(args) -> int:
+    from harness.suite import SuiteError, load_suite
+
+    status = 0
+    for path in args.suites:
+        try:
+            suite = load_suite(path)
+        except SuiteError as e:
+            print(e, file=sys.stderr)
+            status = 2
+            continue
+        groups = {c.group_name for c in suite.cells}
+        print(f"{path}: ok, {len({c.hash for c in suite.cells})} cells ({len(groups)} groups × "
+              f"{len(suite.labels())} methods × {len(suite.spec.seeds)} seeds)")
+    return status
+
+
+def cmd_run(args) -> int:
+    from harness.datasets import load_dataset
+    from harness.engine import Runtime
+    from harness.report import write_report
+    from harness.runner import run_suite
+    from harness.store import ResultStore
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial
+    store = ResultStore(args.results)
+    runtime = Runtime(device=args.device, data_root=args.data_root)
+    summary = run_suite(suite, store, runtime, address=args.address, dashboard=not args.no_dashboard,
+                        num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures)
+    write_report(suite, store, args.reports)
+    if summary.interrupted:
+        print("interrupted: run the same command again to resume; finished cells are kept", file=sys.stderr)
+        return 130
+    if summary.failed:
+        print(f"{len(summary.failed)} cell(s) failed (recorded with their error, retried on the next run): "
+              + "; ".join(summary.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness.report import write_report
+    from harness.store import ResultStore
+    from harness.suite import load_suite
+
+    write_report(load_suite(args.suite), ResultStore(args.results), args.reports)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from harness.listing import listing
+
+    print(listing(args.what))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.datasets import DatasetError
+    from harness.registry import UnknownName
+    from harness.store import CorruptRecord
+    from harness.suite import SuiteError
+
+    args = build_parser().parse_args(argv)
+    command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "list": cmd_list}[args.command]
+    try:
+        return command(args)
+    except (SuiteError, DatasetError, UnknownName, CorruptRecord) as e:
+        print(f"error: {e}" if not isinstance(e, SuiteError) else str(e), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""``harness list``: what can be named in a suite, with the facts needed to choose."""
+from __future__ import annotations
+
+import sys
+
+from tabulate import tabulate
+
+from harness.datasets import DATASETS
+from harness.method import load_methods
+from harness.recipe import Recipe, load_presets, resolve_recipe
+
+HARNESS_MODEL_PREFIX = "cifar_"
+
+
+def list_methods() -> str:
+    rows = []
+    for name, cls in load_methods().items():
+        fields = cls.HParams.model_fields
+        hparams = ", ".join(f"{k}={f.default!r}" for k, f in fields.items()) or "(none)"
+        peers = f"{cls.min_peers}..{cls.max_peers or 'K'}"
+        doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
+        summary = doc.strip().splitlines()[0] if doc.strip() else ""
+        rows.append([name, peers, hparams, summary])
+    return tabulate(rows, headers=["method", "networks", "hyper-parameters (defaults)", "what it is"])
+
+
+def list_models() -> str:
+    import timm
+
+    import harness.models  # noqa: F401
+
+    rows = []
+    for name in timm.list_models(f"{HARNESS_MODEL_PREFIX}*"):
+        model = timm.create_model(name, num_classes=100)
+        cfg = model.pretrained_cfg
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        rows.append([name, "x".join(map(str, cfg["input_size"])), f"{params:.2f}"])
+    return tabulate(rows, headers=["model", "input", "params (M, 100 classes)"])
+
+
+def list_datasets() -> str:
+    rows = [[name, (fn.__doc__ or "").strip().splitlines()[0]] for name, fn in DATASETS.items()]
+    return tabulate(rows, headers=["dataset", "what it is"])
+
+
+def list_recipes() -> str:
+    presets = load_presets()
+    rows = []
+    for name in sorted(presets):
+        r = Recipe.model_validate(resolve_recipe(name, presets))
+        rows.append([name, r.epochs, r.batch_size, f"{r.optimizer.name} {r.optimizer.lr}", r.optimizer.weight_decay,
+                     f"{r.schedule.name} {r.schedule.milestones or ''}".strip(), r.source])
+    return tabulate(rows, headers=["recipe", "epochs", "batch", "optimizer", "wd", "schedule", "source"])
+
+
+SECTIONS = {"methods": list_methods, "models": list_models, "datasets": list_datasets, "recipes": list_recipes}
+
+
+def listing(what: str | None) -> str:
+    chosen = [what] if what else list(SECTIONS)
+    return "\n\n".join(f"== {name} ==\n{SECTIONS[name]()}" for name in chosen)

@@ -1,0 +1,154 @@
+"""The contract between the training engine and a distillation method.
+
+A method owns everything that differs between methods: which modules exist (peers, a shared trunk with
+branches, discriminators, fusion modules, a frozen teacher), which optimizers update them, how one training
+step runs (one joint update, peers one after the other, alternating adversarial updates), what state lives
+across epochs (per-sample memories, ensemble weights), and which outputs are evaluated.  The engine owns the
+loop, the data, the schedules, evaluation, checkpoints and reporting, and never asks which method it runs.
+
+Adding a method means adding one file under ``methods/`` that subclasses :class:`Method` and registers it
+with ``@register_method("name")``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterable
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from harness.batches import Batch
+from harness.registry import Registry
+
+
+class HParams(BaseModel):
+    """A method's hyper-parameters: typed, with the defaults the method's paper or official code uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the cell it trains."""
+
+    group: tuple[str, ...]
+    num_classes: int
+    in_chans: int
+    image_size: tuple[int, int]
+    num_train: int
+    epochs: int
+    steps_per_epoch: int
+    device: torch.device
+    create_model: Callable[[str], nn.Module]
+
+
+@dataclass
+class OptimGroup:
+    """Parameters updated by one optimizer; ``optimizer`` None means the recipe's optimizer and schedule."""
+
+    params: Iterable[nn.Parameter]
+    optimizer: dict | None = None
+    follow_schedule: bool = True
+
+
+@dataclass
+class Step:
+    """Where a training step sits: 0-based epoch, step within the epoch, and the run's length."""
+
+    epoch: int
+    step: int
+    epochs: int
+    steps_per_epoch: int
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in epochs (used by ramp-ups and warm-ups)."""
+        return self.epoch + self.step / max(self.steps_per_epoch, 1)
+
+
+class Method:
+    """K peers created by name from the cell's group, trained on the sum of the terms :meth:`losses` returns."""
+
+    name: ClassVar[str] = ""
+    HParams: ClassVar[type[HParams]] = HParams
+    views: ClassVar[str] = "shared"  # "per_peer": every peer gets its own random view of the batch's images
+    min_peers: ClassVar[int] = 1
+    max_peers: ClassVar[int | None] = None
+
+    def __init__(self, hp: HParams, ctx: MethodContext):
+        self.hp = hp
+        self.ctx = ctx
+        self.modules = self.build()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # filled by the engine from optim_groups()
+
+    # --- structure -------------------------------------------------------------------------------------
+    def build(self) -> nn.ModuleDict:
+        """Every trainable module of the method; ``peers`` holds the deployed networks."""
+        return nn.ModuleDict({"peers": nn.ModuleList(self.ctx.create_model(name) for name in self.ctx.group)})
+
+    @property
+    def peers(self) -> nn.ModuleList:
+        return self.modules["peers"]
+
+    def optim_groups(self) -> dict[str, OptimGroup]:
+        return {"peers": OptimGroup(self.modules.parameters())}
+
+    def deployed_parameters(self) -> int:
+        """Parameters of the networks that are kept after training (extra modules are reported apart)."""
+        return sum(p.numel() for p in self.peers.parameters())
+
+    # --- training --------------------------------------------------------------------------------------
+    def losses(self, batch: Batch, step: Step) -> dict[str, torch.Tensor]:
+        """Named scalar loss terms; the step minimises their sum."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Batch, step: Step) -> dict[str, torch.Tensor]:
+        """One joint update of every optimizer on the summed loss; override for other update orders."""
+        terms = self.losses(batch, step)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        torch.stack(list(terms.values())).sum().backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return {name: value.detach() for name, value in terms.items()}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for per-epoch state (ramp-ups, weights recomputed on a validation split)."""
+
+    # --- evaluation ------------------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every evaluated output: ``net1..netK`` for the peers, other names for extra outputs."""
+        return {f"net{i + 1}": peer(x) for i, peer in enumerate(self.peers)}
+
+    def peer_outputs(self) -> list[str]:
+        """Outputs averaged (as probabilities) into the ensemble ``ens``."""
+        return [f"net{i + 1}" for i in range(len(self.ctx.group))]
+
+    # --- state beyond modules and optimizers -----------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+def load_methods() -> Registry[type[Method]]:
+    """Import the ``methods`` package (each module registers itself) and return the registry."""
+    import methods  # noqa: F401
+
+    return METHODS

@@ -1,0 +1,39 @@
+"""The papers' own numbers (copied from ../shared/paper_tables), looked up for the cells of a suite."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+TABLES_DIR = Path(__file__).with_name("data") / "paper_tables"
+PAPER_TABLES = sorted(p.stem for p in TABLES_DIR.glob("*.yaml"))
+
+
+@lru_cache(maxsize=None)
+def load_paper_table(name: str) -> dict:
+    with open(TABLES_DIR / f"{name}.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def paper_net_name(model: str, nets: dict[str, str]) -> str:
+    """Our timm name → the table's name: an explicit mapping, else the name without its 'cifar_' prefix."""
+    return nets.get(model, model.removeprefix("cifar_"))
+
+
+def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str] | None = None,
+                methods: dict[str, str] | None = None):
+    """The paper's number for (group, method label, value key), or None where the table has none.
+
+    A row trained alone ("net", e.g. the Ind rows) stands for every peer of a group of copies of that network.
+    """
+    names = [paper_net_name(m, nets or {}) for m in group]
+    wanted = (methods or {}).get(method, method)
+    for row in table["rows"]:
+        if row.get("method") != wanted:
+            continue
+        if row["nets"] == names and row.get(value) is not None:
+            return row[value]
+        if "net" in row and row["nets"] * len(names) == names and (value == "avg" or value.startswith("net")):
+            return row["net"]
+    return None

@@ -1,0 +1,124 @@
+"""Training recipes: typed specs, named presets resolved by inheritance, and the learning-rate schedule."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+from harness.registry import did_you_mean
+
+PRESETS_FILE = Path(__file__).with_name("recipes.yaml")
+
+
+class Strict(BaseModel):
+    """A config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerSpec(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: PositiveFloat
+    momentum: NonNegativeFloat = 0.9
+    nesterov: bool = False
+    weight_decay: NonNegativeFloat = 5e-4
+
+
+class ScheduleSpec(Strict):
+    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[PositiveInt] = []
+    gamma: PositiveFloat = 0.1
+
+
+class AugmentSpec(Strict):
+    crop_padding: NonNegativeInt = 4
+    flip: bool = True
+
+
+class Recipe(Strict):
+    """Everything that defines how a cell is trained (and so enters its hash), except the method."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: OptimizerSpec
+    schedule: ScheduleSpec = ScheduleSpec()
+    warmup_epochs: NonNegativeInt = 0
+    augment: AugmentSpec = AugmentSpec()
+    source: str = ""  # where the numbers come from (paper section, official script); not hashed
+
+
+def load_presets() -> dict[str, dict]:
+    with open(PRESETS_FILE) as f:
+        return yaml.safe_load(f)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_recipe(spec, presets: dict[str, dict], path: str = "recipe") -> dict:
+    """A preset name, or a mapping with an optional ``base`` preset and overrides → one plain mapping.
+
+    Raises ``KeyError`` with a one-line message naming the key path when a preset does not exist.
+    """
+    seen = []
+    if isinstance(spec, str):
+        spec = {"base": spec}
+    if not isinstance(spec, dict):
+        raise KeyError(f"{path}: expected a preset name or a mapping, got {spec!r}")
+    resolved = dict(spec)
+    while "base" in resolved:
+        name = resolved.pop("base")
+        if name in seen:
+            raise KeyError(f"{path}.base: presets inherit from each other in a loop: {' -> '.join(seen + [name])}")
+        if name not in presets:
+            raise KeyError(
+                f"{path}.base: unknown recipe {name!r}{did_you_mean(name, presets)}; valid: {', '.join(sorted(presets))}"
+            )
+        seen.append(name)
+        resolved = deep_merge(presets[name], resolved)
+    return resolved
+
+
+def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the initial learning rate at global step ``step`` (0-based).
+
+    Warm-up rises linearly per step to 1 at the end of ``warmup_epochs``; multistep decays apply from the
+    first step of each milestone epoch (as torch's per-epoch MultiStepLR); cosine decays per step.
+    """
+    epoch = step // steps_per_epoch
+    warmup_steps = recipe.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    schedule = recipe.schedule
+    if schedule.name == "multistep":
+        return schedule.gamma ** sum(epoch >= m for m in schedule.milestones)
+    if schedule.name == "cosine":
+        span = max((recipe.epochs - recipe.warmup_epochs) * steps_per_epoch, 1)
+        return 0.5 * (1 + math.cos(math.pi * min((step - warmup_steps) / span, 1.0)))
+    return 1.0
+
+
+def build_optimizer(spec: OptimizerSpec, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
+                               weight_decay=spec.weight_decay)
+    optimizer = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+    return optimizer(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A LambdaLR stepped once per training step, following :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(recipe, step, steps_per_epoch))

@@ -1,0 +1,198 @@
+"""``harness report``: aggregate finished cells over seeds into the suite's table layout, beside the paper.
+
+Writes ``<suite>.md`` (Markdown), ``<suite>.tex`` (LaTeX, booktabs) and ``<suite>.csv`` (one row per trial
+and value: the hash, seed, code version and hardware behind every aggregated number).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader
+from tabulate import tabulate
+
+from harness.paper_tables import load_paper_table, paper_value
+from harness.store import ResultStore
+from harness.suite import Suite
+
+TEMPLATES = Path(__file__).with_name("templates")
+MISSING = "—"
+
+
+@dataclass
+class Entry:
+    """One table cell: our aggregate over ``n`` seeds, and the paper's number where the suite names one."""
+
+    ours: float | None
+    n: int
+    paper: float | None = None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.ours is None or self.paper is None else self.ours - self.paper
+
+    def text(self, with_paper: bool) -> str:
+        ours = MISSING if self.ours is None else f"{self.ours:.2f}"
+        if not with_paper:
+            return ours
+        paper = MISSING if self.paper is None else f"{self.paper:.2f}"
+        delta = "" if self.delta is None else f", {self.delta:+.2f}"
+        return f"{ours} ({paper}{delta})"
+
+
+@dataclass
+class Table:
+    title: str
+    row_keys: list[str]
+    column_keys: list[str]
+    rows: list[tuple]
+    columns: list[tuple]
+    entries: dict[tuple[tuple, tuple], Entry]
+    with_paper: bool
+    trials: pd.DataFrame
+
+    def header(self) -> list[str]:
+        return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
+
+    def body(self) -> list[list[str]]:
+        return [[" / ".join(map(str, r))] + [self.entries[(r, c)].text(self.with_paper) for c in self.columns]
+                for r in self.rows]
+
+    def n_range(self) -> tuple[int, int]:
+        ns = [e.n for e in self.entries.values()]
+        return min(ns), max(ns)
+
+
+def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
+    """One row per (finished cell, output) with last- and best-epoch accuracy and its provenance."""
+    metric, epoch = suite.spec.evaluation.metric, suite.spec.evaluation.epoch
+    rows = []
+    records = store.records(suite.cells)
+    for cell in suite.cells:
+        record = records.get(cell.hash)
+        if record is None or record.get("status") != "ok":
+            continue
+        for value, numbers in record[epoch].items():
+            rows.append({
+                "dataset": cell.dataset["name"], "group": cell.group_name, "method": cell.label,
+                "value": value, "seed": cell.seed, metric: numbers[metric], "epoch": epoch,
+                "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),
+                "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
+                "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
+                "torch": record.get("packages", {}).get("torch"),
+            })
+    columns = ["dataset", "group", "method", "value", "seed", metric, "epoch", "hash", "trial", "epochs_run",
+               "git_sha", "dirty", "device", "torch"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def build_table(suite: Suite, store: ResultStore) -> Table:
+    spec = suite.spec
+    metric, how = spec.evaluation.metric, spec.evaluation.aggregate
+    trials = trial_frame(suite, store)
+    keys = ["dataset", "group", "method", "value"]
+    grouped = trials.groupby(keys)[metric]
+    stats = grouped.size() if how == "n" else grouped.agg(how)
+    counts = grouped.size()
+    axis_values = {
+        "dataset": [spec.dataset.name],
+        "group": list(dict.fromkeys(c.group_name for c in suite.cells)),
+        "method": suite.labels(),
+        "value": spec.table.values,
+    }
+    paper = load_paper_table(spec.paper_table.name) if spec.paper_table else None
+    groups = {c.group_name: c.group for c in suite.cells}
+    rows = list(itertools.product(*(axis_values[k] for k in spec.table.rows)))
+    columns = list(itertools.product(*(axis_values[k] for k in spec.table.columns)))
+    entries = {}
+    for r, c in itertools.product(rows, columns):
+        where = {**dict(zip(spec.table.rows, r)), **dict(zip(spec.table.columns, c))}
+        where.setdefault("dataset", spec.dataset.name)
+        key = tuple(where[k] for k in keys)
+        entry = Entry(float(stats[key]) if key in stats.index else None, int(counts.get(key, 0)))
+        if paper is not None:
+            ref = spec.paper_table
+            entry.paper = paper_value(paper, groups[where["group"]], where["method"], where["value"],
+                                      ref.nets, ref.methods)
+        entries[(r, c)] = entry
+    title = spec.title or spec.name
+    return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials)
+
+
+def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
+    """What the footer says about the numbers: code, packages, hardware, recipe, epochs actually run."""
+    records = [r for r in store.records(suite.cells).values() if r.get("status") == "ok"]
+    codes = sorted({f"{r['code'].get('git_sha') or 'unknown'}{' (dirty)' if r['code'].get('dirty') else ''}"
+                    for r in records if r.get("code")})
+    packages = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.get("packages", {}).items()))
+                       for r in records})
+    hardware = sorted({f"{h.get('gpu') or h.get('cpu')} ({h.get('device')}, {h.get('torch_threads')} threads)"
+                       for r in records if (h := r.get("hardware"))})
+    epochs = sorted({r.get("epochs") for r in records})
+    recipe = suite.cells[0].recipe
+    opt, sched = recipe["optimizer"], recipe["schedule"]
+    recipe_text = (f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, {opt['name']} lr {opt['lr']} "
+                   f"(momentum {opt['momentum']}, nesterov {opt['nesterov']}, wd {opt['weight_decay']}), "
+                   f"{sched['name']} schedule"
+                   + (f" at {sched['milestones']} ×{sched['gamma']}" if sched["name"] == "multistep" else "")
+                   + (f", {recipe['warmup_epochs']} warm-up epochs" if recipe["warmup_epochs"] else "")
+                   + f", crop pad {recipe['augment']['crop_padding']}, flip {recipe['augment']['flip']}")
+    n_min, n_max = table.n_range()
+    return {"code": codes, "packages": packages, "hardware": hardware, "epochs": epochs, "recipe": recipe_text,
+            "source": recipe.get("source", ""), "n_min": n_min, "n_max": n_max, "records": len(records),
+            "cells": len({c.hash for c in suite.cells}), "results": str(store.root)}
+
+
+def _latex_escape(text) -> str:
+    out = str(text)
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                       ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("—", "--"), ("Δ", r"$\Delta$"),
+                       ("×", r"$\times$")):
+        out = out.replace(char, repl)
+    return out
+
+
+def _latex_header_rows(table: Table) -> list[list[tuple[str, int]]]:
+    """Column header rows as (text, span) pairs: the outer keys span the inner ones (\\multicolumn)."""
+    header = []
+    for level in range(len(table.column_keys)):
+        row: list[tuple[str, int]] = []
+        for col in table.columns:
+            label = str(col[level])
+            prefix = col[:level + 1]
+            if row and row[-1][2] == prefix:
+                row[-1] = (row[-1][0], row[-1][1] + 1, prefix)
+            else:
+                row.append((label, 1, prefix))
+        header.append([(text, span) for text, span, _ in row])
+    return header
+
+
+def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
+                      keep_trailing_newline=True)
+    env.filters["tex"] = _latex_escape
+    context = {
+        "table": table, "suite": suite.spec, "prov": provenance(suite, store, table),
+        "markdown_table": tabulate(table.body(), headers=table.header(), tablefmt="pipe",
+                                   colalign=["left"] + ["right"] * len(table.columns)),
+        "latex_header": _latex_header_rows(table), "missing": MISSING,
+    }
+    return {ext: env.get_template(f"report.{ext}.j2").render(**context) for ext in ("md", "tex")}
+
+
+def write_report(suite: Suite, store: ResultStore, out_dir: str | Path, log=print) -> dict[str, Path]:
+    table = build_table(suite, store)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for ext, text in render(table, suite, store).items():
+        paths[ext] = out_dir / f"{suite.name}.{ext}"
+        paths[ext].write_text(text)
+    paths["csv"] = out_dir / f"{suite.name}.csv"
+    table.trials.to_csv(paths["csv"], index=False)
+    log(tabulate(table.body(), headers=table.header(), tablefmt="simple"))
+    log(f"report: {', '.join(str(p) for p in paths.values())}")
+    return paths

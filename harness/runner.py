@@ -1,0 +1,139 @@
+"""``harness run``: every unfinished cell of a suite becomes one Ray Tune trial with the suite's resources."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import asdict, dataclass
+
+from harness.cell import Cell
+from harness.engine import Runtime
+from harness.provenance import code_version
+from harness.store import ResultStore
+from harness.suite import Suite
+
+RAY_ENV = {"HF_HUB_OFFLINE": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+
+
+@dataclass
+class RunSummary:
+    total: int
+    skipped: int
+    ran: int
+    failed: list[str]
+    interrupted: bool = False
+
+
+def trial_dirname(cell: Cell) -> str:
+    """Readable and unique: the hash (used to find the cell's checkpoints again) plus what it is."""
+    readable = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{cell.label or cell.method}_{cell.group_name}_s{cell.seed}")
+    return f"{cell.hash}_{readable}"[:120]
+
+
+def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_gpus: float | None, log) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray instance."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(
+        runtime_env={"worker_process_setup_hook": "harness._compat.install", "env_vars": RAY_ENV},
+        logging_level="WARNING",
+        log_to_driver=True,
+        configure_logging=True,
+    )
+    if address:
+        context = ray.init(address=address, **kwargs)
+    else:
+        context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", **kwargs)
+    resources = ray.cluster_resources()
+    where = f"cluster at {address}" if address else "local Ray instance"
+    log(f"{where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+    if getattr(context, "dashboard_url", None):
+        log(f"Ray dashboard: http://{context.dashboard_url}")
+
+
+def _progress_callback(total: int, store: ResultStore, log):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per reported epoch and per finished or failed trial, with the overall counts."""
+
+        def _counts(self, trials) -> str:
+            status = [t.status for t in trials]
+            return (f"[{status.count('TERMINATED')}/{total} done, {status.count('RUNNING')} running, "
+                    f"{status.count('ERROR')} failed]")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            cell = Cell.from_dict(trial.config["cell"])
+            peers = [k.split("/", 1)[1] for k in result if k.startswith("top1/") and k[5:8] == "net"]
+            accs = " ".join(f"{p} {result[f'top1/{p}']:.2f}" for p in peers)
+            log(f"{self._counts(trials)} {cell.describe()} epoch {result['epoch']}/{cell.recipe['epochs']}: "
+                f"{accs} ens {result['top1/ens']:.2f} ({result['images_per_s']:.0f} img/s)")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            log(f"{self._counts(trials)} finished {Cell.from_dict(trial.config['cell']).describe()}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            cell = Cell.from_dict(trial.config["cell"])
+            record = store.get(cell.hash)
+            if record is None:  # the worker died before it could write its own failure record
+                store.put({"hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(),
+                           "seed": cell.seed, "status": "failed",
+                           "error": f"trial {trial.trial_id} ended with an error before recording it"})
+                record = store.get(cell.hash)
+            log(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
+
+    return Progress()
+
+
+def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), address: str | None = None,
+              dashboard: bool = True, num_cpus: float | None = None, num_gpus: float | None = None,
+              max_failures: int = 0, log=print) -> RunSummary:
+    """Run the suite's unfinished cells; finished cells (in ``store``) are skipped, failed ones retried."""
+    cells = list({c.hash: c for c in suite.cells}.values())
+    pending = [c for c in cells if not store.is_finished(c)]
+    log(f"{suite.name}: {len(cells)} cells, {len(cells) - len(pending)} finished already, {len(pending)} to run "
+        f"(results in {store.root})")
+    if not pending:
+        return RunSummary(len(cells), len(cells), 0, [])
+
+    from ray import tune
+
+    from harness.trainable import train_cell
+
+    init_ray(address, dashboard, num_cpus, num_gpus, log)
+    resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tuner = tune.Tuner(
+        tune.with_resources(train_cell, resources),
+        param_space={
+            "cell": tune.grid_search([c.to_dict() for c in pending]),
+            "runtime": asdict(runtime),
+            "results": str(store.root),
+            "code": code_version(),
+        },
+        tune_config=tune.TuneConfig(
+            trial_dirname_creator=lambda trial: trial_dirname(Cell.from_dict(trial.config["cell"])),
+        ),
+        run_config=tune.RunConfig(
+            name=f"{suite.name}-{stamp}",
+            storage_path=str(store.ray_dir),
+            verbose=0,
+            callbacks=[_progress_callback(len(pending), store, log)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    failed = [c.describe() for c in pending if not store.is_finished(c)]
+    return RunSummary(len(cells), len(cells) - len(pending), len(pending), failed, interrupted)

@@ -1,0 +1,281 @@
+"""Suite files: YAML that names a grid of (dataset, peer group, method, seed) cells, validated all at once.
+
+Every mistake is reported on one line: the file, the key path, the bad value and what would be valid.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator
+
+from harness.cell import Cell
+from harness.datasets import DATASETS
+from harness.method import load_methods
+from harness.paper_tables import PAPER_TABLES
+from harness.recipe import Recipe, Strict, load_presets, resolve_recipe
+from harness.registry import did_you_mean
+
+AGGREGATES = ("median", "mean", "std", "min", "max", "n")
+VALUE_KEYS_FIXED = ("avg", "ens")
+
+
+class SuiteError(ValueError):
+    """All problems of a suite file, one per line."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class DatasetSpec(Strict):
+    name: str
+    root: str | None = None
+    download: bool = False
+    train_per_class: PositiveInt | None = None
+    test_per_class: PositiveInt | None = None
+
+
+class Resources(Strict):
+    cpu: PositiveFloat = 1
+    gpu: NonNegativeFloat = 0
+
+
+class Evaluation(Strict):
+    epoch: Literal["last", "best"] = "last"
+    aggregate: Literal["median", "mean", "std", "min", "max", "n"] = "median"
+    metric: Literal["top1", "top5"] = "top1"
+
+
+class Layout(Strict):
+    rows: list[Literal["group", "method", "dataset"]] = ["group"]
+    columns: list[Literal["group", "method", "dataset", "value"]] = ["method", "value"]
+    values: list[str] = ["net1", "net2", "avg", "ens"]
+
+    @field_validator("values")
+    @classmethod
+    def _known_values(cls, values):
+        for v in values:
+            if v not in VALUE_KEYS_FIXED and not (v.startswith("net") and v[3:].isdigit()):
+                raise ValueError(f"unknown value {v!r}; valid: net1..netK, avg, ens")
+        return values
+
+
+class PaperTableRef(Strict):
+    name: str
+    nets: dict[str, str] = {}  # our model name -> the paper table's network name
+    methods: dict[str, str] = {}  # our method label -> the paper table's method name
+
+    @field_validator("name")
+    @classmethod
+    def _known_table(cls, name):
+        if name not in PAPER_TABLES:
+            raise ValueError(f"unknown paper table {name!r}{did_you_mean(name, PAPER_TABLES)}")
+        return name
+
+
+class SuiteSpec(Strict):
+    name: str
+    title: str = ""
+    description: str = ""
+    dataset: DatasetSpec
+    groups: list[list[str]]
+    methods: list
+    seeds: list[int]
+    recipe: dict
+    recipes: dict[str, dict] = {}
+    resources: Resources = Resources()
+    evaluation: Evaluation = Evaluation()
+    table: Layout = Layout()
+    paper_table: PaperTableRef | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name):
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"{name!r} must use only letters, digits, '_' and '-' (it names files)")
+        return name
+
+    @field_validator("groups", "seeds", "methods")
+    @classmethod
+    def _non_empty(cls, value):
+        if not value:
+            raise ValueError("must list at least one entry")
+        return value
+
+
+class Suite:
+    """A validated suite: its spec, where it came from, and the cells it expands to."""
+
+    def __init__(self, spec: SuiteSpec, path: Path, cells: list[Cell]):
+        self.spec, self.path, self.cells = spec, path, cells
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(c.label for c in self.cells))
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _path_str(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _unknown_keys(data, model: type[BaseModel], path: str, errors: list[str]):
+    """Report unknown keys (with a did-you-mean and the valid keys) and return ``data`` without them, so
+    that validation of the rest still runs and every other mistake is reported in the same pass."""
+    if not isinstance(data, dict):
+        return data
+    fields = model.model_fields
+    clean = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            errors.append(f"{where}: unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
+            continue
+        annotation = fields[key].annotation
+        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                value = _unknown_keys(value, candidate, where, errors)
+        clean[key] = value
+    return clean
+
+
+def _pydantic_lines(error: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for e in error.errors():
+        if e["type"] == "extra_forbidden":
+            continue  # reported by _unknown_keys with its did-you-mean
+        where = _path_str(((prefix,) if prefix else ()) + tuple(e["loc"]))
+        message = e["msg"].removeprefix("Value error, ")
+        shown = e.get("input")
+        got = "" if e["type"] == "missing" or isinstance(shown, dict) else f", got {shown!r}"
+        lines.append(f"{where}: {message}{got}")
+    return lines
+
+
+def _expand_hparam_grid(hparams: dict) -> list[dict]:
+    """``{key: {grid: [a, b]}}`` values expand into one entry per combination."""
+    axes = {k: v["grid"] for k, v in hparams.items() if isinstance(v, dict) and set(v) == {"grid"}}
+    if not axes:
+        return [hparams]
+    out = []
+    for combo in itertools.product(*axes.values()):
+        out.append({**hparams, **dict(zip(axes, combo))})
+    return out
+
+
+def _method_entries(raw_methods, errors: list[str]) -> list[tuple[str, str, dict]]:
+    """(label, method name, validated full hyper-parameters) for each method entry and grid point."""
+    registry = load_methods()
+    entries = []
+    for i, entry in enumerate(raw_methods):
+        where = f"methods[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            errors.append(f"{where}: expected a method name or a mapping with 'name', got {entry!r}")
+            continue
+        entry = dict(entry)
+        name, label = entry.pop("name"), entry.pop("label", None)
+        if name not in registry:
+            errors.append(f"{where}.name: {registry.unknown_message(name)}")
+            continue
+        method_cls = registry.get(name)
+        grid = _expand_hparam_grid(entry)
+        for hparams in grid:
+            hparams = _unknown_keys(hparams, method_cls.HParams, where, errors)
+            try:
+                full = method_cls.HParams.model_validate(hparams).model_dump(mode="json")
+            except ValidationError as e:
+                errors.extend(_pydantic_lines(e, where))
+                continue
+            point = label or name
+            if len(grid) > 1:
+                swept = ",".join(f"{k}={hparams[k]}" for k in hparams if isinstance(entry[k], dict))
+                point = f"{point}[{swept}]"
+            entries.append((point, name, full))
+    labels = [label for label, _, _ in entries]
+    for label in sorted({l for l in labels if labels.count(l) > 1}):
+        errors.append(f"methods: label {label!r} is used twice; give one entry a distinct 'label'")
+    return entries
+
+
+def _check_groups(groups, methods, errors: list[str]) -> None:
+    import timm
+
+    import harness.models  # noqa: F401
+
+    registry = load_methods()
+    known = None
+    for i, group in enumerate(groups):
+        for j, model in enumerate(group):
+            if not timm.is_model(model):
+                known = known or timm.list_models()
+                errors.append(f"groups[{i}][{j}]: unknown model {model!r}{did_you_mean(model, known)}; "
+                              "'harness list models' shows the registered ones")
+        for label, name, _ in methods:
+            cls = registry.get(name)
+            if len(group) < cls.min_peers or (cls.max_peers and len(group) > cls.max_peers):
+                limit = f"{cls.min_peers}..{cls.max_peers or 'any'}"
+                errors.append(f"groups[{i}]: method {label!r} takes {limit} networks, the group has {len(group)}")
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Parse, validate and expand a suite file; raises :class:`SuiteError` listing every problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SuiteError([f"{path}: no such suite file"]) from None
+    except yaml.YAMLError as e:
+        raise SuiteError([f"{path}: not valid YAML: {' '.join(str(e).split())}"]) from None
+    if not isinstance(raw, dict):
+        raise SuiteError([f"{path}: a suite must be a mapping of keys, got {type(raw).__name__}"])
+    raw = dict(raw)
+    if isinstance(raw.get("dataset"), str):
+        raw["dataset"] = {"name": raw["dataset"]}
+    errors: list[str] = []
+
+    presets = {**load_presets(), **(raw.get("recipes") or {})}
+    recipe = None
+    if "recipe" in raw:
+        try:
+            raw["recipe"] = resolve_recipe(raw["recipe"], presets)
+            raw["recipe"] = _unknown_keys(raw["recipe"], Recipe, "recipe", errors)
+            recipe = Recipe.model_validate(raw["recipe"])
+        except KeyError as e:
+            errors.append(str(e.args[0]))
+            raw["recipe"] = {}
+        except ValidationError as e:
+            errors.extend(_pydantic_lines(e, "recipe"))
+
+    raw = _unknown_keys(raw, SuiteSpec, "", errors)
+    spec = None
+    try:
+        spec = SuiteSpec.model_validate(raw)
+    except ValidationError as e:
+        errors.extend(_pydantic_lines(e))
+
+    cells: list[Cell] = []
+    if spec is not None:
+        if spec.dataset.name not in DATASETS:
+            errors.append(f"dataset.name: {DATASETS.unknown_message(spec.dataset.name)}")
+        methods = _method_entries(spec.methods, errors)
+        _check_groups(spec.groups, methods, errors)
+        if recipe is not None and not errors:
+            dataset = spec.dataset.model_dump(mode="json", exclude_none=True)
+            recipe_dict = recipe.model_dump(mode="json")
+            for group, (label, name, hparams), seed in itertools.product(spec.groups, methods, spec.seeds):
+                cells.append(Cell(method=name, hparams=hparams, group=tuple(group), dataset=dataset,
+                                  recipe=recipe_dict, seed=seed, label=label, suite=spec.name))
+    if errors:
+        raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])
+    return Suite(spec, path, cells)

@@ -1,0 +1,14 @@
+"""Ind: every peer trained alone with cross-entropy (the baseline row of every table)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from harness.method import Method, register_method
+
+
+@register_method("ind")
+class Independent(Method):
+    """Each network of the group learns only from the labels; the group's ensemble is still evaluated."""
+
+    def losses(self, batch, step):
+        return {f"ce/net{k + 1}": F.cross_entropy(peer(batch.view(k)), batch.y) for k, peer in enumerate(self.peers)}

@@ -1,0 +1,50 @@
+"""Test doubles shared by method tests."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.batches import Batch
+from harness.method import MethodContext
+
+
+class FixedLogits(nn.Module):
+    """A 'network' whose logits for a batch are its own parameter: losses become exact functions of it."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(torch.as_tensor(logits, dtype=torch.float64).clone())
+
+    def forward(self, x):
+        return self.logits
+
+
+def fixed_context(logits_per_peer, num_classes: int) -> MethodContext:
+    queue = [FixedLogits(z) for z in logits_per_peer]
+    return MethodContext(
+        group=tuple(f"fixed{i}" for i in range(len(queue))), num_classes=num_classes, in_chans=1,
+        image_size=(1, 1), num_train=len(logits_per_peer[0]), epochs=1, steps_per_epoch=1,
+        device=torch.device("cpu"), create_model=lambda name: queue.pop(0),
+    )
+
+
+def fixed_batch(y) -> Batch:
+    y = torch.as_tensor(y)
+    return Batch(views=[torch.zeros(len(y), 1)], y=y, index=torch.arange(len(y)))
+
+
+def np_softmax(z, t=1.0):
+    e = np.exp(np.asarray(z, dtype=np.float64) / t - np.max(np.asarray(z) / t, axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def np_ce(z, y):
+    p = np_softmax(z)
+    return float(np.mean(-np.log(p[np.arange(len(y)), y])))
+
+
+def np_kl(target_logits, student_logits, t):
+    """KL(softmax(target/t) || softmax(student/t)), mean over the batch, by the textbook formula."""
+    p, q = np_softmax(target_logits, t), np_softmax(student_logits, t)
+    return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))

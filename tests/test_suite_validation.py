@@ -1,0 +1,114 @@
+"""Each kind of mistake in a suite file gives one line naming the file, the key path and what is valid."""
+import pytest
+
+from harness.suite import SuiteError, load_suite
+from tests.conftest import tiny_suite_dict
+
+
+def errors_of(write_suite, suite) -> list[str]:
+    path = write_suite(suite)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    lines = info.value.lines
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert all("\n" not in line for line in lines)
+    return lines
+
+
+def test_valid_suite_expands(write_suite):
+    suite = load_suite(write_suite(tiny_suite_dict()))
+    assert len(suite.cells) == 4
+    assert suite.labels() == ["ind", "dml"]
+
+
+def test_unknown_top_level_key_suggests(write_suite):
+    bad = tiny_suite_dict()
+    bad["seed"] = bad.pop("seeds")
+    lines = errors_of(write_suite, bad)
+    assert any("seed: unknown key (did you mean 'seeds'?)" in l for l in lines)
+    assert any("seeds: Field required" in l for l in lines)
+
+
+def test_unknown_nested_key(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(evaluation={"epochs": "last"}))
+    assert lines == [lines[0]]
+    assert "evaluation.epochs: unknown key (did you mean 'epoch'?); valid keys: epoch, aggregate, metric" in lines[0]
+
+
+def test_unknown_method_name(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(methods=["ind", "dmll"]))
+    assert len(lines) == 1 and "methods[1].name: unknown method 'dmll' (did you mean 'dml'?); valid:" in lines[0]
+
+
+def test_unknown_method_hparam(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(methods=[{"name": "dml", "temprature": 3}]))
+    assert "methods[0].temprature: unknown key (did you mean 'temperature'?)" in lines[0]
+
+
+def test_bad_hparam_value(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(methods=[{"name": "dml", "update": "alternate"}]))
+    assert "methods[0].update:" in lines[0] and "'joint' or 'sequential'" in lines[0] and "'alternate'" in lines[0]
+
+
+def test_unknown_model(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(groups=[["cifar_resnet8", "cifar_resnet33"]]))
+    assert "groups[0][1]: unknown model 'cifar_resnet33' (did you mean" in lines[0]
+
+
+def test_unknown_dataset(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(dataset={"name": "fashion_mnsit"}))
+    assert "dataset.name: unknown dataset 'fashion_mnsit' (did you mean 'fashion_mnist'?)" in lines[0]
+
+
+def test_unknown_recipe_preset(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(recipe="tsb_cifra"))
+    assert "recipe.base: unknown recipe 'tsb_cifra' (did you mean 'tsb_cifar'?)" in lines[0]
+
+
+def test_bad_recipe_value(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(recipe={"base": "tsb_cifar", "optimizer": {"lr": "fast"}}))
+    assert len(lines) == 1 and "recipe.optimizer.lr:" in lines[0] and "'fast'" in lines[0]
+
+
+def test_bad_literal_lists_valid_values(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(evaluation={"aggregate": "average"}))
+    assert "evaluation.aggregate:" in lines[0] and "'median'" in lines[0] and "'average'" in lines[0]
+
+
+def test_group_too_small_for_method(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(groups=[["cifar_resnet8"]]))
+    assert "groups[0]: method 'dml' takes 2..any networks, the group has 1" in lines[0]
+
+
+def test_duplicate_labels(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(methods=["dml", {"name": "dml", "temperature": 3}]))
+    assert "label 'dml' is used twice" in lines[0]
+
+
+def test_unknown_paper_table(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(paper_table={"name": "tsb_table1_cifar1000"}))
+    assert "paper_table.name: unknown paper table 'tsb_table1_cifar1000' (did you mean 'tsb_table1_cifar100'?)" in lines[0]
+
+
+def test_every_error_at_once(write_suite):
+    bad = tiny_suite_dict(methods=["dmll"], groups=[["cifar_resnet33"]], evaluation={"epochs": "last"})
+    lines = errors_of(write_suite, bad)
+    assert len(lines) == 3
+
+
+def test_yaml_syntax_error(write_suite):
+    lines = errors_of(write_suite, "name: x\ngroups: [[a, b]\n")
+    assert len(lines) == 1 and "not valid YAML" in lines[0]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SuiteError) as info:
+        load_suite(tmp_path / "nope.yaml")
+    assert "no such suite file" in str(info.value)
+
+
+def test_shipped_suites_validate():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parent.parent.joinpath("suites").glob("*.yaml")):
+        assert load_suite(path).cells, path
