@@ -176,7 +176,7 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
     env.filters["tex"] = _latex_escape
     context = {
         "table": table, "suite": suite.spec, "prov": provenance(suite, store, table),
-        "markdown_table": tabulate(table.body(), headers=table.header(), tablefmt="pipe",
+        "markdown_table": tabulate(table.body(), headers=table.header(), tablefmt="pipe", disable_numparse=True,
                                    colalign=["left"] + ["right"] * len(table.columns)),
         "latex_header": _latex_header_rows(table), "missing": MISSING,
     }
@@ -193,6 +193,6 @@ def write_report(suite: Suite, store: ResultStore, out_dir: str | Path, log=prin
         paths[ext].write_text(text)
     paths["csv"] = out_dir / f"{suite.name}.csv"
     table.trials.to_csv(paths["csv"], index=False)
-    log(tabulate(table.body(), headers=table.header(), tablefmt="simple"))
+    log(tabulate(table.body(), headers=table.header(), tablefmt="simple", disable_numparse=True))
     log(f"report: {', '.join(str(p) for p in paths.values())}")
     return paths

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -12,7 +13,22 @@ from harness.provenance import code_version
 from harness.store import ResultStore
 from harness.suite import Suite
 
-RAY_ENV = {"HF_HUB_OFFLINE": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+RAY_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the classic reporter prints nothing; our callback reports
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+QUIET_LOGGERS = ("ray.train", "ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
+
+
+def setup_worker() -> None:
+    """Ray's worker_process_setup_hook: the torchvision shim, and no log line per saved checkpoint."""
+    from harness import _compat
+
+    _compat.install()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @dataclass
@@ -41,7 +57,7 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_g
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(
-        runtime_env={"worker_process_setup_hook": "harness._compat.install", "env_vars": RAY_ENV},
+        runtime_env={"worker_process_setup_hook": "harness.runner.setup_worker", "env_vars": RAY_ENV},
         logging_level="WARNING",
         log_to_driver=True,
         configure_logging=True,
@@ -55,7 +71,9 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_g
     where = f"cluster at {address}" if address else "local Ray instance"
     log(f"{where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
     if getattr(context, "dashboard_url", None):
-        log(f"Ray dashboard: http://{context.dashboard_url}")
+        auth = ("" if os.environ.get("RAY_AUTH_MODE") == "disabled"
+                else " (token authentication: the token is in ~/.ray/auth_token; RAY_AUTH_MODE=disabled turns it off)")
+        log(f"Ray dashboard: http://{context.dashboard_url}{auth}")
 
 
 def _progress_callback(total: int, store: ResultStore, log):

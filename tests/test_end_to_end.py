@@ -1,0 +1,92 @@
+"""Real Ray, real training, on CPU: a tiny suite is run, killed with SIGKILL mid-way, resumed, and reported."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import tiny_suite_dict
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+
+
+def harness_run(suite, results, reports, **popen):
+    cmd = HARNESS + ["run", str(suite), "--results", str(results), "--reports", str(reports), "--no-dashboard",
+                     "--num-cpus", "2"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
+
+
+def records(results: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (results / "cells").glob("*.json")}
+
+
+def test_run_kill_resume_report(tmp_path):
+    suite = tiny_suite_dict(seeds=[0, 1, 2], dataset={"name": "fashion_mnist_mini", "train_per_class": 30,
+                                                       "test_per_class": 10})
+    suite["recipe"] = {**suite["recipe"], "epochs": 3}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results, reports = tmp_path / "results", tmp_path / "reports"
+
+    first = harness_run(path, results, reports, start_new_session=True)
+    deadline = time.time() + 300
+    while not any(r.get("status") == "ok" for r in records(results).values()) if (results / "cells").exists() else True:
+        assert first.poll() is None, first.stdout.read()
+        assert time.time() < deadline, "no cell finished in 5 minutes"
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)  # the driver only: its Ray workers are left to die on their own
+    first.wait()
+    done_at_kill = {h: r for h, r in records(results).items() if r["status"] == "ok"}
+    assert 0 < len(done_at_kill) < 6, "the kill must land in the middle of the run"
+    mtimes = {h: (results / "cells" / f"{h}.json").stat().st_mtime_ns for h in done_at_kill}
+
+    second = harness_run(path, results, reports)
+    out, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, out
+    assert f"6 cells, {len(done_at_kill)} finished already, {6 - len(done_at_kill)} to run" in out
+    final = records(results)
+    assert len(final) == 6 and all(r["status"] == "ok" for r in final.values())
+    for h, record in done_at_kill.items():  # finished cells were not trained again
+        assert (results / "cells" / f"{h}.json").stat().st_mtime_ns == mtimes[h]
+        assert final[h]["finished"] == record["finished"]
+    for record in final.values():
+        assert record["epochs"] == 3 and len(record["history"]) == 3
+        assert record["code"]["git_sha"] and record["packages"]["torch"].startswith("2.13")
+        assert record["hardware"]["device"] == "cpu"
+
+    md = (reports / "tiny.md").read_text()
+    table_rows = [line for line in md.splitlines() if line.startswith("| cifar_resnet8+cifar_resnet8")]
+    assert len(table_rows) == 1 and "—" not in table_rows[0]
+    cells = [c.strip() for c in table_rows[0].strip("|").split("|")][1:]
+    assert len(cells) == 8 and all(0.0 <= float(c) <= 100.0 for c in cells)
+    assert "n = 3 seeds" in md
+    assert (reports / "tiny.tex").read_text().count(r"\midrule") == 1
+
+    third = harness_run(path, results, reports)  # everything finished: nothing runs, the report is rewritten
+    out, _ = third.communicate(timeout=120)
+    assert third.returncode == 0 and "6 finished already, 0 to run" in out
+
+
+def test_failing_cell_is_recorded_and_retried(tmp_path):
+    """A cell whose loss diverges fails in its trial; the failure is stored with its error and run again."""
+    suite = tiny_suite_dict(seeds=[0], methods=["ind"])
+    suite["recipe"] = {**suite["recipe"], "optimizer": {"name": "sgd", "lr": 1.0e12}}
+    path = tmp_path / "fail.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    for attempt in range(2):
+        proc = harness_run(path, results, reports)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 1, out
+        assert "1 cells, 0 finished already, 1 to run" in out  # a failed cell is tried again
+        (record,) = records(results).values()
+        assert record["status"] == "failed" and record["error"].startswith("NonFiniteLoss: cell ")
+        assert "in epoch 1" in record["error"] and "traceback" in record
+        assert "1 cell(s) failed (recorded with their error, retried on the next run)" in out
+    md = (reports / "tiny.md").read_text()
+    assert "| cifar_resnet8+cifar_resnet8 | — | — | — | — |" in md

@@ -1,0 +1,85 @@
+"""The engine: seeded runs repeat exactly, a resumed run equals an uninterrupted one, bad losses stop clearly."""
+import pytest
+import torch
+
+from harness.cell import Cell
+from harness.engine import NonFiniteLoss, Runtime, Trainer
+from harness.trainable import CorruptCheckpoint, load_checkpoint
+from tests.conftest import TINY_RECIPE
+
+DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
+
+
+def tiny_cell(method="dml", seed=0, **recipe) -> Cell:
+    return Cell(method=method, hparams={"temperature": 2.0} if method == "dml" else {},
+                group=("cifar_resnet8", "cifar_resnet8"), dataset=DATA, recipe={**TINY_RECIPE, **recipe}, seed=seed)
+
+
+def weights(trainer: Trainer) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in trainer.method.modules.parameters()])
+
+
+def test_same_seed_same_numbers():
+    a, b = Trainer(tiny_cell()), Trainer(tiny_cell())
+    a.run(), b.run()
+    assert [{k: v for k, v in h.items() if "time" not in k and "per_s" not in k} for h in a.history] == \
+           [{k: v for k, v in h.items() if "time" not in k and "per_s" not in k} for h in b.history]
+    assert torch.equal(weights(a), weights(b))
+    c = Trainer(tiny_cell(seed=1))
+    c.run()
+    assert not torch.equal(weights(a), weights(c))
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = Trainer(tiny_cell(epochs=3))
+    full.run()
+
+    first = Trainer(tiny_cell(epochs=3))
+    first.train_epoch(), first.evaluate()
+    first.epoch, first.history = 1, [dict(full.history[0])]
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+
+    resumed = Trainer(tiny_cell(epochs=3))
+    resumed.load_state_dict(load_checkpoint(tmp_path / "state.pt"))
+    summary = resumed.run()
+    assert resumed.epoch == 3 and summary["epochs"] == 3
+    assert torch.equal(weights(resumed), weights(full))
+    assert resumed.history[-1]["top1/ens"] == full.history[-1]["top1/ens"]
+    assert resumed.history[-1]["loss/kl/net1"] == full.history[-1]["loss/kl/net1"]
+
+
+def test_checkpoint_of_another_cell_is_refused(tmp_path):
+    a = Trainer(tiny_cell(seed=0))
+    with pytest.raises(ValueError, match="belongs to cell"):
+        Trainer(tiny_cell(seed=1)).load_state_dict(a.state_dict())
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptCheckpoint, match=str(path)):
+        load_checkpoint(path)
+
+
+def test_nan_loss_stops_with_the_term_and_epoch():
+    trainer = Trainer(tiny_cell(optimizer={"name": "sgd", "lr": 1e12}))
+    with pytest.raises(NonFiniteLoss, match=r"loss/\w+/net\d is (nan|inf) in epoch \d"):
+        trainer.run()
+
+
+def test_metrics_of_every_output():
+    trainer = Trainer(tiny_cell(epochs=1))
+    trainer.run()
+    last = trainer.history[-1]
+    for key in ("top1/net1", "top1/net2", "top1/ens", "top1/avg", "top5/net1", "loss/ce/net1", "loss/kl/net2",
+                "images_per_s", "lr"):
+        assert key in last
+    assert last["top1/avg"] == pytest.approx((last["top1/net1"] + last["top1/net2"]) / 2)
+    assert all(0 <= last[k] <= 100 for k in last if k.startswith("top"))
+    assert last["top5/net1"] >= last["top1/net1"]
+
+
+def test_ind_trains_each_peer_on_its_own_labels_only():
+    trainer = Trainer(tiny_cell(method="ind", epochs=1))
+    trainer.run()
+    assert set(k for k in trainer.history[-1] if k.startswith("loss/")) == {"loss/ce/net1", "loss/ce/net2"}

@@ -1,0 +1,93 @@
+"""Aggregation over seeds against medians computed by hand; missing cells; the paper's numbers; rendering."""
+import statistics
+
+import pytest
+
+from harness.report import build_table, write_report
+from harness.store import ResultStore
+from harness.suite import load_suite
+from tests.conftest import tiny_suite_dict
+
+# (method, seed) -> net1, net2 last-epoch top-1
+ACCS = {("ind", 0): (60.0, 62.0), ("ind", 1): (64.0, 61.0), ("ind", 2): (70.0, 50.0),
+        ("dml", 0): (66.0, 65.0), ("dml", 1): (63.0, 69.0)}  # dml seed 2 has no record: missing
+
+
+def fake_record(cell, net1, net2, status="ok"):
+    values = {"net1": net1, "net2": net2, "avg": (net1 + net2) / 2, "ens": max(net1, net2) + 1}
+    last = {k: {"top1": v, "top5": 99.0} for k, v in values.items()}
+    best = {k: {"top1": v + 0.5, "top5": 99.0, "epoch": 1} for k, v in values.items()}
+    return {"hash": cell.hash, "cell": cell.to_dict(), "status": status, "last": last, "best": best,
+            "epochs": 2, "code": {"git_sha": "abc123", "dirty": False}, "packages": {"torch": "2.13.0+cpu"},
+            "hardware": {"cpu": "Test CPU", "device": "cpu", "torch_threads": 1}, "trial": "t"}
+
+
+@pytest.fixture
+def filled(tmp_path, write_suite):
+    suite = load_suite(write_suite(tiny_suite_dict(seeds=[0, 1, 2])))
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        if (cell.label, cell.seed) in ACCS:
+            store.put(fake_record(cell, *ACCS[(cell.label, cell.seed)]))
+    return suite, store
+
+
+def test_medians_by_hand(filled):
+    suite, store = filled
+    table = build_table(suite, store)
+    row = ("cifar_resnet8+cifar_resnet8",)
+    assert table.entries[(row, ("ind", "net1"))].ours == 64.0  # median of 60, 64, 70
+    assert table.entries[(row, ("ind", "net2"))].ours == 61.0  # median of 62, 61, 50
+    assert table.entries[(row, ("ind", "avg"))].ours == statistics.median([61.0, 62.5, 60.0])
+    assert table.entries[(row, ("dml", "net1"))].ours == 64.5  # median of two seeds: 66, 63
+    assert table.entries[(row, ("dml", "net1"))].n == 2
+    assert table.entries[(row, ("ind", "net1"))].n == 3
+
+
+def test_other_aggregates_and_best_epoch(filled, write_suite, tmp_path):
+    suite, store = filled
+    for how, expected in (("mean", (60 + 64 + 70) / 3), ("max", 70.0), ("min", 60.0), ("n", 3.0),
+                          ("std", statistics.stdev([60.0, 64.0, 70.0]))):
+        suite.spec.evaluation.aggregate = how
+        assert build_table(suite, store).entries[(("cifar_resnet8+cifar_resnet8",), ("ind", "net1"))].ours == pytest.approx(expected)
+    suite.spec.evaluation.aggregate, suite.spec.evaluation.epoch = "median", "best"
+    assert build_table(suite, store).entries[(("cifar_resnet8+cifar_resnet8",), ("ind", "net1"))].ours == 64.5
+
+
+def test_failed_and_absent_cells_are_missing_not_zero(tmp_path, write_suite):
+    suite = load_suite(write_suite(tiny_suite_dict(seeds=[0])))
+    store = ResultStore(tmp_path / "results")
+    ind, dml = suite.cells
+    store.put(fake_record(ind, 50.0, 52.0))
+    store.put({**fake_record(dml, 0.0, 0.0, status="failed"), "error": "boom"})
+    table = build_table(suite, store)
+    entry = table.entries[(("cifar_resnet8+cifar_resnet8",), ("dml", "net1"))]
+    assert entry.ours is None and entry.n == 0 and entry.text(False) == "—"
+    assert table.body()[0] == ["cifar_resnet8+cifar_resnet8", "50.00", "52.00", "51.00", "53.00", "—", "—", "—", "—"]
+
+
+def test_paper_numbers_beside_ours(tmp_path, write_suite):
+    raw = tiny_suite_dict(groups=[["cifar_resnet32", "cifar_resnet32"]], seeds=[0],
+                          paper_table={"name": "tsb_table1_cifar100"})
+    suite = load_suite(write_suite(raw))
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        store.put(fake_record(cell, 70.0, 72.0))
+    table = build_table(suite, store)
+    row = ("cifar_resnet32+cifar_resnet32",)
+    dml = table.entries[(row, ("dml", "net1"))]
+    assert dml.paper == 71.20 and dml.delta == pytest.approx(70.0 - 71.20)
+    assert dml.text(True) == "70.00 (71.20, -1.20)"
+    assert table.entries[(row, ("ind", "net2"))].paper == 68.99  # the Ind row trains one ResNet-32 alone
+    assert table.entries[(row, ("dml", "avg"))].paper is None  # TSB Table 1 prints no average
+
+
+def test_rendered_files(filled, tmp_path):
+    suite, store = filled
+    paths = write_report(suite, store, tmp_path / "reports", log=lambda *_: None)
+    md, tex, csv = (paths[k].read_text() for k in ("md", "tex", "csv"))
+    assert "| cifar_resnet8+cifar_resnet8 |" in md and "64.00" in md and "n = 2–3 seeds" in md
+    assert "abc123" in md and "Test CPU" in md
+    assert r"\toprule" in tex and r"\multicolumn{4}{c}{ind}" in tex and r"cifar\_resnet8+cifar\_resnet8" in tex
+    assert tex.count(r"\\") >= 3
+    assert len(csv.strip().splitlines()) == 1 + 5 * 4  # header + 5 finished cells × 4 values
