@@ -89,4 +89,6 @@ def test_failing_cell_is_recorded_and_retried(tmp_path):
         assert "in epoch 1" in record["error"] and "traceback" in record
         assert "1 cell(s) failed (recorded with their error, retried on the next run)" in out
     md = (reports / "tiny.md").read_text()
-    assert "| cifar_resnet8+cifar_resnet8 | — | — | — | — |" in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| cifar_resnet8+cifar_resnet8")]
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["—"] * 4
+    assert "0 of 1 finished" in md
