@@ -33,6 +33,21 @@ class Batch:
         return len(self.y)
 
 
+def balanced_split(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) indices: ``per_class`` images of every class drawn with ``seed``, the rest kept."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for c in torch.unique(labels.cpu()):
+        members = torch.nonzero(labels.cpu() == c).flatten()
+        if len(members) <= per_class:
+            raise ValueError(f"class {int(c)} has {len(members)} training images, cannot hold out {per_class}")
+        held.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    held_out = torch.cat(held).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_out] = False
+    return torch.nonzero(mask).flatten(), held_out
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 

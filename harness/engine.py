@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import harness.models  # noqa: F401  (registers the CIFAR networks in timm)
-from harness.batches import Normalize, TrainBatches, eval_batches
+from harness.batches import Normalize, TrainBatches, balanced_split, eval_batches
 from harness.cell import Cell
 from harness.datasets import load_dataset
 from harness.method import MethodContext, Step, load_methods
@@ -59,9 +59,21 @@ class Trainer:
         self.data = data
         self.normalize = Normalize(data.mean, data.std, self.device, runtime.channels_last)
         method_cls = load_methods().get(cell.method)
+        hparams = method_cls.HParams.model_validate(cell.hparams)
+        train_x, train_y = data.train_x, data.train_y
+        validation = None
+        held_out = method_cls.held_out_per_class(hparams)
+        if held_out:
+            kept, val = balanced_split(train_y, held_out, cell.seed)
+            val_x, val_y = train_x[val].to(self.device), train_y[val].to(self.device)
+            train_x, train_y = train_x[kept], train_y[kept]
+
+            def validation():
+                return eval_batches(val_x, val_y, runtime.eval_batch_size, self.normalize)
+
         augment = self.recipe.augment
         self.train_batches = TrainBatches(
-            data.train_x.to(self.device), data.train_y.to(self.device), self.recipe.batch_size, self.normalize,
+            train_x.to(self.device), train_y.to(self.device), self.recipe.batch_size, self.normalize,
             seed=cell.seed, crop_padding=augment.crop_padding, flip=augment.flip,
             views=len(cell.group) if method_cls.views == "per_peer" else 1,
         )
@@ -69,11 +81,12 @@ class Trainer:
 
         ctx = MethodContext(
             group=tuple(cell.group), num_classes=data.num_classes, in_chans=data.in_chans,
-            image_size=data.image_size, num_train=len(data.train_y), epochs=self.recipe.epochs,
+            image_size=data.image_size, num_train=len(train_y), epochs=self.recipe.epochs,
             steps_per_epoch=len(self.train_batches), device=self.device,
             create_model=lambda name: timm.create_model(name, num_classes=data.num_classes, in_chans=data.in_chans),
+            validation=validation,
         )
-        self.method = method_cls(method_cls.HParams.model_validate(cell.hparams), ctx)
+        self.method = method_cls(hparams, ctx)
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.method.modules.to(self.device, memory_format=memory_format)
 

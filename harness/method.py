@@ -12,7 +12,7 @@ with ``@register_method("name")``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable
+from typing import Callable, ClassVar, Iterable, Iterator
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -41,6 +41,7 @@ class MethodContext:
     steps_per_epoch: int
     device: torch.device
     create_model: Callable[[str], nn.Module]
+    validation: Callable[[], Iterator[Batch]] | None = None  # held-out batches, for methods that ask
 
 
 @dataclass
@@ -98,6 +99,15 @@ class Method:
     def deployed_parameters(self) -> int:
         """Parameters of the networks that are kept after training (extra modules are reported apart)."""
         return sum(p.numel() for p in self.peers.parameters())
+
+    @classmethod
+    def held_out_per_class(cls, hp: HParams) -> int:
+        """Training images per class to hold out as a validation split (KDCL-General); 0 = none.
+
+        The split is drawn with the cell's seed, removed from training, and served un-augmented by
+        ``ctx.validation()``.
+        """
+        return 0
 
     # --- training --------------------------------------------------------------------------------------
     def losses(self, batch: Batch, step: Step) -> dict[str, torch.Tensor]:

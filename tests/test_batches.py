@@ -49,3 +49,27 @@ def test_normalize_uses_dataset_statistics():
     norm = Normalize((0.5,), (0.25,), "cpu", False)
     out = norm(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2))
     assert torch.allclose(out.flatten(), torch.tensor([-2.0, 2.0]))
+
+
+def test_validation_split_is_balanced_seeded_and_disjoint():
+    from harness.batches import balanced_split
+
+    labels = torch.arange(200) % 10
+    kept, held = balanced_split(labels, 5, seed=0)
+    assert torch.bincount(labels[held]).tolist() == [5] * 10
+    assert len(set(kept.tolist()) & set(held.tolist())) == 0 and len(kept) + len(held) == 200
+    assert torch.equal(held, balanced_split(labels, 5, seed=0)[1])
+    assert not torch.equal(held, balanced_split(labels, 5, seed=1)[1])
+
+
+def test_engine_holds_out_what_a_method_asks_for(monkeypatch):
+    from harness.engine import Trainer
+    from harness.method import load_methods
+    from tests.test_engine import tiny_cell
+
+    dml = load_methods().get("dml")
+    monkeypatch.setattr(dml, "held_out_per_class", classmethod(lambda cls, hp: 2))
+    trainer = Trainer(tiny_cell())
+    assert trainer.method.ctx.num_train == 40 and len(trainer.train_batches.y) == 40  # 6 per class - 2
+    held = torch.cat([b.y for b in trainer.method.ctx.validation()])
+    assert torch.bincount(held).tolist() == [2] * 10
