@@ -78,8 +78,9 @@ def cmd_run(args) -> int:
     summary = run_suite(suite, store, runtime, address=args.address, dashboard=not args.no_dashboard,
                         num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures)
     write_report(suite, store, args.reports)
-    if summary.interrupted:
-        print("interrupted: run the same command again to resume; finished cells are kept", file=sys.stderr)
+    if summary.unfinished:
+        print(f"interrupted with {len(summary.unfinished)} cell(s) unfinished: run the same command again to "
+              "resume; finished cells are kept", file=sys.stderr)
         return 130
     if summary.failed:
         print(f"{len(summary.failed)} cell(s) failed (recorded with their error, retried on the next run): "

@@ -36,8 +36,8 @@ class RunSummary:
     total: int
     skipped: int
     ran: int
-    failed: list[str]
-    interrupted: bool = False
+    failed: list[str]  # cells whose trial raised: recorded with their error
+    unfinished: list[str]  # cells with no record: the run was interrupted before they ended
 
 
 def trial_dirname(cell: Cell) -> str:
@@ -119,7 +119,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     log(f"{suite.name}: {len(cells)} cells, {len(cells) - len(pending)} finished already, {len(pending)} to run "
         f"(results in {store.root})")
     if not pending:
-        return RunSummary(len(cells), len(cells), 0, [])
+        return RunSummary(len(cells), len(cells), 0, [], [])
 
     from ray import tune
 
@@ -148,10 +148,11 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
     )
-    interrupted = False
     try:
-        tuner.fit()
+        tuner.fit()  # Ctrl-C: Tune stops the trials and returns; a second Ctrl-C raises
     except KeyboardInterrupt:
-        interrupted = True
-    failed = [c.describe() for c in pending if not store.is_finished(c)]
-    return RunSummary(len(cells), len(cells) - len(pending), len(pending), failed, interrupted)
+        pass
+    records = {c.hash: store.get(c.hash) for c in pending}
+    failed = [c.describe() for c in pending if records[c.hash] and records[c.hash].get("status") == "failed"]
+    unfinished = [c.describe() for c in pending if records[c.hash] is None]
+    return RunSummary(len(cells), len(cells) - len(pending), len(pending), failed, unfinished)

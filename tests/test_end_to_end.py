@@ -1,6 +1,7 @@
 """Real Ray, real training, on CPU: a tiny suite is run, killed with SIGKILL mid-way, resumed, and reported."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,7 +49,9 @@ def test_run_kill_resume_report(tmp_path):
     second = harness_run(path, results, reports)
     out, _ = second.communicate(timeout=400)
     assert second.returncode == 0, out
-    assert f"6 cells, {len(done_at_kill)} finished already, {6 - len(done_at_kill)} to run" in out
+    # A trial already in flight may still finish after its driver died: it is kept, not rerun, too.
+    skipped, to_run = map(int, re.search(r"6 cells, (\d+) finished already, (\d+) to run", out).groups())
+    assert skipped >= len(done_at_kill) and to_run >= 1 and skipped + to_run == 6
     final = records(results)
     assert len(final) == 6 and all(r["status"] == "ok" for r in final.values())
     for h, record in done_at_kill.items():  # finished cells were not trained again
