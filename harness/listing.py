@@ -25,17 +25,25 @@ def list_methods() -> str:
 
 
 def list_models() -> str:
+    """Every network the tables name, at its dataset's resolution: parameters and FLOPs."""
     import timm
 
-    import harness.models  # noqa: F401
+    from harness.costs import flops, parameters
+    from harness.models.zoo import PAPER_MODELS, RESOLUTION
 
     rows = []
-    for name in timm.list_models(f"{HARNESS_MODEL_PREFIX}*"):
-        model = timm.create_model(name, num_classes=100)
-        cfg = model.pretrained_cfg
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        rows.append([name, "x".join(map(str, cfg["input_size"])), f"{params:.2f}"])
-    return tabulate(rows, headers=["model", "input", "params (M, 100 classes)"])
+    for kind, classes in (("cifar", 100), ("imagenet", 1000)):
+        by_model: dict[str, list[str]] = {}
+        for paper, name in PAPER_MODELS[kind].items():
+            by_model.setdefault(name, []).append(paper)
+        extra = [n for n in timm.list_models(f"{HARNESS_MODEL_PREFIX}*") if kind == "cifar" and n not in by_model]
+        for name in list(by_model) + extra:
+            model = timm.create_model(name, num_classes=classes)
+            size = (3, *RESOLUTION[kind])
+            rows.append([name, ", ".join(by_model.get(name, [])), "x".join(map(str, size)), classes,
+                         f"{parameters(model) / 1e6:.2f}", f"{flops(model, size) / 2e9:.3f}"])
+    return tabulate(rows, headers=["model", "paper names", "input", "classes", "params (M)",
+                                   "GMACs ('FLOPs' in papers)"])
 
 
 def list_datasets() -> str:
