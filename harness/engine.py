@@ -93,7 +93,11 @@ class Trainer:
         self.schedulers = {}
         for name, group in self.method.optim_groups().items():
             spec = OptimizerSpec.model_validate(group.optimizer) if group.optimizer else self.recipe.optimizer
-            optimizer = build_optimizer(spec, group.params)
+            params = list(group.params)
+            if group.optimizer is None and params and isinstance(params[0], dict):
+                params = [{**g, "lr": self.recipe.peer_learning_rate(g["model"])} if "model" in g else g
+                          for g in params]
+            optimizer = build_optimizer(spec, params, self.recipe.lr_scale())
             self.method.optimizers[name] = optimizer
             if group.follow_schedule:
                 self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
@@ -135,7 +139,8 @@ class Trainer:
         epoch, steps = self.epoch, len(self.train_batches)
         self.method.modules.train()
         self.method.on_epoch_start(epoch)
-        lr = self.method.optimizers["peers"].param_groups[0]["lr"]
+        groups = self.method.optimizers["peers"].param_groups
+        lrs = {f"lr/net{i + 1}": g["lr"] for i, g in enumerate(g for g in groups if "model" in g)} or {"lr": groups[0]["lr"]}
         sums: dict[str, torch.Tensor] = {}
         images, start = 0, time.perf_counter()
         for i, batch in enumerate(self.train_batches.epoch(epoch)):
@@ -155,7 +160,7 @@ class Trainer:
                 f"cell {self.cell.hash} ({self.cell.describe()}): {bad[0]} is {losses[bad[0]]} in epoch "
                 f"{epoch + 1}; lower the learning rate or check the method's hyper-parameters"
             )
-        return {"lr": lr, "images_per_s": images / seconds, "train_time_s": seconds, **losses}
+        return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses}
 
     @torch.no_grad()
     def evaluate(self) -> dict:

@@ -46,9 +46,13 @@ class MethodContext:
 
 @dataclass
 class OptimGroup:
-    """Parameters updated by one optimizer; ``optimizer`` None means the recipe's optimizer and schedule."""
+    """Parameters updated by one optimizer; ``optimizer`` None means the recipe's optimizer and schedule.
 
-    params: Iterable[nn.Parameter]
+    ``params`` may be parameter groups (dicts); a group with a ``model`` key (a timm name) gets the recipe's
+    learning rate for that network (``Recipe.peer_lr``).
+    """
+
+    params: Iterable
     optimizer: dict | None = None
     follow_schedule: bool = True
 
@@ -94,7 +98,10 @@ class Method:
         return self.modules["peers"]
 
     def optim_groups(self) -> dict[str, OptimGroup]:
-        return {"peers": OptimGroup(self.modules.parameters())}
+        """One optimizer for everything: a parameter group per peer, one more for any extra modules."""
+        groups = [{"params": list(peer.parameters()), "model": name} for name, peer in zip(self.ctx.group, self.peers)]
+        extra = [p for key, module in self.modules.items() if key != "peers" for p in module.parameters()]
+        return {"peers": OptimGroup(groups + ([{"params": extra}] if extra else []))}
 
     def deployed_parameters(self) -> int:
         """Parameters of the networks that are kept after training (extra modules are reported apart)."""

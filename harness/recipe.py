@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from pathlib import Path
 from typing import Literal
@@ -36,20 +37,61 @@ class ScheduleSpec(Strict):
 
 
 class AugmentSpec(Strict):
+    """Training augmentation, and the test-time resize / crop of ImageNet-style data.
+
+    CIFAR-style: zero-pad and random crop (``crop_padding``), horizontal flip, Cutout (``cutout``: side of the
+    zeroed square, KDCL Table 10).  ImageNet-style: random-resized crop to ``train_size`` (scale and aspect
+    ratio), flip, photometric distortion (``color_jitter``: brightness, contrast and saturation strength;
+    ``lighting``: AlexNet-style PCA lighting noise), and at test time resize to ``test_resize`` then centre
+    crop ``test_crop``.
+    """
+
     crop_padding: NonNegativeInt = 4
     flip: bool = True
+    cutout: NonNegativeInt = 0
+    random_resized_crop: bool = False
+    train_size: PositiveInt | None = None
+    color_jitter: NonNegativeFloat = 0.0
+    lighting: NonNegativeFloat = 0.0
+    test_resize: PositiveInt | None = None
+    test_crop: PositiveInt | None = None
 
 
 class Recipe(Strict):
-    """Everything that defines how a cell is trained (and so enters its hash), except the method."""
+    """Everything that defines how a cell is trained (and so enters its hash), except the method.
+
+    ``peer_lr`` gives networks whose timm name matches a pattern their own initial learning rate (TSB and
+    ACKD lower it for MobileNetV2 / ShuffleNet); each peer is a parameter group of its own.
+    ``warmup_epochs`` rises linearly per step from ``warmup_from`` × lr to lr (KDCL: 0.1 → 0.8 is 0.125).
+    ``lr_scaling`` states how lr follows a batch size that differs from ``reference_batch_size`` (the paper's):
+    "linear" (Goyal et al.), "sqrt", or "none"; the learning rate actually used is recorded with the result.
+    """
 
     epochs: PositiveInt
     batch_size: PositiveInt
     optimizer: OptimizerSpec
     schedule: ScheduleSpec = ScheduleSpec()
     warmup_epochs: NonNegativeInt = 0
+    warmup_from: NonNegativeFloat = 0.0
+    peer_lr: dict[str, PositiveFloat] = {}
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    reference_batch_size: PositiveInt | None = None
     augment: AugmentSpec = AugmentSpec()
     source: str = ""  # where the numbers come from (paper section, official script); not hashed
+
+    def lr_scale(self) -> float:
+        """Factor applied to every initial learning rate for the batch size actually used."""
+        if self.lr_scaling == "none" or not self.reference_batch_size:
+            return 1.0
+        ratio = self.batch_size / self.reference_batch_size
+        return ratio if self.lr_scaling == "linear" else math.sqrt(ratio)
+
+    def peer_learning_rate(self, model_name: str) -> float:
+        """Initial learning rate of a peer (before batch-size scaling): the first matching pattern, or lr."""
+        for pattern, lr in self.peer_lr.items():
+            if fnmatch.fnmatchcase(model_name, pattern):
+                return lr
+        return self.optimizer.lr
 
 
 def load_presets() -> dict[str, dict]:
@@ -100,7 +142,7 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     epoch = step // steps_per_epoch
     warmup_steps = recipe.warmup_epochs * steps_per_epoch
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return recipe.warmup_from + (1 - recipe.warmup_from) * (step + 1) / warmup_steps
     schedule = recipe.schedule
     if schedule.name == "multistep":
         return schedule.gamma ** sum(epoch >= m for m in schedule.milestones)
@@ -110,8 +152,15 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def build_optimizer(spec: OptimizerSpec, params) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def build_optimizer(spec: OptimizerSpec, params, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """``params``: parameters, or parameter groups (dicts) that may carry their own ``lr``."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad],
+                   "lr": g.get("lr", spec.lr) * lr_scale} for g in params]
+    else:
+        params = [p for p in params if p.requires_grad]
+    spec = spec.model_copy(update={"lr": spec.lr * lr_scale})
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
                                weight_decay=spec.weight_decay)

@@ -72,7 +72,7 @@ def test_metrics_of_every_output():
     trainer.run()
     last = trainer.history[-1]
     for key in ("top1/net1", "top1/net2", "top1/ens", "top1/avg", "top5/net1", "loss/ce/net1", "loss/kl/net2",
-                "images_per_s", "lr"):
+                "images_per_s", "lr/net1", "lr/net2"):
         assert key in last
     assert last["top1/avg"] == pytest.approx((last["top1/net1"] + last["top1/net2"]) / 2)
     assert all(0 <= last[k] <= 100 for k in last if k.startswith("top"))
