@@ -71,6 +71,17 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: 
     return out
 
 
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a ``size``-sided square per image, centred uniformly in it and clipped at its border."""
+    n, _, h, w = images.shape
+    cy = torch.randint(0, h, (n, 1), generator=generator).to(images.device) - size // 2
+    cx = torch.randint(0, w, (n, 1), generator=generator).to(images.device) - size // 2
+    rows, cols = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
+    in_rows = (rows >= cy) & (rows < cy + size)
+    in_cols = (cols >= cx) & (cols < cx + size)
+    return images.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
+
+
 class Normalize:
     """uint8 images → float, scaled to [0, 1], standardised per channel, in the chosen memory format."""
 
@@ -88,10 +99,10 @@ class TrainBatches:
     """Shuffled, augmented training batches; ``views`` independent augmentations of the same images."""
 
     def __init__(self, x, y, batch_size: int, normalize: Normalize, seed: int,
-                 crop_padding: int = 0, flip: bool = False, views: int = 1):
+                 crop_padding: int = 0, flip: bool = False, views: int = 1, cutout: int = 0):
         self.x, self.y = x, y
         self.batch_size, self.normalize, self.seed = batch_size, normalize, seed
-        self.crop_padding, self.flip, self.views = crop_padding, flip, views
+        self.crop_padding, self.flip, self.views, self.cutout = crop_padding, flip, views, cutout
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.y), self.batch_size)
@@ -106,10 +117,10 @@ class TrainBatches:
                 break
             device_index = index.to(self.x.device)
             raw = self.x[device_index]
-            views = [
-                self.normalize(random_crop_flip(raw, self.crop_padding, self.flip, generator))
-                for _ in range(self.views)
-            ]
+            views = []
+            for _ in range(self.views):
+                view = self.normalize(random_crop_flip(raw, self.crop_padding, self.flip, generator))
+                views.append(cutout(view, self.cutout, generator) if self.cutout else view)
             yield Batch(views=views, y=self.y[device_index], index=device_index)
 
 

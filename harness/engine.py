@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 import harness.models  # noqa: F401  (registers the CIFAR networks in timm)
-from harness.batches import Normalize, TrainBatches, balanced_split, eval_batches
 from harness.cell import Cell
 from harness.datasets import load_dataset
+from harness.inputs import build_inputs
 from harness.method import MethodContext, Step, load_methods
 from harness.recipe import Recipe, build_optimizer, build_scheduler, OptimizerSpec
 
@@ -33,6 +33,7 @@ class Runtime:
     data_root: str | None = None
     channels_last: bool = True
     eval_batch_size: int = 500
+    workers: int = 0  # DataLoader workers of the standard input pipeline
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -57,34 +58,22 @@ class Trainer:
 
         data = load_dataset(cell.dataset, runtime.data_root)
         self.data = data
-        self.normalize = Normalize(data.mean, data.std, self.device, runtime.channels_last)
         method_cls = load_methods().get(cell.method)
         hparams = method_cls.HParams.model_validate(cell.hparams)
-        train_x, train_y = data.train_x, data.train_y
-        validation = None
-        held_out = method_cls.held_out_per_class(hparams)
-        if held_out:
-            kept, val = balanced_split(train_y, held_out, cell.seed)
-            val_x, val_y = train_x[val].to(self.device), train_y[val].to(self.device)
-            train_x, train_y = train_x[kept], train_y[kept]
-
-            def validation():
-                return eval_batches(val_x, val_y, runtime.eval_batch_size, self.normalize)
-
-        augment = self.recipe.augment
-        self.train_batches = TrainBatches(
-            train_x.to(self.device), train_y.to(self.device), self.recipe.batch_size, self.normalize,
-            seed=cell.seed, crop_padding=augment.crop_padding, flip=augment.flip,
+        self.inputs = build_inputs(
+            data, self.recipe, cell.seed, cell.dataset.get("pipeline", "auto"),
             views=len(cell.group) if method_cls.views == "per_peer" else 1,
+            held_out_per_class=method_cls.held_out_per_class(hparams), device=self.device,
+            channels_last=runtime.channels_last, eval_batch_size=runtime.eval_batch_size, workers=runtime.workers,
         )
-        self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
+        self.train_batches = self.inputs.train
 
         ctx = MethodContext(
             group=tuple(cell.group), num_classes=data.num_classes, in_chans=data.in_chans,
-            image_size=data.image_size, num_train=len(train_y), epochs=self.recipe.epochs,
+            image_size=self.inputs.image_size, num_train=self.inputs.num_train, epochs=self.recipe.epochs,
             steps_per_epoch=len(self.train_batches), device=self.device,
             create_model=lambda name: timm.create_model(name, num_classes=data.num_classes, in_chans=data.in_chans),
-            validation=validation,
+            validation=self.inputs.validation,
         )
         self.method = method_cls(hparams, ctx)
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
@@ -168,7 +157,9 @@ class Trainer:
         self.method.modules.eval()
         correct: dict[str, torch.Tensor] = {}
         peers = self.method.peer_outputs()
-        for batch in eval_batches(self.test_x, self.test_y, self.runtime.eval_batch_size, self.normalize):
+        n = 0
+        for batch in self.inputs.test():
+            n += len(batch)
             outputs = self.method.predict(batch.x)
             probs = {k: F.softmax(outputs[k].float(), dim=1) for k in peers}
             outputs["ens"] = torch.stack([probs[k] for k in peers]).mean(0)
@@ -177,7 +168,6 @@ class Trainer:
                 hits = top5 == batch.y[:, None]
                 counts = torch.stack([hits[:, 0].sum(), hits.any(1).sum()])
                 correct[name] = correct.get(name, 0) + counts
-        n = len(self.test_y)
         metrics = {}
         for name, counts in correct.items():
             metrics[f"top1/{name}"], metrics[f"top5/{name}"] = (100.0 * c / n for c in counts.tolist())

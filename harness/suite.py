@@ -34,6 +34,7 @@ class DatasetSpec(Strict):
     name: str
     root: str | None = None
     download: bool = False
+    pipeline: Literal["auto", "fast", "standard"] = "auto"  # auto: fast where the data and augmentation allow
     train_per_class: PositiveInt | None = None
     test_per_class: PositiveInt | None = None
 
