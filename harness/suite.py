@@ -35,6 +35,7 @@ class DatasetSpec(Strict):
     root: str | None = None
     download: bool = False
     pipeline: Literal["auto", "fast", "standard"] = "auto"  # auto: fast where the data and augmentation allow
+    views: Literal["shared", "per_peer"] = "shared"  # per_peer: each peer its own random view (KDCL's ICL)
     train_per_class: PositiveInt | None = None
     test_per_class: PositiveInt | None = None
 

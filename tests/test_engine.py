@@ -83,3 +83,27 @@ def test_ind_trains_each_peer_on_its_own_labels_only():
     trainer = Trainer(tiny_cell(method="ind", epochs=1))
     trainer.run()
     assert set(k for k in trainer.history[-1] if k.startswith("loss/")) == {"loss/ce/net1", "loss/ce/net2"}
+
+
+def test_per_peer_views_chosen_in_the_dataset_spec():
+    cell = tiny_cell()
+    per_peer = Cell(**{**cell.to_dict(), "group": cell.group, "dataset": {**DATA, "views": "per_peer"}})
+    assert per_peer.hash != cell.hash
+    trainer = Trainer(per_peer)
+    batch = next(iter(trainer.train_batches.epoch(0)))
+    assert len(batch.views) == 2 and not torch.equal(batch.view(0), batch.view(1))
+    assert len(next(iter(Trainer(cell).train_batches.epoch(0))).views) == 1
+
+
+def test_cli_names_the_missing_dataset(tmp_path, write_suite):
+    import subprocess
+    import sys
+
+    from tests.conftest import tiny_suite_dict
+
+    path = write_suite(tiny_suite_dict(dataset={"name": "cifar100"}))
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--data-root", str(tmp_path),
+                          "--results", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dataset cifar100" in lines[0] and str(tmp_path) in lines[0]
