@@ -62,7 +62,8 @@ class Trainer:
         hparams = method_cls.HParams.model_validate(cell.hparams)
         self.inputs = build_inputs(
             data, self.recipe, cell.seed, cell.dataset.get("pipeline", "auto"),
-            views=len(cell.group) if "per_peer" in (method_cls.views, cell.dataset.get("views")) else 1,
+            views=len(cell.group)
+            if method_cls.per_peer_views(hparams) or cell.dataset.get("views") == "per_peer" else 1,
             held_out_per_class=method_cls.held_out_per_class(hparams), device=self.device,
             channels_last=runtime.channels_last, eval_batch_size=runtime.eval_batch_size, workers=runtime.workers,
         )

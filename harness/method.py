@@ -78,7 +78,6 @@ class Method:
 
     name: ClassVar[str] = ""
     HParams: ClassVar[type[HParams]] = HParams
-    views: ClassVar[str] = "shared"  # "per_peer": every peer gets its own random view of the batch's images
     min_peers: ClassVar[int] = 1
     max_peers: ClassVar[int | None] = None
 
@@ -106,6 +105,14 @@ class Method:
     def deployed_parameters(self) -> int:
         """Parameters of the networks that are kept after training (extra modules are reported apart)."""
         return sum(p.numel() for p in self.peers.parameters())
+
+    @classmethod
+    def per_peer_views(cls, hp: HParams) -> bool:
+        """True when every peer must see its own random view of the batch's images (KDCL's ICL).
+
+        A suite can also ask for per-peer views for any method (``dataset.views: per_peer``).
+        """
+        return False
 
     @classmethod
     def held_out_per_class(cls, hp: HParams) -> int:

@@ -19,7 +19,6 @@ from harness.recipe import Recipe, Strict, load_presets, resolve_recipe
 from harness.registry import did_you_mean
 
 AGGREGATES = ("median", "mean", "std", "min", "max", "n")
-VALUE_KEYS_FIXED = ("avg", "ens")
 
 
 class SuiteError(ValueError):
@@ -60,8 +59,9 @@ class Layout(Strict):
     @classmethod
     def _known_values(cls, values):
         for v in values:
-            if v not in VALUE_KEYS_FIXED and not (v.startswith("net") and v[3:].isdigit()):
-                raise ValueError(f"unknown value {v!r}; valid: net1..netK, avg, ens")
+            if not v.replace("_", "").isalnum():
+                raise ValueError(f"{v!r} is not an output name; valid: net1..netK, avg, ens, or an output a method "
+                                 "evaluates (e.g. ONE's gated teacher)")
         return values
 
 
