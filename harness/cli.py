@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default=None, help="folder with the datasets (default: $HARNESS_DATA_ROOT)")
     run.add_argument("--device", default="auto", help="auto (cuda when the trial has a GPU), cpu or cuda")
     run.add_argument("--max-failures", type=int, default=0, help="Ray Tune retries of a failed trial")
+    run.add_argument("--smoke", action="store_true",
+                     help="scaled down: 2 epochs, 20 images per class, the embedded dataset if the suite's is absent")
 
     validate = sub.add_parser("validate", help="check suite files and count their cells")
     validate.add_argument("suites", nargs="+")
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="aggregate finished cells into Markdown and LaTeX tables")
     report.add_argument("suite")
     _add_store_args(report)
+    report.add_argument("--smoke", action="store_true", help="the report of the suite's --smoke run")
+    report.add_argument("--data-root", default=None, help="as given to 'harness run --smoke'")
 
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
@@ -69,9 +73,8 @@ def cmd_run(args) -> int:
     from harness.report import write_report
     from harness.runner import run_suite
     from harness.store import ResultStore
-    from harness.suite import load_suite
 
-    suite = load_suite(args.suite)
+    suite = _load(args)
     load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial
     store = ResultStore(args.results)
     runtime = Runtime(device=args.device, data_root=args.data_root)
@@ -92,10 +95,17 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from harness.report import write_report
     from harness.store import ResultStore
+
+    write_report(_load(args), ResultStore(args.results), args.reports)
+    return 0
+
+
+def _load(args):
+    from harness.smoke import smoke_suite
     from harness.suite import load_suite
 
-    write_report(load_suite(args.suite), ResultStore(args.results), args.reports)
-    return 0
+    suite = load_suite(args.suite)
+    return smoke_suite(suite, args.data_root) if args.smoke else suite
 
 
 def cmd_list(args) -> int:

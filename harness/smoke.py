@@ -1,0 +1,56 @@
+"""``--smoke``: any suite, scaled down so that it runs end to end on a CPU in minutes.
+
+Every cell keeps its networks, method and hyper-parameters and seeds, but trains 2 epochs on 20 images per
+class (10 per class for testing); a dataset that is not on this machine is replaced by the embedded
+Fashion-MNIST subset (with CIFAR-style augmentation, since ImageNet-style crops of 28×28 images mean
+nothing).  Smoke cells have hashes of their own, and the report says in its title that it is a smoke run.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from harness.datasets import DatasetError, load_dataset
+from harness.suite import DatasetSpec, Suite
+
+SMOKE_EPOCHS, SMOKE_TRAIN_PER_CLASS, SMOKE_TEST_PER_CLASS, SMOKE_BATCH = 2, 20, 10, 32
+STAND_IN = "fashion_mnist_mini"
+
+
+def _available(dataset: dict, data_root: str | None) -> bool:
+    try:
+        load_dataset({**dataset, "train_per_class": 1, "test_per_class": 1}, data_root)
+        return True
+    except DatasetError:
+        return False
+
+
+def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
+    """A scaled-down copy of ``suite`` (see the module docstring); the original is left unchanged."""
+    dataset = dict(suite.cells[0].dataset)
+    stand_in = not _available(dataset, data_root)
+    notes = [f"{SMOKE_EPOCHS} epochs", f"{SMOKE_TRAIN_PER_CLASS} training images per class"]
+    if stand_in:
+        notes.append(f"{STAND_IN} in place of {dataset['name']}")
+        dataset = {"name": STAND_IN, "views": dataset.get("views", "shared")}
+    dataset.update(train_per_class=SMOKE_TRAIN_PER_CLASS, test_per_class=SMOKE_TEST_PER_CLASS)
+
+    cells = []
+    for cell in suite.cells:
+        recipe = dict(cell.recipe, epochs=SMOKE_EPOCHS, warmup_epochs=0,
+                      batch_size=min(cell.recipe["batch_size"], SMOKE_BATCH))
+        if stand_in:
+            recipe["augment"] = {"crop_padding": 2, "flip": True}
+            recipe = _fill_augment(recipe)
+        cells.append(replace(cell, dataset=dataset, recipe=recipe, suite=f"{suite.name}_smoke"))
+
+    spec = suite.spec.model_copy(deep=True)
+    spec.dataset = DatasetSpec.model_validate(dataset)
+    spec.name = f"{suite.name}_smoke"
+    spec.title = f"SMOKE RUN ({', '.join(notes)}), not a reproduction — {suite.spec.title or suite.name}"
+    return Suite(spec, suite.path, cells)
+
+
+def _fill_augment(recipe: dict) -> dict:
+    from harness.recipe import Recipe
+
+    return Recipe.model_validate(recipe).model_dump(mode="json")

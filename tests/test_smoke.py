@@ -1,0 +1,28 @@
+"""--smoke scales any suite down and says so; the stand-in dataset replaces one that is absent."""
+from harness.engine import Trainer
+from harness.smoke import smoke_suite
+from harness.suite import load_suite
+from tests.conftest import tiny_suite_dict
+
+
+def test_smoke_of_a_cifar_suite_without_cifar(write_suite, monkeypatch):
+    monkeypatch.delenv("HARNESS_DATA_ROOT", raising=False)
+    raw = tiny_suite_dict(dataset={"name": "cifar100"}, recipe="tsb_cifar",
+                          groups=[["cifar_resnet8", "cifar_resnet8"]], paper_table={"name": "tsb_table1_cifar100"})
+    suite = load_suite(write_suite(raw))
+    smoke = smoke_suite(suite, data_root=None)
+    assert smoke.name == "tiny_smoke" and "SMOKE RUN" in smoke.spec.title and "in place of cifar100" in smoke.spec.title
+    assert len(smoke.cells) == len(suite.cells)
+    for original, cell in zip(suite.cells, smoke.cells):
+        assert cell.recipe["epochs"] == 2 and cell.dataset["name"] == "fashion_mnist_mini"
+        assert (cell.method, cell.hparams, cell.group, cell.seed) == (original.method, original.hparams,
+                                                                      original.group, original.seed)
+        assert cell.hash != original.hash
+    assert smoke.spec.dataset.name == "fashion_mnist_mini"
+    Trainer(smoke.cells[0])  # builds: the scaled-down cell is a valid cell
+
+
+def test_smoke_keeps_a_dataset_that_is_present(write_suite):
+    smoke = smoke_suite(load_suite(write_suite(tiny_suite_dict())))
+    assert smoke.cells[0].dataset["name"] == "fashion_mnist_mini"
+    assert smoke.cells[0].dataset["train_per_class"] == 20 and "in place of" not in smoke.spec.title
