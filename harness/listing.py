@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import typing
 
 from tabulate import tabulate
 
@@ -12,16 +13,29 @@ from harness.recipe import Recipe, load_presets, resolve_recipe
 HARNESS_MODEL_PREFIX = "cifar_"
 
 
+def _hparam_line(name: str, field) -> str:
+    """``name = default``, with the choices of a Literal field: ``target = 'general'  (naive|linear|...)``."""
+    annotation = field.annotation
+    parts = [annotation] if typing.get_origin(annotation) is typing.Literal else typing.get_args(annotation)
+    choices = [a for arg in parts if typing.get_origin(arg) is typing.Literal for a in typing.get_args(arg)]
+    if bool in parts:
+        choices += [True, False]
+    line = f"{name} = {field.default!r}"
+    return f"{line}  ({'|'.join(map(str, choices))})" if choices else line
+
+
 def list_methods() -> str:
+    """Every registered method, one hyper-parameter per line with its default (and choices)."""
     rows = []
     for name, cls in load_methods().items():
         fields = cls.HParams.model_fields
-        hparams = ", ".join(f"{k}={f.default!r}" for k, f in fields.items()) or "(none)"
+        hparams = "\n".join(_hparam_line(k, f) for k, f in fields.items()) or "(none)"
         peers = f"{cls.min_peers}..{cls.max_peers or 'K'}"
         doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
         summary = doc.strip().splitlines()[0] if doc.strip() else ""
         rows.append([name, peers, hparams, summary])
-    return tabulate(rows, headers=["method", "networks", "hyper-parameters (defaults)", "what it is"])
+    return tabulate(rows, headers=["method", "networks", "hyper-parameters = defaults", "what it is"],
+                    maxcolwidths=[None, None, None, 48])
 
 
 def list_models() -> str:

@@ -106,6 +106,32 @@ class Method:
         """Parameters of the networks that are kept after training (extra modules are reported apart)."""
         return sum(p.numel() for p in self.peers.parameters())
 
+    def parameter_counts(self) -> dict:
+        """Parameters by role, since only the deployed networks are kept after training.
+
+        ``deployed``: the networks kept (a shared trunk counted once); ``peers``: every parameter of the
+        ``peers`` modules (all branches of a multi-branch network); ``added``: each other module (discriminators,
+        connectors, gates, fusion modules, embedding heads) by its key; ``added_buffers_bytes``: the buffers of
+        those modules (memory banks).
+        """
+        peer_params = {id(p): p.numel() for p in self.peers.parameters()}
+        added, buffers = {}, {}
+        for key, module in self.modules.items():
+            if key == "peers":
+                continue
+            added[key] = sum(p.numel() for p in module.parameters() if id(p) not in peer_params)
+            buffers[key] = sum(b.numel() * b.element_size() for b in module.buffers())
+        return {"deployed": self.deployed_parameters(), "peers": sum(peer_params.values()), "added": added,
+                "added_total": sum(added.values()), "added_buffers_bytes": buffers}
+
+    @classmethod
+    def group_error(cls, hp: HParams, group: tuple[str, ...]) -> str | None:
+        """Why this method cannot train ``group`` with ``hp`` (checked by ``harness validate``); None if it can.
+
+        The number of networks is checked apart, against ``min_peers``/``max_peers``.
+        """
+        return None
+
     @classmethod
     def per_peer_views(cls, hp: HParams) -> bool:
         """True when every peer must see its own random view of the batch's images (KDCL's ICL).

@@ -18,7 +18,8 @@ from harness.store import ResultStore
 from harness.suite import Suite
 
 TEMPLATES = Path(__file__).with_name("templates")
-MISSING = "—"
+MISSING = "—"  # no finished trial yet (not run, running or failed)
+NOT_APPLICABLE = "n/a"  # the cell's trials finished but the method has no such output (e.g. a teacher)
 
 
 @dataclass
@@ -28,13 +29,14 @@ class Entry:
     ours: float | None
     n: int
     paper: float | None = None
+    applicable: bool = True
 
     @property
     def delta(self) -> float | None:
         return None if self.ours is None or self.paper is None else self.ours - self.paper
 
     def text(self, with_paper: bool) -> str:
-        ours = MISSING if self.ours is None else f"{self.ours:.2f}"
+        ours = (MISSING if self.applicable else NOT_APPLICABLE) if self.ours is None else f"{self.ours:.2f}"
         if not with_paper:
             return ours
         paper = MISSING if self.paper is None else f"{self.paper:.2f}"
@@ -61,8 +63,14 @@ class Table:
                 for r in self.rows]
 
     def n_range(self) -> tuple[int, int]:
-        ns = [e.n for e in self.entries.values()]
-        return min(ns), max(ns)
+        ns = [e.n for e in self.entries.values() if e.applicable]
+        return (min(ns), max(ns)) if ns else (0, 0)
+
+    def has_missing(self) -> bool:
+        return any(e.ours is None and e.applicable for e in self.entries.values())
+
+    def has_not_applicable(self) -> bool:
+        return any(not e.applicable for e in self.entries.values())
 
 
 def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
@@ -82,9 +90,11 @@ def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
                 "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
                 "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
                 "torch": record.get("packages", {}).get("torch"),
+                "deployed_params": record.get("params", {}).get("deployed"),
+                "added_params": record.get("params", {}).get("added_total"),
             })
     columns = ["dataset", "group", "method", "value", "seed", metric, "epoch", "hash", "trial", "epochs_run",
-               "git_sha", "dirty", "device", "torch"]
+               "git_sha", "dirty", "device", "torch", "deployed_params", "added_params"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -96,6 +106,7 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
     grouped = trials.groupby(keys)[metric]
     stats = grouped.size() if how == "n" else grouped.agg(how)
     counts = grouped.size()
+    finished = set(trials[keys[:-1]].itertuples(index=False, name=None))
     axis_values = {
         "dataset": [spec.dataset.name],
         "group": list(dict.fromkeys(c.group_name for c in suite.cells)),
@@ -109,9 +120,11 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
     entries = {}
     for r, c in itertools.product(rows, columns):
         where = {**dict(zip(spec.table.rows, r)), **dict(zip(spec.table.columns, c))}
-        where.setdefault("dataset", spec.dataset.name)
+        for axis, choices in axis_values.items():  # an axis that is neither row nor column has one entry
+            where.setdefault(axis, choices[0])
         key = tuple(where[k] for k in keys)
-        entry = Entry(float(stats[key]) if key in stats.index else None, int(counts.get(key, 0)))
+        entry = Entry(float(stats[key]) if key in stats.index else None, int(counts.get(key, 0)),
+                      applicable=key in stats.index or key[:-1] not in finished)
         if paper is not None:
             ref = spec.paper_table
             entry.paper = paper_value(paper, groups[where["group"]], where["method"], where["value"],
@@ -178,7 +191,7 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
         "table": table, "suite": suite.spec, "prov": provenance(suite, store, table),
         "markdown_table": tabulate(table.body(), headers=table.header(), tablefmt="pipe", disable_numparse=True,
                                    colalign=["left"] + ["right"] * len(table.columns)),
-        "latex_header": _latex_header_rows(table), "missing": MISSING,
+        "latex_header": _latex_header_rows(table), "missing": MISSING, "not_applicable": NOT_APPLICABLE,
     }
     return {ext: env.get_template(f"report.{ext}.j2").render(**context) for ext in ("md", "tex")}
 

@@ -223,11 +223,27 @@ def _check_groups(groups, methods, errors: list[str]) -> None:
                 known = known or timm.list_models()
                 errors.append(f"groups[{i}][{j}]: unknown model {model!r}{did_you_mean(model, known)}; "
                               "'harness list models' shows the registered ones")
-        for label, name, _ in methods:
+        for label, name, hparams in methods:
             cls = registry.get(name)
             if len(group) < cls.min_peers or (cls.max_peers and len(group) > cls.max_peers):
                 limit = f"{cls.min_peers}..{cls.max_peers or 'any'}"
                 errors.append(f"groups[{i}]: method {label!r} takes {limit} networks, the group has {len(group)}")
+                continue
+            problem = cls.group_error(cls.HParams.model_validate(hparams), tuple(group))
+            if problem:
+                errors.append(f"groups[{i}]: method {label!r} cannot train {list(group)}: {problem}")
+
+
+def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
+    """Every axis with more than one entry must be a row or a column; none may be both."""
+    layout = spec.table
+    for key in sorted(set(layout.rows) & set(layout.columns)):
+        errors.append(f"table: {key!r} is in both rows and columns; keep it in one")
+    sizes = {"group": len({tuple(g) for g in spec.groups}), "method": len(methods), "value": len(layout.values)}
+    for key, size in sizes.items():
+        if size > 1 and key not in layout.rows + layout.columns:
+            errors.append(f"table: the suite has {size} entries of {key!r} but the table has no place for them; "
+                          f"add {key!r} to table.rows or table.columns")
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -272,6 +288,7 @@ def load_suite(path: str | Path) -> Suite:
             errors.append(f"dataset.name: {DATASETS.unknown_message(spec.dataset.name)}")
         methods = _method_entries(spec.methods, errors)
         _check_groups(spec.groups, methods, errors)
+        _check_layout(spec, methods, errors)
         if recipe is not None and not errors:
             dataset = spec.dataset.model_dump(mode="json", exclude_none=True)
             recipe_dict = recipe.model_dump(mode="json")

@@ -91,8 +91,7 @@ def train_cell(config: dict) -> None:
 
         summary = trainer.run(on_epoch=report)
         record.update(status="ok", history=trainer.history, **summary,
-                      deployed_params=trainer.method.deployed_parameters(),
-                      total_params=sum(p.numel() for p in trainer.method.modules.parameters()))
+                      params=trainer.method.parameter_counts())
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise

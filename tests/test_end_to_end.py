@@ -61,6 +61,7 @@ def test_run_kill_resume_report(tmp_path):
         assert record["epochs"] == 3 and len(record["history"]) == 3
         assert record["code"]["git_sha"] and record["packages"]["torch"].startswith("2.13")
         assert record["hardware"]["device"] == "cpu"
+        assert record["params"]["deployed"] == record["params"]["peers"] > 0 and record["params"]["added_total"] == 0
 
     md = (reports / "tiny.md").read_text()
     table_rows = [line for line in md.splitlines() if line.startswith("| cifar_resnet8+cifar_resnet8")]

@@ -66,6 +66,25 @@ def test_failed_and_absent_cells_are_missing_not_zero(tmp_path, write_suite):
     assert table.body()[0] == ["cifar_resnet8+cifar_resnet8", "50.00", "52.00", "51.00", "53.00", "—", "—", "—", "—"]
 
 
+def test_output_a_method_lacks_is_not_applicable_not_missing(tmp_path, write_suite):
+    raw = tiny_suite_dict(seeds=[0])
+    raw["table"] = {"rows": ["group"], "columns": ["method", "value"], "values": ["net1", "teacher"]}
+    suite = load_suite(write_suite(raw))
+    store = ResultStore(tmp_path / "results")
+    ind, dml = suite.cells
+    record = fake_record(ind, 50.0, 52.0)
+    record["last"]["teacher"] = {"top1": 55.0, "top5": 99.0}
+    store.put(record)  # ind finished with a teacher output; dml has no record at all
+    table = build_table(suite, store)
+    assert table.body()[0] == ["cifar_resnet8+cifar_resnet8", "50.00", "55.00", "—", "—"]
+    store.put(fake_record(dml, 60.0, 61.0))  # dml finished, without a teacher: n/a, not missing
+    table = build_table(suite, store)
+    assert table.body()[0] == ["cifar_resnet8+cifar_resnet8", "50.00", "55.00", "60.00", "n/a"]
+    assert table.has_not_applicable() and not table.has_missing()
+    md = write_report(suite, store, tmp_path / "reports", log=lambda *_: None)["md"].read_text()
+    assert "n/a = the method has no such output" in md and "not run yet" not in md
+
+
 def test_paper_numbers_beside_ours(tmp_path, write_suite):
     raw = tiny_suite_dict(groups=[["cifar_resnet32", "cifar_resnet32"]], seeds=[0],
                           paper_table={"name": "tsb_table1_cifar100"})
