@@ -80,6 +80,28 @@ def test_group_too_small_for_method(write_suite):
     assert "groups[0]: method 'dml' takes 2..any networks, the group has 1" in lines[0]
 
 
+def test_group_a_method_cannot_train(write_suite):
+    suite = tiny_suite_dict(groups=[["cifar_resnet8", "cifar_resnet14"], ["cifar_resnet8"] * 3],
+                            methods=["one", {"name": "clnn", "fanouts": [2]}, {"name": "ffl", "shared_trunk": True}])
+    lines = errors_of(write_suite, suite)
+    assert any("groups[0]: method 'one' cannot train ['cifar_resnet8', 'cifar_resnet14']: " in l
+               and "same architecture" in l for l in lines)
+    assert any("groups[0]: method 'ffl' cannot train" in l and "shared_trunk" in l for l in lines)
+    assert any("groups[1]: method 'clnn' cannot train" in l and "multiply to the 3 networks" in l for l in lines)
+    assert any("groups[1]: method 'ffl' takes 2..2 networks, the group has 3" in l for l in lines)
+    assert len(lines) == 5  # one, clnn (mixed) and ffl on groups[0]; clnn (fan-outs) and ffl (size) on groups[1]
+
+
+def test_table_without_a_place_for_an_axis(write_suite):
+    suite = tiny_suite_dict(groups=[["cifar_resnet8", "cifar_resnet8"], ["cifar_resnet14", "cifar_resnet14"]],
+                            table={"rows": ["method"], "columns": ["method", "value"]})
+    lines = errors_of(write_suite, suite)
+    assert any("table: 'method' is in both rows and columns" in l for l in lines)
+    assert any("table: the suite has 2 entries of 'group' but the table has no place for them; add 'group'" in l
+               for l in lines)
+    assert len(lines) == 2
+
+
 def test_duplicate_labels(write_suite):
     lines = errors_of(write_suite, tiny_suite_dict(methods=["dml", {"name": "dml", "temperature": 3}]))
     assert "label 'dml' is used twice" in lines[0]

@@ -1,0 +1,94 @@
+"""Every registered method trains 2 epochs on the embedded dataset with K = 2 and, where it allows, K = 3:
+finite losses that move, the evaluated outputs it documents, and a checkpoint that restores it exactly.
+
+A new file under ``methods/`` is picked up here without editing this test.
+"""
+import io
+import math
+
+import pytest
+import torch
+
+from harness.cell import Cell
+from harness.engine import Trainer
+from harness.method import load_methods
+from tests.conftest import TINY_RECIPE
+
+DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
+# Outputs beyond net1..netK and ens that a method evaluates with its default hyper-parameters.
+EXTRA_OUTPUTS = {"one": {"teacher"}, "kdcl": {"teacher"}, "ffl": {"fused"}}
+# Small settings so that the generic run exercises each method's state within 2 epochs.
+SHORT = {"kdcl": {"val_per_class": 2}, "tsb": {"warmup_epochs": 1}, "one": {"rampup_epochs": 1},
+         "ffl": {"rampup_epochs": 1}}
+
+
+def cases() -> list:
+    return list(_cases())
+
+
+def _cases():
+    for name, cls in load_methods().items():
+        for k in (2, 3):
+            if cls.min_peers <= k <= (cls.max_peers or k):
+                yield pytest.param(name, k, id=f"{name}-K{k}")
+
+
+def make(name: str, k: int) -> Trainer:
+    cell = Cell(method=name, hparams=SHORT.get(name, {}), group=("cifar_resnet8",) * k, dataset=DATA,
+                recipe={**TINY_RECIPE, "epochs": 2}, seed=0, label=name, suite="every_method")
+    return Trainer(cell)
+
+
+def test_every_method_is_covered():
+    names = {c.values[0] for c in cases()}
+    assert names == set(load_methods()) and {"ind", "dml", "kdcl", "tsb", "one", "clnn", "ffl"} <= names
+
+
+@pytest.mark.parametrize("name,k", cases())
+def test_trains_two_epochs_and_restores(name, k):
+    trainer = make(name, k)
+    before = [p.detach().clone() for p in trainer.method.modules.parameters()]
+    states = []
+    trainer.run(lambda t, metrics: states.append(io.BytesIO()) or torch.save(t.state_dict(), states[-1]))
+    assert len(trainer.history) == 2
+    last = trainer.history[-1]
+    losses = {key: v for key, v in last.items() if key.startswith("loss/")}
+    assert losses and all(math.isfinite(v) for v in losses.values())
+    expected = {f"net{i + 1}" for i in range(k)} | {"ens", "avg"} | EXTRA_OUTPUTS.get(name, set())
+    outputs = {key.split("/", 1)[1] for key in last if key.startswith("top1/")}
+    assert outputs == expected
+    assert all(0.0 <= last[f"top1/{o}"] <= last[f"top5/{o}"] <= 100.0 for o in outputs)
+    moved = [not torch.equal(a, b) for a, b in zip(before, trainer.method.modules.parameters())]
+    assert all(moved), f"{name}: {moved.count(False)} parameter tensors never changed"
+
+    # Parameters by role: the peers and the added modules partition the method's parameters.
+    counts = trainer.method.parameter_counts()
+    unique = {id(p): p.numel() for p in trainer.method.modules.parameters()}
+    assert counts["peers"] + counts["added_total"] == sum(unique.values())
+    assert 0 < counts["deployed"] <= counts["peers"]
+    assert set(counts["added"]) == set(trainer.method.modules) - {"peers"}
+
+    # The checkpoint after epoch 1 resumes to the very same end state.
+    states[0].seek(0)
+    resumed = make(name, k)
+    resumed.load_state_dict(torch.load(states[0], weights_only=False))
+    resumed.run()
+    for a, b in zip(resumed.method.modules.parameters(), trainer.method.modules.parameters()):
+        assert torch.equal(a, b)
+    timing = {"images_per_s", "train_time_s", "eval_time_s"}
+    assert {k: v for k, v in resumed.history[-1].items() if k not in timing} == \
+        {k: v for k, v in last.items() if k not in timing}
+
+
+def test_parameter_counts_by_hand():
+    import timm
+
+    resnet8 = sum(p.numel() for p in timm.create_model("cifar_resnet8", num_classes=10, in_chans=1).parameters())
+    ind = make("ind", 2).method.parameter_counts()
+    assert ind == {"deployed": 2 * resnet8, "peers": 2 * resnet8, "added": {}, "added_total": 0,
+                   "added_buffers_bytes": {}}
+    ffl = make("ffl", 2).method
+    fusion = sum(p.numel() for p in ffl.modules["fusion"].parameters())
+    counts = ffl.parameter_counts()
+    assert fusion > 0 and counts["added"]["fusion"] == fusion and counts["added_total"] >= fusion
+    assert counts["deployed"] < 2 * resnet8  # the shared trunk is counted once
