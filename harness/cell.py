@@ -20,6 +20,7 @@ class Cell:
     seed: int
     label: str = ""  # the method's column name in the suite's table; cosmetic, not hashed
     suite: str = field(default="", compare=False)
+    stop_epoch: int | None = None  # train the recipe's schedule but stop after this epoch (ESKD's teacher)
 
     def identity(self) -> dict:
         """What defines the result: every field that changes the numbers, and nothing else."""
@@ -32,6 +33,8 @@ class Cell:
             "recipe": self.recipe,
             "seed": self.seed,
         }
+        if self.stop_epoch is not None:  # absent otherwise, so that earlier hashes stay valid
+            ident["stop_epoch"] = self.stop_epoch
         for section, keys in _NOT_HASHED.items():
             ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
         return ident

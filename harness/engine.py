@@ -34,6 +34,7 @@ class Runtime:
     channels_last: bool = True
     eval_batch_size: int = 500
     workers: int = 0  # DataLoader workers of the standard input pipeline
+    results: str = "results"  # the result store, where the weights of earlier stages (teachers) are found
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -76,6 +77,11 @@ class Trainer:
             create_model=lambda name: timm.create_model(name, num_classes=data.num_classes, in_chans=data.in_chans),
             validation=self.inputs.validation,
         )
+        self.stages = method_cls.stages(hparams, cell)
+        self.stage_provenance: dict[str, dict] = {}
+        self._stage_modules: dict[str, dict] = {}
+        ctx.load_stage = self._load_stage
+        ctx.load_stage_modules = self._load_stage_modules
         self.method = method_cls(hparams, ctx)
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.method.modules.to(self.device, memory_format=memory_format)
@@ -91,8 +97,30 @@ class Trainer:
             self.method.optimizers[name] = optimizer
             if group.follow_schedule:
                 self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
+        self.last_epoch = min(cell.stop_epoch or self.recipe.epochs, self.recipe.epochs)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
+
+    def _load_stage(self, name: str) -> list[torch.nn.Module]:
+        """The networks of stage ``name`` (a teacher), frozen and on this trainer's device; recorded."""
+        from harness.stages import load_networks
+        from harness.store import ResultStore
+
+        if name not in self.stages:
+            raise KeyError(f"method {self.cell.method} asked for stage {name!r} but declares {list(self.stages)}")
+        stage = self.stages[name]
+        path = stage.checkpoint or ResultStore(self.runtime.results).weights_path(stage.cell.hash)
+        networks, provenance = load_networks(path, stage.models, stage.sha256, self.data.num_classes,
+                                             self.data.in_chans)
+        self._stage_modules[name] = provenance.pop("modules")
+        self.stage_provenance[name] = {**provenance, "stage": stage.describe()}
+        return [net.to(self.device) for net in networks]
+
+    def _load_stage_modules(self, name: str) -> dict[str, dict]:
+        """State dicts (on CPU) of the extra modules stage ``name`` saved; loads the stage if not yet loaded."""
+        if name not in self._stage_modules:
+            self._load_stage(name)
+        return self._stage_modules[name]
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -179,7 +207,7 @@ class Trainer:
     # --- the whole run -------------------------------------------------------------------------------------
     def run(self, on_epoch: Callable[["Trainer", dict], None] | None = None) -> dict:
         """Train the remaining epochs; ``on_epoch(trainer, metrics)`` runs after each (report, checkpoint)."""
-        while self.epoch < self.recipe.epochs:
+        while self.epoch < self.last_epoch:
             metrics = {"epoch": self.epoch + 1, **self.train_epoch(), **self.evaluate()}
             self.epoch += 1
             self.history.append(metrics)

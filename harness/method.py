@@ -42,6 +42,9 @@ class MethodContext:
     device: torch.device
     create_model: Callable[[str], nn.Module]
     validation: Callable[[], Iterator[Batch]] | None = None  # held-out batches, for methods that ask
+    load_stage: Callable[[str], list[nn.Module]] | None = None  # a stage's trained networks, frozen, on device
+    # the state dicts of a stage's other saved modules (``Method.saved_modules``), by key
+    load_stage_modules: Callable[[str], dict[str, dict]] | None = None
 
 
 @dataclass
@@ -112,17 +115,37 @@ class Method:
         ``deployed``: the networks kept (a shared trunk counted once); ``peers``: every parameter of the
         ``peers`` modules (all branches of a multi-branch network); ``added``: each other module (discriminators,
         connectors, gates, fusion modules, embedding heads) by its key; ``added_buffers_bytes``: the buffers of
-        those modules (memory banks).
+        those modules (memory banks); ``frozen``: modules with no trainable parameter (a teacher).
         """
         peer_params = {id(p): p.numel() for p in self.peers.parameters()}
-        added, buffers = {}, {}
+        added, frozen, buffers = {}, {}, {}
         for key, module in self.modules.items():
             if key == "peers":
                 continue
-            added[key] = sum(p.numel() for p in module.parameters() if id(p) not in peer_params)
+            own = [p for p in module.parameters() if id(p) not in peer_params]
+            if own and not any(p.requires_grad for p in own):  # a frozen teacher from an earlier stage
+                frozen[key] = sum(p.numel() for p in own)
+                continue
+            added[key] = sum(p.numel() for p in own)
             buffers[key] = sum(b.numel() * b.element_size() for b in module.buffers())
         return {"deployed": self.deployed_parameters(), "peers": sum(peer_params.values()), "added": added,
-                "added_total": sum(added.values()), "added_buffers_bytes": buffers}
+                "added_total": sum(added.values()), "added_buffers_bytes": buffers, "frozen": frozen}
+
+    def deployed_networks(self) -> list[tuple[str, nn.Module]]:
+        """(timm name, network) of what is kept after training; saved so that later stages can load them."""
+        return list(zip(self.ctx.group, self.peers))
+
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """Modules besides the deployed networks that later stages load (FT's paraphraser); none by default."""
+        return {}
+
+    @classmethod
+    def stages(cls, hp: HParams, cell) -> dict:
+        """Named :class:`harness.stages.Stage` s to finish before this cell starts (a teacher); none by default.
+
+        The method gets their networks through ``ctx.load_stage(name)``.
+        """
+        return {}
 
     @classmethod
     def group_error(cls, hp: HParams, group: tuple[str, ...]) -> str | None:

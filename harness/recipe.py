@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from harness.registry import did_you_mean
 
@@ -28,6 +28,8 @@ class OptimizerSpec(Strict):
     momentum: NonNegativeFloat = 0.9
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 5e-4
+    # adam/adamw only (GAN discriminators use (0.5, 0.999)); unset = torch's default, left out of hashes
+    betas: tuple[float, float] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ScheduleSpec(Strict):
@@ -165,7 +167,7 @@ def build_optimizer(spec: OptimizerSpec, params, lr_scale: float = 1.0) -> torch
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
                                weight_decay=spec.weight_decay)
     optimizer = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-    return optimizer(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return optimizer(params, lr=spec.lr, betas=spec.betas or (0.9, 0.999), weight_decay=spec.weight_decay)
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int):

@@ -92,9 +92,11 @@ def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
                 "torch": record.get("packages", {}).get("torch"),
                 "deployed_params": record.get("params", {}).get("deployed"),
                 "added_params": record.get("params", {}).get("added_total"),
+                "stages": " ".join(f"{name}={stage.get('cell_hash') or stage.get('sha256')}"
+                                   for name, stage in sorted(record.get("stages", {}).items())),
             })
     columns = ["dataset", "group", "method", "value", "seed", metric, "epoch", "hash", "trial", "epochs_run",
-               "git_sha", "dirty", "device", "torch", "deployed_params", "added_params"]
+               "git_sha", "dirty", "device", "torch", "deployed_params", "added_params", "stages"]
     return pd.DataFrame(rows, columns=columns)
 
 

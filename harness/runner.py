@@ -5,11 +5,12 @@ import datetime as dt
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from harness.cell import Cell
 from harness.engine import Runtime
 from harness.provenance import code_version
+from harness.stages import stages_of, waves
 from harness.store import ResultStore
 from harness.suite import Suite
 
@@ -76,7 +77,14 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_g
         log(f"Ray dashboard: http://{context.dashboard_url}{auth}")
 
 
-def _progress_callback(total: int, store: ResultStore, log):
+_progress_log = print  # set by _fit; a module global, so that Tune can pickle the callback (Ray swaps builtins.print)
+
+
+def _say(line: str) -> None:
+    _progress_log(line)
+
+
+def _progress_callback(total: int, store: ResultStore):
     from ray import tune
 
     class Progress(tune.Callback):
@@ -91,11 +99,11 @@ def _progress_callback(total: int, store: ResultStore, log):
             cell = Cell.from_dict(trial.config["cell"])
             peers = [k.split("/", 1)[1] for k in result if k.startswith("top1/") and k[5:8] == "net"]
             accs = " ".join(f"{p} {result[f'top1/{p}']:.2f}" for p in peers)
-            log(f"{self._counts(trials)} {cell.describe()} epoch {result['epoch']}/{cell.recipe['epochs']}: "
+            _say(f"{self._counts(trials)} {cell.describe()} epoch {result['epoch']}/{cell.recipe['epochs']}: "
                 f"{accs} ens {result['top1/ens']:.2f} ({result['images_per_s']:.0f} img/s)")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            log(f"{self._counts(trials)} finished {Cell.from_dict(trial.config['cell']).describe()}")
+            _say(f"{self._counts(trials)} finished {Cell.from_dict(trial.config['cell']).describe()}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             cell = Cell.from_dict(trial.config["cell"])
@@ -105,7 +113,7 @@ def _progress_callback(total: int, store: ResultStore, log):
                            "seed": cell.seed, "status": "failed",
                            "error": f"trial {trial.trial_id} ended with an error before recording it"})
                 record = store.get(cell.hash)
-            log(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
+            _say(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
 
     return Progress()
 
@@ -113,25 +121,71 @@ def _progress_callback(total: int, store: ResultStore, log):
 def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), address: str | None = None,
               dashboard: bool = True, num_cpus: float | None = None, num_gpus: float | None = None,
               max_failures: int = 0, log=print) -> RunSummary:
-    """Run the suite's unfinished cells; finished cells (in ``store``) are skipped, failed ones retried."""
+    """Run the suite's unfinished cells, after the stage cells (teachers) they need; finished cells (in
+    ``store``) are skipped, failed ones retried.  Stages run in waves, one Ray Tune experiment each."""
     cells = list({c.hash: c for c in suite.cells}.values())
-    pending = [c for c in cells if not store.is_finished(c)]
-    log(f"{suite.name}: {len(cells)} cells, {len(cells) - len(pending)} finished already, {len(pending)} to run "
-        f"(results in {store.root})")
-    if not pending:
-        return RunSummary(len(cells), len(cells), 0, [], [])
+    plan = waves(cells)
+    stage_hashes = {s.cell.hash for wave in plan for c in wave for s in stages_of(c).values() if s.cell}
 
+    def done(cell: Cell) -> bool:  # a stage also needs its saved networks
+        return store.is_finished(cell) and (cell.hash not in stage_hashes or store.weights_path(cell.hash).is_file())
+
+    everything = [c for wave in plan for c in wave]
+    pending = [c for c in everything if not done(c)]
+    extra = len(everything) - len(cells)
+    log(f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
+        f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.root})")
+    if not pending:
+        return RunSummary(len(everything), len(everything), 0, [], [])
+
+    init_ray(address, dashboard, num_cpus, num_gpus, log)
+    runtime = replace(runtime, results=str(store.root))
+    resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
+    blocked: list[Cell] = []
+    for i, wave in enumerate(plan):
+        todo = [c for c in wave if not done(c)]
+        ready = [c for c in todo if all(done(s.cell) for s in stages_of(c).values() if s.cell)]
+        blocked += [c for c in todo if c not in ready]
+        if not ready:
+            continue
+        if len(plan) > 1:
+            log(f"stage {i + 1} of {len(plan)}: {len(ready)} cell(s)")
+        _fit(f"{suite.name}-stage{i + 1}" if len(plan) > 1 else suite.name, ready, store, runtime, resources,
+             max_failures, log)
+        if any(store.get(c.hash) is None for c in ready):
+            break  # interrupted: nothing that depends on this wave may start
+    records = {c.hash: store.get(c.hash) for c in pending}
+    failed = [c.describe() for c in pending if records[c.hash] and records[c.hash].get("status") == "failed"]
+    failed += [f"{c.describe()} (a stage it needs failed)" for c in blocked
+               if records[c.hash] is None and _stage_failed(c, store)]
+    unfinished = [c.describe() for c in pending if records[c.hash] is None and not _stage_failed(c, store)]
+    return RunSummary(len(everything), len(everything) - len(pending), len(pending), failed, unfinished)
+
+
+def _stage_failed(cell: Cell, store: ResultStore) -> bool:
+    for stage in stages_of(cell).values():
+        if stage.cell is not None:
+            record = store.get(stage.cell.hash)
+            if (record is not None and record.get("status") == "failed") or _stage_failed(stage.cell, store):
+                return True
+    return False
+
+
+def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, max_failures: int,
+         log) -> None:
+    """One Ray Tune experiment: a trial per cell; returns when all ended or after Ctrl-C."""
     from ray import tune
 
     from harness.trainable import train_cell
 
-    init_ray(address, dashboard, num_cpus, num_gpus, log)
-    resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
+    global _progress_log
+    _progress_log = log
+
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tuner = tune.Tuner(
         tune.with_resources(train_cell, resources),
         param_space={
-            "cell": tune.grid_search([c.to_dict() for c in pending]),
+            "cell": tune.grid_search([c.to_dict() for c in cells]),
             "runtime": asdict(runtime),
             "results": str(store.root),
             "code": code_version(),
@@ -140,10 +194,10 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
             trial_dirname_creator=lambda trial: trial_dirname(Cell.from_dict(trial.config["cell"])),
         ),
         run_config=tune.RunConfig(
-            name=f"{suite.name}-{stamp}",
+            name=f"{name}-{stamp}",
             storage_path=str(store.ray_dir),
             verbose=0,
-            callbacks=[_progress_callback(len(pending), store, log)],
+            callbacks=[_progress_callback(len(cells), store)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
@@ -152,7 +206,3 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
         tuner.fit()  # Ctrl-C: Tune stops the trials and returns; a second Ctrl-C raises
     except KeyboardInterrupt:
         pass
-    records = {c.hash: store.get(c.hash) for c in pending}
-    failed = [c.describe() for c in pending if records[c.hash] and records[c.hash].get("status") == "failed"]
-    unfinished = [c.describe() for c in pending if records[c.hash] is None]
-    return RunSummary(len(cells), len(cells) - len(pending), len(pending), failed, unfinished)

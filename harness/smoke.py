@@ -1,7 +1,8 @@
 """``--smoke``: any suite, scaled down so that it runs end to end on a CPU in minutes.
 
-Every cell keeps its networks, method and hyper-parameters and seeds, but trains 2 epochs on 20 images per
-class (10 per class for testing); a dataset that is not on this machine is replaced by the embedded
+Every cell keeps its networks, method and hyper-parameters and seeds (except that a teacher trained in an
+earlier stage uses the smoke recipe as well, and an early-stopped teacher stops within it), but trains 2
+epochs on 20 images per class (10 per class for testing); a dataset that is not on this machine is replaced by the embedded
 Fashion-MNIST subset (with CIFAR-style augmentation, since ImageNet-style crops of 28×28 images mean
 nothing).  Smoke cells have hashes of their own, and the report says in its title that it is a smoke run.
 """
@@ -41,13 +42,24 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
         if stand_in:
             recipe["augment"] = {"crop_padding": 2, "flip": True}
             recipe = _fill_augment(recipe)
-        cells.append(replace(cell, dataset=dataset, recipe=recipe, suite=f"{suite.name}_smoke"))
+        cells.append(replace(cell, dataset=dataset, recipe=recipe, hparams=_smoke_stages(cell.hparams),
+                             suite=f"{suite.name}_smoke"))
 
     spec = suite.spec.model_copy(deep=True)
     spec.dataset = DatasetSpec.model_validate(dataset)
     spec.name = f"{suite.name}_smoke"
     spec.title = f"SMOKE RUN ({', '.join(notes)}), not a reproduction — {suite.spec.title or suite.name}"
     return Suite(spec, suite.path, cells)
+
+
+def _smoke_stages(hparams: dict) -> dict:
+    """Teachers of a smoke run train on the smoke recipe too, and an early stop falls inside its 2 epochs."""
+    out = dict(hparams)
+    if out.get("teacher_recipe") is not None:
+        out["teacher_recipe"] = None
+    if out.get("teacher_stop_epoch") is not None:
+        out["teacher_stop_epoch"] = min(out["teacher_stop_epoch"], SMOKE_EPOCHS - 1)
+    return out
 
 
 def _fill_augment(recipe: dict) -> dict:

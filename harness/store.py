@@ -40,6 +40,10 @@ class ResultStore:
         self.cells_dir = self.root / "cells"
         self.ray_dir = self.root / "ray"
 
+    def weights_path(self, cell_hash: str) -> Path:
+        """The deployed networks of a finished cell, for the stages that load them (a teacher)."""
+        return self.root / "weights" / f"{cell_hash}.pt"
+
     def record_path(self, cell_hash: str) -> Path:
         return self.cells_dir / f"{cell_hash}.json"
 

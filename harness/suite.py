@@ -246,6 +246,34 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
                           f"add {key!r} to table.rows or table.columns")
 
 
+def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
+    """Stages a method asks for must be definable (a known teacher recipe) and a checkpoint file must exist."""
+    from harness.stages import stages_of
+
+    def where(cell: Cell) -> str:
+        for i, entry in enumerate(raw_methods):
+            name = entry if isinstance(entry, str) else entry.get("name")
+            label = None if isinstance(entry, str) else entry.get("label")
+            if cell.label in (label, name) or cell.label.startswith(f"{label or name}["):
+                return f"methods[{i}]"
+        return "methods"
+
+    for cell in {c.hash: c for c in cells}.values():
+        try:
+            stages = stages_of(cell)
+        except KeyError as e:  # an unknown teacher recipe preset: resolve_recipe's one-line message
+            errors.append(f"{where(cell)}.{e.args[0]}")
+            continue
+        except ValidationError as e:
+            errors.extend(_pydantic_lines(e, f"{where(cell)}.teacher_recipe"))
+            continue
+        for stage in stages.values():
+            if stage.checkpoint and not Path(stage.checkpoint).expanduser().is_file():
+                key = next((k for k, v in cell.hparams.items() if v == stage.checkpoint), "checkpoint")
+                errors.append(f"{where(cell)}.{key}: no such file {stage.checkpoint!r}; give the path of a saved "
+                              "network (the harness's results/weights/<hash>.pt or a state_dict file)")
+
+
 def load_suite(path: str | Path) -> Suite:
     """Parse, validate and expand a suite file; raises :class:`SuiteError` listing every problem."""
     path = Path(path)
@@ -295,6 +323,7 @@ def load_suite(path: str | Path) -> Suite:
             for group, (label, name, hparams), seed in itertools.product(spec.groups, methods, spec.seeds):
                 cells.append(Cell(method=name, hparams=hparams, group=tuple(group), dataset=dataset,
                                   recipe=recipe_dict, seed=seed, label=label, suite=spec.name))
+        _check_stages(cells, spec.methods, errors)
     if errors:
         raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])
     return Suite(spec, path, cells)

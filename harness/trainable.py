@@ -18,6 +18,7 @@ import harness  # noqa: F401  (torchvision shim before timm)
 from harness.cell import Cell
 from harness.engine import Runtime, Trainer
 from harness.provenance import hardware, package_versions
+from harness.stages import save_networks
 from harness.store import ResultStore
 
 CHECKPOINT_FILE = "state.pt"
@@ -79,7 +80,7 @@ def train_cell(config: dict) -> None:
         "trial": tune.get_context().get_trial_name(),
     }
     try:
-        runtime = Runtime(**config.get("runtime", {}))
+        runtime = Runtime(**{**config.get("runtime", {}), "results": config["results"]})
         trainer = Trainer(cell, runtime)
         record["hardware"] = hardware(str(trainer.device))
         resume_state(trainer, store, print)
@@ -90,8 +91,12 @@ def train_cell(config: dict) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
         summary = trainer.run(on_epoch=report)
+        weights = store.weights_path(cell.hash)
+        digest = save_networks(weights, cell, trainer.method.deployed_networks(), trainer.data.num_classes,
+                               trainer.data.in_chans, trainer.method.saved_modules())
         record.update(status="ok", history=trainer.history, **summary,
-                      params=trainer.method.parameter_counts())
+                      params=trainer.method.parameter_counts(), stages=trainer.stage_provenance,
+                      weights={"file": str(weights.relative_to(store.root)), "sha256": digest})
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise

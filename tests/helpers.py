@@ -48,3 +48,23 @@ def np_kl(target_logits, student_logits, t):
     """KL(softmax(target/t) || softmax(student/t)), mean over the batch, by the textbook formula."""
     p, q = np_softmax(target_logits, t), np_softmax(student_logits, t)
     return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+
+
+def train_stages(cell, results_dir) -> "Runtime":
+    """Train (in this process, without Ray) every stage ``cell`` needs and save their networks under
+    ``results_dir`` as the trainable does; returns the Runtime that lets a Trainer of ``cell`` find them."""
+    from harness.engine import Runtime, Trainer
+    from harness.stages import save_networks, waves
+    from harness.store import ResultStore
+
+    store = ResultStore(results_dir)
+    runtime = Runtime(results=str(store.root))
+    for wave in waves([cell])[:-1]:
+        for stage_cell in wave:
+            path = store.weights_path(stage_cell.hash)
+            if not path.is_file():
+                trainer = Trainer(stage_cell, runtime)
+                trainer.run()
+                save_networks(path, stage_cell, trainer.method.deployed_networks(), trainer.data.num_classes,
+                              trainer.data.in_chans, trainer.method.saved_modules())
+    return runtime

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from harness.cell import Cell
-from harness.engine import Trainer
+from harness.engine import Runtime, Trainer
 from harness.method import load_methods
+from harness.offline import OfflineMethod
 from tests.conftest import TINY_RECIPE
+from tests.helpers import train_stages
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 # Outputs beyond net1..netK and ens that a method evaluates with its default hyper-parameters.
@@ -33,10 +35,18 @@ def _cases():
                 yield pytest.param(name, k, id=f"{name}-K{k}")
 
 
-def make(name: str, k: int) -> Trainer:
+@pytest.fixture(scope="module")
+def stage_results(tmp_path_factory):
+    """One result store for the module, so that a teacher several methods need is trained once."""
+    return tmp_path_factory.mktemp("stages")
+
+
+def make(name: str, k: int, results=None) -> Trainer:
+    """A Trainer of method ``name`` on k ResNet-8 (for offline methods: a ResNet-8 teacher and student),
+    with any stage it needs (a teacher) trained first under ``results``."""
     cell = Cell(method=name, hparams=SHORT.get(name, {}), group=("cifar_resnet8",) * k, dataset=DATA,
                 recipe={**TINY_RECIPE, "epochs": 2}, seed=0, label=name, suite="every_method")
-    return Trainer(cell)
+    return Trainer(cell, train_stages(cell, results) if results is not None else Runtime())
 
 
 def test_every_method_is_covered():
@@ -45,8 +55,8 @@ def test_every_method_is_covered():
 
 
 @pytest.mark.parametrize("name,k", cases())
-def test_trains_two_epochs_and_restores(name, k):
-    trainer = make(name, k)
+def test_trains_two_epochs_and_restores(name, k, stage_results):
+    trainer = make(name, k, stage_results)
     before = [p.detach().clone() for p in trainer.method.modules.parameters()]
     states = []
     trainer.run(lambda t, metrics: states.append(io.BytesIO()) or torch.save(t.state_dict(), states[-1]))
@@ -54,23 +64,27 @@ def test_trains_two_epochs_and_restores(name, k):
     last = trainer.history[-1]
     losses = {key: v for key, v in last.items() if key.startswith("loss/")}
     assert losses and all(math.isfinite(v) for v in losses.values())
-    expected = {f"net{i + 1}" for i in range(k)} | {"ens", "avg"} | EXTRA_OUTPUTS.get(name, set())
+    if isinstance(trainer.method, OfflineMethod):  # the student is net1; the frozen teacher is evaluated too
+        expected = {"net1", "ens", "avg", "teacher"}
+    else:
+        expected = {f"net{i + 1}" for i in range(k)} | {"ens", "avg"} | EXTRA_OUTPUTS.get(name, set())
     outputs = {key.split("/", 1)[1] for key in last if key.startswith("top1/")}
     assert outputs == expected
     assert all(0.0 <= last[f"top1/{o}"] <= last[f"top5/{o}"] <= 100.0 for o in outputs)
-    moved = [not torch.equal(a, b) for a, b in zip(before, trainer.method.modules.parameters())]
+    trainable = [p.requires_grad for p in trainer.method.modules.parameters()]
+    moved = [not torch.equal(a, b) for a, b, t in zip(before, trainer.method.modules.parameters(), trainable) if t]
     assert all(moved), f"{name}: {moved.count(False)} parameter tensors never changed"
 
     # Parameters by role: the peers and the added modules partition the method's parameters.
     counts = trainer.method.parameter_counts()
     unique = {id(p): p.numel() for p in trainer.method.modules.parameters()}
-    assert counts["peers"] + counts["added_total"] == sum(unique.values())
+    assert counts["peers"] + counts["added_total"] + sum(counts["frozen"].values()) == sum(unique.values())
     assert 0 < counts["deployed"] <= counts["peers"]
-    assert set(counts["added"]) == set(trainer.method.modules) - {"peers"}
+    assert set(counts["added"]) | set(counts["frozen"]) == set(trainer.method.modules) - {"peers"}
 
     # The checkpoint after epoch 1 resumes to the very same end state.
     states[0].seek(0)
-    resumed = make(name, k)
+    resumed = make(name, k, stage_results)
     resumed.load_state_dict(torch.load(states[0], weights_only=False))
     resumed.run()
     for a, b in zip(resumed.method.modules.parameters(), trainer.method.modules.parameters()):
@@ -86,7 +100,7 @@ def test_parameter_counts_by_hand():
     resnet8 = sum(p.numel() for p in timm.create_model("cifar_resnet8", num_classes=10, in_chans=1).parameters())
     ind = make("ind", 2).method.parameter_counts()
     assert ind == {"deployed": 2 * resnet8, "peers": 2 * resnet8, "added": {}, "added_total": 0,
-                   "added_buffers_bytes": {}}
+                   "added_buffers_bytes": {}, "frozen": {}}
     ffl = make("ffl", 2).method
     fusion = sum(p.numel() for p in ffl.modules["fusion"].parameters())
     counts = ffl.parameter_counts()

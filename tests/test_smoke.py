@@ -26,3 +26,14 @@ def test_smoke_keeps_a_dataset_that_is_present(write_suite):
     smoke = smoke_suite(load_suite(write_suite(tiny_suite_dict())))
     assert smoke.cells[0].dataset["name"] == "fashion_mnist_mini"
     assert smoke.cells[0].dataset["train_per_class"] == 20 and "in place of" not in smoke.spec.title
+
+
+def test_smoke_teachers_follow_the_smoke_recipe(write_suite):
+    from harness.stages import stages_of
+
+    raw = tiny_suite_dict(groups=[["cifar_resnet14", "cifar_resnet8"]],
+                          methods=[{"name": "kd", "teacher_recipe": "tsb_cifar", "teacher_stop_epoch": 65}])
+    suite = load_suite(write_suite(raw))
+    assert stages_of(suite.cells[0])["teacher"].cell.recipe["epochs"] == 240
+    teacher = stages_of(smoke_suite(suite).cells[0])["teacher"].cell
+    assert teacher.recipe["epochs"] == 2 and teacher.stop_epoch == 1

@@ -1,0 +1,151 @@
+"""Stages: a teacher is a cell of its own, trained once before the students that need it, cached by hash,
+checked when loaded, and named in every student's record."""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from harness.cell import Cell
+from harness.engine import Runtime, Trainer
+from harness.stages import StageError, load_networks, save_networks, stages_of, waves
+from harness.store import ResultStore
+from harness.suite import SuiteError, load_suite
+from tests.conftest import TINY_RECIPE, tiny_suite_dict
+from tests.helpers import train_stages
+from tests.test_end_to_end import harness_run, records
+
+DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
+
+
+def kd_cell(seed=0, **hparams) -> Cell:
+    return Cell(method="kd", hparams=hparams, group=("cifar_resnet14", "cifar_resnet8"), dataset=DATA,
+                recipe=TINY_RECIPE, seed=seed, label="kd")
+
+
+def test_two_students_share_one_teacher_which_runs_first():
+    students = [kd_cell(seed=0), kd_cell(seed=1)]
+    plan = waves(students)
+    assert len(plan) == 2 and len(plan[0]) == 1 and {c.hash for c in plan[1]} == {c.hash for c in students}
+    teacher = plan[0][0]
+    assert teacher.method == "ind" and teacher.group == ("cifar_resnet14",) and teacher.seed == 0
+    assert teacher.recipe == TINY_RECIPE and teacher.dataset == DATA
+    # with teacher_seed null every student seed gets its own teacher
+    own = waves([kd_cell(seed=0, teacher_seed=None), kd_cell(seed=1, teacher_seed=None)])
+    assert sorted(c.seed for c in own[0]) == [0, 1]
+
+
+def test_a_changed_teacher_recipe_changes_both_hashes():
+    base = kd_cell()
+    other = kd_cell(teacher_recipe={"base": "quickstart", "epochs": 3})
+    t_base, t_other = stages_of(base)["teacher"].cell, stages_of(other)["teacher"].cell
+    assert t_base.hash != t_other.hash and t_other.recipe["epochs"] == 3
+    assert base.hash != other.hash  # the student's hash covers what defines its teacher
+    # the teacher of a KD cell is the same cell as Ind of that one network: trained once for both
+    ind = Cell(method="ind", hparams={}, group=("cifar_resnet14",), dataset=DATA, recipe=TINY_RECIPE, seed=0)
+    assert t_base.hash == ind.hash
+
+
+def test_stop_epoch_keeps_the_schedule_and_stops(tmp_path):
+    full = Cell(method="ind", hparams={}, group=("cifar_resnet8",), dataset=DATA,
+                recipe={**TINY_RECIPE, "epochs": 4}, seed=0)
+    stopped = Cell(**{**full.to_dict(), "group": full.group, "stop_epoch": 2})
+    assert stopped.hash != full.hash and "stop_epoch" not in full.identity()
+    a, b = Trainer(full), Trainer(stopped)
+    a.run()
+    b.run()
+    assert len(b.history) == 2 and len(a.history) == 4
+    assert b.history[1] == {**a.history[1], **{k: b.history[1][k] for k in ("images_per_s", "train_time_s")}}
+    lr_after_two = a.history[2]["lr/net1"]
+    assert b.schedulers["peers"].get_last_lr()[0] == pytest.approx(lr_after_two)  # a snapshot, not compressed
+    # ESKD-style: a student of a teacher stopped at epoch 1
+    assert stages_of(kd_cell(teacher_stop_epoch=1))["teacher"].cell.stop_epoch == 1
+
+
+def test_weights_round_trip_and_clear_errors(tmp_path):
+    cell = Cell(method="ind", hparams={}, group=("cifar_resnet8",), dataset=DATA, recipe=TINY_RECIPE, seed=0)
+    trainer = Trainer(cell)
+    path = tmp_path / "w.pt"
+    digest = save_networks(path, cell, trainer.method.deployed_networks(), 10, 1)
+    (net,), provenance = load_networks(path, ("cifar_resnet8",), digest, 10, 1)
+    assert provenance["sha256"] == digest and provenance["cell_hash"] == cell.hash
+    assert not any(p.requires_grad for p in net.parameters()) and not net.training
+    for a, b in zip(net.state_dict().values(), trainer.method.peers[0].state_dict().values()):
+        assert torch.equal(a, b)
+
+    with pytest.raises(StageError, match=r"w\.pt: SHA-256 is [0-9a-f]{64}, but the suite expects 00"):
+        load_networks(path, ("cifar_resnet8",), "00" * 32)
+    with pytest.raises(StageError, match=r"holds \['cifar_resnet8'\], but the stage needs \['cifar_resnet14'\]"):
+        load_networks(path, ("cifar_resnet14",))
+    with pytest.raises(StageError, match="trained for 10 classes, the cell's dataset has 100"):
+        load_networks(path, ("cifar_resnet8",), num_classes=100)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(StageError) as info:
+        load_networks(corrupt, ("cifar_resnet8",))
+    assert str(info.value).startswith(f"{corrupt}: unreadable checkpoint") and "\n" not in str(info.value)
+    with pytest.raises(StageError, match="stage weights not found"):
+        load_networks(tmp_path / "absent.pt")
+
+    # a plain state_dict, as other code bases save teachers ({"model": state_dict}), loads by the stage's name
+    plain = tmp_path / "plain.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in trainer.method.peers[0].state_dict().items()}}, plain)
+    (net2,), _ = load_networks(plain, ("cifar_resnet8",), num_classes=10, in_chans=1)
+    assert all(torch.equal(a, b) for a, b in zip(net2.state_dict().values(), net.state_dict().values()))
+
+
+def test_student_of_a_corrupt_teacher_fails_in_one_line(tmp_path):
+    cell = kd_cell()
+    runtime = train_stages(cell, tmp_path)
+    teacher = ResultStore(tmp_path).weights_path(stages_of(cell)["teacher"].cell.hash)
+    teacher.write_bytes(b"not a checkpoint")
+    with pytest.raises(StageError, match=rf"^{teacher}: unreadable checkpoint"):
+        Trainer(cell, runtime)
+
+
+def test_user_checkpoint_is_checked_at_validation(write_suite, tmp_path):
+    raw = tiny_suite_dict(groups=[["cifar_resnet14", "cifar_resnet8"]],
+                          methods=[{"name": "kd", "teacher_checkpoint": str(tmp_path / "missing.pth")}])
+    with pytest.raises(SuiteError) as info:
+        load_suite(write_suite(raw))
+    assert any("methods[0].teacher_checkpoint" in line and "missing.pth" in line and "no such file" in line
+               for line in info.value.lines)
+
+
+def test_teacher_trained_once_for_two_students_through_ray(tmp_path):
+    """Real Ray: stage 1 trains the teacher, stage 2 both students; each record names the teacher; a re-run
+    trains nothing; a changed teacher recipe trains a new teacher."""
+    suite = tiny_suite_dict(groups=[["cifar_resnet14", "cifar_resnet8"]], methods=["kd"], seeds=[0, 1],
+                            dataset=DATA)
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    out = harness_run(path, results, reports).communicate(timeout=600)[0]
+    assert "2 cells + 1 stage cells (teachers), 0 finished already, 3 to run" in out, out
+    assert "stage 1 of 2: 1 cell(s)" in out and "stage 2 of 2: 2 cell(s)" in out
+    found = records(results)
+    teachers = [r for r in found.values() if r["cell"]["method"] == "ind"]
+    students = [r for r in found.values() if r["cell"]["method"] == "kd"]
+    assert len(teachers) == 1 and len(students) == 2 and all(r["status"] == "ok" for r in found.values())
+    teacher = teachers[0]
+    weights = results / teacher["weights"]["file"]
+    assert weights.is_file() and teacher["weights"]["sha256"] == json.loads(json.dumps(teacher))["weights"]["sha256"]
+    for student in students:
+        assert student["stages"]["teacher"]["cell_hash"] == teacher["hash"]
+        assert student["stages"]["teacher"]["sha256"] == teacher["weights"]["sha256"]
+        assert math.isclose(student["last"]["teacher"]["top1"], teacher["last"]["net1"]["top1"])
+        assert student["params"]["frozen"] == {"teacher": teacher["params"]["deployed"]}
+    md = (reports / "tiny.md").read_text()
+    assert "| cifar_resnet14+cifar_resnet8 |" in md and "teacher" not in md.split("<details>")[0]  # a stage is not a row of the table
+    csv = (reports / "tiny.csv").read_text()
+    assert csv.count(f"teacher={teacher['hash']}") == 8  # 2 students × 4 values: each number names its teacher
+
+    again = harness_run(path, results, reports).communicate(timeout=300)[0]
+    assert "3 finished already, 0 to run" in again, again
+
+    suite["methods"] = [{"name": "kd", "teacher_recipe": {**TINY_RECIPE, "epochs": 1}}]
+    path.write_text(yaml.safe_dump(suite))
+    third = harness_run(path, results, reports).communicate(timeout=600)[0]
+    assert "2 cells + 1 stage cells (teachers), 0 finished already, 3 to run" in third, third
+    assert len([r for r in records(results).values() if r["cell"]["method"] == "ind"]) == 2
