@@ -148,6 +148,12 @@ class Method:
         return {}
 
     @classmethod
+    def analysis_roles(cls, hp: HParams, cell) -> dict:
+        """Stages whose networks ``harness analyze`` compares with this cell's network, by role (``teacher``,
+        ``proxy``); none by default, so the cell is not analysed."""
+        return {}
+
+    @classmethod
     def group_error(cls, hp: HParams, group: tuple[str, ...]) -> str | None:
         """Why this method cannot train ``group`` with ``hp`` (checked by ``harness validate``); None if it can.
 

@@ -12,6 +12,8 @@ The teacher is frozen and kept in eval mode; it is evaluated as the output ``tea
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -45,6 +47,12 @@ class OfflineMethod(Method):
 
     HParams = TeacherParams
     min_peers = max_peers = 2
+    teacher_stage: ClassVar[str] = "teacher"  # the stage whose network the student learns from (TAKD: "assistant")
+
+    @classmethod
+    def analysis_roles(cls, hp, cell) -> dict:
+        """The networks that ``harness analyze`` compares with the student, by role (ACKD Table 1)."""
+        return {"teacher": cls.stages(hp, cell)["teacher"]}
 
     @classmethod
     def stages(cls, hp, cell):
@@ -56,7 +64,7 @@ class OfflineMethod(Method):
 
     def build(self) -> nn.ModuleDict:
         student = self.ctx.create_model(self.ctx.group[1])
-        teacher = self.ctx.load_stage("teacher")[0]
+        teacher = self.ctx.load_stage(self.teacher_stage)[0]
         return nn.ModuleDict({"peers": nn.ModuleList([student]), "teacher": teacher})
 
     @property

@@ -57,8 +57,9 @@ def _smoke_stages(hparams: dict) -> dict:
     out = dict(hparams)
     if out.get("teacher_recipe") is not None:
         out["teacher_recipe"] = None
-    if out.get("teacher_stop_epoch") is not None:
-        out["teacher_stop_epoch"] = min(out["teacher_stop_epoch"], SMOKE_EPOCHS - 1)
+    for key in ("teacher_stop_epoch", "teacher_epochs"):  # early stops (ESKD) fall inside the smoke run
+        if out.get(key) is not None:
+            out[key] = min(out[key], SMOKE_EPOCHS - 1)
     return out
 
 

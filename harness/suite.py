@@ -248,7 +248,7 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
 
 def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
     """Stages a method asks for must be definable (a known teacher recipe) and a checkpoint file must exist."""
-    from harness.stages import stages_of
+    from harness.stages import StageError, stages_of
 
     def where(cell: Cell) -> str:
         for i, entry in enumerate(raw_methods):
@@ -266,6 +266,9 @@ def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
             continue
         except ValidationError as e:
             errors.extend(_pydantic_lines(e, f"{where(cell)}.teacher_recipe"))
+            continue
+        except StageError as e:  # a stage the method cannot define from these hyper-parameters: "key: why"
+            errors.append(f"{where(cell)}.{e}")
             continue
         for stage in stages.values():
             if stage.checkpoint and not Path(stage.checkpoint).expanduser().is_file():
