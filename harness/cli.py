@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--smoke", action="store_true", help="the report of the suite's --smoke run")
     report.add_argument("--data-root", default=None, help="as given to 'harness run --smoke'")
 
+    analyze = sub.add_parser("analyze", help="CKA and KL between each student and its teacher / proxy (ACKD Table 1)")
+    analyze.add_argument("suite")
+    _add_store_args(analyze)
+    analyze.add_argument("--smoke", action="store_true", help="analyse the suite's --smoke run")
+    analyze.add_argument("--data-root", default=None, help="where datasets live (as given to 'harness run')")
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
     return parser
@@ -108,6 +113,16 @@ def _load(args):
     return smoke_suite(suite, args.data_root) if args.smoke else suite
 
 
+def cmd_analyze(args) -> int:
+    from harness.analysis import analyze_suite
+    from harness.store import ResultStore
+
+    suite = _load(args)
+    frame = analyze_suite(suite, ResultStore(args.results), args.reports, args.data_root)
+    print(f"analysed {len(frame)} trial(s): {Path(args.reports) / (suite.name + '_analysis.md')}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from harness.listing import listing
 
@@ -118,14 +133,16 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from harness.datasets import DatasetError
     from harness.registry import UnknownName
+    from harness.stages import StageError
     from harness.store import CorruptRecord
     from harness.suite import SuiteError
 
     args = build_parser().parse_args(argv)
-    command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "list": cmd_list}[args.command]
+    command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze,
+               "list": cmd_list}[args.command]
     try:
         return command(args)
-    except (SuiteError, DatasetError, UnknownName, CorruptRecord) as e:
+    except (SuiteError, DatasetError, UnknownName, CorruptRecord, StageError) as e:
         print(f"error: {e}" if not isinstance(e, SuiteError) else str(e), file=sys.stderr)
         return 2
 
