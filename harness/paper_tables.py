@@ -22,13 +22,21 @@ def paper_net_name(model: str, nets: dict[str, str]) -> str:
 
 
 def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str] | None = None,
-                methods: dict[str, str] | None = None):
+                methods: dict[str, str] | None = None, eval_roles: dict[str, dict[str, str]] | None = None):
     """The paper's number for (group, method label, value key), or None where the table has none.
 
     A row trained alone ("net", e.g. the Ind rows) stands for every peer of a group of copies of that network.
+    In an offline table (rows with ``eval``), ``eval_roles`` says which role (teacher / student) our value is;
+    the teacher's number is the table's teacher row, whatever the method.
     """
     names = [paper_net_name(m, nets or {}) for m in group]
     wanted = (methods or {}).get(method, method)
+    if eval_roles:
+        role = (eval_roles.get(method) or eval_roles.get("*", {})).get(value)
+        for row in table["rows"]:
+            if row["nets"] == names and row.get("eval") == role and (role == "teacher" or row["method"] == wanted):
+                return row.get("value")
+        return None
     for row in table["rows"]:
         if row.get("method") != wanted:
             continue

@@ -117,8 +117,10 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
     }
     paper = load_paper_table(spec.paper_table.name) if spec.paper_table else None
     groups = {c.group_name: c.group for c in suite.cells}
-    rows = list(itertools.product(*(axis_values[k] for k in spec.table.rows)))
-    columns = list(itertools.product(*(axis_values[k] for k in spec.table.columns)))
+    rows = [r for r in itertools.product(*(axis_values[k] for k in spec.table.rows))
+            if spec.table.shows(dict(zip(spec.table.rows, r)))]
+    columns = [c for c in itertools.product(*(axis_values[k] for k in spec.table.columns))
+               if spec.table.shows(dict(zip(spec.table.columns, c)))]
     entries = {}
     for r, c in itertools.product(rows, columns):
         where = {**dict(zip(spec.table.rows, r)), **dict(zip(spec.table.columns, c))}
@@ -130,7 +132,7 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
         if paper is not None:
             ref = spec.paper_table
             entry.paper = paper_value(paper, groups[where["group"]], where["method"], where["value"],
-                                      ref.nets, ref.methods)
+                                      ref.nets, ref.methods, ref.eval)
         entries[(r, c)] = entry
     title = spec.title or spec.name
     return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials)

@@ -51,9 +51,19 @@ class Evaluation(Strict):
 
 
 class Layout(Strict):
-    rows: list[Literal["group", "method", "dataset"]] = ["group"]
+    rows: list[Literal["group", "method", "dataset", "value"]] = ["group"]
     columns: list[Literal["group", "method", "dataset", "value"]] = ["method", "value"]
     values: list[str] = ["net1", "net2", "avg", "ens"]
+    # where method and value are on the same side: the values shown for a method label ("*": any other), so
+    # that an offline table shows Ind's teacher and student but only the student of every other method
+    method_values: dict[str, list[str]] = {}
+
+    def shows(self, where: dict) -> bool:
+        """Whether a row or column (axis → entry) is shown under ``method_values``."""
+        if not self.method_values or "method" not in where or "value" not in where:
+            return True
+        wanted = self.method_values.get(where["method"], self.method_values.get("*"))
+        return wanted is None or where["value"] in wanted
 
     @field_validator("values")
     @classmethod
@@ -69,6 +79,9 @@ class PaperTableRef(Strict):
     name: str
     nets: dict[str, str] = {}  # our model name -> the paper table's network name
     methods: dict[str, str] = {}  # our method label -> the paper table's method name
+    # offline tables (rows with ``eval: teacher|student``): our value -> the role it is, per method label, "*" for
+    # any other; e.g. {"*": {net1: student, teacher: teacher}, ind: {net1: teacher, net2: student}}
+    eval: dict[str, dict[str, Literal["teacher", "student"]]] = {}
 
     @field_validator("name")
     @classmethod
@@ -244,6 +257,15 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
         if size > 1 and key not in layout.rows + layout.columns:
             errors.append(f"table: the suite has {size} entries of {key!r} but the table has no place for them; "
                           f"add {key!r} to table.rows or table.columns")
+    labels = [label for label, _, _ in methods]
+    for label, values in layout.method_values.items():
+        if label != "*" and label not in labels:
+            errors.append(f"table.method_values.{label}: not a method label of this suite{did_you_mean(label, labels)}"
+                          f"; valid: {', '.join(labels)} or '*'")
+        for value in values:
+            if value not in layout.values:
+                errors.append(f"table.method_values.{label}: {value!r} is not in table.values "
+                              f"({', '.join(layout.values)})")
 
 
 def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:

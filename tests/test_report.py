@@ -110,3 +110,37 @@ def test_rendered_files(filled, tmp_path):
     assert r"\toprule" in tex and r"\multicolumn{4}{c}{ind}" in tex and r"cifar\_resnet8+cifar\_resnet8" in tex
     assert tex.count(r"\\") >= 3
     assert len(csv.strip().splitlines()) == 1 + 5 * 4  # header + 5 finished cells × 4 values
+
+
+def test_offline_table_shows_teacher_and_student_rows_beside_the_papers(tmp_path, write_suite):
+    """ACKD Table 2's layout: Ind's two networks (the paper's Teacher and Student rows), then each method's
+    student; the paper's number is looked up by the role our value plays."""
+    raw = tiny_suite_dict(groups=[["cifar_resnet110", "cifar_resnet20"]], seeds=[0], methods=["ind", "kd"],
+                          table={"rows": ["method", "value"], "columns": ["group"], "values": ["net1", "net2"],
+                                 "method_values": {"ind": ["net1", "net2"], "*": ["net1"]}},
+                          paper_table={"name": "ackd_table2",
+                                       "eval": {"ind": {"net1": "teacher", "net2": "student"},
+                                                "*": {"net1": "student"}}})
+    suite = load_suite(write_suite(raw))
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        store.put(fake_record(cell, 71.0, 69.0))
+    table = build_table(suite, store)
+    assert table.rows == [("ind", "net1"), ("ind", "net2"), ("kd", "net1")]  # no kd / net2 row
+    column = ("cifar_resnet110+cifar_resnet20",)
+    assert table.entries[(("ind", "net1"), column)].paper == 74.00  # the teacher alone
+    assert table.entries[(("ind", "net2"), column)].paper == 69.20  # the student alone
+    assert table.entries[(("kd", "net1"), column)].paper == 70.73
+    assert table.entries[(("kd", "net1"), column)].text(True) == "71.00 (70.73, +0.27)"
+
+
+def test_method_values_must_name_labels_and_values(write_suite):
+    from harness.suite import SuiteError
+
+    raw = tiny_suite_dict(table={"rows": ["method", "value"], "columns": ["group"], "values": ["net1", "net2"],
+                                 "method_values": {"dm": ["net1"], "ind": ["ens"]}})
+    with pytest.raises(SuiteError) as info:
+        load_suite(write_suite(raw))
+    text = "\n".join(info.value.lines)
+    assert "table.method_values.dm: not a method label of this suite (did you mean 'dml'?)" in text
+    assert "table.method_values.ind: 'ens' is not in table.values (net1, net2)" in text
