@@ -73,7 +73,7 @@ class Trainer:
         ctx = MethodContext(
             group=tuple(cell.group), num_classes=data.num_classes, in_chans=data.in_chans,
             image_size=self.inputs.image_size, num_train=self.inputs.num_train, epochs=self.recipe.epochs,
-            steps_per_epoch=len(self.train_batches), device=self.device,
+            steps_per_epoch=len(self.train_batches), device=self.device, batch_size=self.recipe.batch_size,
             create_model=lambda name: timm.create_model(name, num_classes=data.num_classes, in_chans=data.in_chans),
             validation=self.inputs.validation,
         )

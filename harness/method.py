@@ -45,6 +45,7 @@ class MethodContext:
     load_stage: Callable[[str], list[nn.Module]] | None = None  # a stage's trained networks, frozen, on device
     # the state dicts of a stage's other saved modules (``Method.saved_modules``), by key
     load_stage_modules: Callable[[str], dict[str, dict]] | None = None
+    batch_size: int = 0  # the recipe's training batch size (0: not known, as in unit tests)
 
 
 @dataclass

@@ -57,7 +57,8 @@ def _smoke_stages(hparams: dict) -> dict:
     out = dict(hparams)
     if out.get("teacher_recipe") is not None:
         out["teacher_recipe"] = None
-    for key in ("teacher_stop_epoch", "teacher_epochs"):  # early stops (ESKD) fall inside the smoke run
+    # early stops (ESKD) and earlier training phases (FT's paraphraser) fall inside the smoke run
+    for key in ("teacher_stop_epoch", "teacher_epochs", "paraphraser_epochs"):
         if out.get(key) is not None:
             out[key] = min(out[key], SMOKE_EPOCHS - 1)
     return out
