@@ -6,6 +6,7 @@ and value: the hash, seed, code version and hardware behind every aggregated num
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,18 +149,29 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
     hardware = sorted({f"{h.get('gpu') or h.get('cpu')} ({h.get('device')}, {h.get('torch_threads')} threads)"
                        for r in records if (h := r.get("hardware"))})
     epochs = sorted({r.get("epochs") for r in records})
-    recipe = suite.cells[0].recipe
-    opt, sched = recipe["optimizer"], recipe["schedule"]
-    recipe_text = (f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, {opt['name']} lr {opt['lr']} "
-                   f"(momentum {opt['momentum']}, nesterov {opt['nesterov']}, wd {opt['weight_decay']}), "
-                   f"{sched['name']} schedule"
-                   + (f" at {sched['milestones']} ×{sched['gamma']}" if sched["name"] == "multistep" else "")
-                   + (f", {recipe['warmup_epochs']} warm-up epochs" if recipe["warmup_epochs"] else "")
-                   + f", crop pad {recipe['augment']['crop_padding']}, flip {recipe['augment']['flip']}")
+    by_recipe: dict[str, list[str]] = {}  # a method may train under its own paper's recipe
+    for cell in suite.cells:
+        labels = by_recipe.setdefault(json.dumps(cell.recipe, sort_keys=True), [])
+        if cell.label not in labels:
+            labels.append(cell.label)
+    texts = [_recipe_text(json.loads(r)) for r in by_recipe]
+    recipe_text = texts[0] if len(texts) == 1 else "; ".join(
+        f"{', '.join(labels)}: {text}" for labels, text in zip(by_recipe.values(), texts))
+    sources = [json.loads(r).get("source", "") for r in by_recipe]
     n_min, n_max = table.n_range()
     return {"code": codes, "packages": packages, "hardware": hardware, "epochs": epochs, "recipe": recipe_text,
-            "source": recipe.get("source", ""), "n_min": n_min, "n_max": n_max, "records": len(records),
+            "source": "; ".join(s for s in dict.fromkeys(sources) if s), "n_min": n_min, "n_max": n_max, "records": len(records),
             "cells": len({c.hash for c in suite.cells}), "results": str(store.root)}
+
+
+def _recipe_text(recipe: dict) -> str:
+    opt, sched = recipe["optimizer"], recipe["schedule"]
+    return (f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, {opt['name']} lr {opt['lr']} "
+            f"(momentum {opt['momentum']}, nesterov {opt['nesterov']}, wd {opt['weight_decay']}), "
+            f"{sched['name']} schedule"
+            + (f" at {sched['milestones']} ×{sched['gamma']}" if sched["name"] == "multistep" else "")
+            + (f", {recipe['warmup_epochs']} warm-up epochs" if recipe["warmup_epochs"] else "")
+            + f", crop pad {recipe['augment']['crop_padding']}, flip {recipe['augment']['flip']}")
 
 
 def _latex_escape(text) -> str:

@@ -187,8 +187,9 @@ def _expand_hparam_grid(hparams: dict) -> list[dict]:
     return out
 
 
-def _method_entries(raw_methods, errors: list[str]) -> list[tuple[str, str, dict]]:
-    """(label, method name, validated full hyper-parameters) for each method entry and grid point."""
+def _method_entries(raw_methods, errors: list[str], presets: dict | None = None) -> list[tuple[str, str, dict, dict | None]]:
+    """(label, method name, validated full hyper-parameters, the entry's own resolved recipe or None) for each
+    method entry and grid point."""
     registry = load_methods()
     entries = []
     for i, entry in enumerate(raw_methods):
@@ -200,6 +201,7 @@ def _method_entries(raw_methods, errors: list[str]) -> list[tuple[str, str, dict
             continue
         entry = dict(entry)
         name, label = entry.pop("name"), entry.pop("label", None)
+        own_recipe = _method_recipe(entry.pop("recipe", None), presets or load_presets(), f"{where}.recipe", errors)
         if name not in registry:
             errors.append(f"{where}.name: {registry.unknown_message(name)}")
             continue
@@ -216,11 +218,25 @@ def _method_entries(raw_methods, errors: list[str]) -> list[tuple[str, str, dict
             if len(grid) > 1:
                 swept = ",".join(f"{k}={hparams[k]}" for k in hparams if isinstance(entry[k], dict))
                 point = f"{point}[{swept}]"
-            entries.append((point, name, full))
-    labels = [label for label, _, _ in entries]
+            entries.append((point, name, full, own_recipe))
+    labels = [label for label, _, _, _ in entries]
     for label in sorted({l for l in labels if labels.count(l) > 1}):
         errors.append(f"methods: label {label!r} is used twice; give one entry a distinct 'label'")
     return entries
+
+
+def _method_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict | None:
+    """A method entry's own recipe (its paper's, in a suite comparing methods each under its own recipe)."""
+    if raw is None:
+        return None
+    try:
+        resolved = _unknown_keys(resolve_recipe(raw, presets, where), Recipe, where, errors)
+        return Recipe.model_validate(resolved).model_dump(mode="json")
+    except KeyError as e:
+        errors.append(str(e.args[0]))
+    except ValidationError as e:
+        errors.extend(_pydantic_lines(e, where))
+    return None
 
 
 def _check_groups(groups, methods, errors: list[str]) -> None:
@@ -236,7 +252,7 @@ def _check_groups(groups, methods, errors: list[str]) -> None:
                 known = known or timm.list_models()
                 errors.append(f"groups[{i}][{j}]: unknown model {model!r}{did_you_mean(model, known)}; "
                               "'harness list models' shows the registered ones")
-        for label, name, hparams in methods:
+        for label, name, hparams, _ in methods:
             cls = registry.get(name)
             if len(group) < cls.min_peers or (cls.max_peers and len(group) > cls.max_peers):
                 limit = f"{cls.min_peers}..{cls.max_peers or 'any'}"
@@ -257,7 +273,7 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
         if size > 1 and key not in layout.rows + layout.columns:
             errors.append(f"table: the suite has {size} entries of {key!r} but the table has no place for them; "
                           f"add {key!r} to table.rows or table.columns")
-    labels = [label for label, _, _ in methods]
+    labels = [label for label, _, _, _ in methods]
     for label, values in layout.method_values.items():
         if label != "*" and label not in labels:
             errors.append(f"table.method_values.{label}: not a method label of this suite{did_you_mean(label, labels)}"
@@ -339,15 +355,15 @@ def load_suite(path: str | Path) -> Suite:
     if spec is not None:
         if spec.dataset.name not in DATASETS:
             errors.append(f"dataset.name: {DATASETS.unknown_message(spec.dataset.name)}")
-        methods = _method_entries(spec.methods, errors)
+        methods = _method_entries(spec.methods, errors, presets)
         _check_groups(spec.groups, methods, errors)
         _check_layout(spec, methods, errors)
         if recipe is not None and not errors:
             dataset = spec.dataset.model_dump(mode="json", exclude_none=True)
             recipe_dict = recipe.model_dump(mode="json")
-            for group, (label, name, hparams), seed in itertools.product(spec.groups, methods, spec.seeds):
+            for group, (label, name, hparams, own), seed in itertools.product(spec.groups, methods, spec.seeds):
                 cells.append(Cell(method=name, hparams=hparams, group=tuple(group), dataset=dataset,
-                                  recipe=recipe_dict, seed=seed, label=label, suite=spec.name))
+                                  recipe=own or recipe_dict, seed=seed, label=label, suite=spec.name))
         _check_stages(cells, spec.methods, errors)
     if errors:
         raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])

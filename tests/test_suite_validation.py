@@ -134,3 +134,19 @@ def test_shipped_suites_validate():
 
     for path in sorted(Path(__file__).parent.parent.joinpath("suites").glob("*.yaml")):
         assert load_suite(path).cells, path
+
+
+def test_a_method_may_train_under_its_own_recipe(write_suite):
+    """cifar100_same_arch's 'paper recipes' variant: each method under its own paper's recipe."""
+    raw = tiny_suite_dict(methods=["ind", {"name": "dml", "recipe": {"base": "quickstart", "epochs": 3}}])
+    suite = load_suite(write_suite(raw))
+    by_label = {c.label: c for c in suite.cells if c.seed == 0}
+    assert by_label["ind"].recipe["epochs"] == 2 and by_label["dml"].recipe["epochs"] == 3
+    assert by_label["dml"].recipe["batch_size"] == 64  # the quickstart preset's, not the suite's
+    bad = tiny_suite_dict(methods=["ind", {"name": "dml", "recipe": {"base": "tsb_cifr", "epochs": 3}},
+                                   {"name": "dml", "label": "d2", "recipe": {"base": "quickstart", "epoch": 3}}])
+    with pytest.raises(SuiteError) as info:
+        load_suite(write_suite(bad))
+    text = "\n".join(info.value.lines)
+    assert "methods[1].recipe.base: unknown recipe 'tsb_cifr' (did you mean 'tsb_cifar'?)" in text
+    assert "methods[2].recipe.epoch" in text
