@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,8 @@ from harness.store import ResultStore
 from harness.suite import Suite
 
 TEMPLATES = Path(__file__).with_name("templates")
+METRIC_TEXT = {"top1": "Top-1 test accuracy", "top5": "Top-5 test accuracy", "top1_error": "Top-1 test error",
+               "top5_error": "Top-5 test error"}
 MISSING = "—"  # no finished trial yet (not run, running or failed)
 NOT_APPLICABLE = "n/a"  # the cell's trials finished but the method has no such output (e.g. a teacher)
 
@@ -55,13 +57,24 @@ class Table:
     entries: dict[tuple[tuple, tuple], Entry]
     with_paper: bool
     trials: pd.DataFrame
+    best: set = field(default_factory=set)  # (row, column) keys of the best value among the methods compared
 
     def header(self) -> list[str]:
         return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
 
-    def body(self) -> list[list[str]]:
-        return [[" / ".join(map(str, r))] + [self.entries[(r, c)].text(self.with_paper) for c in self.columns]
-                for r in self.rows]
+    def body(self, style: str = "plain") -> list[list[str]]:
+        """Cell texts; ``style`` "md" or "tex" marks the best values in bold (and escapes for LaTeX)."""
+        def cell(r, c) -> str:
+            text = self.entries[(r, c)].text(self.with_paper)
+            if style == "tex":
+                text = _latex_escape(text)
+            if (r, c) in self.best and style != "plain":
+                ours, _, rest = text.partition(" ")
+                text = (f"**{ours}**" if style == "md" else f"\\textbf{{{ours}}}") + (f" {rest}" if rest else "")
+            return text
+
+        label = (lambda r: _latex_escape(" / ".join(map(str, r)))) if style == "tex" else (lambda r: " / ".join(map(str, r)))
+        return [[label(r)] + [cell(r, c) for c in self.columns] for r in self.rows]
 
     def n_range(self) -> tuple[int, int]:
         ns = [e.n for e in self.entries.values() if e.applicable]
@@ -72,6 +85,38 @@ class Table:
 
     def has_not_applicable(self) -> bool:
         return any(not e.applicable for e in self.entries.values())
+
+
+def best_entries(entries: dict, rows: list[tuple], columns: list[tuple], row_keys: list[str],
+                 column_keys: list[str], lower_is_better: bool, excluded: set[str]) -> set:
+    """The (row, column) keys holding the best of ours among entries that differ only in their method, as the
+    papers bold the best method; ties are all bold; ``excluded`` ("method/value") never compete (a teacher)."""
+    def where(r, c) -> dict:
+        return {**dict(zip(row_keys, r)), **dict(zip(column_keys, c))}
+
+    contests: dict[tuple, list] = {}
+    for r in rows:
+        for c in columns:
+            w = where(r, c)
+            entry = entries[(r, c)]
+            if entry.ours is None or f"{w.get('method')}/{w.get('value')}" in excluded:
+                continue
+            key = tuple(sorted((k, v) for k, v in w.items() if k != "method"))
+            contests.setdefault(key, []).append(((r, c), entry.ours))
+    best = set()
+    for contenders in contests.values():
+        if len(contenders) < 2:
+            continue
+        top = (min if lower_is_better else max)(v for _, v in contenders)
+        best |= {k for k, v in contenders if round(v, 2) == round(top, 2)}
+    return best
+
+
+def metric_value(numbers: dict, metric: str) -> float:
+    """An accuracy as recorded, or its error rate (``top1_error`` = 100 − top-1)."""
+    if metric.endswith("_error"):
+        return 100.0 - numbers[metric.removesuffix("_error")]
+    return numbers[metric]
 
 
 def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
@@ -86,7 +131,7 @@ def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
         for value, numbers in record[epoch].items():
             rows.append({
                 "dataset": cell.dataset["name"], "group": cell.group_name, "method": cell.label,
-                "value": value, "seed": cell.seed, metric: numbers[metric], "epoch": epoch,
+                "value": value, "seed": cell.seed, metric: metric_value(numbers, metric), "epoch": epoch,
                 "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),
                 "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
                 "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
@@ -136,7 +181,9 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
                                       ref.nets, ref.methods, ref.eval)
         entries[(r, c)] = entry
     title = spec.title or spec.name
-    return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials)
+    best = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
+                        metric.endswith("_error"), set(spec.table.best_excludes)) if spec.table.bold_best else set()
+    return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best)
 
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
@@ -205,7 +252,9 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
     env.filters["tex"] = _latex_escape
     context = {
         "table": table, "suite": suite.spec, "prov": provenance(suite, store, table),
-        "markdown_table": tabulate(table.body(), headers=table.header(), tablefmt="pipe", disable_numparse=True,
+        "latex_body": table.body("tex"),
+        "metric_text": METRIC_TEXT[suite.spec.evaluation.metric],
+        "markdown_table": tabulate(table.body("md"), headers=table.header(), tablefmt="pipe", disable_numparse=True,
                                    colalign=["left"] + ["right"] * len(table.columns)),
         "latex_header": _latex_header_rows(table), "missing": MISSING, "not_applicable": NOT_APPLICABLE,
     }
@@ -216,10 +265,16 @@ def write_report(suite: Suite, store: ResultStore, out_dir: str | Path, log=prin
     table = build_table(suite, store)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from harness.figures import figures_markdown, write_figures  # matplotlib only when a report is written
+
+    figures = write_figures(suite, store, out_dir, table.trials)
+    texts = render(table, suite, store)
+    texts["md"] += figures_markdown(figures)  # a "Figures" section linking the PNGs (and PDFs) beside the report
     paths = {}
-    for ext, text in render(table, suite, store).items():
+    for ext, text in texts.items():
         paths[ext] = out_dir / f"{suite.name}.{ext}"
         paths[ext].write_text(text)
+    paths.update({f"{figure.name}.{ext}": getattr(figure, ext) for figure in figures for ext in ("png", "pdf")})
     paths["csv"] = out_dir / f"{suite.name}.csv"
     table.trials.to_csv(paths["csv"], index=False)
     log(tabulate(table.body(), headers=table.header(), tablefmt="simple", disable_numparse=True))

@@ -47,7 +47,7 @@ class Resources(Strict):
 class Evaluation(Strict):
     epoch: Literal["last", "best"] = "last"
     aggregate: Literal["median", "mean", "std", "min", "max", "n"] = "median"
-    metric: Literal["top1", "top5"] = "top1"
+    metric: Literal["top1", "top5", "top1_error", "top5_error"] = "top1"  # error = 100 − accuracy (ImageNet tables)
 
 
 class Layout(Strict):
@@ -57,6 +57,8 @@ class Layout(Strict):
     # where method and value are on the same side: the values shown for a method label ("*": any other), so
     # that an offline table shows Ind's teacher and student but only the student of every other method
     method_values: dict[str, list[str]] = {}
+    bold_best: bool = True  # the best method's value in bold, as the papers print it
+    best_excludes: list[str] = []  # "method/value" entries that do not compete (ACKD Table 2's teacher: "ind/net1")
 
     def shows(self, where: dict) -> bool:
         """Whether a row or column (axis → entry) is shown under ``method_values``."""

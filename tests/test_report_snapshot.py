@@ -1,0 +1,60 @@
+"""The Markdown and LaTeX of a report with known inputs, against stored snapshots; the LaTeX compiles where a
+TeX engine is installed.  After an intended change of the report's look: UPDATE_SNAPSHOTS=1 pytest this file,
+then read the diff of tests/snapshots/ before committing it."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from harness.report import build_table, render
+from harness.store import ResultStore
+from harness.suite import load_suite
+from tests.conftest import tiny_suite_dict
+from tests.test_report import fake_record
+
+SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
+ACCS = {("ind", 0): (70.0, 68.5), ("ind", 1): (70.4, 69.1), ("dml", 0): (71.2, 70.0), ("dml", 1): (71.0, 70.6),
+        ("kdcl", 0): (71.9, 69.0), ("kdcl", 1): (70.1, 70.2)}
+
+
+@pytest.fixture
+def rendered(tmp_path, write_suite):
+    raw = tiny_suite_dict(name="snapshot", title="TSB Table 1 layout, snapshot test (fake numbers)",
+                          groups=[["cifar_resnet32", "cifar_resnet32"]], seeds=[0, 1],
+                          methods=["ind", "dml", {"name": "kdcl", "target": "naive"}],
+                          paper_table={"name": "tsb_table1_cifar100"})
+    suite = load_suite(write_suite(raw))
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        store.put(fake_record(cell, *ACCS[(cell.label, cell.seed)]))
+    texts = render(build_table(suite, store), suite, store)
+    return {ext: text.replace(str(tmp_path), "<tmp>") for ext, text in texts.items()}
+
+
+@pytest.mark.parametrize("ext", ["md", "tex"])
+def test_report_matches_snapshot(rendered, ext):
+    path = os.path.join(SNAPSHOTS, f"report.{ext}")
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        with open(path, "w") as f:
+            f.write(rendered[ext])
+    with open(path) as f:
+        assert rendered[ext] == f.read()
+
+
+def test_best_method_is_bold_per_value(rendered):
+    md = rendered["md"]
+    # net1 medians: ind 70.2, dml 71.1, kdcl 71.0 -> dml; ens: max(net1, net2)+1 per seed -> dml 72.1
+    assert "**71.10**" in md and "**70.30**" in md and "**72.10**" in md
+    assert md.count("**") == 2 * 4  # one best per value column: net1, net2, avg, ens
+    assert "\\textbf{71.10}" in rendered["tex"]
+
+
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="no TeX engine installed")
+def test_latex_compiles(rendered, tmp_path):
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + rendered["tex"]
+                   + "\n\\end{document}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:]
