@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(analyze)
     analyze.add_argument("--smoke", action="store_true", help="analyse the suite's --smoke run")
     analyze.add_argument("--data-root", default=None, help="where datasets live (as given to 'harness run')")
+    index = sub.add_parser("index", help="write suites/README.md: every suite, its table, needs, GPU-hours, status")
+    index.add_argument("--suites", default="suites", help="folder of suite files (default: suites)")
+    index.add_argument("--results", default="results", help="results store whose status is shown (default: results)")
+    index.add_argument("--out", default=None, help="file to write (default: <suites>/README.md)")
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
     return parser
@@ -123,6 +127,16 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_index(args) -> int:
+    from harness.suite_index import build_index, render_index
+
+    lines, broken, missing = build_index(args.suites, args.results)
+    out = Path(args.out or Path(args.suites) / "README.md")
+    out.write_text(render_index(lines, broken, missing))
+    print(f"{out}: {len(lines)} suites, {len(missing)} paper tables without a suite, {len(broken)} invalid")
+    return 1 if broken else 0
+
+
 def cmd_list(args) -> int:
     from harness.listing import listing
 
@@ -138,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.suite import SuiteError
 
     args = build_parser().parse_args(argv)
-    command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze,
+    command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,
                "list": cmd_list}[args.command]
     try:
         return command(args)
