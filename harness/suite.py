@@ -284,6 +284,11 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
             if value not in layout.values:
                 errors.append(f"table.method_values.{label}: {value!r} is not in table.values "
                               f"({', '.join(layout.values)})")
+    for i, entry in enumerate(layout.best_excludes):
+        label, _, value = entry.rpartition("/")
+        if label not in labels or value not in layout.values:
+            errors.append(f"table.best_excludes[{i}]: {entry!r} is not 'method label/value' of this table; labels: "
+                          f"{', '.join(labels)}; values: {', '.join(layout.values)}")
 
 
 def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
