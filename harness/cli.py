@@ -147,6 +147,7 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from harness.datasets import DatasetError
     from harness.registry import UnknownName
+    from harness.runner import ResourceError
     from harness.stages import StageError
     from harness.store import CorruptRecord
     from harness.suite import SuiteError
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                "list": cmd_list}[args.command]
     try:
         return command(args)
-    except (SuiteError, DatasetError, UnknownName, CorruptRecord, StageError) as e:
+    except (SuiteError, DatasetError, UnknownName, CorruptRecord, StageError, ResourceError) as e:
         print(f"error: {e}" if not isinstance(e, SuiteError) else str(e), file=sys.stderr)
         return 2
 

@@ -27,12 +27,13 @@ def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str
 
     A row trained alone ("net", e.g. the Ind rows) stands for every peer of a group of copies of that network.
     In an offline table (rows with ``eval``), ``eval_roles`` says which role (teacher / student) our value is;
-    the teacher's number is the table's teacher row, whatever the method.
+    the teacher's number is the table's teacher row, whatever the method.  A (method, value) it gives no role is
+    looked up by its value key, as in an online table (AMLN Table 5 mixes both kinds of rows).
     """
     names = [paper_net_name(m, nets or {}) for m in group]
     wanted = (methods or {}).get(method, method)
-    if eval_roles:
-        role = (eval_roles.get(method) or eval_roles.get("*", {})).get(value)
+    role = ((eval_roles or {}).get(method) or (eval_roles or {}).get("*", {})).get(value)
+    if role is not None:
         for row in table["rows"]:
             if row["nets"] == names and row.get("eval") == role and (role == "teacher" or row["method"] == wanted):
                 return row.get("value")

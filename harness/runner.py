@@ -141,6 +141,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     init_ray(address, dashboard, num_cpus, num_gpus, log)
     runtime = replace(runtime, results=str(store.root))
     resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
+    _check_resources(suite, resources)
     blocked: list[Cell] = []
     for i, wave in enumerate(plan):
         todo = [c for c in wave if not done(c)]
@@ -160,6 +161,22 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
                if records[c.hash] is None and _stage_failed(c, store)]
     unfinished = [c.describe() for c in pending if records[c.hash] is None and not _stage_failed(c, store)]
     return RunSummary(len(everything), len(everything) - len(pending), len(pending), failed, unfinished)
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot run one trial of the suite (it would wait forever); the message is one line."""
+
+
+def _check_resources(suite: Suite, resources: dict) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    for key, name in (("gpu", "GPU"), ("cpu", "CPU")):
+        if resources[key] > have.get(name, 0):
+            raise ResourceError(
+                f"{suite.path}: resources.{key}: a trial needs {resources[key]:g} {name}(s) but the Ray cluster has "
+                f"{have.get(name, 0):g}; run on a machine or cluster that has them, pass --num-{key}s, or use --smoke "
+                f"(which trains on the CPU when there is no GPU)")
 
 
 def _stage_failed(cell: Cell, store: ResultStore) -> bool:

@@ -47,6 +47,8 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
                              suite=f"{suite.name}_smoke"))
 
     spec = suite.spec.model_copy(deep=True)
+    if not _has_gpu():  # a GPU suite scaled down runs on the CPU here, rather than waiting for a GPU forever
+        spec.resources.gpu = 0
     spec.dataset = DatasetSpec.model_validate(dataset)
     spec.name = f"{suite.name}_smoke"
     spec.seeds = spec.seeds[:1]
@@ -64,6 +66,12 @@ def _smoke_stages(hparams: dict) -> dict:
         if out.get(key) is not None:
             out[key] = min(out[key], SMOKE_EPOCHS - 1)
     return out
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _fill_augment(recipe: dict) -> dict:

@@ -38,3 +38,20 @@ def test_smoke_teachers_follow_the_smoke_recipe(write_suite):
     assert stages_of(suite.cells[0])["teacher"].cell.recipe["epochs"] == 240
     teacher = stages_of(smoke_suite(suite).cells[0])["teacher"].cell
     assert teacher.recipe["epochs"] == 2 and teacher.stop_epoch == 1
+
+
+def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path):
+    """--smoke trains a GPU suite on the CPU; a full run says in one line why it cannot start, instead of waiting."""
+    import subprocess
+
+    from tests.test_end_to_end import HARNESS
+
+    path = write_suite(tiny_suite_dict(resources={"cpu": 1, "gpu": 0.5}))
+    assert smoke_suite(load_suite(path)).spec.resources.gpu == 0
+    run = subprocess.run(HARNESS + ["run", str(path), "--results", str(tmp_path / "r"), "--reports",
+                                    str(tmp_path / "rep"), "--no-dashboard", "--num-cpus", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].endswith(
+        "resources.gpu: a trial needs 0.5 GPU(s) but the Ray cluster has 0; run on a machine or cluster that has "
+        "them, pass --num-gpus, or use --smoke (which trains on the CPU when there is no GPU)")
