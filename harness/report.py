@@ -178,7 +178,7 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
         if paper is not None:
             ref = spec.paper_table
             entry.paper = paper_value(paper, groups[where["group"]], where["method"], where["value"],
-                                      ref.nets, ref.methods, ref.eval)
+                                      ref.nets, ref.methods, ref.eval, ref.value_keys, ref.match)
         entries[(r, c)] = entry
     title = spec.title or spec.name
     best = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,

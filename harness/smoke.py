@@ -16,6 +16,10 @@ from harness.suite import DatasetSpec, Suite
 
 SMOKE_EPOCHS, SMOKE_TRAIN_PER_CLASS, SMOKE_TEST_PER_CLASS, SMOKE_BATCH = 2, 20, 10, 32
 STAND_IN = "fashion_mnist_mini"
+# hyper-parameters counted in epochs or images that must fit the smoke run: early stops (ESKD), earlier phases
+# (FT's paraphraser), held-out images per class (KDCL-General's validation split)
+SMOKE_CAPS = {"teacher_stop_epoch": SMOKE_EPOCHS - 1, "teacher_epochs": SMOKE_EPOCHS - 1,
+              "paraphraser_epochs": SMOKE_EPOCHS - 1, "val_per_class": SMOKE_TRAIN_PER_CLASS // 4}
 
 
 def _available(dataset: dict, data_root: str | None) -> bool:
@@ -47,6 +51,7 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
                              suite=f"{suite.name}_smoke"))
 
     spec = suite.spec.model_copy(deep=True)
+    spec.resources.cpu = 1  # a smoke trial is small; a suite's 4-8 CPUs per trial would not fit a laptop
     if not _has_gpu():  # a GPU suite scaled down runs on the CPU here, rather than waiting for a GPU forever
         spec.resources.gpu = 0
     spec.dataset = DatasetSpec.model_validate(dataset)
@@ -62,9 +67,9 @@ def _smoke_stages(hparams: dict) -> dict:
     if out.get("teacher_recipe") is not None:
         out["teacher_recipe"] = None
     # early stops (ESKD) and earlier training phases (FT's paraphraser) fall inside the smoke run
-    for key in ("teacher_stop_epoch", "teacher_epochs", "paraphraser_epochs"):
+    for key, cap in SMOKE_CAPS.items():
         if out.get(key) is not None:
-            out[key] = min(out[key], SMOKE_EPOCHS - 1)
+            out[key] = min(out[key], cap)
     return out
 
 

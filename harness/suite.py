@@ -84,6 +84,12 @@ class PaperTableRef(Strict):
     # offline tables (rows with ``eval: teacher|student``): our value -> the role it is, per method label, "*" for
     # any other; e.g. {"*": {net1: student, teacher: teacher}, ind: {net1: teacher, net2: student}}
     eval: dict[str, dict[str, Literal["teacher", "student"]]] = {}
+    # our value -> the key of the paper's row that holds it, per method label ("*" for any other): a table that
+    # keeps numbers under the metric's name ({"*": {net1: top1}}), or prints an offline student as net2 ({kd: {net1:
+    # net2}})
+    value_keys: dict[str, dict[str, str]] = {}
+    # per method label, keys a paper row must also have (rows that differ only in them): {"KDCL ICL": {icl: true}}
+    match: dict[str, dict] = {}
 
     @field_validator("name")
     @classmethod

@@ -144,3 +144,22 @@ def test_method_values_must_name_labels_and_values(write_suite):
     text = "\n".join(info.value.lines)
     assert "table.method_values.dm: not a method label of this suite (did you mean 'dml'?)" in text
     assert "table.method_values.ind: 'ens' is not in table.values (net1, net2)" in text
+
+
+def test_paper_rows_told_apart_by_extra_keys_and_renamed_values():
+    """KDCL Table 7 has a row with and without ICL per target; KDCL's KD rows print the student as net2; tables
+    that keep numbers under the metric's name (top1) are read through value_keys."""
+    from harness.paper_tables import load_paper_table, paper_value
+
+    table = load_paper_table("kdcl_table7")
+    group = ("cifar_resnet32", "cifar_wrn_16_2")
+    plain = paper_value(table, group, "naive", "net1", methods={"naive": "kdcl_naive"},
+                        match={"naive": {"icl": False}})
+    icl = paper_value(table, group, "naive icl", "net1", methods={"naive icl": "kdcl_naive"},
+                      match={"naive icl": {"icl": True}})
+    assert (plain, icl) == (73.7, 73.8)
+    synthetic = {"rows": [{"nets": ["resnet18"], "method": "ind", "top1": 71.2, "top5": 90.0},
+                          {"nets": ["resnet32", "wrn_16_2"], "method": "kd", "net2": 74.0}]}
+    assert paper_value(synthetic, ("resnet18",), "ind", "net1", value_keys={"*": {"net1": "top5"}}) == 90.0
+    assert paper_value(synthetic, group, "kd", "net1", value_keys={"kd": {"net1": "net2"}}) == 74.0
+    assert paper_value(synthetic, group, "kd", "net1") is None

@@ -46,8 +46,9 @@ def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path):
 
     from tests.test_end_to_end import HARNESS
 
+    path = write_suite(tiny_suite_dict(resources={"cpu": 4, "gpu": 0.5}))
+    assert smoke_suite(load_suite(path)).spec.resources.model_dump() == {"cpu": 1, "gpu": 0}
     path = write_suite(tiny_suite_dict(resources={"cpu": 1, "gpu": 0.5}))
-    assert smoke_suite(load_suite(path)).spec.resources.gpu == 0
     run = subprocess.run(HARNESS + ["run", str(path), "--results", str(tmp_path / "r"), "--reports",
                                     str(tmp_path / "rep"), "--no-dashboard", "--num-cpus", "1"],
                          capture_output=True, text=True, timeout=300)
@@ -55,3 +56,10 @@ def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path):
     assert run.stderr.strip().splitlines()[-1].endswith(
         "resources.gpu: a trial needs 0.5 GPU(s) but the Ray cluster has 0; run on a machine or cluster that has "
         "them, pass --num-gpus, or use --smoke (which trains on the CPU when there is no GPU)")
+
+
+def test_smoke_caps_held_out_images_and_earlier_phases(write_suite):
+    raw = tiny_suite_dict(methods=[{"name": "kdcl", "target": "general", "val_per_class": 50}])
+    (cell, *_) = smoke_suite(load_suite(write_suite(raw))).cells
+    assert cell.hparams["val_per_class"] == 5
+    Trainer(cell)  # 5 of 20 images per class held out: the split exists
