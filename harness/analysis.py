@@ -127,6 +127,7 @@ def analyze_suite(suite, store: ResultStore, reports: str | Path, data_root: str
         numeric = [c for c in frame.columns if c.startswith(("acc_", "cka_", "kl_"))]
         medians = frame.groupby(["group", "method"], sort=False)[numeric].median().reset_index()
         medians.insert(2, "n", frame.groupby(["group", "method"], sort=False).size().values)
+        medians = medians.astype(object).where(medians.notna(), None)  # a role the method lacks: —
         lines += [tabulate(medians, headers="keys", tablefmt="github", showindex=False, floatfmt=".4f", missingval="—"), "",
                   "Medians over seeds on the test set. acc_* = top-1 (%); cka_x_y = linear CKA of the pooled "
                   "pre-logit features of x and y; kl_x_y = mean KL(p_x ‖ p_y) of the softmax outputs at T = 1. "
