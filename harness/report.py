@@ -112,6 +112,26 @@ def best_entries(entries: dict, rows: list[tuple], columns: list[tuple], row_key
     return best
 
 
+def add_gains(stats: pd.Series, counts: pd.Series, gains: dict) -> tuple[pd.Series, pd.Series]:
+    """Derived values (the papers' "gain" columns): Σ over ``of`` of (a method's aggregate − the reference
+    method's), per dataset and group; AMLN's ↑ is ``of: [avg]``, KDCL's gain ``of: [net1, net2]``."""
+    if not gains or stats.empty:
+        return stats, counts
+    extra, extra_n = {}, {}
+    for name, gain in gains.items():
+        for dataset, group, method in {k[:3] for k in stats.index}:
+            parts = [(dataset, group, method, v) for v in gain.of]
+            refs = [(dataset, group, gain.reference, v) for v in gain.of]
+            if method == gain.reference or not all(k in stats.index for k in parts + refs):
+                continue
+            extra[(dataset, group, method, name)] = sum(stats[p] - stats[r] for p, r in zip(parts, refs))
+            extra_n[(dataset, group, method, name)] = int(min(counts[p] for p in parts))
+    if not extra:
+        return stats, counts
+    return (pd.concat([stats, pd.Series(extra).rename_axis(stats.index.names)]),
+            pd.concat([counts, pd.Series(extra_n).rename_axis(counts.index.names)]))
+
+
 def metric_value(numbers: dict, metric: str) -> float:
     """An accuracy as recorded, or its error rate (``top1_error`` = 100 − top-1)."""
     if metric.endswith("_error"):
@@ -155,6 +175,7 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
     stats = grouped.size() if how == "n" else grouped.agg(how)
     counts = grouped.size()
     finished = set(trials[keys[:-1]].itertuples(index=False, name=None))
+    stats, counts = add_gains(stats, counts, spec.table.gains)
     axis_values = {
         "dataset": [spec.dataset.name],
         "group": list(dict.fromkeys(c.group_name for c in suite.cells)),

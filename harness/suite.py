@@ -50,6 +50,13 @@ class Evaluation(Strict):
     metric: Literal["top1", "top5", "top1_error", "top5_error"] = "top1"  # error = 100 − accuracy (ImageNet tables)
 
 
+class Gain(Strict):
+    """A derived value: Σ over ``of`` of (this method's aggregate − ``reference``'s), e.g. AMLN's ↑ and KDCL's gain."""
+
+    reference: str
+    of: list[str]
+
+
 class Layout(Strict):
     rows: list[Literal["group", "method", "dataset", "value"]] = ["group"]
     columns: list[Literal["group", "method", "dataset", "value"]] = ["method", "value"]
@@ -57,6 +64,7 @@ class Layout(Strict):
     # where method and value are on the same side: the values shown for a method label ("*": any other), so
     # that an offline table shows Ind's teacher and student but only the student of every other method
     method_values: dict[str, list[str]] = {}
+    gains: dict[str, Gain] = {}  # derived values by name, usable in ``values`` ({gain: {reference: ind, of: [avg]}})
     bold_best: bool = True  # the best method's value in bold, as the papers print it
     best_excludes: list[str] = []  # "method/value" entries that do not compete (ACKD Table 2's teacher: "ind/net1")
 
@@ -164,7 +172,14 @@ def _unknown_keys(data, model: type[BaseModel], path: str, errors: list[str]):
             errors.append(f"{where}: unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
             continue
         annotation = fields[key].annotation
-        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+        args = getattr(annotation, "__args__", ()) or (annotation,)
+        if getattr(annotation, "__origin__", None) is dict and isinstance(value, dict):  # dict[str, Model]
+            model_of = args[-1]
+            if isinstance(model_of, type) and issubclass(model_of, BaseModel):
+                value = {k: _unknown_keys(v, model_of, f"{where}.{k}", errors) for k, v in value.items()}
+            clean[key] = value
+            continue
+        for candidate in args:
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
                 value = _unknown_keys(value, candidate, where, errors)
         clean[key] = value
@@ -290,6 +305,10 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
             if value not in layout.values:
                 errors.append(f"table.method_values.{label}: {value!r} is not in table.values "
                               f"({', '.join(layout.values)})")
+    for name, gain in layout.gains.items():
+        if gain.reference not in labels:
+            errors.append(f"table.gains.{name}.reference: {gain.reference!r} is not a method label of this suite"
+                          f"{did_you_mean(gain.reference, labels)}; valid: {', '.join(labels)}")
     for i, entry in enumerate(layout.best_excludes):
         label, _, value = entry.rpartition("/")
         if label not in labels or value not in layout.values:

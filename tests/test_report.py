@@ -163,3 +163,24 @@ def test_paper_rows_told_apart_by_extra_keys_and_renamed_values():
     assert paper_value(synthetic, ("resnet18",), "ind", "net1", value_keys={"*": {"net1": "top5"}}) == 90.0
     assert paper_value(synthetic, group, "kd", "net1", value_keys={"kd": {"net1": "net2"}}) == 74.0
     assert paper_value(synthetic, group, "kd", "net1") is None
+
+
+def test_gain_columns_by_hand(filled, tmp_path, write_suite):
+    """AMLN's ↑ (avg − vanilla's avg) and KDCL's gain (Σ over the two networks of ours − Ind's), from medians."""
+    raw = tiny_suite_dict(seeds=[0, 1, 2], table={"rows": ["group"], "columns": ["method", "value"],
+                                                  "values": ["avg", "up", "gain"],
+                                                  "gains": {"up": {"reference": "ind", "of": ["avg"]},
+                                                            "gain": {"reference": "ind", "of": ["net1", "net2"]}}})
+    suite = load_suite(write_suite(raw, "gains.yaml"))
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        if (cell.label, cell.seed) in ACCS:
+            store.put(fake_record(cell, *ACCS[(cell.label, cell.seed)]))
+    table = build_table(suite, store)
+    row = ("cifar_resnet8+cifar_resnet8",)
+    med = lambda m, i: statistics.median(v[i] for (mm, _), v in ACCS.items() if mm == m)
+    avg = lambda m: statistics.median((v[0] + v[1]) / 2 for (mm, _), v in ACCS.items() if mm == m)
+    assert table.entries[(row, ("dml", "up"))].ours == pytest.approx(avg("dml") - avg("ind"))
+    assert table.entries[(row, ("dml", "gain"))].ours == pytest.approx(
+        med("dml", 0) - med("ind", 0) + med("dml", 1) - med("ind", 1))
+    assert table.entries[(row, ("ind", "gain"))].text(False) == "n/a"  # the reference has no gain over itself
