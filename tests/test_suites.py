@@ -1,0 +1,66 @@
+"""Every suite file validates, scales down with --smoke, and is in the generated index; every paper table has a
+suite or a stated reason; one suite (rotating by day) runs end to end with --smoke."""
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from harness.paper_tables import PAPER_TABLES
+from harness.smoke import smoke_suite
+from harness.stages import waves
+from harness.suite import load_suite
+from harness.suite_index import (ASSUMED_MACS_PER_S, NO_SUITE, build_index, cell_gpu_hours, forward_macs,
+                                 render_index)
+
+SUITES = sorted((Path(__file__).parents[1] / "suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_suite_validates_and_scales_down(path):
+    suite = load_suite(path)
+    assert suite.name == path.stem and suite.cells
+    smoke = smoke_suite(suite)
+    plan = waves(smoke.cells)  # every stage (teacher, assistant, paraphraser) is definable at smoke scale
+    assert all(c.recipe["epochs"] <= 2 for wave in plan for c in wave)
+    assert {c.hash for c in smoke.cells}.isdisjoint({c.hash for c in suite.cells})
+
+
+def test_every_paper_table_has_a_suite_or_a_reason():
+    tables = {load_suite(p).spec.paper_table.name for p in SUITES if load_suite(p).spec.paper_table}
+    assert set(PAPER_TABLES) - tables <= set(NO_SUITE), sorted(set(PAPER_TABLES) - tables - set(NO_SUITE))
+
+
+def test_the_index_is_up_to_date(tmp_path):
+    """suites/README.md is what `harness index` writes from an empty results store."""
+    lines, broken, missing = build_index(SUITES[0].parent, tmp_path / "results")
+    assert not broken
+    assert (SUITES[0].parent / "README.md").read_text() == render_index(lines, broken, missing), \
+        "run `harness index --results /nonexistent` and commit suites/README.md"
+
+
+def test_gpu_hours_by_hand(write_suite):
+    suite = load_suite(write_suite({"name": "est", "dataset": {"name": "cifar100"}, "groups": [["cifar_resnet20"] * 2],
+                                    "methods": ["dml"], "seeds": [0], "recipe": {"base": "tsb_cifar", "epochs": 10}}))
+    (cell,) = suite.cells
+    macs = forward_macs("cifar_resnet20", (3, 32, 32), 100)
+    assert 40e6 < macs < 42e6  # ResNet-20 on CIFAR: 41M multiply-adds
+    assert cell_gpu_hours(cell) == pytest.approx(3 * 2 * macs * 50_000 * 10 / ASSUMED_MACS_PER_S / 3600)
+
+
+SMALL = [p for p in SUITES if len([c for w in waves(smoke_suite(load_suite(p)).cells) for c in w]) <= 16]
+
+
+def test_rotating_smoke_run(tmp_path):
+    """One small suite per day runs as a user would (`harness run --smoke`): every report cell filled."""
+    from tests.test_end_to_end import HARNESS
+    import subprocess, os
+
+    path = SMALL[dt.date.today().toordinal() % len(SMALL)]
+    cmd = HARNESS + ["run", str(path), "--smoke", "--results", str(tmp_path / "r"), "--reports",
+                     str(tmp_path / "rep"), "--no-dashboard", "--num-cpus", "2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    md = (tmp_path / "rep" / f"{path.stem}_smoke.md").read_text()
+    table = md.split("\n\n")[1]
+    assert "SMOKE RUN" in md and "—" not in table.replace("(—", ""), (path.name, table)
