@@ -38,7 +38,7 @@ def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str
     extra = (match or {}).get(method, {})
     keys = (value_keys or {}).get(method) or (value_keys or {}).get("*", {})
     role = ((eval_roles or {}).get(method) or (eval_roles or {}).get("*", {})).get(value)
-    value = keys.get(value, value)
+    ours, value = value, keys.get(value, value)
     rows = [row for row in table["rows"]  # a key a row lacks matches false / null (KDCL's rows without ICL)
             if all(row.get(k) == v or (k not in row and v in (False, None)) for k, v in extra.items())]
     if role is not None:
@@ -51,6 +51,9 @@ def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str
             continue
         if row["nets"] == names and row.get(value) is not None:
             return row[value]
-        if "net" in row and row["nets"] * len(names) == names and (value == "avg" or value.startswith("net")):
-            return row["net"]
+        if row["nets"] * len(names) == names and len(row["nets"]) == 1:  # one network alone, our group its copies
+            if "net" in row and (ours == "avg" or ours.startswith("net")):
+                return row["net"]
+            if value != ours and row.get(value) is not None:  # renamed by value_keys: {net1: top1}
+                return row[value]
     return None

@@ -184,3 +184,11 @@ def test_gain_columns_by_hand(filled, tmp_path, write_suite):
     assert table.entries[(row, ("dml", "gain"))].ours == pytest.approx(
         med("dml", 0) - med("ind", 0) + med("dml", 1) - med("ind", 1))
     assert table.entries[(row, ("ind", "gain"))].text(False) == "n/a"  # the reference has no gain over itself
+
+
+def test_a_single_network_row_through_value_keys():
+    from harness.paper_tables import paper_value
+
+    table = {"rows": [{"nets": ["resnet34"], "method": "ind", "top1": 73.31, "top5": 91.42}]}
+    assert paper_value(table, ("resnet34", "resnet34"), "ind", "net1", value_keys={"*": {"net1": "top1"}}) == 73.31
+    assert paper_value(table, ("resnet34", "resnet34"), "ind", "net1") is None
