@@ -108,7 +108,9 @@ def best_entries(entries: dict, rows: list[tuple], columns: list[tuple], row_key
         if len(contenders) < 2:
             continue
         top = (min if lower_is_better else max)(v for _, v in contenders)
-        best |= {k for k, v in contenders if round(v, 2) == round(top, 2)}
+        winners = {k for k, v in contenders if round(v, 2) == round(top, 2)}
+        if len(winners) < len(contenders):  # when every method ties, none is best
+            best |= winners
     return best
 
 
