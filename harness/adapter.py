@@ -39,6 +39,23 @@ def extract(model: nn.Module, x: torch.Tensor) -> Features:
     return Features(model.get_classifier()(embedding), stages, last, embedding)
 
 
+@torch.no_grad()
+def probe(model: nn.Module, input_size: tuple[int, int, int]) -> Features:
+    """Features of a zero batch of 2, in eval mode: the real map shapes, for sizing per-network modules.
+
+    :func:`shapes` derives sizes from the reductions alone, which misses floor-rounding pools (VGG on 28×28
+    gives 3×3, not 4×4).  Eval mode leaves the BN statistics alone and the pass draws no random numbers.
+    """
+    param = next(model.parameters())
+    x = torch.zeros(2, *input_size, dtype=param.dtype, device=param.device)
+    was_training = model.training
+    model.eval()
+    try:
+        return extract(model, x)
+    finally:
+        model.train(was_training)
+
+
 def stage_info(model: nn.Module) -> list[dict]:
     info = model.feature_info
     return list(info.info if hasattr(info, "info") else info)

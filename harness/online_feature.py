@@ -96,22 +96,8 @@ class OnlineFeatureKD(Method):
         return None
 
     def probe(self, peers: nn.ModuleList) -> list[adapter.Features]:
-        """Every peer's features on a zero batch of 2 images (eval mode, no gradient): their real shapes.
-
-        ``adapter.shapes`` derives sizes from the reductions alone, which misses floor-rounding pools (VGG on 28×28
-        gives 3×3, not 4×4), so the per-pair modules are sized from a forward pass.  Eval mode leaves the BN
-        statistics alone and the pass draws no random numbers.
-        """
-        out = []
-        for peer in peers:
-            param = next(peer.parameters())
-            x = torch.zeros(2, self.ctx.in_chans, *self.ctx.image_size, dtype=param.dtype, device=param.device)
-            was_training = peer.training
-            peer.eval()
-            with torch.no_grad():
-                out.append(adapter.extract(peer, x))
-            peer.train(was_training)
-        return out
+        """Every peer's features on a zero batch (``adapter.probe``): the real map shapes for per-pair modules."""
+        return [adapter.probe(peer, (self.ctx.in_chans, *self.ctx.image_size)) for peer in peers]
 
     def connector(self, student: int, partner: int) -> nn.Module | None:
         connectors = self.modules["connectors"] if "connectors" in self.modules else None

@@ -140,16 +140,7 @@ class Discriminator(nn.Module):
 
 def last_map_shapes(peers: nn.ModuleList, in_chans: int, image_size: tuple[int, int]) -> list[tuple[int, ...]]:
     """(C, H, W) of each peer's last map from a 2-image zero batch (eval mode, no gradient, BN stats untouched)."""
-    shapes = []
-    for peer in peers:
-        param = next(peer.parameters())
-        x = torch.zeros(2, in_chans, *image_size, dtype=param.dtype, device=param.device)
-        was_training = peer.training
-        peer.eval()
-        with torch.no_grad():
-            shapes.append(tuple(adapter.extract(peer, x).last.shape[1:]))
-        peer.train(was_training)
-    return shapes
+    return [tuple(adapter.probe(peer, (in_chans, *image_size)).last.shape[1:]) for peer in peers]
 
 
 @register_method("afd")

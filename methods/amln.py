@@ -268,17 +268,8 @@ class AMLN(Method):
         return modules
 
     def _probe(self, peers: nn.ModuleList) -> list[adapter.Features]:
-        """Every peer's features on a zero batch of 2 (eval mode, no gradient): the real map shapes."""
-        out = []
-        for peer in peers:
-            param = next(peer.parameters())
-            x = torch.zeros(2, self.ctx.in_chans, *self.ctx.image_size, dtype=param.dtype, device=param.device)
-            was_training = peer.training
-            peer.eval()
-            with torch.no_grad():
-                out.append(adapter.extract(peer, x))
-            peer.train(was_training)
-        return out
+        """Every peer's features on a zero batch (``adapter.probe``): the real map shapes."""
+        return [adapter.probe(peer, (self.ctx.in_chans, *self.ctx.image_size)) for peer in peers]
 
     def _modules(self, key: str) -> nn.ModuleDict | None:
         return self.modules[key] if key in self.modules else None
