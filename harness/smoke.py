@@ -3,7 +3,8 @@
 Every cell keeps its networks, method and hyper-parameters (except that a teacher trained in an earlier stage
 uses the smoke recipe as well, and an early-stopped teacher stops within it), only the suite's first seed is
 run (a smoke run checks that every cell trains; its numbers mean nothing, so more seeds add only time), and
-each cell trains 2 epochs on 20 images per class (10 per class for testing); a dataset that is not on this machine is replaced by the embedded
+each cell trains 2 epochs in batches of 8 (learning rates scaled linearly from the paper's batch) on 20 images per
+class (10 per class for testing); a dataset that is not on this machine is replaced by the embedded
 Fashion-MNIST subset (with CIFAR-style augmentation, since ImageNet-style crops of 28×28 images mean
 nothing).  Smoke cells have hashes of their own, and the report says in its title that it is a smoke run.
 """
@@ -47,6 +48,8 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
     for cell in (c for c in suite.cells if c.seed == suite.spec.seeds[0]):
         recipe = dict(cell.recipe, epochs=SMOKE_EPOCHS, warmup_epochs=0,
                       batch_size=min(cell.recipe["batch_size"], SMOKE_BATCH))
+        if recipe["lr_scaling"] == "none":  # the paper's lr at batch 8 is 8-16 times the noise it was tuned for
+            recipe.update(lr_scaling="linear", reference_batch_size=cell.recipe["batch_size"])
         if stand_in:
             recipe["augment"] = {"crop_padding": 2, "flip": True}
             recipe = _fill_augment(recipe)

@@ -16,6 +16,8 @@ def test_smoke_of_a_cifar_suite_without_cifar(write_suite, monkeypatch):
     assert len(smoke.cells) == len(first_seed) == len(suite.cells) // 2 and smoke.spec.seeds == [0]
     for original, cell in zip(first_seed, smoke.cells):
         assert cell.recipe["epochs"] == 2 and cell.dataset["name"] == "fashion_mnist_mini"
+        assert cell.recipe["batch_size"] == 8 and cell.recipe["lr_scaling"] == "linear"  # lr × 8 / the paper's batch
+        assert cell.recipe["reference_batch_size"] == original.recipe["batch_size"]
         assert (cell.method, cell.hparams, cell.group, cell.seed) == (original.method, original.hparams,
                                                                       original.group, original.seed)
         assert cell.hash != original.hash
