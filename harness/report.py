@@ -236,7 +236,9 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
 
 def _recipe_text(recipe: dict) -> str:
     opt, sched = recipe["optimizer"], recipe["schedule"]
-    return (f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, {opt['name']} lr {opt['lr']} "
+    scaled = (f" scaled {recipe['lr_scaling']} to batch {recipe['batch_size']} from {recipe['reference_batch_size']}"
+              if recipe.get("lr_scaling", "none") != "none" and recipe.get("reference_batch_size") else "")
+    return (f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, {opt['name']} lr {opt['lr']}{scaled} "
             f"(momentum {opt['momentum']}, nesterov {opt['nesterov']}, wd {opt['weight_decay']}), "
             f"{sched['name']} schedule"
             + (f" at {sched['milestones']} ×{sched['gamma']}" if sched["name"] == "multistep" else "")

@@ -38,7 +38,8 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
     """A scaled-down copy of ``suite`` (see the module docstring); the original is left unchanged."""
     dataset = dict(suite.cells[0].dataset)
     stand_in = not _available(dataset, data_root)
-    notes = [f"{SMOKE_EPOCHS} epochs", f"{SMOKE_TRAIN_PER_CLASS} training images per class", "1 seed"]
+    notes = [f"{SMOKE_EPOCHS} epochs in batches of {SMOKE_BATCH}", f"{SMOKE_TRAIN_PER_CLASS} training images per class",
+             "1 seed"]
     if stand_in:
         notes.append(f"{STAND_IN} in place of {dataset['name']}")
         dataset = {"name": STAND_IN, "views": dataset.get("views", "shared")}
