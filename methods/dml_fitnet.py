@@ -13,7 +13,9 @@ Choices where TSB is silent (it gives no layer, weight or regressor), with defau
 (``-a 0 -b 100``, ``hint_layer=2``, ``ConvReg``; methods_spec.md §7, reference_impls.md §10):
 - ``hint_layer`` 2: RepDistiller's ``feat[2]``, the output of the second stage (the middle stage of a CIFAR
   ResNet/WRN); a single hint, not the original FitNet's two-stage training (no separate hint pre-training stage).
-- ``beta`` 100: RepDistiller's weight of the hint loss.
+- ``beta`` 100: RepDistiller's weight of the hint loss.  Offline, the student closes its gap to a frozen teacher;
+  online, both peers close it, twice as fast per step, so this weight can overshoot: a 2-epoch smoke run of a
+  WRN-16-2 pair went NaN (hint loss growing geometrically from step 0), while beta 10 trained.  TSB gives no beta.
 - ``regressor`` "always": every pair gets a regressor, even between maps of equal shape (RepDistiller always uses
   ``ConvReg``; for equal sizes it is a 1×1 conv + BN + ReLU); "when_shapes_differ" uses the identity between
   maps of the same shape (methods_spec.md §7 allows it for peers of one architecture) and a regressor otherwise.
