@@ -122,6 +122,13 @@ class Trainer:
             self._load_stage(name)
         return self._stage_modules[name]
 
+    def save_weights(self, path) -> str:
+        """Save what later stages load (the deployed networks and the method's saved modules); returns the SHA-256."""
+        from harness.stages import save_networks
+
+        return save_networks(path, self.cell, self.method.deployed_networks(), self.data.num_classes,
+                             self.data.in_chans, self.method.saved_modules())
+
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {

@@ -32,12 +32,18 @@ class TeacherParams(HParams):
     teacher_stop_epoch: int | None = Field(None, ge=1)
 
 
+def teacher_recipe(cell: Cell, recipe: str | dict | None) -> dict:
+    """A teacher's resolved recipe: ``recipe`` (a preset name or mapping), or None for the cell's own."""
+    if recipe is None:
+        return cell.recipe
+    return Recipe.model_validate(resolve_recipe(recipe, load_presets(), "teacher_recipe")).model_dump(mode="json")
+
+
 def teacher_cell(cell: Cell, group: tuple[str, ...], recipe: str | dict | None, seed: int | None,
                  stop_epoch: int | None = None, method: str = "ind", hparams: dict | None = None) -> Cell:
     """The cell that trains a teacher for ``cell``: ``method`` (``ind``; TAKD's assistant: ``kd``) on ``group``,
     the same dataset, ``recipe`` (None: the cell's own) and ``seed`` (None: the cell's own)."""
-    resolved = cell.recipe if recipe is None else Recipe.model_validate(
-        resolve_recipe(recipe, load_presets(), "teacher_recipe")).model_dump(mode="json")
+    resolved = teacher_recipe(cell, recipe)
     return Cell(method=method, hparams=hparams or {}, group=tuple(group), dataset=cell.dataset, recipe=resolved,
                 seed=cell.seed if seed is None else seed, label="teacher", suite=cell.suite, stop_epoch=stop_epoch)
 

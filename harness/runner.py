@@ -5,7 +5,7 @@ import datetime as dt
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from harness.cell import Cell
 from harness.engine import Runtime
@@ -139,7 +139,6 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
         return RunSummary(len(everything), len(everything), 0, [], [])
 
     init_ray(address, dashboard, num_cpus, num_gpus, log)
-    runtime = replace(runtime, results=str(store.root))
     resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
     _check_resources(suite, resources)
     blocked: list[Cell] = []

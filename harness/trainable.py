@@ -18,7 +18,6 @@ import harness  # noqa: F401  (torchvision shim before timm)
 from harness.cell import Cell
 from harness.engine import Runtime, Trainer
 from harness.provenance import hardware, package_versions
-from harness.stages import save_networks
 from harness.store import ResultStore
 
 CHECKPOINT_FILE = "state.pt"
@@ -92,8 +91,7 @@ def train_cell(config: dict) -> None:
 
         summary = trainer.run(on_epoch=report)
         weights = store.weights_path(cell.hash)
-        digest = save_networks(weights, cell, trainer.method.deployed_networks(), trainer.data.num_classes,
-                               trainer.data.in_chans, trainer.method.saved_modules())
+        digest = trainer.save_weights(weights)
         record.update(status="ok", history=trainer.history, **summary,
                       params=trainer.method.parameter_counts(), stages=trainer.stage_provenance,
                       weights={"file": str(weights.relative_to(store.root)), "sha256": digest})

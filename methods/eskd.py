@@ -23,8 +23,8 @@ from typing import Literal
 from pydantic import Field
 
 from harness.method import register_method
-from harness.offline import teacher_cell
-from harness.recipe import Recipe, load_presets, resolve_recipe
+from harness.offline import teacher_cell, teacher_recipe
+from harness.recipe import Recipe
 from harness.stages import Stage, StageError
 from methods.kd import KD, KDParams
 
@@ -65,8 +65,7 @@ class ESKD(KD):
     def stages(cls, hp, cell):
         if hp.teacher_checkpoint:
             return super().stages(hp, cell)
-        recipe = cell.recipe if hp.teacher_recipe is None else Recipe.model_validate(
-            resolve_recipe(hp.teacher_recipe, load_presets(), "teacher_recipe")).model_dump(mode="json")
+        recipe = teacher_recipe(cell, hp.teacher_recipe)
         epochs = cls.teacher_epochs(hp, cell, recipe["epochs"])
         teacher = cell.group[0]
         if hp.teacher_schedule == "snapshot":

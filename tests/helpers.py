@@ -54,7 +54,7 @@ def train_stages(cell, results_dir) -> "Runtime":
     """Train (in this process, without Ray) every stage ``cell`` needs and save their networks under
     ``results_dir`` as the trainable does; returns the Runtime that lets a Trainer of ``cell`` find them."""
     from harness.engine import Runtime, Trainer
-    from harness.stages import save_networks, waves
+    from harness.stages import waves
     from harness.store import ResultStore
 
     store = ResultStore(results_dir)
@@ -65,6 +65,5 @@ def train_stages(cell, results_dir) -> "Runtime":
             if not path.is_file():
                 trainer = Trainer(stage_cell, runtime)
                 trainer.run()
-                save_networks(path, stage_cell, trainer.method.deployed_networks(), trainer.data.num_classes,
-                              trainer.data.in_chans, trainer.method.saved_modules())
+                trainer.save_weights(path)
     return runtime

@@ -8,7 +8,6 @@ import yaml
 from harness.analysis import compare, linear_cka, mean_kl
 from harness.cli import main
 from harness.engine import Trainer
-from harness.stages import save_networks
 from harness.store import ResultStore
 from harness.suite import load_suite
 from tests.conftest import TINY_RECIPE, tiny_suite_dict
@@ -66,7 +65,7 @@ def test_harness_analyze_writes_cka_and_kl_of_teacher_proxy_student(tmp_path, ca
         runtime = train_stages(c, store.root)
         trainer = Trainer(c, runtime)
         trainer.run()
-        save_networks(store.weights_path(c.hash), c, trainer.method.deployed_networks(), 10, 1)
+        trainer.save_weights(store.weights_path(c.hash))
         store.put({"hash": c.hash, "cell": c.to_dict(), "status": "ok"})
 
     assert main(["analyze", str(path), "--results", str(store.root), "--reports", str(tmp_path / "rep")]) == 0
