@@ -52,7 +52,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
+
+from harness.method import HParams
 
 NCE_EPS = 1e-7
 WITHOUT_REPLACEMENT_MAX_SAMPLES = 200_000
@@ -218,3 +221,31 @@ class NegativeSampler(nn.Module):
             if bool(short.any()):  # RepDistiller: replace = k > len(pool)
                 negatives[short] = self._with_replacement(index[short], y[short])
         return torch.cat([index[:, None], negatives], dim=1)
+
+
+class ContrastParams(HParams):
+    """CRD's hyper-parameters, shared by the online and the offline method (RepDistiller's defaults)."""
+
+    beta: NonNegativeFloat = 0.8
+    feat_dim: PositiveInt = 128
+    num_negatives: PositiveInt = 16384
+    nce_temperature: PositiveFloat = 0.07
+    momentum: float = Field(0.5, ge=0.0, lt=1.0)
+    negatives: Literal["other_class", "any"] = "other_class"
+    replacement: bool | None = None
+
+
+class ContrastiveModules:
+    """Named access to a CRD method's modules: ``embed`` heads, ``memory`` banks and the ``negatives`` sampler."""
+
+    @property
+    def embeds(self):
+        return self.modules["embed"]
+
+    @property
+    def banks(self):
+        return self.modules["memory"]
+
+    @property
+    def sampler(self) -> NegativeSampler:
+        return self.modules["negatives"]

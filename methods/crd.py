@@ -48,39 +48,31 @@ Per step each direction gathers B × (m + 1) × 128 floats kept for the backward
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveFloat
 from torch import nn
 
 from harness import adapter
-from harness.crd import Embed, MemoryBank, NegativeSampler, clamp_negatives, nce_loss
+from harness.crd import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
+                         nce_loss)
 from harness.losses import distill_kl, soft_targets
 from harness.method import OptimGroup, register_method
 from harness.offline import OfflineMethod, TeacherParams
 
 
-class CRDParams(TeacherParams):
+class CRDParams(TeacherParams, ContrastParams):
     ce_weight: NonNegativeFloat = 1.0
     kd_weight: NonNegativeFloat = 0.0
     temperature: PositiveFloat = 4.0
     t2_scaling: bool = True
-    beta: NonNegativeFloat = 0.8
-    feat_dim: PositiveInt = 128
-    num_negatives: PositiveInt = 16384
-    nce_temperature: PositiveFloat = 0.07
-    momentum: float = Field(0.5, ge=0.0, lt=1.0)
-    negatives: Literal["other_class", "any"] = "other_class"
-    replacement: bool | None = None
 
 
 ROLES = ("student", "teacher")
 
 
 @register_method("crd")
-class CRD(OfflineMethod):
+class CRD(ContrastiveModules, OfflineMethod):
     """CRD from a frozen teacher: symmetric NCE between the two networks' embeddings and each other's memory bank."""
 
     HParams = CRDParams
@@ -97,18 +89,6 @@ class CRD(OfflineMethod):
         modules["memory"] = nn.ModuleDict({role: MemoryBank(n, hp.feat_dim, hp.momentum) for role in ROLES})
         modules["negatives"] = NegativeSampler(n, self.num_negatives, hp.negatives, hp.replacement)
         return modules
-
-    @property
-    def embeds(self) -> nn.ModuleDict:
-        return self.modules["embed"]
-
-    @property
-    def banks(self) -> nn.ModuleDict:
-        return self.modules["memory"]
-
-    @property
-    def sampler(self) -> NegativeSampler:
-        return self.modules["negatives"]
 
     def optim_groups(self) -> dict[str, OptimGroup]:
         """The recipe's optimizer; the student's parameter group also holds both heads."""

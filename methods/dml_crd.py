@@ -60,28 +60,22 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Field
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from torch import nn
 
 from harness import adapter
-from harness.crd import Embed, MemoryBank, NegativeSampler, clamp_negatives, nce_loss
+from harness.crd import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
+                         nce_loss)
 from harness.losses import soft_targets
-from harness.method import HParams, Method, OptimGroup, register_method
+from harness.method import Method, OptimGroup, register_method
 from methods.dml import dml_terms
 
 
-class DMLCRDParams(HParams):
+class DMLCRDParams(ContrastParams):
     temperature: PositiveFloat = 4.0
     kl_weight: NonNegativeFloat = 1.0
     t2_scaling: bool = True
     peer_reduction: Literal["mean", "sum"] = "mean"
-    beta: NonNegativeFloat = 0.8
-    feat_dim: PositiveInt = 128
-    num_negatives: PositiveInt = 16384
-    nce_temperature: PositiveFloat = 0.07
-    momentum: float = Field(0.5, ge=0.0, lt=1.0)
-    negatives: Literal["other_class", "any"] = "other_class"
-    replacement: bool | None = None
     warmup_epochs: NonNegativeInt = 0
 
 
@@ -91,7 +85,7 @@ def reader_slot(anchor: int, bank: int) -> int:
 
 
 @register_method("dml_crd")
-class DMLCRD(Method):
+class DMLCRD(ContrastiveModules, Method):
     HParams = DMLCRDParams
     min_peers = 2
 
@@ -107,18 +101,6 @@ class DMLCRD(Method):
         modules["memory"] = nn.ModuleList(MemoryBank(n, hp.feat_dim, hp.momentum, readers=k - 1) for _ in range(k))
         modules["negatives"] = NegativeSampler(n, self.num_negatives, hp.negatives, hp.replacement)
         return modules
-
-    @property
-    def embeds(self) -> nn.ModuleList:
-        return self.modules["embed"]
-
-    @property
-    def banks(self) -> nn.ModuleList:
-        return self.modules["memory"]
-
-    @property
-    def sampler(self) -> NegativeSampler:
-        return self.modules["negatives"]
 
     def optim_groups(self) -> dict[str, OptimGroup]:
         """The recipe's optimizer; peer k's parameter group also holds peer k's embedding head."""
