@@ -58,11 +58,13 @@ def curve_output(suite: Suite, label: str, history: list[dict]) -> str | None:
 
 def _metric(row: dict, metric: str, output: str | None) -> float:
     """The suite's metric of one history row (an error is 100 − accuracy); NaN where it was not evaluated."""
+    from harness.report import metric_value
+
     base = metric.removesuffix("_error")
     key = f"{base}/{output}"
     if output is None or key not in row:
         return math.nan
-    return 100.0 - row[key] if metric.endswith("_error") else row[key]
+    return metric_value({base: row[key]}, metric)
 
 
 def history_frame(suite: Suite, records: dict[str, dict]) -> pd.DataFrame:
