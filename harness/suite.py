@@ -224,7 +224,9 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None)
             continue
         entry = dict(entry)
         name, label = entry.pop("name"), entry.pop("label", None)
-        own_recipe = _method_recipe(entry.pop("recipe", None), presets or load_presets(), f"{where}.recipe", errors)
+        own = entry.pop("recipe", None)
+        own_recipe = None if own is None else _resolved_recipe(own, presets or load_presets(), f"{where}.recipe",
+                                                               errors)
         if name not in registry:
             errors.append(f"{where}.name: {registry.unknown_message(name)}")
             continue
@@ -248,10 +250,9 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None)
     return entries
 
 
-def _method_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict | None:
-    """A method entry's own recipe (its paper's, in a suite comparing methods each under its own recipe)."""
-    if raw is None:
-        return None
+def _resolved_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict | None:
+    """A recipe (preset name or mapping) resolved and validated: the suite's, or a method entry's own (its paper's,
+    in a suite comparing methods each under its own recipe); None, with the errors listed, when it is invalid."""
     try:
         resolved = _unknown_keys(resolve_recipe(raw, presets, where), Recipe, where, errors)
         return Recipe.model_validate(resolved).model_dump(mode="json")
@@ -364,17 +365,10 @@ def load_suite(path: str | Path) -> Suite:
     errors: list[str] = []
 
     presets = {**load_presets(), **(raw.get("recipes") or {})}
-    recipe = None
+    recipe_dict = None
     if "recipe" in raw:
-        try:
-            raw["recipe"] = resolve_recipe(raw["recipe"], presets)
-            raw["recipe"] = _unknown_keys(raw["recipe"], Recipe, "recipe", errors)
-            recipe = Recipe.model_validate(raw["recipe"])
-        except KeyError as e:
-            errors.append(str(e.args[0]))
-            raw["recipe"] = {}
-        except ValidationError as e:
-            errors.extend(_pydantic_lines(e, "recipe"))
+        recipe_dict = _resolved_recipe(raw["recipe"], presets, "recipe", errors)
+        raw["recipe"] = recipe_dict or {}
 
     raw = _unknown_keys(raw, SuiteSpec, "", errors)
     spec = None
@@ -390,9 +384,8 @@ def load_suite(path: str | Path) -> Suite:
         methods = _method_entries(spec.methods, errors, presets)
         _check_groups(spec.groups, methods, errors)
         _check_layout(spec, methods, errors)
-        if recipe is not None and not errors:
+        if recipe_dict is not None and not errors:
             dataset = spec.dataset.model_dump(mode="json", exclude_none=True)
-            recipe_dict = recipe.model_dump(mode="json")
             for group, (label, name, hparams, own), seed in itertools.product(spec.groups, methods, spec.seeds):
                 cells.append(Cell(method=name, hparams=hparams, group=tuple(group), dataset=dataset,
                                   recipe=own or recipe_dict, seed=seed, label=label, suite=spec.name))
