@@ -88,7 +88,8 @@ class Layout(Strict):
 class PaperTableRef(Strict):
     name: str
     nets: dict[str, str] = {}  # our model name -> the paper table's network name
-    methods: dict[str, str] = {}  # our method label -> the paper table's method name
+    # our method label -> the paper table's method name, or several tried in order (the first with a number)
+    methods: dict[str, str | list[str]] = {}
     # offline tables (rows with ``eval: teacher|student``): our value -> the role it is, per method label, "*" for
     # any other; e.g. {"*": {net1: student, teacher: teacher}, ind: {net1: teacher, net2: student}}
     eval: dict[str, dict[str, Literal["teacher", "student"]]] = {}

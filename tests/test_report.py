@@ -192,3 +192,54 @@ def test_a_single_network_row_through_value_keys():
     table = {"rows": [{"nets": ["resnet34"], "method": "ind", "top1": 73.31, "top5": 91.42}]}
     assert paper_value(table, ("resnet34", "resnet34"), "ind", "net1", value_keys={"*": {"net1": "top1"}}) == 73.31
     assert paper_value(table, ("resnet34", "resnet34"), "ind", "net1") is None
+
+
+def test_paper_rows_in_another_order_are_renumbered_to_ours():
+    """KDCL Table 7's "2 distill 1" lists [ResNet-32 (student), WRN-16-2 (teacher)]; our offline cell is
+    [WRN-16-2, ResNet-32]: its net1/net2 swap, and ``{net1}`` in ``match`` is our teacher's name."""
+    from harness.paper_tables import load_paper_table, paper_value
+
+    table = load_paper_table("kdcl_table7")
+    keys = {"kd": {"teacher": "net1", "net1": "net2"}}
+    match = {"kd": {"teacher": "{net1}"}}
+    two_distill_one = ("cifar_wrn_16_2", "cifar_resnet32")
+    assert paper_value(table, two_distill_one, "kd", "teacher", value_keys=keys, match=match) == 72.2
+    assert paper_value(table, two_distill_one, "kd", "net1", value_keys=keys, match=match) == 73.3
+    one_distill_two = ("cifar_resnet32", "cifar_wrn_16_2")
+    assert paper_value(table, one_distill_two, "kd", "teacher", value_keys=keys, match=match) == 69.9
+    assert paper_value(table, one_distill_two, "kd", "net1", value_keys=keys, match=match) == 74.5
+    # a row in our order wins over the same row listed the other way round
+    rows = {"rows": [{"nets": ["b", "a"], "method": "m", "net1": 1.0}, {"nets": ["a", "b"], "method": "m", "net1": 2.0}]}
+    assert paper_value(rows, ("a", "b"), "m", "net1") == 2.0
+    assert paper_value({"rows": rows["rows"][:1]}, ("a", "b"), "m", "net2") == 1.0
+
+
+def test_a_row_about_one_network_gives_its_numbers_to_that_network_only():
+    """KDCL Table 3: rows say which network their top-1 is (``eval: resnet18``) whatever the pair's order, and a
+    vanilla ResNet-18 row stands for the ResNet-18 trained alone inside a mixed Ind pair; a number of the whole
+    cell (params_m) still belongs to the cell."""
+    from harness.paper_tables import load_paper_table, paper_value
+
+    table = load_paper_table("kdcl_table3")
+    keys = {"*": {"net1": "top1", "net2": "top1"}}
+    small, large = ("resnet18", "imagenet_mobilenetv2_120"), ("resnet50", "resnet18")
+    nets = {"imagenet_mobilenetv2_120": "mobilenetv2_x1_2"}
+    look = lambda group, method, value: paper_value(table, group, method, value, nets, value_keys=keys)
+    assert (look(small, "kdcl", "net1"), look(small, "kdcl", "net2")) == (72.9, None)
+    assert (look(large, "kdcl", "net1"), look(large, "kdcl", "net2")) == (None, 73.1)
+    assert (look(small, "kdcl", "params_m"), look(large, "kdcl", "params_m")) == (16.4, 37.2)
+    assert (look(small, "ind", "net1"), look(small, "ind", "net2")) == (71.2, None)
+    assert (look(large, "ind", "net1"), look(large, "ind", "net2")) == (None, 71.2)
+    assert look(large, "ind", "params_m") is None  # the vanilla row's 11.7M is one network's, not our pair's
+
+
+def test_a_label_may_read_several_paper_methods_in_order():
+    """KDCL Table 1: our Ind pair's teacher network is the KD rows' teacher, its ResNet-18 the hard-label row."""
+    from harness.paper_tables import load_paper_table, paper_value
+
+    table = load_paper_table("kdcl_table1")
+    kwargs = {"methods": {"ind": ["kd", "ind"]}, "value_keys": {"ind": {"net1": "teacher_top1"}}}
+    assert paper_value(table, ("resnet50", "resnet18"), "ind", "net1", **kwargs) == 76.5
+    assert paper_value(table, ("resnet50", "resnet18"), "ind", "net2", **kwargs) == 70.1
+    assert paper_value(table, ("resnet50", "resnet18"), "ind", "ens", **kwargs) is None
+
