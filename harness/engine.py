@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import harness.models  # noqa: F401  (registers the CIFAR networks in timm)
+from harness.batches import Batch
 from harness.cell import Cell
 from harness.datasets import load_dataset
 from harness.inputs import build_inputs
@@ -61,10 +62,11 @@ class Trainer:
         self.data = data
         method_cls = load_methods().get(cell.method)
         hparams = method_cls.HParams.model_validate(cell.hparams)
+        self.views = (len(cell.group) if method_cls.per_peer_views(hparams) or cell.dataset.get("views") == "per_peer"
+                      else 1)
         self.inputs = build_inputs(
             data, self.recipe, cell.seed, cell.dataset.get("pipeline", "auto"),
-            views=len(cell.group)
-            if method_cls.per_peer_views(hparams) or cell.dataset.get("views") == "per_peer" else 1,
+            views=self.views,
             held_out_per_class=method_cls.held_out_per_class(hparams), device=self.device,
             channels_last=runtime.channels_last, eval_batch_size=runtime.eval_batch_size, workers=runtime.workers,
         )
@@ -121,6 +123,18 @@ class Trainer:
         if name not in self._stage_modules:
             self._load_stage(name)
         return self._stage_modules[name]
+
+    def costs(self) -> dict:
+        """What one training step costs, per image (``harness/costs.py``), for the tables that print it."""
+        from harness.costs import training_forward_macs
+
+        n = 2  # two images: batch norm needs more than one value per channel
+        x = torch.zeros(n, self.data.in_chans, *self.inputs.image_size, device=self.device)
+        batch = Batch([x] * self.views, torch.arange(n, device=self.device) % self.data.num_classes,
+                      torch.arange(n, device=self.device))
+        steps = len(self.train_batches)
+        return {"train_forward_macs_per_image": training_forward_macs(
+            self.method, batch, Step(0, 0, self.recipe.epochs, steps))}
 
     def save_weights(self, path) -> str:
         """Save what later stages load (the deployed networks and the method's saved modules); returns the SHA-256."""

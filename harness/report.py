@@ -14,6 +14,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
+from harness.costs import COST_VALUES
 from harness.paper_tables import load_paper_table, paper_value
 from harness.store import ResultStore
 from harness.suite import Suite
@@ -90,7 +91,8 @@ class Table:
 def best_entries(entries: dict, rows: list[tuple], columns: list[tuple], row_keys: list[str],
                  column_keys: list[str], lower_is_better: bool, excluded: set[str]) -> set:
     """The (row, column) keys holding the best of ours among entries that differ only in their method, as the
-    papers bold the best method; ties are all bold; ``excluded`` ("method/value") never compete (a teacher)."""
+    papers bold the best method; ties are all bold; ``excluded`` ("method/value") never compete (a teacher), nor
+    do costs (parameters, multiply-adds)."""
     def where(r, c) -> dict:
         return {**dict(zip(row_keys, r)), **dict(zip(column_keys, c))}
 
@@ -99,7 +101,7 @@ def best_entries(entries: dict, rows: list[tuple], columns: list[tuple], row_key
         for c in columns:
             w = where(r, c)
             entry = entries[(r, c)]
-            if entry.ours is None or f"{w.get('method')}/{w.get('value')}" in excluded:
+            if entry.ours is None or f"{w.get('method')}/{w.get('value')}" in excluded or w.get("value") in COST_VALUES:
                 continue
             key = tuple(sorted((k, v) for k, v in w.items() if k != "method"))
             contests.setdefault(key, []).append(((r, c), entry.ours))
@@ -142,27 +144,33 @@ def metric_value(numbers: dict, metric: str) -> float:
 
 
 def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
-    """One row per (finished cell, output) with last- and best-epoch accuracy and its provenance."""
+    """One row per (finished cell, output) with last- and best-epoch accuracy and its provenance, and one per cost
+    the table shows (``harness.costs.COST_VALUES``)."""
     metric, epoch = suite.spec.evaluation.metric, suite.spec.evaluation.epoch
     rows = []
+    costs_shown = [v for v in suite.spec.table.values if v in COST_VALUES]
     records = store.records(suite.cells)
     for cell in suite.cells:
         record = records.get(cell.hash)
         if record is None or record.get("status") != "ok":
             continue
-        for value, numbers in record[epoch].items():
-            rows.append({
-                "dataset": cell.dataset["name"], "group": cell.group_name, "method": cell.label,
-                "value": value, "seed": cell.seed, metric: metric_value(numbers, metric), "epoch": epoch,
-                "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),
-                "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
-                "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
-                "torch": record.get("packages", {}).get("torch"),
-                "deployed_params": record.get("params", {}).get("deployed"),
-                "added_params": record.get("params", {}).get("added_total"),
-                "stages": " ".join(f"{name}={stage.get('cell_hash') or stage.get('sha256')}"
-                                   for name, stage in sorted(record.get("stages", {}).items())),
-            })
+        trial = {
+            "dataset": cell.dataset["name"], "group": cell.group_name, "method": cell.label, "seed": cell.seed,
+            "epoch": epoch, "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),
+            "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
+            "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
+            "torch": record.get("packages", {}).get("torch"),
+            "deployed_params": record.get("params", {}).get("deployed"),
+            "added_params": record.get("params", {}).get("added_total"),
+            "stages": " ".join(f"{name}={stage.get('cell_hash') or stage.get('sha256')}"
+                               for name, stage in sorted(record.get("stages", {}).items())),
+        }
+        rows += [{**trial, "value": value, metric: metric_value(numbers, metric)}
+                 for value, numbers in record[epoch].items()]
+        for value in costs_shown:  # a cost of the whole trial, in the metric's column under its own value name
+            number = COST_VALUES[value][1](record, cell)
+            if number is not None:
+                rows.append({**trial, "value": value, metric: number})
     columns = ["dataset", "group", "method", "value", "seed", metric, "epoch", "hash", "trial", "epochs_run",
                "git_sha", "dirty", "device", "torch", "deployed_params", "added_params", "stages"]
     return pd.DataFrame(rows, columns=columns)
@@ -282,6 +290,7 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
         "markdown_table": tabulate(table.body("md"), headers=table.header(), tablefmt="pipe", disable_numparse=True,
                                    colalign=["left"] + ["right"] * len(table.columns)),
         "latex_header": _latex_header_rows(table), "missing": MISSING, "not_applicable": NOT_APPLICABLE,
+        "costs": {v: COST_VALUES[v][0] for v in suite.spec.table.values if v in COST_VALUES},
     }
     return {ext: env.get_template(f"report.{ext}.j2").render(**context) for ext in ("md", "tex")}
 

@@ -93,7 +93,7 @@ def train_cell(config: dict) -> None:
         weights = store.weights_path(cell.hash)
         digest = trainer.save_weights(weights)
         record.update(status="ok", history=trainer.history, **summary,
-                      params=trainer.method.parameter_counts(), stages=trainer.stage_provenance,
+                      params=trainer.method.parameter_counts(), costs=trainer.costs(), stages=trainer.stage_provenance,
                       weights={"file": str(weights.relative_to(store.root)), "sha256": digest})
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())

@@ -107,3 +107,22 @@ def test_cli_names_the_missing_dataset(tmp_path, write_suite):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "dataset cifar100" in lines[0] and str(tmp_path) in lines[0]
+
+
+def test_training_cost_counts_every_network_and_leaves_the_run_alone():
+    """Ind and DML run both networks forward once per step: twice one network's multiply-adds per image (torch's
+    counter on the bare network, an independent count); measuring changes neither the weights nor the random
+    stream, so the run that follows is the run that would have been."""
+    import timm
+
+    from harness.costs import flops
+
+    one = flops(timm.create_model("cifar_resnet8", num_classes=10, in_chans=1), (1, 28, 28)) / 2
+    measured = Trainer(tiny_cell())
+    before, rng = weights(measured).clone(), torch.random.get_rng_state()
+    assert measured.costs()["train_forward_macs_per_image"] == pytest.approx(2 * one)
+    assert torch.equal(weights(measured), before) and torch.equal(torch.random.get_rng_state(), rng)
+    assert Trainer(tiny_cell("ind")).costs()["train_forward_macs_per_image"] == pytest.approx(2 * one)
+    untouched = Trainer(tiny_cell())
+    measured.run(), untouched.run()
+    assert torch.equal(weights(measured), weights(untouched))

@@ -7,11 +7,13 @@ import io
 import math
 
 import pytest
+import timm
 import torch
 
 from harness.cell import Cell
 from harness.engine import Runtime, Trainer
-from harness.method import load_methods
+from harness.costs import flops
+from harness.method import Method, load_methods
 from harness.offline import OfflineMethod
 from tests.conftest import TINY_RECIPE
 from tests.helpers import train_stages
@@ -89,6 +91,13 @@ def test_trains_two_epochs_and_restores(name, k, stage_results):
     else:
         assert 0 < counts["deployed"] <= counts["peers"]
     assert set(counts["added"]) | set(counts["frozen"]) == set(trainer.method.modules) - {"peers"}
+
+    # The forward cost of a training step: at least one ResNet-8 per image, unless its step bypasses losses().
+    macs = trainer.costs()["train_forward_macs_per_image"]
+    if type(trainer.method).losses is Method.losses:
+        assert macs is None
+    else:
+        assert macs >= flops(timm.create_model("cifar_resnet8", num_classes=10, in_chans=1), (1, 28, 28)) / 2
 
     # The checkpoint after epoch 1 resumes to the very same end state.
     states[0].seek(0)

@@ -243,3 +243,27 @@ def test_a_label_may_read_several_paper_methods_in_order():
     assert paper_value(table, ("resnet50", "resnet18"), "ind", "net2", **kwargs) == 70.1
     assert paper_value(table, ("resnet50", "resnet18"), "ind", "ens", **kwargs) is None
 
+
+def test_costs_of_a_trial_sit_beside_its_accuracies(tmp_path, write_suite):
+    """params_m = (peers + added modules) / 1e6, train_gmacs = the recorded forward multiply-adds per image / 1e9,
+    peer_gmacs = that over the group's size; never bold (a cost is not a method's accuracy)."""
+    from harness.report import render
+
+    raw = tiny_suite_dict(seeds=[0], table={"rows": ["group"], "columns": ["method", "value"],
+                                            "values": ["net1", "params_m", "train_gmacs", "peer_gmacs"]})
+    suite = load_suite(write_suite(raw, "costs.yaml"))
+    store = ResultStore(tmp_path / "results")
+    for i, cell in enumerate(suite.cells):
+        record = fake_record(cell, 60.0 + i, 61.0)
+        record["params"] = {"peers": 1_500_000 * (i + 1), "added_total": 250_000, "deployed": 750_000}
+        record["costs"] = {"train_forward_macs_per_image": 3.0e9 * (i + 1)}
+        store.put(record)
+    table = build_table(suite, store)
+    row = ("cifar_resnet8+cifar_resnet8",)
+    for i, label in enumerate(suite.labels()):
+        assert table.entries[(row, (label, "params_m"))].ours == pytest.approx((1.5 * (i + 1) + 0.25))
+        assert table.entries[(row, (label, "train_gmacs"))].ours == pytest.approx(3.0 * (i + 1))
+        assert table.entries[(row, (label, "peer_gmacs"))].ours == pytest.approx(1.5 * (i + 1))
+    assert {c[1] for _, c in table.best} == {"net1"}  # the largest params_m is not "best"
+    assert "params_m = training-time parameters in millions" in render(table, suite, store)["md"]
+    assert set(table.trials["value"]) == {"net1", "net2", "avg", "ens", "params_m", "train_gmacs", "peer_gmacs"}
