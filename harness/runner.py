@@ -154,12 +154,20 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
              max_failures, log)
         if any(store.get(c.hash) is None for c in ready):
             break  # interrupted: nothing that depends on this wave may start
+    _prune(store, everything, log)  # also the cells an earlier, killed run finished
     records = {c.hash: store.get(c.hash) for c in pending}
     failed = [c.describe() for c in pending if records[c.hash] and records[c.hash].get("status") == "failed"]
     failed += [f"{c.describe()} (a stage it needs failed)" for c in blocked
                if records[c.hash] is None and _stage_failed(c, store)]
     unfinished = [c.describe() for c in pending if records[c.hash] is None and not _stage_failed(c, store)]
     return RunSummary(len(everything), len(everything) - len(pending), len(pending), failed, unfinished)
+
+
+def _prune(store: ResultStore, cells: list[Cell], log) -> None:
+    folders, freed = store.prune_checkpoints(c.hash for c in cells)
+    if folders:
+        log(f"removed {folders} checkpoint(s) of finished cells ({freed / 2**20:.0f} MiB); their records and weights "
+            "are kept")
 
 
 class ResourceError(RuntimeError):
@@ -222,3 +230,5 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
         tuner.fit()  # Ctrl-C: Tune stops the trials and returns; a second Ctrl-C raises
     except KeyboardInterrupt:
         pass
+    finally:
+        _prune(store, cells, log)

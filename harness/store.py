@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -77,3 +78,20 @@ class ResultStore:
             if record is not None:
                 out[cell.hash] = record
         return out
+
+    def prune_checkpoints(self, hashes) -> tuple[int, int]:
+        """Delete the Ray Tune checkpoints of cells whose record is ``ok`` and whose weights are saved: they exist
+        to resume an unfinished cell, and a finished one is never trained again (2 per trial of every epoch's
+        networks and optimizer states add up to gigabytes per suite).  A failed or unfinished cell keeps its own.
+        The trial folders stay (progress.csv, result.json: the dashboard's and TensorBoard's history).
+        Returns (folders deleted, bytes freed)."""
+        folders, freed = 0, 0
+        for cell_hash in hashes:
+            record = self.get(cell_hash)
+            if record is None or record.get("status") != "ok" or not self.weights_path(cell_hash).is_file():
+                continue
+            for folder in self.ray_dir.glob(f"*/*{cell_hash}*/checkpoint_*"):
+                freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                shutil.rmtree(folder, ignore_errors=True)
+                folders += 1
+        return folders, freed

@@ -54,6 +54,9 @@ def test_run_kill_resume_report(tmp_path):
     assert skipped >= len(done_at_kill) and to_run >= 1 and skipped + to_run == 6
     final = records(results)
     assert len(final) == 6 and all(r["status"] == "ok" for r in final.values())
+    # Checkpoints exist to resume unfinished cells: none is left once every cell is finished (the killed run's too)
+    assert "checkpoint(s) of finished cells" in out
+    assert not list((results / "ray").glob("*/*/checkpoint_*")) and list((results / "ray").glob("*/*/progress.csv"))
     for h, record in done_at_kill.items():  # finished cells were not trained again
         assert (results / "cells" / f"{h}.json").stat().st_mtime_ns == mtimes[h]
         assert final[h]["finished"] == record["finished"]
