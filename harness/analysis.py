@@ -127,11 +127,49 @@ def analyze_suite(suite, store: ResultStore, reports: str | Path, data_root: str
         numeric = [c for c in frame.columns if c.startswith(("acc_", "cka_", "kl_"))]
         medians = frame.groupby(["group", "method"], sort=False)[numeric].median().reset_index()
         medians.insert(2, "n", frame.groupby(["group", "method"], sort=False).size().values)
-        medians = medians.astype(object).where(medians.notna(), None)  # a role the method lacks: —
-        lines += [tabulate(medians, headers="keys", tablefmt="github", showindex=False, floatfmt=".4f", missingval="—"), "",
+        groups = {c.group_name: c.group for c in suite.cells}
+        papers = [paper_row(suite, groups[g], m) for g, m in zip(medians["group"], medians["method"])]
+        for column in numeric:
+            medians[column] = [_text(ours, paper.get(paper_key(column)), column)
+                               for ours, paper in zip(medians[column], papers)]
+        lines += [tabulate(medians, headers="keys", tablefmt="github", showindex=False, disable_numparse=True), "",
                   "Medians over seeds on the test set. acc_* = top-1 (%); cka_x_y = linear CKA of the pooled "
                   "pre-logit features of x and y; kl_x_y = mean KL(p_x ‖ p_y) of the softmax outputs at T = 1. "
                   "teacher / proxy (early-stopped teacher or assistant) / student as the method defines them; "
-                  f"per-trial values, hashes and seeds in `{suite.name}_analysis.csv`."]
+                  f"per-trial values, hashes and seeds in `{suite.name}_analysis.csv`."
+                  + (f" In parentheses: {suite.spec.paper_table.name} and ours − paper." if any(papers) else "")]
     (reports / f"{suite.name}_analysis.md").write_text("\n".join(lines) + "\n")
     return frame
+
+
+def paper_key(column: str) -> str:
+    """Our column → the paper table's key, by the roles' initials: acc_teacher → acc_t, cka_teacher_proxy → cka_tp."""
+    kind, *roles = column.split("_")
+    return f"{kind}_{''.join(r[0] for r in roles)}"
+
+
+def paper_row(suite, group: tuple[str, ...], label: str) -> dict:
+    """The paper's row for a (group, method label) of the suite's paper table, or {}.
+
+    The rows of ACKD Table 1 name [teacher, proxy, student] while our group is [teacher, student] (the proxy is
+    a stage), so a row matches on its method and on its first and last networks.
+    """
+    ref = suite.spec.paper_table
+    if ref is None:
+        return {}
+    from harness.paper_tables import load_paper_table, paper_net_name
+
+    wanted = ref.methods.get(label, label)
+    wanted = set(wanted) if isinstance(wanted, list) else {wanted}
+    names = [paper_net_name(m, ref.nets) for m in group]
+    for row in load_paper_table(ref.name)["rows"]:
+        if row.get("method") in wanted and [row["nets"][0], row["nets"][-1]] == [names[0], names[-1]]:
+            return row
+    return {}
+
+
+def _text(ours, paper, column: str) -> str:
+    if ours is None or pd.isna(ours):
+        return "—"
+    digits = 2 if column.startswith("acc_") else 4
+    return f"{ours:.{digits}f}" + ("" if paper is None else f" ({paper:.{digits}f}, {ours - paper:+.{digits}f})")

@@ -92,3 +92,24 @@ def test_analyze_without_the_teachers_weights_is_one_line(tmp_path, capsys):
     assert main(["analyze", str(path), "--results", str(store.root), "--reports", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err.strip()
     assert "stage weights not found" in err and "\n" not in err
+
+
+def test_the_papers_numbers_sit_beside_ours_in_the_analysis(tmp_path, monkeypatch):
+    """ACKD Table 1's rows name [teacher, proxy, student]; ours are [teacher, student]: matched on the method and
+    the outer networks, each of our columns beside the paper's key of the same roles (cka_teacher_proxy: cka_tp)."""
+    import harness.analysis as analysis
+    from harness.analysis import analyze_suite, paper_key
+
+    assert [paper_key(c) for c in ("acc_proxy", "cka_teacher_proxy", "kl_proxy_student")] == ["acc_p", "cka_tp", "kl_ps"]
+    suite = load_suite("suites/ackd_table1.yaml")
+    eskd = next(c for c in suite.cells if c.method == "eskd" and c.seed == 0)
+    store = ResultStore(tmp_path / "results")
+    store.put({"hash": eskd.hash, "cell": eskd.to_dict(), "status": "ok"})
+    ours = {"acc_teacher": 78.0, "acc_proxy": 77.3, "cka_teacher_proxy": 0.8, "kl_teacher_proxy": 0.6}
+    monkeypatch.setattr(analysis, "analyze_cell", lambda cell, *a, **k: {
+        "method": cell.label, "group": cell.group_name, "seed": cell.seed, "hash": cell.hash, **ours})
+    analyze_suite(suite, store, tmp_path / "rep")
+    md = (tmp_path / "rep" / "ackd_table1_analysis.md").read_text()
+    assert "78.00 (78.91, -0.91)" in md and "77.30 (76.30, +1.00)" in md  # ESKD's row, not TAKD's (76.78)
+    assert "0.8000 (0.7761, +0.0239)" in md and "0.6000 (0.6627, -0.0627)" in md
+    assert "In parentheses: ackd_table1 and ours − paper." in md
