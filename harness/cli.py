@@ -130,9 +130,9 @@ def cmd_analyze(args) -> int:
 def cmd_index(args) -> int:
     from harness.suite_index import build_index, render_index
 
-    lines, broken, missing = build_index(args.suites, args.results)
+    lines, broken, missing, rate = build_index(args.suites, args.results)
     out = Path(args.out or Path(args.suites) / "README.md")
-    out.write_text(render_index(lines, broken, missing))
+    out.write_text(render_index(lines, broken, missing, rate))
     print(f"{out}: {len(lines)} suites, {len(missing)} paper tables without a suite, {len(broken)} invalid")
     return 1 if broken else 0
 

@@ -2,10 +2,12 @@
 trial), its size (cells, stage cells, epochs), an estimate of its GPU-hours and the status of its last run —
 written to ``suites/README.md``, with the paper tables that have no suite and why.
 
-The GPU-hours are an estimate from arithmetic, not a measurement: training multiply-adds (3 × a forward pass of
-every network of a cell, per image and epoch, torch's FLOP counter at the dataset's resolution) divided by
-``ASSUMED_MACS_PER_S``, the sustained rate we assume for one data-centre GPU training small CNNs in fp32.  No GPU
-was available where this was written; measure one cell (``benchmarks/engine_throughput.py``) and scale.
+The GPU-hours are training multiply-adds (3 × a forward pass of every network of a cell, per image and epoch,
+torch's FLOP counter at the dataset's resolution) divided by a rate of multiply-adds per second of one GPU.  The
+rate is measured when the results store holds finished GPU trials (:func:`measured_rate`: the median over them
+of images/s × 3 × the recorded forward multiply-adds per image, per whole GPU); otherwise it is
+``ASSUMED_MACS_PER_S``, the sustained rate we assume for one data-centre GPU training small CNNs in fp32 (no GPU
+was available where this was written).
 """
 from __future__ import annotations
 
@@ -55,15 +57,36 @@ def train_images(dataset: dict) -> int:
     return min(n, per_class * classes) if per_class else n
 
 
-def cell_gpu_hours(cell) -> float:
+def measured_rate(store: ResultStore) -> dict | None:
+    """Multiply-adds per second of one GPU, measured by the finished GPU trials of ``store``; None if it has none.
+
+    Per trial: median images/s over its epochs × 3 × its recorded forward multiply-adds per image, divided by the
+    share of a GPU the trial had.  The median over trials, with the GPUs' names and the number of trials.
+    """
+    rates, gpus = [], set()
+    for path in store.cells_dir.glob("*.json"):
+        record = store.get(path.stem)
+        hardware, macs = record.get("hardware", {}), record.get("costs", {}).get("train_forward_macs_per_image")
+        speeds = sorted(h["images_per_s"] for h in record.get("history", []) if h.get("images_per_s"))
+        if record.get("status") != "ok" or not hardware.get("gpu") or not macs or not speeds:
+            continue
+        rates.append(speeds[len(speeds) // 2] * TRAIN_PASSES * macs / (hardware.get("gpu_share") or 1.0))
+        gpus.add(hardware["gpu"])
+    if not rates:
+        return None
+    rates.sort()
+    return {"macs_per_s": rates[len(rates) // 2], "gpus": sorted(gpus), "trials": len(rates)}
+
+
+def cell_gpu_hours(cell, macs_per_s: float = ASSUMED_MACS_PER_S) -> float:
     """Estimated GPU-hours of one cell (see the module docstring)."""
     _, size, classes = DATASET_FACTS[cell.dataset["name"]]
     epochs = min(cell.stop_epoch or cell.recipe["epochs"], cell.recipe["epochs"])
     macs = sum(forward_macs(m, size, classes) for m in cell.group)
-    return TRAIN_PASSES * macs * train_images(cell.dataset) * epochs / ASSUMED_MACS_PER_S / 3600
+    return TRAIN_PASSES * macs * train_images(cell.dataset) * epochs / macs_per_s / 3600
 
 
-def suite_line(suite: Suite, store: ResultStore) -> dict:
+def suite_line(suite: Suite, store: ResultStore, macs_per_s: float = ASSUMED_MACS_PER_S) -> dict:
     everything = [c for wave in waves(suite.cells) for c in wave]
     stage_cells = len(everything) - len({c.hash for c in suite.cells})
     records = [store.get(c.hash) for c in everything]
@@ -77,27 +100,29 @@ def suite_line(suite: Suite, store: ResultStore) -> dict:
         "dataset": suite.spec.dataset.name, "gpus": suite.spec.resources.gpu,
         "cells": len({c.hash for c in suite.cells}), "stage_cells": stage_cells,
         "epochs": sorted({c.recipe["epochs"] for c in suite.cells}),
-        "gpu_hours": sum(cell_gpu_hours(c) for c in everything) if known else None,
+        "gpu_hours": sum(cell_gpu_hours(c, macs_per_s) for c in everything) if known else None,
         "status": (f"{done}/{len(everything)} finished" + (f", {failed} failed" if failed else "")
                    + (f" (last {last})" if last else "")) if done or failed else "not run",
     }
 
 
-def build_index(suites_dir: str | Path, results: str | Path) -> tuple[list[dict], list[str], dict[str, str]]:
-    """Lines of every suite file, the suite files that do not validate, and the paper tables without a suite."""
+def build_index(suites_dir: str | Path, results: str | Path) -> tuple[list[dict], list[str], dict[str, str], dict | None]:
+    """Lines of every suite file, the suite files that do not validate, the paper tables without a suite, and the
+    measured GPU rate (None: the assumed one is used)."""
     store = ResultStore(results)
+    rate = measured_rate(store)
     lines, broken = [], []
     for path in sorted(Path(suites_dir).glob("*.yaml")):
         try:
-            lines.append(suite_line(load_suite(path), store))
+            lines.append(suite_line(load_suite(path), store, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S))
         except SuiteError as e:
             broken.append(f"{path.name}: {e.lines[0]}")
     covered = {line["table"] for line in lines}
     missing = {t: NO_SUITE.get(t, "no suite yet") for t in PAPER_TABLES if t not in covered}
-    return lines, broken, missing
+    return lines, broken, missing, rate
 
 
-def render_index(lines: list[dict], broken: list[str], missing: dict[str, str]) -> str:
+def render_index(lines: list[dict], broken: list[str], missing: dict[str, str], rate: dict | None = None) -> str:
     from tabulate import tabulate
 
     def hours(h):
@@ -113,9 +138,12 @@ def render_index(lines: list[dict], broken: list[str], missing: dict[str, str]) 
         "estimated GPU-hours, and the status of its last run in the results store the index was built from.", "",
         tabulate(rows, headers=["suite", "paper table", "dataset", "GPUs/trial", "cells", "stage cells", "epochs",
                                 "est. GPU-h", "last run"], tablefmt="github", disable_numparse=True), "",
-        f"GPU-hours are estimated, not measured: 3 × forward multiply-adds of every network per image and epoch, at an "
-        f"assumed {ASSUMED_MACS_PER_S / 1e12:g} T multiply-adds/s per GPU (see `harness/suite_index.py`). "
-        "Data loading, evaluation and methods' extra modules are not counted.", "",
+        "GPU-hours are estimated: 3 × forward multiply-adds of every network per image and epoch, at "
+        + (f"{rate['macs_per_s'] / 1e12:.3g} T multiply-adds/s per GPU, the median rate of {rate['trials']} finished "
+           f"GPU trial(s) of the results store ({', '.join(rate['gpus'])}). " if rate else
+           f"an assumed {ASSUMED_MACS_PER_S / 1e12:g} T multiply-adds/s per GPU: the results store holds no finished "
+           "GPU trial to measure it from (`harness index --results DIR` with one that does). ")
+        + "Data loading, evaluation and methods' extra modules are not counted (see `harness/suite_index.py`).", "",
     ]
     if missing:
         out += ["## Paper tables without a suite", ""] + [f"- `{t}`: {why}" for t, why in missing.items()] + [""]

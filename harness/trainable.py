@@ -69,7 +69,8 @@ def train_cell(config: dict) -> None:
 
     cell = Cell.from_dict(config["cell"])
     store = ResultStore(config["results"])
-    cpus = int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1) or 1)
+    required = tune.get_context().get_trial_resources().required_resources
+    cpus, gpus = int(required.get("CPU", 1) or 1), float(required.get("GPU", 0) or 0)
     torch.set_num_threads(max(cpus, 1))
     started = time.time()
     record = {
@@ -81,7 +82,7 @@ def train_cell(config: dict) -> None:
     try:
         runtime = Runtime(**{**config.get("runtime", {}), "results": config["results"]})
         trainer = Trainer(cell, runtime)
-        record["hardware"] = hardware(str(trainer.device))
+        record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus}  # of one GPU, for the index's rates
         resume_state(trainer, store, print)
 
         def report(trainer: Trainer, metrics: dict) -> None:

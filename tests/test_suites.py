@@ -32,9 +32,9 @@ def test_every_paper_table_has_a_suite_or_a_reason():
 
 def test_the_index_is_up_to_date(tmp_path):
     """suites/README.md is what `harness index` writes from an empty results store."""
-    lines, broken, missing = build_index(SUITES[0].parent, tmp_path / "results")
-    assert not broken
-    assert (SUITES[0].parent / "README.md").read_text() == render_index(lines, broken, missing), \
+    lines, broken, missing, rate = build_index(SUITES[0].parent, tmp_path / "results")
+    assert not broken and rate is None
+    assert (SUITES[0].parent / "README.md").read_text() == render_index(lines, broken, missing, rate), \
         "run `harness index --results /nonexistent` and commit suites/README.md"
 
 
@@ -45,6 +45,35 @@ def test_gpu_hours_by_hand(write_suite):
     macs = forward_macs("cifar_resnet20", (3, 32, 32), 100)
     assert 40e6 < macs < 42e6  # ResNet-20 on CIFAR: 41M multiply-adds
     assert cell_gpu_hours(cell) == pytest.approx(3 * 2 * macs * 50_000 * 10 / ASSUMED_MACS_PER_S / 3600)
+
+
+def test_gpu_rate_measured_by_finished_gpu_trials(tmp_path, write_suite):
+    """Images/s × 3 × forward multiply-adds per image, per whole GPU, median over GPU trials; CPU trials and trials
+    without a cost do not count; the estimate of a suite scales with the measured rate."""
+    from harness.store import ResultStore
+    from harness.suite_index import measured_rate, suite_line
+
+    store = ResultStore(tmp_path / "results")
+    assert measured_rate(store) is None
+
+    def put(h, gpu, share, speeds, macs=1e9):
+        store.put({"hash": h, "status": "ok", "costs": {"train_forward_macs_per_image": macs},
+                   "hardware": {"device": "cuda:0" if gpu else "cpu", "gpu": gpu, "gpu_share": share},
+                   "history": [{"images_per_s": v} for v in speeds]})
+
+    put("a", "NVIDIA H200", 1.0, [900.0, 1000.0, 1100.0])  # 1000 img/s × 3e9 = 3e12
+    put("b", "NVIDIA H200", 0.5, [1000.0])  # half a GPU: 3e12 / 0.5 = 6e12
+    put("c", "NVIDIA H200", 1.0, [2000.0])  # 6e12
+    put("d", None, 0.0, [50.0])  # a CPU trial
+    put("e", "NVIDIA H200", 1.0, [5000.0], macs=None)  # an older record without costs
+    rate = measured_rate(store)
+    assert rate == {"macs_per_s": pytest.approx(6e12), "gpus": ["NVIDIA H200"], "trials": 3}
+    suite = load_suite(write_suite({"name": "est", "dataset": {"name": "cifar100"}, "groups": [["cifar_resnet20"] * 2],
+                                    "methods": ["dml"], "seeds": [0], "recipe": {"base": "tsb_cifar", "epochs": 10}}))
+    assumed, measured = suite_line(suite, store), suite_line(suite, store, rate["macs_per_s"])
+    assert measured["gpu_hours"] == pytest.approx(assumed["gpu_hours"] * ASSUMED_MACS_PER_S / 6e12)
+    assert "median rate of 3 finished GPU trial(s) of the results store (NVIDIA H200)" in render_index(
+        [measured], [], {}, rate)
 
 
 SMALL = [p for p in SUITES if len([c for w in waves(smoke_suite(load_suite(p)).cells) for c in w]) <= 16]
