@@ -123,6 +123,24 @@ def taylor_rbf_correlation(e: torch.Tensor, gamma: float, order: int) -> torch.T
                for p in range(order + 1))
 
 
+def _consecutive_difference(s: torch.Tensor, t: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
+    delta = (s - t).abs()
+    return (delta[:-1] * delta[1:]).sum(1).mean()
+
+
+def _gaussian_rbf_taylor(s: torch.Tensor, t: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
+    return (taylor_rbf_correlation(s, gamma, order) - taylor_rbf_correlation(t, gamma, order)).pow(2).mean()
+
+
+def _bilinear(s: torch.Tensor, t: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
+    s, t = F.normalize(s, dim=1), F.normalize(t, dim=1)
+    return (s @ s.t() - t @ t.t()).pow(2).mean()
+
+
+CORRELATIONS = {"consecutive_difference": _consecutive_difference, "gaussian_rbf_taylor": _gaussian_rbf_taylor,
+                "bilinear": _bilinear}
+
+
 def cc_loss(student: torch.Tensor, target: torch.Tensor, correlation: Correlation = "consecutive_difference",
             gamma: float = 0.4, order: int = 2) -> torch.Tensor:
     """CC between the embedded student and target vectors (B, D); see the module docstring for the forms.
@@ -130,16 +148,9 @@ def cc_loss(student: torch.Tensor, target: torch.Tensor, correlation: Correlatio
     The target is not detached: its embedding is trained too (RepDistiller trains ``embed_t``); detach the teacher's
     features before embedding them.
     """
-    s, t = student.flatten(1), target.flatten(1)
-    if correlation == "consecutive_difference":
-        delta = (s - t).abs()
-        return (delta[:-1] * delta[1:]).sum(1).mean()
-    if correlation == "gaussian_rbf_taylor":
-        return (taylor_rbf_correlation(s, gamma, order) - taylor_rbf_correlation(t, gamma, order)).pow(2).mean()
-    if correlation == "bilinear":
-        s, t = F.normalize(s, dim=1), F.normalize(t, dim=1)
-        return (s @ s.t() - t @ t.t()).pow(2).mean()
-    raise ValueError(f"unknown correlation {correlation!r}")
+    if correlation not in CORRELATIONS:
+        raise ValueError(f"unknown correlation {correlation!r}; valid: {', '.join(CORRELATIONS)}")
+    return CORRELATIONS[correlation](student.flatten(1), target.flatten(1), gamma, order)
 
 
 # --- VID --------------------------------------------------------------------------------------------------------
