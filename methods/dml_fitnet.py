@@ -10,12 +10,17 @@ ReLU), MSE the mean over every element.  Peer l's hint is detached: each peer le
 trains its own regressors; K(K−1) regressors in ``self.modules["connectors"]`` (``net{k}_from_net{l}``).
 
 Choices where TSB is silent (it gives no layer, weight or regressor), with defaults from RepDistiller
-(``-a 0 -b 100``, ``hint_layer=2``, ``ConvReg``; methods_spec.md §7, reference_impls.md §10):
+(``hint_layer=2``, ``ConvReg``; methods_spec.md §7, reference_impls.md §10) except for the weight:
 - ``hint_layer`` 2: RepDistiller's ``feat[2]``, the output of the second stage (the middle stage of a CIFAR
   ResNet/WRN); a single hint, not the original FitNet's two-stage training (no separate hint pre-training stage).
-- ``beta`` 100: RepDistiller's weight of the hint loss.  Offline, the student closes its gap to a frozen teacher;
-  online, both peers close it, twice as fast per step, so this weight can overshoot: a 2-epoch smoke run of a
-  WRN-16-2 pair went NaN (hint loss growing geometrically from step 0), while beta 10 trained.  TSB gives no beta.
+- ``beta`` 1, not RepDistiller's offline 100 (TSB gives no β).  Offline, the student regresses to a frozen
+  teacher's map; online, the target is the other peer's map, whose scale nothing anchors (a stage output before
+  any normalisation), so the two regressions can feed each other.  Measured at TSB's recipe (batch 64, SGD lr
+  0.05) on the embedded data for 3 epochs (benchmarks/online_feature_stability.py): β = 100 diverged on both TSB
+  Table 4 pairs (WRN-16-2: hint loss 304 → ∞ in 11 steps, NaN at step 12; ResNet-32: 342 → 1.6e5 in 48 steps);
+  β = 10 went NaN on the WRN-16-2 pair within 64 steps; β = 1 trained on both (hint loss 3.4 → 1.8 and
+  3.0 → 5.5, bounded over 320 steps; top-1 47 / 52 % after 3 epochs against DML's 54 / 52 %).  Every other
+  online feature method trained at its RepDistiller weight in the same probe.
 - ``regressor`` "always": every pair gets a regressor, even between maps of equal shape (RepDistiller always uses
   ``ConvReg``; for equal sizes it is a 1×1 conv + BN + ReLU); "when_shapes_differ" uses the identity between
   maps of the same shape (methods_spec.md §7 allows it for peers of one architecture) and a regressor otherwise.
@@ -43,7 +48,7 @@ from harness.online_feature import OnlineFeatureKD, OnlineFeatureParams, pair_ke
 
 
 class FitNetParams(OnlineFeatureParams):
-    beta: NonNegativeFloat = 100.0
+    beta: NonNegativeFloat = 1.0
     hint_layer: NonNegativeInt = 2
     regressor: Literal["always", "when_shapes_differ"] = "always"
     regressor_relu: bool = True
