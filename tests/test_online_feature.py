@@ -22,7 +22,7 @@ from tests.test_feature_losses import np_at, np_hint, np_nst, np_pkt, np_rkd_par
 
 METHODS = ["dml_fitnet", "dml_at", "dml_nst", "dml_sp", "dml_rkd", "dml_pkt"]
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
-BETA = {"dml_fitnet": 100.0, "dml_at": 1000.0, "dml_nst": 50.0, "dml_sp": 3000.0, "dml_rkd": 1.0, "dml_pkt": 30000.0}
+BETA = {"dml_fitnet": 1.0, "dml_at": 1000.0, "dml_nst": 50.0, "dml_sp": 3000.0, "dml_rkd": 1.0, "dml_pkt": 30000.0}
 TERM = {"dml_fitnet": "hint", "dml_at": "at", "dml_nst": "nst", "dml_sp": "sp", "dml_rkd": "rkd", "dml_pkt": "pkt"}
 
 
