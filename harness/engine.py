@@ -125,7 +125,10 @@ class Trainer:
         return self._stage_modules[name]
 
     def costs(self) -> dict:
-        """What one training step costs, per image (``harness/costs.py``), for the tables that print it."""
+        """What one training step costs, per image (``harness/costs.py``), for the tables that print it.
+
+        Measured after training: a failure here is recorded as the cost's error, never as the trial's.
+        """
         from harness.costs import training_forward_macs
 
         n = 2  # two images: batch norm needs more than one value per channel
@@ -133,8 +136,11 @@ class Trainer:
         batch = Batch([x] * self.views, torch.arange(n, device=self.device) % self.data.num_classes,
                       torch.arange(n, device=self.device))
         steps = len(self.train_batches)
-        return {"train_forward_macs_per_image": training_forward_macs(
-            self.method, batch, Step(0, 0, self.recipe.epochs, steps))}
+        try:
+            macs = training_forward_macs(self.method, batch, Step(0, 0, self.recipe.epochs, steps))
+        except Exception as e:  # noqa: BLE001 — a cost is a by-product; the trained networks matter
+            return {"train_forward_macs_per_image": None, "error": f"{type(e).__name__}: {e}"}
+        return {"train_forward_macs_per_image": macs}
 
     def save_weights(self, path) -> str:
         """Save what later stages load (the deployed networks and the method's saved modules); returns the SHA-256."""

@@ -126,3 +126,11 @@ def test_training_cost_counts_every_network_and_leaves_the_run_alone():
     untouched = Trainer(tiny_cell())
     measured.run(), untouched.run()
     assert torch.equal(weights(measured), weights(untouched))
+
+
+def test_a_cost_that_cannot_be_measured_does_not_fail_the_trial(monkeypatch):
+    import harness.costs
+
+    trainer = Trainer(tiny_cell())
+    monkeypatch.setattr(harness.costs, "training_forward_macs", lambda *a: 1 / 0)
+    assert trainer.costs() == {"train_forward_macs_per_image": None, "error": "ZeroDivisionError: division by zero"}
