@@ -212,6 +212,8 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
                                       ref.nets, ref.methods, ref.eval, ref.value_keys, ref.match)
         entries[(r, c)] = entry
     title = spec.title or spec.name
+    if suite.scaled_down:
+        title = f"SCALED DOWN ({', '.join(suite.scaled_down)}), not a reproduction — {title}"
     best = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
                         metric.endswith("_error"), set(spec.table.best_excludes)) if spec.table.bold_best else set()
     return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best)

@@ -141,8 +141,9 @@ class SuiteSpec(Strict):
 class Suite:
     """A validated suite: its spec, where it came from, and the cells it expands to."""
 
-    def __init__(self, spec: SuiteSpec, path: Path, cells: list[Cell]):
+    def __init__(self, spec: SuiteSpec, path: Path, cells: list[Cell], scaled_down: list[str] | None = None):
         self.spec, self.path, self.cells = spec, path, cells
+        self.scaled_down = scaled_down or []  # how it is smaller than the paper's setting (see scaled_down_notes)
 
     @property
     def name(self) -> str:
@@ -366,6 +367,7 @@ def load_suite(path: str | Path) -> Suite:
     errors: list[str] = []
 
     presets = {**load_presets(), **(raw.get("recipes") or {})}
+    raw_recipe = raw.get("recipe")
     recipe_dict = None
     if "recipe" in raw:
         recipe_dict = _resolved_recipe(raw["recipe"], presets, "recipe", errors)
@@ -393,4 +395,28 @@ def load_suite(path: str | Path) -> Suite:
         _check_stages(cells, spec.methods, errors)
     if errors:
         raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])
-    return Suite(spec, path, cells)
+    return Suite(spec, path, cells, scaled_down_notes(spec, raw_recipe, presets))
+
+
+def scaled_down_notes(spec: SuiteSpec, raw_recipe, presets: dict) -> list[str]:
+    """How a suite that mirrors a paper table is smaller than the paper's setting: another dataset than the
+    table's, a subset of the images, fewer epochs than the preset it names.  The report puts them in its title,
+    so that no one mistakes the run for a reproduction; a suite without a paper table claims nothing."""
+    if spec.paper_table is None:
+        return []
+    from harness.paper_tables import load_paper_table
+
+    notes = []
+    theirs = load_paper_table(spec.paper_table.name).get("dataset")
+    if theirs and spec.dataset.name != theirs:
+        notes.append(f"{spec.dataset.name} in place of {theirs}")
+    for split in ("train", "test"):
+        if (n := getattr(spec.dataset, f"{split}_per_class")) is not None:
+            notes.append(f"{n} {split} images per class")
+    own = [m["recipe"] for m in spec.methods if isinstance(m, dict) and "recipe" in m]  # a method's own recipe
+    for recipe in [raw_recipe, *own]:
+        if isinstance(recipe, dict) and isinstance(recipe.get("base"), str) and "epochs" in recipe:
+            base = resolve_recipe(recipe["base"], presets)
+            if recipe["epochs"] < base.get("epochs", 0):
+                notes.append(f"{recipe['epochs']} of {recipe['base']}'s {base['epochs']} epochs")
+    return list(dict.fromkeys(notes))

@@ -267,3 +267,25 @@ def test_costs_of_a_trial_sit_beside_its_accuracies(tmp_path, write_suite):
     assert {c[1] for _, c in table.best} == {"net1"}  # the largest params_m is not "best"
     assert "params_m = training-time parameters in millions" in render(table, suite, store)["md"]
     assert set(table.trials["value"]) == {"net1", "net2", "avg", "ens", "params_m", "train_gmacs", "peer_gmacs"}
+
+
+def test_a_scaled_down_paper_suite_says_so_in_its_title(tmp_path, write_suite):
+    """Another dataset than the paper table's, a subset, fewer epochs than the named preset (the suite's or a
+    method's own): the report's title starts with what was scaled down; the paper's own setting says nothing."""
+    paper = {"name": "tsb_table1_cifar100"}
+    full = load_suite(write_suite({"name": "full", "dataset": {"name": "cifar100"}, "groups": [["cifar_resnet8"] * 2],
+                                   "methods": ["dml"], "seeds": [0], "recipe": "tsb_cifar", "paper_table": paper},
+                                  "full.yaml"))
+    assert full.scaled_down == []
+    small = load_suite(write_suite({
+        "name": "small", "title": "TSB Table 1", "dataset": {"name": "fashion_mnist_mini", "train_per_class": 20},
+        "groups": [["cifar_resnet8"] * 2], "methods": ["ind", {"name": "dml", "recipe": {"base": "kdcl_cifar",
+                                                                                         "epochs": 5}}],
+        "seeds": [0], "recipe": {"base": "tsb_cifar", "epochs": 3}, "paper_table": paper}, "small.yaml"))
+    assert small.scaled_down == ["fashion_mnist_mini in place of cifar100", "20 train images per class",
+                                 "3 of tsb_cifar's 240 epochs", "5 of kdcl_cifar's 200 epochs"]
+    title = build_table(small, ResultStore(tmp_path / "results")).title
+    assert title == ("SCALED DOWN (fashion_mnist_mini in place of cifar100, 20 train images per class, 3 of "
+                     "tsb_cifar's 240 epochs, 5 of kdcl_cifar's 200 epochs), not a reproduction — TSB Table 1")
+    no_paper = load_suite(write_suite({**tiny_suite_dict(), "name": "np"}, "np.yaml"))
+    assert no_paper.scaled_down == []  # claims no table, so nothing to mistake for a reproduction
