@@ -82,8 +82,8 @@ def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str
         if about is not None and (names[position - 1] != about if position else value != ours or value not in row):
             continue  # not that network's number (a number of the whole cell, e.g. params_m, still is)
         if len(row["nets"]) == 1 and len(names) > 1:  # one network alone: each of our networks that is it
-            if position is None and not (ours == "avg" and set(names) == set(row["nets"])):
-                continue
+            if position is None and not (ours == "avg" and set(names) == set(row["nets"])) and value == ours:
+                continue  # a value of the whole group, unless the suite names the row's key for it (value_keys)
             if position is not None and names[position - 1] != row["nets"][0]:
                 continue
             key = value if value in row else "net" if "net" in row else "value" if about else None

@@ -189,9 +189,13 @@ def test_gain_columns_by_hand(filled, tmp_path, write_suite):
 def test_a_single_network_row_through_value_keys():
     from harness.paper_tables import paper_value
 
-    table = {"rows": [{"nets": ["resnet34"], "method": "ind", "top1": 73.31, "top5": 91.42}]}
+    table = {"rows": [{"nets": ["resnet34"], "method": "ind", "top1": 73.31, "top5": 91.42, "flops_g": 3.67}]}
     assert paper_value(table, ("resnet34", "resnet34"), "ind", "net1", value_keys={"*": {"net1": "top1"}}) == 73.31
     assert paper_value(table, ("resnet34", "resnet34"), "ind", "net1") is None
+    # a value of the whole group reads a one-network row only where the suite names the key (AMLN Table 4's FLOPs)
+    assert paper_value(table, ("resnet34", "resnet34"), "ind", "peer_gmacs",
+                       value_keys={"*": {"peer_gmacs": "flops_g"}}) == 3.67
+    assert paper_value(table, ("resnet34", "resnet34"), "ind", "flops_g") is None
 
 
 def test_paper_rows_in_another_order_are_renumbered_to_ours():
