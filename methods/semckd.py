@@ -30,6 +30,15 @@ Choices (the authors' README runs ``-r 1 -a 1 -b 400``, T = 4):
   with zero-padded similarity rows.  Logged losses are still averaged over every step of the epoch.
 - The L2 normalisation of the queries and keys uses ``F.normalize`` (ε = 1e-12; the code divides by the bare norm).
 - The teacher: harness/offline.py (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``, ...).
+
+Stability, measured here and not resolved: at β = 400 the loss ran away in every run on this CPU machine.  With a
+WRN-40-2 teacher trained 10 epochs on the embedded data (77 % top-1; its raw stage outputs have mean squares 15
+and 12), a WRN-40-1 student went NaN within 12 steps at lr 0.1 and at lr 0.05 (batch 64), the SemCKD term
+starting at 3.5e3; β = 40 trains (suites/ackd_table2_demo.yaml).  Under ``--smoke`` a 2-epoch ResNet-110 teacher
+is at chance with eval-mode stage outputs of mean square 100–240, and its SemCKD students go NaN too.  The
+computation follows the authors' code term by term (above); whether β = 400 is stable with fully trained
+CIFAR-100 teachers (the authors' setting) could not be checked without a GPU.  The NaN guard stops such a cell with
+a one-line error, recorded as a failed cell.
 """
 from __future__ import annotations
 
