@@ -75,6 +75,8 @@ def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str
                 return row.get(value if value in row else "value")
         return None
     position = int(ours[3:]) if ours.startswith("net") and ours[3:].isdigit() else None
+    if position is not None and not 1 <= position <= len(names):
+        return None  # net3 of a pair
     ordered = [r for r in rows if r.get("method") == wanted and r["nets"] == names]
     others = [r for r in rows if r.get("method") == wanted and r["nets"] != names]
     for row in ordered + others:

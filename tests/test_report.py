@@ -235,6 +235,7 @@ def test_a_row_about_one_network_gives_its_numbers_to_that_network_only():
     assert (look(small, "ind", "net1"), look(small, "ind", "net2")) == (71.2, None)
     assert (look(large, "ind", "net1"), look(large, "ind", "net2")) == (None, 71.2)
     assert look(large, "ind", "params_m") is None  # the vanilla row's 11.7M is one network's, not our pair's
+    assert look(large, "kdcl", "net3") is None  # a pair has no third network
 
 
 def test_a_label_may_read_several_paper_methods_in_order():
