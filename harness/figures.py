@@ -230,8 +230,9 @@ def draw_sweep(sweep: pd.DataFrame, param: str, metric: str, how: str, title: st
 
 # ------------------------------------------------------------------------------------------------ report
 def write_figures(suite: Suite, store: ResultStore, out_dir: str | Path, trials: pd.DataFrame | None = None,
-                  ) -> list[Figure]:
-    """Write the suite's figures that have data into ``out_dir``; ``trials``: the report's trial frame."""
+                  records: dict[str, dict] | None = None) -> list[Figure]:
+    """Write the suite's figures that have data into ``out_dir``; ``trials`` and ``records``: the report's trial
+    frame and the records it read (read again when not given)."""
     import matplotlib
 
     out_dir = Path(out_dir)
@@ -240,7 +241,8 @@ def write_figures(suite: Suite, store: ResultStore, out_dir: str | Path, trials:
     with matplotlib.rc_context():
         matplotlib.rcdefaults()  # a user's matplotlibrc must not change the files
         matplotlib.rcParams.update(STYLE)
-        history = history_frame(suite, store.records(suite.cells))
+        records = store.records(suite.cells) if records is None else records
+        history = history_frame(suite, records)
         curves = curve_frame(history)
         if not curves.empty:
             outputs = ", ".join(dict.fromkeys(history["output"].dropna()))
@@ -253,7 +255,7 @@ def write_figures(suite: Suite, store: ResultStore, out_dir: str | Path, trials:
         if trials is None:
             from harness.report import trial_frame
 
-            trials = trial_frame(suite, store)
+            trials = trial_frame(suite, store, records)
         sweep = sweep_frame(trials, swept_points(suite), metric, how, spec.table.values)
         shown = how if how in SWEEP_AGGREGATES else "median"
         for param in dict.fromkeys(sweep["param"]):

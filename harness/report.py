@@ -59,6 +59,7 @@ class Table:
     with_paper: bool
     trials: pd.DataFrame
     best: set = field(default_factory=set)  # (row, column) keys of the best value among the methods compared
+    records: dict = field(default_factory=dict)  # the records read for it, by hash (read once per report)
 
     def header(self) -> list[str]:
         return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
@@ -143,13 +144,13 @@ def metric_value(numbers: dict, metric: str) -> float:
     return numbers[metric]
 
 
-def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
+def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per (finished cell, output) with last- and best-epoch accuracy and its provenance, and one per cost
     the table shows (``harness.costs.COST_VALUES``)."""
     metric, epoch = suite.spec.evaluation.metric, suite.spec.evaluation.epoch
     rows = []
     costs_shown = [v for v in suite.spec.table.values if v in COST_VALUES]
-    records = store.records(suite.cells)
+    records = store.records(suite.cells) if records is None else records
     for cell in suite.cells:
         record = records.get(cell.hash)
         if record is None or record.get("status") != "ok":
@@ -179,7 +180,8 @@ def trial_frame(suite: Suite, store: ResultStore) -> pd.DataFrame:
 def build_table(suite: Suite, store: ResultStore) -> Table:
     spec = suite.spec
     metric, how = spec.evaluation.metric, spec.evaluation.aggregate
-    trials = trial_frame(suite, store)
+    records = store.records(suite.cells)
+    trials = trial_frame(suite, store, records)
     keys = ["dataset", "group", "method", "value"]
     grouped = trials.groupby(keys)[metric]
     stats = grouped.size() if how == "n" else grouped.agg(how)
@@ -216,12 +218,13 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
         title = f"SCALED DOWN ({', '.join(suite.scaled_down)}), not a reproduction — {title}"
     best = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
                         metric.endswith("_error"), set(spec.table.best_excludes)) if spec.table.bold_best else set()
-    return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best)
+    return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
+                 records)
 
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
     """What the footer says about the numbers: code, packages, hardware, recipe, epochs actually run."""
-    records = [r for r in store.records(suite.cells).values() if r.get("status") == "ok"]
+    records = [r for r in (table.records or store.records(suite.cells)).values() if r.get("status") == "ok"]
     codes = sorted({f"{r['code'].get('git_sha') or 'unknown'}{' (dirty)' if r['code'].get('dirty') else ''}"
                     for r in records if r.get("code")})
     packages = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.get("packages", {}).items()))
@@ -303,7 +306,7 @@ def write_report(suite: Suite, store: ResultStore, out_dir: str | Path, log=prin
     out_dir.mkdir(parents=True, exist_ok=True)
     from harness.figures import figures_markdown, write_figures  # matplotlib only when a report is written
 
-    figures = write_figures(suite, store, out_dir, table.trials)
+    figures = write_figures(suite, store, out_dir, table.trials, table.records)
     texts = render(table, suite, store)
     texts["md"] += figures_markdown(figures)  # a "Figures" section linking the PNGs (and PDFs) beside the report
     paths = {}
