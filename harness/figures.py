@@ -256,7 +256,10 @@ def write_figures(suite: Suite, store: ResultStore, out_dir: str | Path, trials:
             from harness.report import trial_frame
 
             trials = trial_frame(suite, store, records)
-        sweep = sweep_frame(trials, swept_points(suite), metric, how, spec.table.values)
+        from harness.costs import COST_VALUES
+
+        accuracies = [v for v in spec.table.values if v not in COST_VALUES]  # a cost is no accuracy to plot
+        sweep = sweep_frame(trials, swept_points(suite), metric, how, accuracies)
         shown = how if how in SWEEP_AGGREGATES else "median"
         for param in dict.fromkeys(sweep["param"]):
             data = sweep[sweep["param"] == param]
