@@ -146,3 +146,19 @@ def test_no_history_no_figure_no_error(tmp_path, write_suite):
     assert curve_frame(history_frame(suite, store.records(suite.cells))).empty
     md = write_report(suite, store, out, log=lambda *_: None)["md"].read_text()
     assert "Figures" not in md and not list(out.glob("*.png")) and not list(out.glob("*.pdf"))
+
+
+def test_a_cost_column_is_not_plotted_as_an_accuracy(tmp_path, write_suite, monkeypatch):
+    import harness.figures as figures
+    from harness.figures import write_figures
+
+    raw = tiny_suite_dict(methods=[{"name": "dml", "temperature": {"grid": [1, 4]}}], seeds=[0],
+                          table={"rows": ["method"], "columns": ["value"], "values": ["net1", "params_m"]})
+    suite = load_suite(write_suite(raw))
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        store.put({**fake_record(cell, 50.0, 40.0), "params": {"peers": 2_000_000, "added_total": 0}})
+    drawn = []
+    monkeypatch.setattr(figures, "draw_sweep", lambda sweep, *a, **k: drawn.append(sweep) or draw_sweep(sweep, *a, **k))
+    write_figures(suite, store, tmp_path / "out")
+    assert len(drawn) == 1 and set(drawn[0]["value"]) == {"net1"}
