@@ -160,5 +160,6 @@ def test_a_cost_column_is_not_plotted_as_an_accuracy(tmp_path, write_suite, monk
         store.put({**fake_record(cell, 50.0, 40.0), "params": {"peers": 2_000_000, "added_total": 0}})
     drawn = []
     monkeypatch.setattr(figures, "draw_sweep", lambda sweep, *a, **k: drawn.append(sweep) or draw_sweep(sweep, *a, **k))
+    (tmp_path / "out").mkdir()
     write_figures(suite, store, tmp_path / "out")
     assert len(drawn) == 1 and set(drawn[0]["value"]) == {"net1"}
