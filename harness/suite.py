@@ -319,6 +319,28 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
                           f"{', '.join(labels)}; values: {', '.join(layout.values)}")
 
 
+def _check_paper_table(spec: SuiteSpec, methods, errors: list[str]) -> None:
+    """The labels ``paper_table`` keys its settings by must be this suite's (a typo would silently show no paper
+    number), and the paper methods it names must be the table's."""
+    ref = spec.paper_table
+    if ref is None:
+        return
+    from harness.paper_tables import load_paper_table
+
+    labels = [label for label, _, _, _ in methods]
+    theirs = sorted({row["method"] for row in load_paper_table(ref.name)["rows"] if "method" in row})
+    for field in ("methods", "eval", "value_keys", "match"):
+        for label in getattr(ref, field):
+            if label != "*" and label not in labels:
+                errors.append(f"paper_table.{field}.{label}: not a method label of this suite"
+                              f"{did_you_mean(label, labels)}; valid: {', '.join(labels)} or '*'")
+    for label, names in ref.methods.items():
+        for name in [names] if isinstance(names, str) else names:
+            if name not in theirs:
+                errors.append(f"paper_table.methods.{label}: {name!r} is not a method of {ref.name}"
+                              f"{did_you_mean(name, theirs)}; valid: {', '.join(theirs)}")
+
+
 def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
     """Stages a method asks for must be definable (a known teacher recipe) and a checkpoint file must exist."""
     from harness.stages import StageError, stages_of
@@ -387,6 +409,7 @@ def load_suite(path: str | Path) -> Suite:
         methods = _method_entries(spec.methods, errors, presets)
         _check_groups(spec.groups, methods, errors)
         _check_layout(spec, methods, errors)
+        _check_paper_table(spec, methods, errors)
         if recipe_dict is not None and not errors:
             dataset = spec.dataset.model_dump(mode="json", exclude_none=True)
             for group, (label, name, hparams, own), seed in itertools.product(spec.groups, methods, spec.seeds):

@@ -150,3 +150,16 @@ def test_a_method_may_train_under_its_own_recipe(write_suite):
     text = "\n".join(info.value.lines)
     assert "methods[1].recipe.base: unknown recipe 'tsb_cifr' (did you mean 'tsb_cifar'?)" in text
     assert "methods[2].recipe.epoch" in text
+
+
+def test_paper_table_settings_name_this_suites_labels_and_the_tables_methods(write_suite):
+    raw = tiny_suite_dict(paper_table={"name": "tsb_table1_cifar100", "methods": {"dmll": "dml", "ind": "indd"},
+                                       "value_keys": {"KDCL": {"net1": "top1"}, "*": {"avg": "value"}}})
+    with pytest.raises(SuiteError) as info:
+        load_suite(write_suite(raw))
+    text = "\n".join(info.value.lines)
+    assert "paper_table.methods.dmll: not a method label of this suite (did you mean 'dml'?); valid: ind, dml" in text
+    assert "paper_table.value_keys.KDCL: not a method label of this suite; valid: ind, dml or '*'" in text
+    assert "paper_table.methods.ind: 'indd' is not a method of tsb_table1_cifar100 (did you mean 'ind'?)" in text
+    assert "value_keys.*" not in text  # "*" stands for any label
+    assert len(info.value.lines) == 3
