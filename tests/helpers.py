@@ -67,3 +67,21 @@ def train_stages(cell, results_dir) -> "Runtime":
                 trainer.run()
                 trainer.save_weights(path)
     return runtime
+
+
+def random_batch(n: int = 4, size: int | tuple[int, int] = 8, seed: int = 0, chans: int = 1,
+                 dtype: torch.dtype = torch.float32, index: torch.Tensor | None = None) -> Batch:
+    """``n`` random images (the same for a seed), labels 0, 1, 2, 0, …, dataset indices 0..n−1 unless given."""
+    size = (size, size) if isinstance(size, int) else size
+    g = torch.Generator().manual_seed(seed)
+    return Batch(views=[torch.randn(n, chans, *size, generator=g, dtype=dtype)], y=torch.arange(n) % 3,
+                 index=torch.arange(n) if index is None else index[:n])
+
+
+def param_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed_params(module: nn.Module, before: dict[str, torch.Tensor]) -> set[str]:
+    """Names of the parameters of ``module`` that differ from ``param_snapshot``'s copy."""
+    return {name for name, p in module.named_parameters() if not torch.equal(p, before[name])}

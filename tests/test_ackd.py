@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import timm
 import torch
-from harness.batches import Batch
 from harness.method import MethodContext, Step, load_methods
 from harness.recipe import OptimizerSpec, build_optimizer
 from methods.ackd import adversarial_value, fuse, kd_loss, resolve_learners
 from pydantic import ValidationError
-from tests.helpers import np_ce, np_kl, np_softmax
+from tests.helpers import np_ce, np_kl, np_softmax, random_batch
 
 ZS = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 ZT = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]
@@ -48,8 +47,7 @@ def make(student="cifar_resnet8", teacher="cifar_resnet8", classes=3, chans=1, s
 
 
 def tiny_batch(n=4, chans=1, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(n, chans, size, size, generator=g)], y=torch.arange(n) % 3, index=torch.arange(n))
+    return random_batch(n, size, seed, chans)
 
 
 def snapshot(module):

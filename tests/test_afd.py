@@ -9,7 +9,6 @@ import pytest
 import timm
 import torch
 from harness import adapter
-from harness.batches import Batch
 from harness.cell import Cell
 from harness.engine import Trainer
 from harness.method import MethodContext, Step, load_methods
@@ -17,7 +16,7 @@ from harness.recipe import OptimizerSpec, build_optimizer
 from methods.afd import (Discriminator, adversarial_lr_factor, lsgan_discriminator_loss, lsgan_generator_loss,
                          ring_sources)
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl
+from tests.helpers import changed_params, np_ce, np_kl, param_snapshot, random_batch
 
 R8 = "cifar_resnet8"
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 4, "test_per_class": 2}
@@ -43,16 +42,7 @@ def make(group=(R8, R8), classes=3, size=16, optimizers=True, **hparams):
 
 
 def tiny_batch(n=4, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(n, 1, size, size, generator=g)], y=torch.arange(n) % 3, index=torch.arange(n))
-
-
-def snapshot(module):
-    return {name: p.detach().clone() for name, p in module.named_parameters()}
-
-
-def changed(before, module):
-    return {name for name, p in module.named_parameters() if not torch.equal(before[name], p)}
+    return random_batch(n, size, seed)
 
 
 # --- numpy references -------------------------------------------------------------------------------------------
@@ -219,21 +209,21 @@ def test_each_update_moves_only_its_own_parameters(group):
     assert len(heads) == 4  # weight and bias of each classifier
     every_peer = {n for n, _ in peers.named_parameters()}
 
-    before = [snapshot(m) for m in (peers, discs, transfers)]
+    before = [param_snapshot(m) for m in (peers, discs, transfers)]
     method.logit_step(batch)
-    assert changed(before[0], peers) == every_peer
-    assert not changed(before[1], discs) and not changed(before[2], transfers)
+    assert changed_params(peers, before[0]) == every_peer
+    assert not changed_params(discs, before[1]) and not changed_params(transfers, before[2])
 
-    before = [snapshot(m) for m in (peers, discs, transfers)]
+    before = [param_snapshot(m) for m in (peers, discs, transfers)]
     _, maps, fakes = method.generator_step(batch)
-    assert changed(before[0], peers) == every_peer - heads  # the classifiers get no adversarial gradient
-    assert not changed(before[1], discs)
-    assert changed(before[2], transfers) == {n for n, _ in transfers.named_parameters()}
+    assert changed_params(peers, before[0]) == every_peer - heads  # the classifiers get no adversarial gradient
+    assert not changed_params(discs, before[1])
+    assert changed_params(transfers, before[2]) == {n for n, _ in transfers.named_parameters()}
 
-    before = [snapshot(m) for m in (peers, discs, transfers)]
+    before = [param_snapshot(m) for m in (peers, discs, transfers)]
     method.discriminator_step(maps, fakes)
-    assert changed(before[1], discs) == {n for n, _ in discs.named_parameters()}
-    assert not changed(before[0], peers) and not changed(before[2], transfers)
+    assert changed_params(discs, before[1]) == {n for n, _ in discs.named_parameters()}
+    assert not changed_params(peers, before[0]) and not changed_params(transfers, before[2])
 
 
 def test_optimizers():

@@ -10,13 +10,12 @@ import timm
 import torch
 from pydantic import ValidationError
 
-from harness.batches import Batch
 from harness.listing import list_methods
 from harness.method import MethodContext, Step, load_methods
 from harness.recipe import OptimizerSpec, build_optimizer
 from methods.amln import (CASES, AlignmentContainer, BlockDiscriminator, discriminator_loss, feature_distance,
                           generator_loss, outcome_kl, pair_key, pool_to)
-from tests.helpers import np_ce, np_kl, np_softmax
+from tests.helpers import changed_params, np_ce, np_kl, np_softmax, param_snapshot, random_batch
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 Z2 = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]
@@ -42,19 +41,6 @@ def make(group=("cifar_resnet8", "cifar_resnet8"), classes=3, size=8, **hparams)
         spec = OptimizerSpec.model_validate(group.optimizer) if group.optimizer else sgd
         method.optimizers[name] = build_optimizer(spec, group.params)
     return method
-
-
-def tiny_batch(n=4, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(n, 1, size, size, generator=g)], y=torch.arange(n) % 3, index=torch.arange(n))
-
-
-def snapshot(module):
-    return {name: p.detach().clone() for name, p in module.named_parameters()}
-
-
-def changed(module, before):
-    return {name for name, p in module.named_parameters() if not torch.equal(p, before[name])}
 
 
 def np_ce_label(logits, label):
@@ -134,7 +120,7 @@ def test_discriminator_and_container_shapes():
 def test_peer_terms_golden():
     t, beta = 3.0, 0.5
     method = make(beta=beta)
-    batch = tiny_batch()
+    batch = random_batch()
     feats = method.features(batch, [0, 1])
     y = batch.y.numpy()
     terms = method.peer_terms(feats, [0, 1], batch.y)
@@ -166,11 +152,11 @@ def test_peer_terms_golden():
 
 def test_partner_is_detached_and_discriminators_get_no_generator_gradient():
     method = make()
-    feats = method.features(tiny_batch(), [0, 1])
+    feats = method.features(random_batch(), [0, 1])
     from methods.amln import frozen
 
     with frozen(method.discriminators):
-        terms = method.peer_terms(feats, [0], tiny_batch().y)
+        terms = method.peer_terms(feats, [0], random_batch().y)
     torch.stack(list(terms.values())).sum().backward()
     assert all(p.grad is None for p in method.peers[1].parameters())
     assert all(p.grad is None for p in method.discriminators.parameters())
@@ -183,7 +169,7 @@ def test_three_peers_mean_and_sum_over_partners():
     mean = make(group=("cifar_resnet8",) * 3)
     total = make(group=("cifar_resnet8",) * 3, peer_reduction="sum")
     assert len(mean.discriminators) == len(mean.containers) == 6  # every ordered pair
-    batch = tiny_batch()
+    batch = random_batch()
     a = mean.peer_terms(mean.features(batch, [0, 1, 2]), [0, 1, 2], batch.y)
     b = total.peer_terms(total.features(batch, [0, 1, 2]), [0, 1, 2], batch.y)
     for key in a:
@@ -194,27 +180,27 @@ def test_three_peers_mean_and_sum_over_partners():
 # --- alternating updates ---------------------------------------------------------------------------------------
 def test_discriminator_step_then_generator_step_touch_disjoint_weights():
     method = make()
-    batch = tiny_batch()
+    batch = random_batch()
     feats = method.features(batch, [0, 1])
     peers_and_containers = torch.nn.ModuleDict({"peers": method.peers, "containers": method.containers})
-    before_d, before_g = snapshot(method.discriminators), snapshot(peers_and_containers)
+    before_d, before_g = param_snapshot(method.discriminators), param_snapshot(peers_and_containers)
     method.discriminator_step(feats, [0, 1])
-    assert changed(method.discriminators, before_d) == set(before_d)  # every discriminator weight moved
-    assert not changed(peers_and_containers, before_g)
-    before_d = snapshot(method.discriminators)
+    assert changed_params(method.discriminators, before_d) == set(before_d)  # every discriminator weight moved
+    assert not changed_params(peers_and_containers, before_g)
+    before_d = param_snapshot(method.discriminators)
     method.generator_step(feats, [0, 1], batch.y)
-    assert not changed(method.discriminators, before_d)
-    assert changed(peers_and_containers, before_g) == set(before_g)
+    assert not changed_params(method.discriminators, before_d)
+    assert changed_params(peers_and_containers, before_g) == set(before_g)
 
 
 @pytest.mark.parametrize("update", ["joint", "sequential"])
 def test_train_step_updates_everything(update):
     method = make(update=update)
-    before = snapshot(method.modules)
-    terms = method.train_step(tiny_batch(), Step(0, 0, 1, 1))
+    before = param_snapshot(method.modules)
+    terms = method.train_step(random_batch(), Step(0, 0, 1, 1))
     assert set(terms) == {f"{k}/net{j}" for k in ("ce", "kl", "adv", "feat", "disc") for j in (1, 2)}
     assert all(torch.isfinite(v) for v in terms.values())
-    assert changed(method.modules, before) == set(before)
+    assert changed_params(method.modules, before) == set(before)
 
 
 def test_discriminator_optimizer_is_its_own_adam():
@@ -234,7 +220,7 @@ def test_discriminator_optimizer_is_its_own_adam():
 @pytest.mark.parametrize("group", [("cifar_resnet8", "cifar_wrn_16_2"), ("cifar_vgg8", "cifar_resnet8")])
 def test_different_architectures_train_a_step(group):
     method = make(group=group, size=16)
-    batch = tiny_batch(size=16)
+    batch = random_batch(size=16)
     feats = method.features(batch, [0, 1])
     for j, l in ((0, 1), (1, 0)):
         cs = method.containers[pair_key(j, l)]
@@ -244,10 +230,10 @@ def test_different_architectures_train_a_step(group):
         for b, d in enumerate(method.discriminators[pair_key(j, l)]):
             assert d.common == tuple(min(x, z) for x, z in zip(feats[j].blocks[b].shape[1:],
                                                                feats[l].blocks[b].shape[1:]))
-    before = snapshot(method.modules)
+    before = param_snapshot(method.modules)
     terms = method.train_step(batch, Step(0, 0, 1, 1))
     assert all(torch.isfinite(v) for v in terms.values())
-    assert changed(method.modules, before) == set(before)
+    assert changed_params(method.modules, before) == set(before)
 
 
 # --- Table 6 cases -------------------------------------------------------------------------------------------------
@@ -257,7 +243,7 @@ def test_table6_cases_toggle_terms(case):
     method = make(case=case)
     switches = CASES[case]
     assert {k: getattr(method.hp, k) for k in switches} == switches
-    terms = method.train_step(tiny_batch(), Step(0, 0, 1, 1))
+    terms = method.train_step(random_batch(), Step(0, 0, 1, 1))
     kinds = {name.split("/")[0] for name in terms} - {"ce", "disc"}
     assert kinds == paper[case]
     assert ("disc/net1" in terms) == ("adv" in paper[case])
@@ -307,7 +293,7 @@ def test_listed_with_case_choices():
 # --- checkpoint and resume -------------------------------------------------------------------------------------------
 def test_checkpoint_resume_gives_the_same_next_loss():
     """What the engine checkpoints (modules, every optimizer, extra state) restores the next steps exactly."""
-    batches = [tiny_batch(seed=s) for s in range(4)]
+    batches = [random_batch(seed=s) for s in range(4)]
     first = make()
     for i in range(2):
         first.train_step(batches[i], Step(0, i, 1, 4))

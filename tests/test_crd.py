@@ -12,7 +12,6 @@ import timm
 import torch
 
 from harness import adapter
-from harness.batches import Batch
 from harness.cell import Cell
 from harness.crd import (Embed, MemoryBank, NegativeSampler, bank_bytes, clamp_negatives, contrast_scores,
                          momentum_update, nce_loss)
@@ -20,7 +19,7 @@ from harness.engine import Trainer
 from harness.method import MethodContext, Step, load_methods
 from methods.dml_crd import reader_slot
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl
+from tests.helpers import np_ce, np_kl, random_batch
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 
@@ -217,9 +216,7 @@ def make(group=("cifar_resnet8",) * 3, num_train=12, classes=3, size=(8, 8), **h
 
 
 def tiny_batch(n=4, size=(8, 8), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(n, 1, *size, generator=g)], y=torch.arange(n) % 3,
-                 index=torch.tensor([2, 7, 5, 10])[:n])
+    return random_batch(n, size, seed, index=torch.tensor([2, 7, 5, 10]))
 
 
 FIXED_INDEX = torch.tensor([[2, 0, 4, 11, 9], [7, 3, 1, 6, 11], [5, 8, 6, 1, 0], [10, 4, 9, 3, 0]])

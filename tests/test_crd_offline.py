@@ -11,9 +11,8 @@ import timm
 import torch
 
 from harness import adapter
-from harness.batches import Batch
 from harness.method import MethodContext, Step, load_methods
-from tests.helpers import np_ce, np_kl
+from tests.helpers import np_ce, np_kl, random_batch
 from tests.test_crd import np_nce, np_normalise, np_scores
 
 STUDENT, TEACHER = "cifar_resnet8", "cifar_wrn_16_2"  # embeddings of 64 and 128 dimensions
@@ -47,9 +46,7 @@ def make(num_train=12, classes=3, size=(8, 8), **hparams):
 
 
 def tiny_batch(n=4, size=(8, 8), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(n, 1, *size, generator=g)], y=torch.arange(n) % 3,
-                 index=torch.tensor([2, 7, 5, 10])[:n])
+    return random_batch(n, size, seed, index=torch.tensor([2, 7, 5, 10]))
 
 
 def np_embedding(head, features):

@@ -9,13 +9,12 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from harness.batches import Batch
 from harness.cell import Cell
 from harness.engine import Trainer
 from harness.method import MethodContext, Step, load_methods
 from methods.ffl import FusionModule, ffl_terms, rampup_weight
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, np_softmax
+from tests.helpers import np_ce, np_kl, np_softmax, random_batch
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 Z2 = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]
@@ -36,11 +35,6 @@ def make(group=("cifar_resnet8", "cifar_resnet8"), classes=3, **hparams):
         create_model=lambda name: timm.create_model(name, num_classes=classes, in_chans=1),
     )
     return cls(cls.HParams(**hparams), ctx)
-
-
-def tiny_batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(n, 1, 8, 8, generator=g)], y=torch.arange(n) % 3, index=torch.arange(n))
 
 
 def count(params):
@@ -110,7 +104,7 @@ def test_targets_get_no_gradient():
 @pytest.mark.parametrize("detach", [False, True])
 def test_fused_loss_reaches_the_subnetworks_unless_detached(detach):
     method = make(detach_fused_features=detach)
-    method.losses(tiny_batch(), Step(0, 0, 2, 1))["ce/fused"].backward()
+    method.losses(random_batch(), Step(0, 0, 2, 1))["ce/fused"].backward()
     assert all(p.grad is not None for p in method.modules["fusion"].parameters())
     for peer in method.peers:
         grads = [p.grad for p in peer.parameters()]
@@ -125,7 +119,7 @@ def test_joint_update_steps_every_optimizer_on_the_summed_loss():
     reference = copy.deepcopy(method.modules)
     method.optimizers = {name: torch.optim.SGD([p for g in group.params for p in g["params"]], lr=lr)
                          for name, group in method.optim_groups().items()}
-    batch, step = tiny_batch(), Step(5, 0, 10, 1)
+    batch, step = random_batch(), Step(5, 0, 10, 1)
     ref_method = copy.copy(method)
     ref_method.modules = reference
     sum(ref_method.losses(batch, step).values()).backward()
@@ -206,7 +200,7 @@ def test_same_architecture_shares_the_trunk():
     assert fusion.depthwise.in_channels == 128 and fusion.pointwise.out_channels == 64  # official 2C → C
 
     method.modules.eval()
-    x = tiny_batch().x
+    x = random_batch().x
     with torch.no_grad():
         out = method.predict(x)
         assert set(out) == {"net1", "net2", "fused"}

@@ -11,13 +11,12 @@ import timm
 import torch
 
 from harness import adapter
-from harness.batches import Batch
 from harness.cell import Cell
 from harness.engine import Trainer
 from harness.method import MethodContext, Step, load_methods
 from harness.offline_feature_losses import VIDRegressor, cc_loss, vid_loss
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, train_stages
+from tests.helpers import np_ce, np_kl, random_batch, train_stages
 from tests.test_feature_losses import np_at, np_common, np_sp
 
 METHODS = ["at", "at_kd", "sp", "cc", "vid"]
@@ -54,9 +53,7 @@ def make(name, teacher="cifar_wrn_16_2", student="cifar_resnet8", classes=3, siz
 
 
 def tiny_batch(n=6, size=(8, 8), seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(n, 1, *size, generator=g, dtype=dtype)], y=torch.arange(n) % 3,
-                 index=torch.arange(n))
+    return random_batch(n, size, seed, dtype=dtype)
 
 
 def golden_setup(name, **kwargs):

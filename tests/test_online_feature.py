@@ -11,13 +11,12 @@ import timm
 import torch
 
 from harness import adapter
-from harness.batches import Batch
 from harness.cell import Cell
 from harness.engine import Trainer
 from harness.method import MethodContext, Step, load_methods
 from harness.online_feature import pair_key
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl
+from tests.helpers import np_ce, np_kl, random_batch
 from tests.test_feature_losses import np_at, np_hint, np_nst, np_pkt, np_rkd_parts, np_sp
 
 METHODS = ["dml_fitnet", "dml_at", "dml_nst", "dml_sp", "dml_rkd", "dml_pkt"]
@@ -46,12 +45,6 @@ def make(name, group=("cifar_resnet8", "cifar_resnet8"), classes=3, size=(8, 8),
     return cls(cls.HParams(**hparams), ctx)
 
 
-def tiny_batch(n=4, size=(8, 8), seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(n, 1, *size, generator=g, dtype=dtype)], y=torch.arange(n) % 3,
-                 index=torch.arange(n))
-
-
 def np_pair(name, method, k, l, feats):
     """The feature loss of peer k against peer l, from numpy references on the extracted features."""
     if name == "dml_fitnet":
@@ -77,7 +70,7 @@ def test_terms_golden_for_three_peers(name):
     t = 4.0
     method = make(name, group=("cifar_resnet8", "cifar_resnet14", "cifar_resnet8"))
     method.modules.double()
-    batch = tiny_batch(dtype=torch.float64)
+    batch = random_batch(dtype=torch.float64)
     terms = method.losses(batch, Step(0, 0, 2, 1))
     with torch.no_grad():
         feats = [adapter.extract(peer, batch.x) for peer in method.peers]  # train mode: the same batch statistics
@@ -99,7 +92,7 @@ def test_sum_over_partners_weights_and_temperature():
     other = make("dml_sp", group=("cifar_resnet8",) * 3, peer_reduction="sum", beta=7.0, kl_weight=0.5,
                  temperature=2.0, t2_scaling=False)
     other.modules.load_state_dict(base.modules.state_dict())
-    batch = tiny_batch()
+    batch = random_batch()
     a, b = base.losses(batch, None), other.losses(batch, None)
     assert b["sp/net2"].item() == pytest.approx(a["sp/net2"].item() / 3000 * 7 * 2, rel=1e-5)  # mean → sum, β 7
     logits = [peer(batch.x).detach().numpy() for peer in base.peers]
@@ -111,7 +104,7 @@ def test_sum_over_partners_weights_and_temperature():
 
 def test_warmup_zeroes_kl_and_feature_terms():
     method = make("dml_at", warmup_epochs=2)
-    batch = tiny_batch()
+    batch = random_batch()
     early, late = method.losses(batch, Step(1, 0, 5, 1)), method.losses(batch, Step(2, 0, 5, 1))
     assert early["kl/net1"].item() == 0 and early["at/net2"].item() == 0 and early["ce/net1"].item() > 0
     assert late["kl/net1"].item() > 0 and late["at/net2"].item() > 0
@@ -122,7 +115,7 @@ def test_warmup_zeroes_kl_and_feature_terms():
 @pytest.mark.parametrize("name", METHODS)
 def test_partner_features_get_no_gradient(name):
     method = make(name, group=("cifar_resnet8", "cifar_resnet14"))
-    terms = method.losses(tiny_batch(), Step(0, 0, 2, 1))
+    terms = method.losses(random_batch(), Step(0, 0, 2, 1))
     terms[f"{TERM[name]}/net1"].backward(retain_graph=True)
     peer1, peer2 = method.peers
     assert all(p.grad is None for p in peer2.parameters())  # the partner's features are detached
@@ -141,7 +134,7 @@ def test_partner_features_get_no_gradient(name):
 def test_mixed_widths_depths_and_stage_counts(name):
     group = ("cifar_resnet8", "cifar_wrn_16_2", "cifar_vgg8")  # widths 64/128/512, 3 vs 4 blocks, last map 4 vs 1
     method = make(name, group=group, size=(16, 16))
-    terms = method.losses(tiny_batch(size=(16, 16)), Step(0, 0, 2, 1))
+    terms = method.losses(random_batch(size=(16, 16)), Step(0, 0, 2, 1))
     assert all(math.isfinite(v.item()) for v in terms.values())
     assert all(terms[f"{TERM[name]}/net{k}"].item() > 0 for k in (1, 2, 3))
 
@@ -169,7 +162,7 @@ def test_fitnet_regressors_map_each_hint_to_the_partners_map():
 def test_fitnet_identity_between_equal_shapes_and_hint_layer_checks():
     same = make("dml_fitnet", group=("cifar_resnet8", "cifar_resnet14"), regressor="when_shapes_differ")
     assert "connectors" not in same.modules and same.connector(0, 1) is None
-    assert same.losses(tiny_batch(), None)["hint/net1"].item() > 0
+    assert same.losses(random_batch(), None)["hint/net1"].item() > 0
     mixed = make("dml_fitnet", group=("cifar_resnet8", "cifar_wrn_16_2"), regressor="when_shapes_differ")
     assert set(mixed.modules["connectors"]) == {"net1_from_net2", "net2_from_net1"}
     always = make("dml_fitnet", group=("cifar_resnet8", "cifar_resnet14"))
