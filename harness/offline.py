@@ -18,7 +18,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from harness import adapter
 from harness.cell import Cell
+from harness.losses import distill_kl, soft_targets
 from harness.method import HParams, Method, OptimGroup
 from harness.recipe import Recipe, load_presets, resolve_recipe
 from harness.stages import Stage
@@ -92,6 +94,18 @@ class OfflineMethod(Method):
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.teacher(x)
+
+    def features(self, x: torch.Tensor) -> tuple[adapter.Features, adapter.Features]:
+        """The student's features and the frozen teacher's (computed without a graph)."""
+        with torch.no_grad():
+            teacher = adapter.extract(self.teacher, x)
+        return adapter.extract(self.student, x), teacher
+
+    def hinton_kd(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Unweighted KD term: T²·KL(softmax(teacher/T) ‖ softmax(student/T)) at the method's ``temperature``
+        (T² only with ``t2_scaling``); for methods whose hyper-parameters have both."""
+        target = soft_targets(teacher_logits, self.hp.temperature)
+        return distill_kl(student_logits, target, self.hp.temperature, self.hp.t2_scaling)
 
     def predict(self, x):
         return {"net1": self.student(x), "teacher": self.teacher(x)}

@@ -41,7 +41,6 @@ from torch import nn
 
 from harness import adapter
 from harness.feature_losses import pool_to_common_size
-from harness.losses import distill_kl, soft_targets
 from harness.offline import OfflineMethod, TeacherParams
 from harness.online_feature import detach_features
 
@@ -90,14 +89,10 @@ class OfflineFeatureKD(OfflineMethod):
 
     def losses(self, batch, step):
         hp = self.hp
-        x = batch.view(0)
-        student = adapter.extract(self.student, x)
-        with torch.no_grad():
-            teacher = adapter.extract(self.teacher, x)
+        student, teacher = self.features(batch.view(0))
         terms = {"ce": hp.ce_weight * F.cross_entropy(student.logits, batch.y)}
         if hp.kd_weight > 0:
-            target = soft_targets(teacher.logits, hp.temperature)
-            terms["kd"] = hp.kd_weight * distill_kl(student.logits, target, hp.temperature, hp.t2_scaling)
+            terms["kd"] = hp.kd_weight * self.hinton_kd(student.logits, teacher.logits)
         terms[self.term] = hp.beta * self.feature_loss(self.select(student), detach_features(self.select(teacher)))
         return terms
 

@@ -48,7 +48,6 @@ Per step each direction gathers B × (m + 1) × 128 floats kept for the backward
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat
 from torch import nn
@@ -56,7 +55,6 @@ from torch import nn
 from harness import adapter
 from harness.crd import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
                          nce_loss)
-from harness.losses import distill_kl, soft_targets
 from harness.method import OptimGroup, register_method
 from harness.offline import OfflineMethod, TeacherParams
 
@@ -98,10 +96,7 @@ class CRD(ContrastiveModules, OfflineMethod):
     # --- training ------------------------------------------------------------------------------------------
     def losses(self, batch, step):
         hp = self.hp
-        x = batch.view(0)
-        student = adapter.extract(self.student, x)
-        with torch.no_grad():
-            teacher = adapter.extract(self.teacher, x)
+        student, teacher = self.features(batch.view(0))
         v = {"student": self.embeds["student"](student.embedding), "teacher": self.embeds["teacher"](teacher.embedding)}
         self.sampler.observe(batch.index, batch.y)
         index = self.sampler.sample(batch.index, batch.y)
@@ -110,6 +105,6 @@ class CRD(ContrastiveModules, OfflineMethod):
                for anchor, bank in (("student", "teacher"), ("teacher", "student"))}
         for role in ROLES:  # after both reads: this step's scores use the old rows
             self.banks[role].update(batch.index, v[role].detach())
-        kd = distill_kl(student.logits, soft_targets(teacher.logits, hp.temperature), hp.temperature, hp.t2_scaling)
-        return {"ce": hp.ce_weight * F.cross_entropy(student.logits, batch.y), "kd": hp.kd_weight * kd,
+        return {"ce": hp.ce_weight * F.cross_entropy(student.logits, batch.y),
+                "kd": hp.kd_weight * self.hinton_kd(student.logits, teacher.logits),
                 "crd/student": crd["student"], "crd/teacher": crd["teacher"]}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from harness.losses import distill_kl, soft_targets
 from harness.method import register_method
 from methods.ft import FT, FTParams
 
@@ -32,6 +31,4 @@ class FTKD(FT):
 
     def losses(self, batch, step):
         terms, student_logits, teacher_logits = self.ft_terms(batch)
-        target = soft_targets(teacher_logits, self.hp.temperature)
-        kd = distill_kl(student_logits, target, self.hp.temperature, self.hp.t2_scaling)
-        return {**terms, "kd": self.hp.kd_weight * kd}
+        return {**terms, "kd": self.hp.kd_weight * self.hinton_kd(student_logits, teacher_logits)}

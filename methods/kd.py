@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from harness.losses import distill_kl, soft_targets
 from harness.method import register_method
 from harness.offline import OfflineMethod, TeacherParams
 
@@ -36,7 +35,7 @@ class KD(OfflineMethod):
 
     def losses(self, batch, step):
         x = batch.view(0)
-        target = soft_targets(self.teacher_logits(x), self.hp.temperature)
+        teacher_logits = self.teacher_logits(x)
         logits = self.student(x)
         return {"ce": self.hp.ce_weight * F.cross_entropy(logits, batch.y),
-                "kd": self.hp.kd_weight * distill_kl(logits, target, self.hp.temperature, self.hp.t2_scaling)}
+                "kd": self.hp.kd_weight * self.hinton_kd(logits, teacher_logits)}

@@ -50,7 +50,6 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from harness import adapter
-from harness.losses import distill_kl, soft_targets
 from harness.method import register_method
 from harness.offline import OfflineMethod, TeacherParams
 
@@ -181,11 +180,7 @@ class SemCKD(OfflineMethod):
         return super().train_step(batch, step)
 
     def losses(self, batch, step):
-        x = batch.view(0)
-        with torch.no_grad():
-            teacher = adapter.extract(self.teacher, x)
-        student = adapter.extract(self.student, x)
-        target = soft_targets(teacher.logits, self.hp.temperature)
+        student, teacher = self.features(batch.view(0))
         return {"ce": self.hp.ce_weight * F.cross_entropy(student.logits, batch.y),
-                "kd": self.hp.kd_weight * distill_kl(student.logits, target, self.hp.temperature, self.hp.t2_scaling),
+                "kd": self.hp.kd_weight * self.hinton_kd(student.logits, teacher.logits),
                 "semckd": self.hp.beta * self.modules["attention"](student.blocks, teacher.blocks)}
