@@ -12,7 +12,6 @@ was available where this was written).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from functools import lru_cache
 from pathlib import Path
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness.cell import Cell
-from harness.engine import NonFiniteLoss, Runtime, Trainer
+from harness.engine import NonFiniteLoss, Trainer
 from harness.trainable import CorruptCheckpoint, load_checkpoint
 from tests.conftest import TINY_RECIPE
 

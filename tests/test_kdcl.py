@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from harness.batches import Batch
 from harness.cell import Cell
 from harness.engine import Trainer
 from harness.method import load_methods

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from harness.cell import Cell
-from harness.engine import Runtime, Trainer
+from harness.engine import Trainer
 from harness.stages import StageError, load_networks, save_networks, stages_of, waves
 from harness.store import ResultStore
 from harness.suite import SuiteError, load_suite
