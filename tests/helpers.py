@@ -85,3 +85,35 @@ def param_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 def changed_params(module: nn.Module, before: dict[str, torch.Tensor]) -> set[str]:
     """Names of the parameters of ``module`` that differ from ``param_snapshot``'s copy."""
     return {name for name, p in module.named_parameters() if not torch.equal(p, before[name])}
+
+
+def tt(a, grad: bool = False) -> torch.Tensor:
+    """A float64 tensor (golden tests compare in double precision)."""
+    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
+
+
+def np_adaptive_pool(x, out_h: int, out_w: int) -> np.ndarray:
+    """PyTorch's adaptive average pooling: cell i covers [floor(i·H/out), ceil((i+1)·H/out))."""
+    b, c, h, w = x.shape
+    out = np.zeros((b, c, out_h, out_w))
+    for i in range(out_h):
+        h0, h1 = (i * h) // out_h, -(-((i + 1) * h) // out_h)
+        for j in range(out_w):
+            w0, w1 = (j * w) // out_w, -(-((j + 1) * w) // out_w)
+            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+    return out
+
+
+def np_conv_same(x, w, bias=None) -> np.ndarray:
+    """Cross-correlation, stride 1, zero padding (k − 1) / 2, by loops; w: (out, in, k, k), optional bias (out,)."""
+    b, c, h, wd = x.shape
+    k, pad = w.shape[2], (w.shape[2] - 1) // 2
+    out = np.zeros((b, w.shape[0], h, wd)) + (0.0 if bias is None else bias[None, :, None, None])
+    for i in range(h):
+        for j in range(wd):
+            for u in range(k):
+                for v in range(k):
+                    y, z = i + u - pad, j + v - pad
+                    if 0 <= y < h and 0 <= z < wd:
+                        out[:, :, i, j] += x[:, :, y, z] @ w[:, :, u, v].T
+    return out

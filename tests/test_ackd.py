@@ -11,16 +11,12 @@ from harness.method import MethodContext, Step, load_methods
 from harness.recipe import OptimizerSpec, build_optimizer
 from methods.ackd import adversarial_value, fuse, kd_loss, resolve_learners
 from pydantic import ValidationError
-from tests.helpers import np_ce, np_kl, np_softmax, random_batch
+from tests.helpers import np_ce, np_kl, np_softmax, random_batch, tt
 
 ZS = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 ZT = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]
 Y = [0, 2]
 STEP = Step(0, 0, 1, 1)
-
-
-def t64(a, grad=False):
-    return torch.tensor(a, dtype=torch.float64, requires_grad=grad)
 
 
 def np_log_sigmoid(s):
@@ -63,16 +59,16 @@ def changed(before, module):
 def test_kd_loss_both_directions(t2):
     t = 4.0
     scale = t * t if t2 else 1.0
-    forward = kd_loss(t64(ZS), t64(ZT), t, t2, "forward").item()
+    forward = kd_loss(tt(ZS), tt(ZT), t, t2, "forward").item()
     assert forward == pytest.approx(scale * np_kl(ZT, ZS, t), abs=1e-12)  # KL(p_target ‖ p_learner)
-    reverse = kd_loss(t64(ZS), t64(ZT), t, t2, "reverse").item()
+    reverse = kd_loss(tt(ZS), tt(ZT), t, t2, "reverse").item()
     assert reverse == pytest.approx(scale * np_kl(ZS, ZT, t), abs=1e-12)  # KL(p_learner ‖ p_target)
     assert abs(forward - reverse) > 1e-6
 
 
 def test_kd_hand_value_and_constant_target():
     # T = 1, target (log 3, 0) → (3/4, 1/4); learner (0, 0) → uniform.
-    learner, target = t64([[0.0, 0.0]], grad=True), t64([[math.log(3.0), 0.0]], grad=True)
+    learner, target = tt([[0.0, 0.0]], grad=True), tt([[math.log(3.0), 0.0]], grad=True)
     value = kd_loss(learner, target, 1.0, True, "forward")
     assert value.item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
     reverse = kd_loss(learner, target, 1.0, True, "reverse")
@@ -84,7 +80,7 @@ def test_kd_hand_value_and_constant_target():
 def test_fuse_is_the_weighted_sum_of_logits():
     za, zb = np.array(ZS), np.array(ZT)
     weights = np.array([[0.3, 0.7], [0.9, 0.1]])
-    fused = fuse(t64(weights), [t64(za), t64(zb)]).numpy()
+    fused = fuse(tt(weights), [tt(za), tt(zb)]).numpy()
     np.testing.assert_allclose(fused, weights[:, :1] * za + weights[:, 1:] * zb, atol=1e-12)
 
 
@@ -92,7 +88,7 @@ def test_fuse_is_the_weighted_sum_of_logits():
 def test_adversarial_value_against_numpy(m):
     rng = np.random.default_rng(m)
     s = rng.normal(size=(m, m, 5)) * 2  # s[i, j]: D_i's logits on learner j's maps, 5 samples
-    value = adversarial_value([[t64(s[i, j]) for j in range(m)] for i in range(m)]).item()
+    value = adversarial_value([[tt(s[i, j]) for j in range(m)] for i in range(m)]).item()
     expected = np.mean([np.mean([np.mean(np_log_sigmoid(s[i, i])) + np.mean(np.log(1 - 1 / (1 + np.exp(-s[i, j]))))
                                  for j in range(m) if j != i]) for i in range(m)])
     assert value == pytest.approx(expected, abs=1e-12)

@@ -15,15 +15,11 @@ from harness.method import MethodContext, Step, load_methods
 from harness.recipe import OptimizerSpec, build_optimizer
 from methods.amln import (CASES, AlignmentContainer, BlockDiscriminator, discriminator_loss, feature_distance,
                           generator_loss, outcome_kl, pair_key, pool_to)
-from tests.helpers import changed_params, np_ce, np_kl, np_softmax, param_snapshot, random_batch
+from tests.helpers import changed_params, np_ce, np_kl, np_softmax, param_snapshot, random_batch, tt
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 Z2 = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]
 Y = [0, 2]
-
-
-def t64(a, grad=False):
-    return torch.tensor(a, dtype=torch.float64, requires_grad=grad)
 
 
 def make(group=("cifar_resnet8", "cifar_resnet8"), classes=3, size=8, **hparams):
@@ -51,14 +47,14 @@ def np_ce_label(logits, label):
 # --- loss pieces on fixed tensors ------------------------------------------------------------------------------
 def test_outcome_kl_golden_both_directions():
     t = 3.0
-    z1, z2 = t64(Z1), t64(Z2)
+    z1, z2 = tt(Z1), tt(Z2)
     assert outcome_kl(z1, z2, t).item() == pytest.approx(t * t * np_kl(Z2, Z1, t), abs=1e-12)
     p, q = np_softmax(Z1, t), np_softmax(Z2, t)  # Eq. 7 as printed: KL(ρ_self ‖ ρ_partner)
     reverse = t * t * np.mean(np.sum(p * np.log(p / q), axis=1))
     assert outcome_kl(z1, z2, t, "reverse").item() == pytest.approx(reverse, abs=1e-12)
     assert abs(reverse - t * t * np_kl(Z2, Z1, t)) > 1e-6  # the two directions really differ here
     # the partner is a detached target in both directions
-    z1, z2 = t64(Z1, grad=True), t64(Z2, grad=True)
+    z1, z2 = tt(Z1, grad=True), tt(Z2, grad=True)
     (outcome_kl(z1, z2, t) + outcome_kl(z1, z2, t, "reverse")).backward()
     assert z2.grad is None and z1.grad.abs().sum() > 0
 
@@ -67,12 +63,12 @@ def test_adversarial_losses_golden():
     own, partner = np.array(Z1), np.array(Z2)[:, :2]
     own = own[:, :2]
     ce_d = np_ce_label(own, 0) + np_ce_label(partner, 1)
-    assert discriminator_loss(t64(own), t64(partner)).item() == pytest.approx(ce_d, abs=1e-12)
-    assert generator_loss(t64(own)).item() == pytest.approx(np_ce_label(own, 1), abs=1e-12)
+    assert discriminator_loss(tt(own), tt(partner)).item() == pytest.approx(ce_d, abs=1e-12)
+    assert generator_loss(tt(own)).item() == pytest.approx(np_ce_label(own, 1), abs=1e-12)
     d_own, d_partner = np_softmax(own)[:, 1], np_softmax(partner)[:, 1]  # D(x) = P(partner)
     linear_d = -(np.mean(1 - d_own) + np.mean(d_partner))
-    assert discriminator_loss(t64(own), t64(partner), "linear").item() == pytest.approx(linear_d, abs=1e-12)
-    assert generator_loss(t64(own), "linear").item() == pytest.approx(np.mean(1 - d_own), abs=1e-12)
+    assert discriminator_loss(tt(own), tt(partner), "linear").item() == pytest.approx(linear_d, abs=1e-12)
+    assert generator_loss(tt(own), "linear").item() == pytest.approx(np.mean(1 - d_own), abs=1e-12)
 
 
 def test_adversarial_hand_values():
@@ -88,18 +84,18 @@ def test_adversarial_hand_values():
 def test_feature_distance_golden():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 2, 2, 2)), rng.normal(size=(3, 2, 2, 2))
-    assert feature_distance(t64(a), t64(b)).item() == pytest.approx(np.mean((a - b) ** 2), abs=1e-12)
+    assert feature_distance(tt(a), tt(b)).item() == pytest.approx(np.mean((a - b) ** 2), abs=1e-12)
     l2 = np.mean(np.sqrt(((a - b) ** 2).reshape(3, -1).sum(1)))
-    assert feature_distance(t64(a), t64(b), "l2").item() == pytest.approx(l2, abs=1e-12)
+    assert feature_distance(tt(a), tt(b), "l2").item() == pytest.approx(l2, abs=1e-12)
 
 
 # --- modules ---------------------------------------------------------------------------------------------------
 def test_pool_to_averages_channel_groups_and_windows():
     x = np.arange(2 * 4 * 4 * 4, dtype=np.float64).reshape(2, 4, 4, 4)
-    out = pool_to(t64(x), (2, 2, 2)).numpy()
+    out = pool_to(tt(x), (2, 2, 2)).numpy()
     expected = x.reshape(2, 2, 2, 2, 2, 2, 2).mean(axis=(2, 4, 6))  # (n, c, 2, h, 2, w, 2)
     np.testing.assert_allclose(out, expected, atol=1e-12)
-    same = t64(x)
+    same = tt(x)
     assert pool_to(same, (4, 4, 4)) is same
 
 
@@ -270,7 +266,7 @@ def test_case_b_is_dml_at_t3():
     from methods.dml import DMLParams, dml_terms
     from harness.losses import soft_targets
 
-    z = [t64(Z1), t64(Z2)]
+    z = [tt(Z1), tt(Z2)]
     method = make(case="B")
 
     class LogitsOnly:  # case B reads nothing but the logits

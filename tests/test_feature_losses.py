@@ -10,6 +10,7 @@ from torch import nn
 
 from harness.feature_losses import (ConvRegressor, at_loss, attention_map, hint_loss, nst_loss, pairwise_distances,
                                     pkt_loss, rkd_loss, sp_loss)
+from tests.helpers import np_adaptive_pool, tt
 
 RNG = np.random.default_rng(0)
 S_MAPS = [RNG.normal(size=(3, 4, 4, 4)), RNG.normal(size=(3, 5, 2, 2))]
@@ -18,23 +19,7 @@ S_VEC = RNG.normal(size=(5, 6))
 T_VEC = RNG.normal(size=(5, 3)) * 2.0 + 0.5
 
 
-def tt(a, grad=False):
-    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
-
-
 # --- independent numpy references (explicit loops) ----------------------------------------------------------------
-
-def np_adaptive_pool(x, out_h, out_w):
-    """PyTorch's adaptive average pooling: cell i covers [floor(i·H/out), ceil((i+1)·H/out))."""
-    b, c, h, w = x.shape
-    out = np.zeros((b, c, out_h, out_w))
-    for i in range(out_h):
-        h0, h1 = (i * h) // out_h, -(-((i + 1) * h) // out_h)
-        for j in range(out_w):
-            w0, w1 = (j * w) // out_w, -(-((j + 1) * w) // out_w)
-            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
-    return out
-
 
 def np_common(s, t):
     h, w = min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3])

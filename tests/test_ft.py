@@ -16,23 +16,13 @@ from harness.method import Step
 from harness.stages import load_networks, stages_of, waves
 from harness.store import ResultStore
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_kl, np_softmax, train_stages
+from tests.helpers import np_adaptive_pool, np_conv_same, np_kl, np_softmax, train_stages, tt
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 RNG = np.random.default_rng(7)
 
 
-def tt(a, grad=False):
-    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
-
-
 # --- independent numpy references ---------------------------------------------------------------------------------
-
-def np_pool(x, out_h, out_w):
-    """Adaptive average pooling for sizes that divide evenly (all the cases below)."""
-    b, c, h, w = x.shape
-    return x.reshape(b, c, out_h, h // out_h, out_w, w // out_w).mean(axis=(3, 5))
-
 
 def np_factor(f, kind):
     b = f.shape[0]
@@ -42,22 +32,8 @@ def np_factor(f, kind):
 
 def np_factor_loss(s, t, kind):
     h, w = min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3])
-    s, t = np_pool(s, h, w), np_pool(t, h, w)
+    s, t = np_adaptive_pool(s, h, w), np_adaptive_pool(t, h, w)
     return float(np.abs(np_factor(s, kind) - np_factor(t, kind)).mean())
-
-
-def np_conv3x3(x, w, bias):
-    """Cross-correlation, stride 1, zero padding 1: out[o, i, j] = b[o] + Σ x[c, i+u-1, j+v-1] w[o, c, u, v]."""
-    b, c, h, wd = x.shape
-    out = np.zeros((b, w.shape[0], h, wd)) + bias[None, :, None, None]
-    for i in range(h):
-        for j in range(wd):
-            for u in range(3):
-                for v in range(3):
-                    y, z = i + u - 1, j + v - 1
-                    if 0 <= y < h and 0 <= z < wd:
-                        out[:, :, i, j] += x[:, :, y, z] @ w[:, :, u, v].T
-    return out
 
 
 def np_conv_transpose3x3(x, w, bias):
@@ -85,7 +61,7 @@ def np_paraphraser(p: Paraphraser, f):
     deconvs = [m for m in p.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
     x = f
     for conv in convs:
-        x = np_leaky(np_conv3x3(x, conv.weight.detach().numpy(), conv.bias.detach().numpy()))
+        x = np_leaky(np_conv_same(x, conv.weight.detach().numpy(), conv.bias.detach().numpy()))
     code = x
     for deconv in deconvs:
         x = np_leaky(np_conv_transpose3x3(x, deconv.weight.detach().numpy(), deconv.bias.detach().numpy()))

@@ -11,38 +11,13 @@ from harness.engine import Trainer
 from harness.method import Step
 from methods.semckd import CrossLayerAttention, inferred_batch_size, semckd_loss
 from tests.conftest import TINY_RECIPE
-from tests.helpers import train_stages
+from tests.helpers import np_adaptive_pool, np_conv_same, train_stages, tt
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 RNG = np.random.default_rng(3)
 
 
-def tt(a, grad=False):
-    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
-
-
 # --- numpy reference -----------------------------------------------------------------------------------------------
-
-def np_pool(x, out_h, out_w):
-    b, c, h, w = x.shape
-    return x.reshape(b, c, out_h, h // out_h, out_w, w // out_w).mean(axis=(3, 5))
-
-
-def np_conv(x, w):
-    """Cross-correlation, stride 1, zero padding (k − 1) / 2, no bias; w: (out, in, k, k)."""
-    b, c, h, wd = x.shape
-    k = w.shape[2]
-    pad = (k - 1) // 2
-    out = np.zeros((b, w.shape[0], h, wd))
-    for i in range(h):
-        for j in range(wd):
-            for u in range(k):
-                for v in range(k):
-                    y, z = i + u - pad, j + v - pad
-                    if 0 <= y < h and 0 <= z < wd:
-                        out[:, :, i, j] += x[:, :, y, z] @ w[:, :, u, v].T
-    return out
-
 
 def np_batchnorm_train(x, gamma, beta, eps=1e-5):
     mean = x.mean(axis=(0, 2, 3), keepdims=True)
@@ -53,9 +28,9 @@ def np_batchnorm_train(x, gamma, beta, eps=1e-5):
 def np_regressor(seq, x):
     conv1, bn1, _, conv2, bn2, _, conv3 = seq
     p = lambda t: t.detach().numpy()  # noqa: E731
-    x = np.maximum(np_batchnorm_train(np_conv(x, p(conv1.weight)), p(bn1.weight), p(bn1.bias)), 0)
-    x = np.maximum(np_batchnorm_train(np_conv(x, p(conv2.weight)), p(bn2.weight), p(bn2.bias)), 0)
-    return np_conv(x, p(conv3.weight))
+    x = np.maximum(np_batchnorm_train(np_conv_same(x, p(conv1.weight)), p(bn1.weight), p(bn1.bias)), 0)
+    x = np.maximum(np_batchnorm_train(np_conv_same(x, p(conv2.weight)), p(bn2.weight), p(bn2.bias)), 0)
+    return np_conv_same(x, p(conv3.weight))
 
 
 def np_embed(mlp, rows):
@@ -79,9 +54,9 @@ def np_semckd(module: CrossLayerAttention, fs, ft):
     for i, s in enumerate(fs):
         for j, t in enumerate(ft):
             if s.shape[2] > t.shape[2]:
-                value, target = np_regressor(module.regressors[i][j], np_pool(s, *t.shape[2:])), t
+                value, target = np_regressor(module.regressors[i][j], np_adaptive_pool(s, *t.shape[2:])), t
             else:
-                value, target = np_regressor(module.regressors[i][j], s), np_pool(t, *s.shape[2:])
+                value, target = np_regressor(module.regressors[i][j], s), np_adaptive_pool(t, *s.shape[2:])
             for n in range(b):
                 total += att[n, i, j] * ((value[n] - target[n]) ** 2).mean()
     return total / (b * len(fs)), att
