@@ -117,3 +117,18 @@ def np_conv_same(x, w, bias=None) -> np.ndarray:
                     if 0 <= y < h and 0 <= z < wd:
                         out[:, :, i, j] += x[:, :, y, z] @ w[:, :, u, v].T
     return out
+
+
+def timm_context(group, classes: int, size: int | tuple[int, int], in_chans: int = 1, num_train: int = 4,
+                 epochs: int = 2, **extra) -> MethodContext:
+    """The context of a method on small CPU networks created by name through timm (one step per epoch);
+    ``extra``: other MethodContext fields (``load_stage`` for a teacher)."""
+    import timm
+
+    import harness.models  # noqa: F401  (registers the CIFAR networks)
+
+    return MethodContext(
+        group=tuple(group), num_classes=classes, in_chans=in_chans,
+        image_size=(size, size) if isinstance(size, int) else tuple(size), num_train=num_train, epochs=epochs,
+        steps_per_epoch=1, device=torch.device("cpu"),
+        create_model=lambda name: timm.create_model(name, num_classes=classes, in_chans=in_chans), **extra)

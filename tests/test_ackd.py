@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import timm
 import torch
-from harness.method import MethodContext, Step, load_methods
+from harness.method import Step, load_methods
 from harness.recipe import OptimizerSpec, build_optimizer
 from methods.ackd import adversarial_value, fuse, kd_loss, resolve_learners
 from pydantic import ValidationError
-from tests.helpers import np_ce, np_kl, np_softmax, random_batch, tt
+from tests.helpers import np_ce, np_kl, np_softmax, random_batch, timm_context, tt
 
 ZS = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 ZT = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]
@@ -27,12 +27,7 @@ def make(student="cifar_resnet8", teacher="cifar_resnet8", classes=3, chans=1, s
     cls = load_methods().get("ackd")
     torch.manual_seed(0)
     frozen_teacher = timm.create_model(teacher, num_classes=classes, in_chans=chans).requires_grad_(False).eval()
-    ctx = MethodContext(
-        group=(teacher, student), num_classes=classes, in_chans=chans, image_size=(size, size), num_train=4,
-        epochs=1, steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda name: timm.create_model(name, num_classes=classes, in_chans=chans),
-        load_stage=lambda name: [frozen_teacher],
-    )
+    ctx = timm_context((teacher, student), classes, size, chans, epochs=1, load_stage=lambda name: [frozen_teacher])
     method = cls(cls.HParams(**hparams), ctx)
     for name, group in method.optim_groups().items():  # as the engine does, with a plain SGD recipe optimizer
         spec = OptimizerSpec.model_validate(group.optimizer) if group.optimizer else OptimizerSpec(lr=0.1)

@@ -6,17 +6,16 @@ import io
 import harness.models  # noqa: F401  (first: the torchvision shim runs before timm is imported)
 import numpy as np
 import pytest
-import timm
 import torch
 from harness import adapter
 from harness.cell import Cell
 from harness.engine import Trainer
-from harness.method import MethodContext, Step, load_methods
+from harness.method import Step, load_methods
 from harness.recipe import OptimizerSpec, build_optimizer
 from methods.afd import (Discriminator, adversarial_lr_factor, lsgan_discriminator_loss, lsgan_generator_loss,
                          ring_sources)
 from tests.conftest import TINY_RECIPE
-from tests.helpers import changed_params, np_ce, np_kl, param_snapshot, random_batch
+from tests.helpers import changed_params, np_ce, np_kl, param_snapshot, random_batch, timm_context
 
 R8 = "cifar_resnet8"
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 4, "test_per_class": 2}
@@ -25,11 +24,7 @@ DATA = {"name": "fashion_mnist_mini", "train_per_class": 4, "test_per_class": 2}
 def make(group=(R8, R8), classes=3, size=16, optimizers=True, **hparams):
     """AFD on ``group`` for size×size one-channel images, with the engine's optimizers (SGD for the recipe's)."""
     cls = load_methods().get("afd")
-    ctx = MethodContext(
-        group=tuple(group), num_classes=classes, in_chans=1, image_size=(size, size), num_train=4, epochs=2,
-        steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda name: timm.create_model(name, num_classes=classes, in_chans=1),
-    )
+    ctx = timm_context(group, classes, size)
     torch.manual_seed(0)
     method = cls(cls.HParams(**hparams), ctx)
     if optimizers:

@@ -6,16 +6,15 @@ import io
 import harness.models  # noqa: F401  (first: the torchvision shim runs before timm is imported)
 import numpy as np
 import pytest
-import timm
 import torch
 from pydantic import ValidationError
 
 from harness.listing import list_methods
-from harness.method import MethodContext, Step, load_methods
+from harness.method import Step, load_methods
 from harness.recipe import OptimizerSpec, build_optimizer
 from methods.amln import (CASES, AlignmentContainer, BlockDiscriminator, discriminator_loss, feature_distance,
                           generator_loss, outcome_kl, pair_key, pool_to)
-from tests.helpers import changed_params, np_ce, np_kl, np_softmax, param_snapshot, random_batch, tt
+from tests.helpers import changed_params, np_ce, np_kl, np_softmax, param_snapshot, random_batch, timm_context, tt
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 Z2 = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]
@@ -25,11 +24,7 @@ Y = [0, 2]
 def make(group=("cifar_resnet8", "cifar_resnet8"), classes=3, size=8, **hparams):
     """An AMLN method on tiny images, with the optimizers the engine would build (recipe SGD, its Adam)."""
     cls = load_methods().get("amln")
-    ctx = MethodContext(
-        group=tuple(group), num_classes=classes, in_chans=1, image_size=(size, size), num_train=4, epochs=2,
-        steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda name: timm.create_model(name, num_classes=classes, in_chans=1),
-    )
+    ctx = timm_context(group, classes, size)
     torch.manual_seed(0)
     method = cls(cls.HParams(**hparams), ctx)
     sgd = OptimizerSpec(name="sgd", lr=0.1, nesterov=True, weight_decay=1e-4)

@@ -10,10 +10,10 @@ import torch
 import harness.models  # noqa: F401  (registers the CIFAR networks)
 from harness.cell import Cell
 from harness.engine import Trainer
-from harness.method import MethodContext, load_methods
+from harness.method import load_methods
 from methods.clnn import clnn_terms, peer_targets
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, np_softmax
+from tests.helpers import np_ce, np_kl, np_softmax, timm_context
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 Z = [[[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]],
@@ -23,11 +23,7 @@ Y = [0, 2]
 
 
 def context(group, classes=5):
-    return MethodContext(
-        group=tuple(group), num_classes=classes, in_chans=3, image_size=(32, 32), num_train=8, epochs=2,
-        steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda name: timm.create_model(name, num_classes=classes),
-    )
+    return timm_context(group, classes, 32, in_chans=3, num_train=8)
 
 
 def make(k, name="cifar_resnet8", classes=5, **hparams):

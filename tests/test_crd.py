@@ -16,10 +16,10 @@ from harness.cell import Cell
 from harness.crd import (Embed, MemoryBank, NegativeSampler, bank_bytes, clamp_negatives, contrast_scores,
                          momentum_update, nce_loss)
 from harness.engine import Trainer
-from harness.method import MethodContext, Step, load_methods
+from harness.method import Step, load_methods
 from methods.dml_crd import reader_slot
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, random_batch
+from tests.helpers import np_ce, np_kl, random_batch, timm_context
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 
@@ -206,11 +206,7 @@ def test_sampler_auto_replacement_by_dataset_size():
 
 def make(group=("cifar_resnet8",) * 3, num_train=12, classes=3, size=(8, 8), **hparams):
     cls = load_methods().get("dml_crd")
-    ctx = MethodContext(
-        group=tuple(group), num_classes=classes, in_chans=1, image_size=size, num_train=num_train, epochs=2,
-        steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda n: timm.create_model(n, num_classes=classes, in_chans=1),
-    )
+    ctx = timm_context(group, classes, size, num_train=num_train)
     torch.manual_seed(0)
     return cls(cls.HParams(**hparams), ctx)
 

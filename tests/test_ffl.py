@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from harness.cell import Cell
 from harness.engine import Trainer
-from harness.method import MethodContext, Step, load_methods
+from harness.method import Step, load_methods
 from methods.ffl import FusionModule, ffl_terms, rampup_weight
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, np_softmax, random_batch
+from tests.helpers import np_ce, np_kl, np_softmax, random_batch, timm_context
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 Z2 = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]
@@ -29,11 +29,7 @@ def tensors(*arrays, grad=False):
 
 def make(group=("cifar_resnet8", "cifar_resnet8"), classes=3, **hparams):
     cls = load_methods().get("ffl")
-    ctx = MethodContext(
-        group=tuple(group), num_classes=classes, in_chans=1, image_size=(8, 8), num_train=4, epochs=2,
-        steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda name: timm.create_model(name, num_classes=classes, in_chans=1),
-    )
+    ctx = timm_context(group, classes, 8)
     return cls(cls.HParams(**hparams), ctx)
 
 

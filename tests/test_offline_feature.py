@@ -13,10 +13,10 @@ import torch
 from harness import adapter
 from harness.cell import Cell
 from harness.engine import Trainer
-from harness.method import MethodContext, Step, load_methods
+from harness.method import Step, load_methods
 from harness.offline_feature_losses import VIDRegressor, cc_loss, vid_loss
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, random_batch, train_stages
+from tests.helpers import np_ce, np_kl, random_batch, timm_context, train_stages
 from tests.test_feature_losses import np_at, np_common, np_sp
 
 METHODS = ["at", "at_kd", "sp", "cc", "vid"]
@@ -42,12 +42,7 @@ def make(name, teacher="cifar_wrn_16_2", student="cifar_resnet8", classes=3, siz
     teacher_net = timm.create_model(teacher, num_classes=classes, in_chans=1).eval()
     if frozen:
         teacher_net.requires_grad_(False)
-    ctx = MethodContext(
-        group=(teacher, student), num_classes=classes, in_chans=1, image_size=size, num_train=6, epochs=2,
-        steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda n: timm.create_model(n, num_classes=classes, in_chans=1),
-        load_stage=lambda stage: [teacher_net],
-    )
+    ctx = timm_context((teacher, student), classes, size, num_train=6, load_stage=lambda stage: [teacher_net])
     torch.manual_seed(0)
     return cls(cls.HParams(**hparams), ctx)
 

@@ -11,10 +11,10 @@ import harness.models  # noqa: F401  (registers the CIFAR networks)
 from harness.batches import Batch
 from harness.cell import Cell
 from harness.engine import Trainer
-from harness.method import MethodContext, Step, load_methods
+from harness.method import Step, load_methods
 from methods.one import gated_teacher, one_terms, sigmoid_rampup
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_softmax
+from tests.helpers import np_ce, np_softmax, timm_context
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 Z = [[[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]],
@@ -25,11 +25,7 @@ Y = [0, 2]
 
 
 def context(group, classes=5, in_chans=3):
-    return MethodContext(
-        group=tuple(group), num_classes=classes, in_chans=in_chans, image_size=(32, 32), num_train=8, epochs=2,
-        steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda name: timm.create_model(name, num_classes=classes, in_chans=in_chans),
-    )
+    return timm_context(group, classes, 32, in_chans=in_chans, num_train=8)
 
 
 def make(k=3, name="cifar_resnet8", seed=0, **hparams):

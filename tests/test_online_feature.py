@@ -7,16 +7,15 @@ import math
 import harness.models  # noqa: F401  (first: the torchvision shim runs before timm is imported)
 import numpy as np
 import pytest
-import timm
 import torch
 
 from harness import adapter
 from harness.cell import Cell
 from harness.engine import Trainer
-from harness.method import MethodContext, Step, load_methods
+from harness.method import Step, load_methods
 from harness.online_feature import pair_key
 from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, random_batch
+from tests.helpers import np_ce, np_kl, random_batch, timm_context
 from tests.test_feature_losses import np_at, np_hint, np_nst, np_pkt, np_rkd_parts, np_sp
 
 METHODS = ["dml_fitnet", "dml_at", "dml_nst", "dml_sp", "dml_rkd", "dml_pkt"]
@@ -36,11 +35,7 @@ def one_thread():
 
 def make(name, group=("cifar_resnet8", "cifar_resnet8"), classes=3, size=(8, 8), **hparams):
     cls = load_methods().get(name)
-    ctx = MethodContext(
-        group=tuple(group), num_classes=classes, in_chans=1, image_size=size, num_train=4, epochs=2,
-        steps_per_epoch=1, device=torch.device("cpu"),
-        create_model=lambda n: timm.create_model(n, num_classes=classes, in_chans=1),
-    )
+    ctx = timm_context(group, classes, size)
     torch.manual_seed(0)
     return cls(cls.HParams(**hparams), ctx)
 
