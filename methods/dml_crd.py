@@ -57,10 +57,7 @@ that the backward pass keeps: 537 MB for B = 64 and m = 16,384 (TSB's CIFAR batc
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from torch import nn
 
 from harness import adapter
@@ -68,15 +65,12 @@ from harness.crd import (ContrastiveModules, ContrastParams, Embed, MemoryBank, 
                          nce_loss)
 from harness.losses import soft_targets
 from harness.method import Method, OptimGroup, register_method
+from harness.online_feature import OnlineFeatureParams
 from methods.dml import dml_terms
 
 
-class DMLCRDParams(ContrastParams):
-    temperature: PositiveFloat = 4.0
-    kl_weight: NonNegativeFloat = 1.0
-    t2_scaling: bool = True
-    peer_reduction: Literal["mean", "sum"] = "mean"
-    warmup_epochs: NonNegativeInt = 0
+class DMLCRDParams(ContrastParams, OnlineFeatureParams):
+    """The DML part of every online feature method (harness/online_feature.py) and CRD's settings (β 0.8)."""
 
 
 def reader_slot(anchor: int, bank: int) -> int:
