@@ -49,21 +49,18 @@ Per step each direction gathers B × (m + 1) × 128 floats kept for the backward
 from __future__ import annotations
 
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveFloat
 from torch import nn
 
 from harness import adapter
 from harness.crd import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
                          nce_loss)
 from harness.method import OptimGroup, register_method
-from harness.offline import OfflineMethod, TeacherParams
+from harness.offline import OfflineMethod
+from harness.offline_feature_losses import OfflineFeatureParams
 
 
-class CRDParams(TeacherParams, ContrastParams):
-    ce_weight: NonNegativeFloat = 1.0
-    kd_weight: NonNegativeFloat = 0.0
-    temperature: PositiveFloat = 4.0
-    t2_scaling: bool = True
+class CRDParams(ContrastParams, OfflineFeatureParams):
+    """CRD's settings (β 0.8) and the offline feature methods' CE / KD part and teacher."""
 
 
 ROLES = ("student", "teacher")
