@@ -24,13 +24,7 @@ TERM = {"at": "at", "at_kd": "at", "sp": "sp", "cc": "cc", "vid": "vid"}
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny networks run fastest on one thread, above all on a CPU shared with other jobs (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name, teacher="cifar_wrn_16_2", student="cifar_resnet8", classes=3, size=(8, 8), frozen=True, **hparams):

@@ -24,13 +24,7 @@ BETA = {"dml_fitnet": 1.0, "dml_at": 1000.0, "dml_nst": 50.0, "dml_sp": 3000.0, 
 TERM = {"dml_fitnet": "hint", "dml_at": "at", "dml_nst": "nst", "dml_sp": "sp", "dml_rkd": "rkd", "dml_pkt": "pkt"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny networks run fastest on one thread, above all on a CPU shared with other jobs (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name, group=("cifar_resnet8", "cifar_resnet8"), classes=3, size=(8, 8), **hparams):
