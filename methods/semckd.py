@@ -46,20 +46,18 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveInt
 from torch import nn
 
 from harness import adapter
 from harness.method import register_method
-from harness.offline import OfflineMethod, TeacherParams
+from harness.offline import OfflineMethod
+from harness.offline_feature_losses import OfflineFeatureParams
 
 
-class SemCKDParams(TeacherParams):
+class SemCKDParams(OfflineFeatureParams):
     beta: NonNegativeFloat = 400.0
-    ce_weight: NonNegativeFloat = 1.0
     kd_weight: NonNegativeFloat = 1.0
-    temperature: PositiveFloat = 4.0
-    t2_scaling: bool = True
     reduction_factor: PositiveInt = 4
     similarity_width: PositiveInt | None = None
     skip_partial_batches: bool = True
