@@ -135,6 +135,8 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     extra = len(everything) - len(cells)
     log(f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
         f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.root})")
+    todo = {c.hash for c in pending}
+    _prune(store, [c for c in everything if c.hash not in todo], log)  # finished by an earlier, killed run
     if not pending:
         return RunSummary(len(everything), len(everything), 0, [], [])
 
@@ -154,7 +156,6 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
              max_failures, log)
         if any(store.get(c.hash) is None for c in ready):
             break  # interrupted: nothing that depends on this wave may start
-    _prune(store, everything, log)  # also the cells an earlier, killed run finished
     records = {c.hash: store.get(c.hash) for c in pending}
     failed = [c.describe() for c in pending if records[c.hash] and records[c.hash].get("status") == "failed"]
     failed += [f"{c.describe()} (a stage it needs failed)" for c in blocked
