@@ -24,9 +24,9 @@ from PIL import Image
 from torchvision import transforms
 
 import harness.models  # noqa: F401
-from harness.cell import Cell
-from harness.datasets import load_dataset
-from harness.engine import Runtime, Trainer
+from harness.config.cell import Cell
+from harness.data.datasets import load_dataset
+from harness.training.engine import Runtime, Trainer
 
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 MODEL = "cifar_resnet32"

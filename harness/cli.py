@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
-    from harness.suite import SuiteError, load_suite
+    from harness.suite.schema import SuiteError, load_suite
 
     status = 0
     for path in args.suites:
@@ -77,11 +77,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.datasets import load_dataset
-    from harness.engine import Runtime
-    from harness.report import write_report
-    from harness.runner import run_suite
-    from harness.store import ResultStore
+    from harness.data.datasets import load_dataset
+    from harness.training.engine import Runtime
+    from harness.reporting.report import write_report
+    from harness.scheduling.runner import run_suite
+    from harness.results.store import ResultStore
 
     suite = _load(args)
     load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial
@@ -102,24 +102,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.report import write_report
-    from harness.store import ResultStore
+    from harness.reporting.report import write_report
+    from harness.results.store import ResultStore
 
     write_report(_load(args), ResultStore(args.results), args.reports)
     return 0
 
 
 def _load(args):
-    from harness.smoke import smoke_suite
-    from harness.suite import load_suite
+    from harness.suite.smoke import smoke_suite
+    from harness.suite.schema import load_suite
 
     suite = load_suite(args.suite)
     return smoke_suite(suite, args.data_root) if args.smoke else suite
 
 
 def cmd_analyze(args) -> int:
-    from harness.analysis import analyze_suite
-    from harness.store import ResultStore
+    from harness.reporting.analysis import analyze_suite
+    from harness.results.store import ResultStore
 
     suite = _load(args)
     frame = analyze_suite(suite, ResultStore(args.results), args.reports, args.data_root)
@@ -128,7 +128,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from harness.suite_index import build_index, render_index
+    from harness.reporting.index import build_index, render_index
 
     lines, broken, missing, rate = build_index(args.suites, args.results)
     out = Path(args.out or Path(args.suites) / "README.md")
@@ -138,19 +138,19 @@ def cmd_index(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from harness.listing import listing
+    from harness.reporting.listing import listing
 
     print(listing(args.what))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.datasets import DatasetError
+    from harness.data.datasets import DatasetError
     from harness.registry import UnknownName
-    from harness.runner import ResourceError
-    from harness.stages import StageError
-    from harness.store import CorruptRecord
-    from harness.suite import SuiteError
+    from harness.scheduling.runner import ResourceError
+    from harness.training.stages import StageError
+    from harness.results.store import CorruptRecord
+    from harness.suite.schema import SuiteError
 
     args = build_parser().parse_args(argv)
     command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,

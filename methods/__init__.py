@@ -1,4 +1,8 @@
-"""Distillation methods, one module each; importing this package registers every module in it."""
+"""Distillation methods, one module each; importing this package registers every module in it.
+
+May import: harness.config, harness.data, harness.models, harness.training, harness.results, harness.registry,
+methods.common.
+"""
 import importlib
 import pkgutil
 

@@ -1,9 +1,9 @@
 """ACKD, Improved Knowledge Distillation via Adversarial Collaboration (Liu, Huang and Liu; seed 001, Sec. 3).
 
-Offline (``harness/offline.py``): the group is ``[teacher, student]``; the teacher is trained in an earlier stage
+Offline (``methods/common/offline.py``): the group is ``[teacher, student]``; the teacher is trained in an earlier stage
 and frozen.  The student ("target learner") gets M auxiliary learners for training only.  Auxiliary learner k
 ("DnBm", Table 7) branches off the target learner before its n-th stage and holds fresh copies of the m stages
-that follow, with its own classifier (``harness.adapter.split``), so with n + m − 1 = S (the network's number of
+that follow, with its own classifier (``harness.models.adapter.split``), so with n + m − 1 = S (the network's number of
 stages) it ends with the target learner's structure ("the auxiliary learners have same structure with the target
 learner"): h^(k) its last feature map, z^(k) its logits.  With z_s the target learner's logits, z_t the
 teacher's, p(z) = softmax(z / τ):
@@ -85,11 +85,11 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, StringConstraints, field_validator
 from torch import nn
 
-from harness import adapter
-from harness.losses import distill_kl, soft_targets
-from harness.method import OptimGroup, register_method
-from harness.offline import OfflineMethod, TeacherParams
-from harness.recipe import OptimizerSpec
+from harness.models import adapter
+from methods.common.losses import distill_kl, soft_targets
+from harness.training.method import OptimGroup, register_method
+from methods.common.offline import OfflineMethod, TeacherParams
+from harness.config.recipe import OptimizerSpec
 
 LearnerSpec = Annotated[str, StringConstraints(pattern=r"^D[1-9][0-9]*B[1-9][0-9]*$")]
 GAN_ADAM = {"name": "adam", "lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 0.0}

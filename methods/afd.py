@@ -48,7 +48,7 @@ reference_impls.md §8 unless said otherwise:
   ``adv_weight`` 0 the generator step still runs, so its Adam weight decay still acts on the feature extractors.
 - Peers of different architectures (the paper's small/large pairs; how it matches shapes is not known): D_k is
   built for the real map's shape (peer s(k)'s channels and size), and peer k's map passes a transfer layer φ_k
-  into that shape, FitNet-style (``harness.feature_losses.ConvRegressor``: conv chosen from the two sizes → BN →
+  into that shape, FitNet-style (``methods.common.feature_losses.ConvRegressor``: conv chosen from the two sizes → BN →
   ReLU, so the fake map is non-negative like a post-ReLU real map).  φ_k belongs to the generator side: trained by
   L_G_k with the "features" optimizer, in ``self.modules["transfers"]`` (key ``net{k}_to_net{s(k)}``), not
   deployed.  ``transfer`` "when_shapes_differ" (default) uses the identity between equal shapes; "always" puts a
@@ -65,10 +65,10 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
-from harness import adapter
-from harness.feature_losses import ConvRegressor
-from harness.losses import distill_kl, soft_targets
-from harness.method import HParams, Method, OptimGroup, Step, register_method
+from harness.models import adapter
+from methods.common.feature_losses import ConvRegressor
+from methods.common.losses import distill_kl, soft_targets
+from harness.training.method import HParams, Method, OptimGroup, Step, register_method
 
 class AFDParams(HParams):
     temperature: PositiveFloat = 3.0

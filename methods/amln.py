@@ -75,9 +75,9 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from harness import adapter
-from harness.losses import distill_kl, soft_targets
-from harness.method import HParams, Method, OptimGroup, register_method
+from harness.models import adapter
+from methods.common.losses import distill_kl, soft_targets
+from harness.training.method import HParams, Method, OptimGroup, register_method
 
 OWN, PARTNER = 0, 1  # the discriminator's two classes
 

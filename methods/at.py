@@ -1,12 +1,12 @@
 """AT, attention transfer (Zagoruyko & Komodakis, ICLR 2017), offline: a student matches the spatial attention maps
-of a frozen teacher trained in an earlier stage (``harness/offline.py``); an offline baseline of ACKD Tables 2–5 and
+of a frozen teacher trained in an earlier stage (``methods/common/offline.py``); an offline baseline of ACKD Tables 2–5 and
 AMLN Table 5.
 
-Loss (harness/offline_feature_losses.py gives the CE/KD part):
+Loss (methods/common/offline_feature.py gives the CE/KD part):
 
     ce_weight · CE(z_s, y) + kd_weight · T² · KL(p_t ‖ p_s) + β · Σ_l mean_{b, positions} (a(f_s,l) − a(sg(f_t,l)))²,
 
-a(f) = L2-normalise over positions of mean_c f^p (``harness.feature_losses.at_loss``), l over the stage outputs after
+a(f) = L2-normalise over positions of mean_c f^p (``methods.common.feature_losses.at_loss``), l over the stage outputs after
 the stem (``adapter.extract``'s ``blocks``: RepDistiller's ``feat[1:-1]``, three maps on a CIFAR ResNet/WRN).  The
 teacher's maps are computed in eval mode without gradient.  No extra modules.
 
@@ -19,16 +19,16 @@ Choices, with RepDistiller's defaults (``--distill attention -a 0 -b 1000``; met
   the i-th stage of the student with the i-th stage of the teacher, the extra deeper stages of the longer network
   left out.  The channel mean makes the widths irrelevant; when two maps differ in size the larger one is
   average-pooled (adaptive) to the smaller before the attention (RepDistiller pools too).
-- The teacher: see ``harness/offline.py`` (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``,
+- The teacher: see ``methods/common/offline.py`` (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``,
   ``teacher_stop_epoch``).
 """
 from __future__ import annotations
 
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from harness.feature_losses import at_loss
-from harness.method import register_method
-from harness.offline_feature_losses import OfflineFeatureKD, OfflineFeatureParams
+from methods.common.feature_losses import at_loss
+from harness.training.method import register_method
+from methods.common.offline_feature import OfflineFeatureKD, OfflineFeatureParams
 
 
 class ATParams(OfflineFeatureParams):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat
 
-from harness.method import register_method
+from harness.training.method import register_method
 from methods.at import AT, ATParams
 
 

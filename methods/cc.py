@@ -1,8 +1,8 @@
 """CC, correlation congruence (Peng et al., ICCV 2019), offline, in RepDistiller's form by default: the student's
-embedded features and a frozen teacher's (trained in an earlier stage, ``harness/offline.py``) are compared across
+embedded features and a frozen teacher's (trained in an earlier stage, ``methods/common/offline.py``) are compared across
 the samples of the batch; an offline baseline of ACKD's tables.
 
-Loss (harness/offline_feature_losses.py gives the CE/KD part and ``cc_loss``):
+Loss (methods/common/offline_feature.py gives the CE/KD part and ``cc_loss``):
 
     ce_weight · CE(z_s, y) + kd_weight · T² · KL(p_t ‖ p_s) + β · L_CC(E_s(e_s), E_t(sg(e_t))),
 
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from harness.method import register_method
-from harness.offline_feature_losses import (Correlation, LinearEmbedding, OfflineFeatureKD, OfflineFeatureParams,
+from harness.training.method import register_method
+from methods.common.offline_feature import (Correlation, LinearEmbedding, OfflineFeatureKD, OfflineFeatureParams,
                                             cc_loss)
 
 

@@ -1,16 +1,16 @@
 """CRD, Contrastive Representation Distillation (Tian, Krishnan and Isola, ICLR 2020): a student learns from a frozen
-teacher trained in an earlier stage (``harness/offline.py``) by contrasting embeddings against memory banks.  The
+teacher trained in an earlier stage (``methods/common/offline.py``) by contrasting embeddings against memory banks.  The
 offline baseline of ACKD's tables ("CRD [38]", run with RepDistiller, the CRD authors' code).
 
 With e_s, e_t the pooled penultimate features of student and teacher (``adapter.extract``'s ``embedding``; the
 teacher's under no_grad), v_s = normalise(W_s e_s + b_s) and v_t = normalise(W_t e_t + b_t) their embeddings (one
-Linear head each to ``feat_dim`` dimensions, ``harness.crd.Embed``), M_s and M_t the memory banks of the student's and
-the teacher's embeddings (N rows each, ``harness.crd.MemoryBank``) and i the dataset indices of the batch:
+Linear head each to ``feat_dim`` dimensions, ``methods.common.contrastive.Embed``), M_s and M_t the memory banks of the student's and
+the teacher's embeddings (N rows each, ``methods.common.contrastive.MemoryBank``) and i the dataset indices of the batch:
 
     L = ce_weight · CE(z_s, y) + kd_weight · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T))
         + β · [ NCE(v_s ; M_t[i], M_t[negatives of i]) + NCE(v_t ; M_s[i], M_s[negatives of i]) ],
 
-NCE the CRD loss of ``harness.crd.nce_loss`` on s = exp(⟨m, v⟩ / τ) / Z (one constant Z per bank, fixed on the
+NCE the CRD loss of ``methods.common.contrastive.nce_loss`` on s = exp(⟨m, v⟩ / τ) / Z (one constant Z per bank, fixed on the
 first step): the student's embedding is the anchor against the teacher's bank (its positive the teacher's row of
 the same sample, its negatives the teacher's rows of other samples), and the teacher's embedding against the
 student's bank, the two summed (RepDistiller's ``CRDLoss``: ``loss_v1 + loss_v2``).  The second term trains only the
@@ -29,7 +29,7 @@ Choices, with their defaults (RepDistiller's ``train_student.py`` and ``scripts/
   defaults.  ``num_negatives`` is clamped to N − 1 when the training set is smaller (``self.num_negatives``).
 - ``negatives`` "other_class": negatives are training samples of another class than the anchor's (RepDistiller's
   CIFAR loader, mode "exact"); the method learns the labels from the batches, so in the first epoch a not-yet-seen
-  sample may be drawn whatever its class (``harness.crd.NegativeSampler``).  "any": every other sample.
+  sample may be drawn whatever its class (``methods.common.contrastive.NegativeSampler``).  "any": every other sample.
   ``replacement`` None: without replacement up to 200,000 training samples (RepDistiller's CIFAR loader), with
   replacement above (its ImageNet loader); true/false force one.  One draw per step serves both directions.
 - The heads (``self.modules["embed"]``: ``student``, ``teacher``) are trained with the student, in the student's
@@ -39,7 +39,7 @@ Choices, with their defaults (RepDistiller's ``train_student.py`` and ``scripts/
 - The teacher is in eval mode (BN running statistics) and its features are computed without a graph; one forward
   pass gives both its logits (for KD) and its embedding.
 - Bank updates happen inside ``losses`` after both scores are read (RepDistiller's ``ContrastMemory.forward``).
-- The teacher: see ``harness/offline.py`` (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``,
+- The teacher: see ``methods/common/offline.py`` (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``,
   ``teacher_stop_epoch``).
 
 State (``self.modules``, saved with every checkpoint): ``memory`` (two banks, each N × ``feat_dim`` float32 plus
@@ -51,12 +51,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from harness import adapter
-from harness.crd import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
+from harness.models import adapter
+from methods.common.contrastive import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
                          nce_loss)
-from harness.method import OptimGroup, register_method
-from harness.offline import OfflineMethod
-from harness.offline_feature_losses import OfflineFeatureParams
+from harness.training.method import OptimGroup, register_method
+from methods.common.offline import OfflineMethod
+from methods.common.offline_feature import OfflineFeatureParams
 
 
 class CRDParams(ContrastParams, OfflineFeatureParams):

@@ -2,13 +2,13 @@
 every ordered pair of peers, for K ≥ 2 peers.
 
 TSB (Sec. 4.2.3) adapts CRD "into its online version, built upon the scheme of DML" and gives nothing more.  Here
-(methods_spec.md §7; the CRD pieces are ``harness/crd.py``), with v_k = normalise(W_k e_k + b_k) peer k's embedding
+(methods_spec.md §7; the CRD pieces are ``methods/common/contrastive.py``), with v_k = normalise(W_k e_k + b_k) peer k's embedding
 (e_k its pooled penultimate feature, ``adapter.extract``'s ``embedding``; one Linear head per peer to ``feat_dim``
 dimensions), M_l the memory bank of peer l and i the dataset indices of the batch, the loss of peer k is
 
     CE(z_k, y) + g(t)·w·T²·R_{l≠k} KL(p_l ‖ p_k) + g(t)·β·R_{l≠k} NCE(v_k ; M_l[i], M_l[negatives of i]),
 
-p = softmax(z / T) detached as a target (methods/dml.py's ``dml_terms``), NCE the CRD loss of ``harness.crd.nce_loss``
+p = softmax(z / T) detached as a target (methods/dml.py's ``dml_terms``), NCE the CRD loss of ``methods.common.contrastive.nce_loss``
 on s = exp(⟨m, v_k⟩ / τ) / Z_kl: peer k's embedding is the anchor, the positive is peer l's bank row of the same
 sample, the negatives are peer l's bank rows of other samples.  R is the mean over the K − 1 partners
 (``peer_reduction`` "mean") or the sum.  After the loss, every bank M_l takes peer l's detached embedding of the batch:
@@ -27,7 +27,7 @@ the first step), as RepDistiller keeps one per direction.
 
 Choices, with their defaults and the hyper-parameters that change them:
 - ``temperature`` 4 (TSB's τ, Sec. 4.1), ``kl_weight`` 1, ``t2_scaling`` true, ``peer_reduction`` "mean": DML under
-  TSB's recipe (methods/dml.py), as for the other online feature methods of Table 4 (harness/online_feature.py).
+  TSB's recipe (methods/dml.py), as for the other online feature methods of Table 4 (methods/common/online_feature.py).
 - ``beta`` 0.8 (RepDistiller ``-b 0.8``), ``feat_dim`` 128, ``num_negatives`` 16,384, ``nce_temperature`` 0.07,
   ``momentum`` 0.5: RepDistiller's CRD defaults (reference_impls.md §10).
 - ``num_negatives`` is clamped to N − 1 when the training set has fewer than ``num_negatives`` + 1 samples (the
@@ -35,10 +35,10 @@ Choices, with their defaults and the hyper-parameters that change them:
   smaller than that draws with replacement.  No error and no warning: a tiny dataset is a smoke test.
 - ``negatives`` "other_class": negatives are samples of another class (RepDistiller's loaders, mode "exact"); the
   labels are learnt from the batches, so in the first epoch a not-yet-seen sample may be drawn whatever its class
-  (``harness.crd.NegativeSampler``).  "any": every other sample.  ``replacement`` None: without replacement up to
+  (``methods.common.contrastive.NegativeSampler``).  "any": every other sample.  ``replacement`` None: without replacement up to
   200,000 training samples (RepDistiller's CIFAR loader), with replacement above (its ImageNet loader); true/false
   force one.  One draw per step is shared by every pair.
-- ``warmup_epochs`` 0: as in harness/online_feature.py; with n > 0 the KL and CRD terms are zero in the first n
+- ``warmup_epochs`` 0: as in methods/common/online_feature.py; with n > 0 the KL and CRD terms are zero in the first n
   epochs (g(t) = 0, then 1).  The banks are updated during the warm-up too.
 - Embedding heads (``self.modules["embed"]``, one per peer) are trained by their peer's loss only and sit in their
   peer's parameter group of the recipe's optimizer (its learning rate, ``Recipe.peer_lr`` included): RepDistiller
@@ -60,17 +60,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness import adapter
-from harness.crd import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
+from harness.models import adapter
+from methods.common.contrastive import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
                          nce_loss)
-from harness.losses import soft_targets
-from harness.method import Method, OptimGroup, register_method
-from harness.online_feature import OnlineFeatureParams
+from methods.common.losses import soft_targets
+from harness.training.method import Method, OptimGroup, register_method
+from methods.common.online_feature import OnlineFeatureParams
 from methods.dml import dml_terms
 
 
 class DMLCRDParams(ContrastParams, OnlineFeatureParams):
-    """The DML part of every online feature method (harness/online_feature.py) and CRD's settings (β 0.8)."""
+    """The DML part of every online feature method (methods/common/online_feature.py) and CRD's settings (β 0.8)."""
 
 
 def reader_slot(anchor: int, bank: int) -> int:

@@ -1,11 +1,11 @@
 """Online FitNet on DML (TSB Table 4, "FitNet"): DML's logit terms plus a hint loss between every ordered pair.
 
-Loss of peer k (harness/online_feature.py gives the DML part and the pair reduction):
+Loss of peer k (methods/common/online_feature.py gives the DML part and the pair reduction):
 
     CE(z_k) + w·T²·mean_{l≠k} KL(p_l ‖ p_k) + β · mean_{l≠k} MSE(r_kl(h_k), sg(h_l)),
 
 h the hint map (the output of stage ``hint_layer`` of ``adapter.extract``'s ``stages``, 0 = the stem), r_kl a
-convolutional regressor from peer k's hint to peer l's map (``harness.feature_losses.ConvRegressor``: conv, BN,
+convolutional regressor from peer k's hint to peer l's map (``methods.common.feature_losses.ConvRegressor``: conv, BN,
 ReLU), MSE the mean over every element.  Peer l's hint is detached: each peer learns from the other's hint and
 trains its own regressors; K(K−1) regressors in ``self.modules["connectors"]`` (``net{k}_from_net{l}``).
 
@@ -32,7 +32,7 @@ Choices where TSB is silent (it gives no layer, weight or regressor), with defau
 - The regressors are trained by the recipe's optimizer in their student's parameter group (RepDistiller trains
   ``ConvReg`` with the student's SGD), and are not deployed.
 - DML part: ``temperature`` 4 (TSB's τ), ``kl_weight`` 1, T² scaling, mean over the other peers, joint update,
-  ``warmup_epochs`` 0; see harness/online_feature.py.
+  ``warmup_epochs`` 0; see methods/common/online_feature.py.
 """
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ from typing import Literal
 from pydantic import NonNegativeFloat, NonNegativeInt
 from torch import nn
 
-from harness import adapter
-from harness.feature_losses import ConvRegressor, hint_loss
-from harness.method import register_method
-from harness.online_feature import OnlineFeatureKD, OnlineFeatureParams, pair_key
+from harness.models import adapter
+from methods.common.feature_losses import ConvRegressor, hint_loss
+from harness.training.method import register_method
+from methods.common.online_feature import OnlineFeatureKD, OnlineFeatureParams, pair_key
 
 
 class FitNetParams(OnlineFeatureParams):

@@ -1,11 +1,11 @@
 """Online SP (similarity-preserving KD) on DML (TSB Table 4, "SP"): DML's logit terms plus SP between every pair.
 
-Loss of peer k (harness/online_feature.py gives the DML part and the pair reduction):
+Loss of peer k (methods/common/online_feature.py gives the DML part and the pair reduction):
 
     CE(z_k) + w·T²·mean_{l≠k} KL(p_l ‖ p_k) + β · mean_{l≠k} ‖rownorm(G_l) − rownorm(G_k)‖²_F / b²,
 
 G = F Fᵀ the b×b Gram matrix of the batch's flattened last-stage maps, each row L2-normalised, G_l from peer l's
-detached map (``harness.feature_losses.sp_loss``).  No extra modules.
+detached map (``methods.common.feature_losses.sp_loss``).  No extra modules.
 
 Choices where TSB is silent, with defaults from RepDistiller (``-b 3000``, ``feat[-2]``; methods_spec.md §7,
 reference_impls.md §10):
@@ -16,15 +16,15 @@ reference_impls.md §10):
 - The relations are over the mini-batch: every peer sees the same images in the same order (with per-peer views,
   the same images under different augmentations).
 - DML part: ``temperature`` 4 (TSB's τ), ``kl_weight`` 1, T² scaling, mean over the other peers, joint update,
-  ``warmup_epochs`` 0; see harness/online_feature.py.
+  ``warmup_epochs`` 0; see methods/common/online_feature.py.
 """
 from __future__ import annotations
 
 from pydantic import NonNegativeFloat
 
-from harness.feature_losses import sp_loss
-from harness.method import register_method
-from harness.online_feature import OnlineFeatureKD, OnlineFeatureParams
+from methods.common.feature_losses import sp_loss
+from harness.training.method import register_method
+from methods.common.online_feature import OnlineFeatureKD, OnlineFeatureParams
 
 
 class SPParams(OnlineFeatureParams):

@@ -11,7 +11,7 @@ classifier teaches each sub-network, the sub-networks' ensemble teaches the fuse
 
 Structure (``shared_trunk``): for two networks of the same architecture the official CIFAR code shares the low
 layers (conv1, layer1, layer2) and gives each sub-network its own copy of the last stage and classifier, like
-ONE.  Here the cut is ``harness.adapter.split`` at stage index len(feature_info) − 2, so each branch holds the
+ONE.  Here the cut is ``harness.models.adapter.split`` at stage index len(feature_info) − 2, so each branch holds the
 last stage and the classifier (layer3 + fc of a CIFAR ResNet); for different architectures the two networks are
 separate.  With per-peer views the shared trunk runs once per view.  Either way each peer stays deployable on its own:
 net_k = branch_k(trunk(x)) or the k-th network.  ``deployed_parameters`` counts net1 + net2 (the trunk once);
@@ -65,9 +65,9 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
-from harness import adapter
-from harness.losses import distill_kl, soft_targets
-from harness.method import HParams, Method, OptimGroup, register_method
+from harness.models import adapter
+from methods.common.losses import distill_kl, soft_targets
+from harness.training.method import HParams, Method, OptimGroup, register_method
 
 
 class FFLParams(HParams):

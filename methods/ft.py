@@ -2,11 +2,11 @@
 Transfer", NeurIPS 2018), in RepDistiller's form (``--distill factor``, reference_impls.md §10): the student learns
 the teacher's *factor*, the code of a paraphraser trained beforehand on the teacher's last feature map.
 
-Stages: ``teacher`` (harness/offline.py, shared with every other offline method of that teacher), then
+Stages: ``teacher`` (methods/common/offline.py, shared with every other offline method of that teacher), then
 ``paraphraser`` (methods/ft_paraphraser.py: the same teacher stage, the student's recipe with
 ``paraphraser_epochs`` epochs at a constant ``paraphraser_lr``, seed ``paraphraser_seed``), then this cell.
 
-Loss: ce_weight · CE(z_s, y) + beta · mean |F(T(f_s)) − F(P_enc(f_t))|  (harness/factor_transfer.py), with f the
+Loss: ce_weight · CE(z_s, y) + beta · mean |F(T(f_s)) − F(P_enc(f_t))|  (methods/common/factor_transfer.py), with f the
 last feature map before pooling (RepDistiller ``feat[-2]``), T the student's translator (trained with the student,
 in its optimizer group), P_enc the paraphraser's encoder, frozen and in eval mode with the teacher (no gradient
 reaches either), and F the normalised factor; the larger factor map is average-pooled to the smaller size.
@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
-from harness import adapter
-from harness.factor_transfer import FactorKind, Paraphraser, ReconstructionKind, Translator, factor_loss
-from harness.method import register_method
-from harness.offline import OfflineMethod, TeacherParams
+from harness.models import adapter
+from methods.common.factor_transfer import FactorKind, Paraphraser, ReconstructionKind, Translator, factor_loss
+from harness.training.method import register_method
+from methods.common.offline import OfflineMethod, TeacherParams
 from methods.ft_paraphraser import paraphraser_recipe, paraphraser_stage
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from harness.method import register_method
+from harness.training.method import register_method
 from methods.ft import FT, FTParams
 
 

@@ -7,7 +7,7 @@ as the student, so that the teacher is trained once and the paraphraser is train
 seed) and cached by hash like any stage.
 
 Loss: reconstruction_loss(P(f_t), f_t), f_t the teacher's last map before pooling (``adapter.extract(...).last``,
-RepDistiller's ``feat[-2]``), P the :class:`harness.factor_transfer.Paraphraser`; ``mse`` (RepDistiller, default) or
+RepDistiller's ``feat[-2]``), P the :class:`methods.common.factor_transfer.Paraphraser`; ``mse`` (RepDistiller, default) or
 ``l1`` (the authors' ``train_Paraphraser.py``).  Only the paraphraser is trained; the teacher is frozen and in eval
 mode.  The optimizer and schedule are the cell's recipe, which FT derives from the student's (see methods/ft.py:
 RepDistiller's 30 epochs of SGD at a constant lr 0.01 with the student's momentum, weight decay and data).
@@ -30,11 +30,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from harness import adapter
-from harness.cell import Cell
-from harness.factor_transfer import Paraphraser, ReconstructionKind, reconstruction_loss
-from harness.method import HParams, Method, OptimGroup, register_method
-from harness.stages import Stage
+from harness.models import adapter
+from harness.config.cell import Cell
+from methods.common.factor_transfer import Paraphraser, ReconstructionKind, reconstruction_loss
+from harness.training.method import HParams, Method, OptimGroup, register_method
+from harness.training.stages import Stage
 
 
 class TeacherSource(BaseModel):

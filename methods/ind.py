@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from harness.method import Method, register_method
+from harness.training.method import Method, register_method
 
 
 @register_method("ind")

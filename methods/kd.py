@@ -1,5 +1,5 @@
 """KD, Distilling the Knowledge in a Neural Network (Hinton et al., 2015): a student learns from the
-softened predictions of a frozen teacher trained in an earlier stage (``harness/offline.py``).
+softened predictions of a frozen teacher trained in an earlier stage (``methods/common/offline.py``).
 
 Loss: ce_weight · CE(z_s, y) + kd_weight · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)), batch mean.
 
@@ -8,7 +8,7 @@ Choices (the papers using KD as a baseline do not agree):
   CRD benchmark that ACKD says its baselines follow.  KDCL's offline rows (Table 7 "2 distill 1") use T = 2 and
   CE + KL with weight 1: set ``temperature: 2, ce_weight: 1, kd_weight: 1``.
 - ``t2_scaling`` True (Hinton's gradient-scale argument; RepDistiller multiplies by T² too).
-- The teacher: see ``harness/offline.py`` (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``,
+- The teacher: see ``methods/common/offline.py`` (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``,
   ``teacher_stop_epoch``).
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from harness.method import register_method
-from harness.offline import OfflineMethod, TeacherParams
+from harness.training.method import register_method
+from methods.common.offline import OfflineMethod, TeacherParams
 
 
 class KDParams(TeacherParams):

@@ -1,7 +1,7 @@
 """ONE, On-the-fly Native Ensemble (Lan, Zhu and Gong, NeurIPS 2018), and the branched network it shares
 with CLNN (``methods/clnn.py``).
 
-One network of the group's architecture is cut into a shared trunk and a head (``harness.adapter.split``);
+One network of the group's architecture is cut into a shared trunk and a head (``harness.models.adapter.split``);
 the head is cloned into m = K branches (K = the group's size, all names the same network).  Branch i gives
 logits z_i; a gate g = softmax(ReLU(BN1d(Linear(avgpool(trunk output))))) of length m builds the teacher
 logit z_e = Σ_i g_i z_i.  Loss (official code, reference_impls.md §1):
@@ -21,7 +21,7 @@ Choices the paper leaves open (defaults from the official code, Lan1991Xu/ONE_Ne
   initialisation net1 is exactly the network ``create_model`` returned.
 - ``branch_init`` "model": a fresh branch takes its weights from a newly created network of the same name
   (the architecture's own initialiser, e.g. Kaiming-normal fan-out convolutions, which is what the
-  official code's branches get); "reset": ``harness.adapter.reset_parameters`` on a copy (PyTorch's layer
+  official code's branches get); "reset": ``harness.models.adapter.reset_parameters`` on a copy (PyTorch's layer
   defaults, e.g. Kaiming-uniform(a=√5), about 6× smaller conv weight variance).  Both draw from torch's
   RNG, so the cell's seed decides them.
 - ``temperature`` 3, ``rampup_epochs`` 80 (``--consistency_rampup 80`` in both official scripts); the
@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import adapter
-from harness.losses import distill_kl
-from harness.method import HParams, Method, OptimGroup, register_method
+from harness.models import adapter
+from methods.common.losses import distill_kl
+from harness.training.method import HParams, Method, OptimGroup, register_method
 
 
 # --- the branched network (shared with CLNN) ---------------------------------------------------------------

@@ -29,7 +29,7 @@ Choices (the authors' README runs ``-r 1 -a 1 -b 400``, T = 4):
   update, no loss logged), as the code's ``if input.shape[0] < opt.batch_size: continue``.  False trains on it
   with zero-padded similarity rows.  Logged losses are still averaged over every step of the epoch.
 - The L2 normalisation of the queries and keys uses ``F.normalize`` (ε = 1e-12; the code divides by the bare norm).
-- The teacher: harness/offline.py (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``, ...).
+- The teacher: methods/common/offline.py (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``, ...).
 
 Stability, measured here and not resolved: at β = 400 the loss ran away in every run on this CPU machine.  With a
 WRN-40-2 teacher trained 10 epochs on the embedded data (77 % top-1; its raw stage outputs have mean squares 15
@@ -49,10 +49,10 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveInt
 from torch import nn
 
-from harness import adapter
-from harness.method import register_method
-from harness.offline import OfflineMethod
-from harness.offline_feature_losses import OfflineFeatureParams
+from harness.models import adapter
+from harness.training.method import register_method
+from methods.common.offline import OfflineMethod
+from methods.common.offline_feature import OfflineFeatureParams
 
 
 class SemCKDParams(OfflineFeatureParams):

@@ -1,12 +1,12 @@
 """SP, similarity-preserving KD (Tung & Mori, ICCV 2019), offline: the student's batch similarity matrix matches a
-frozen teacher's (trained in an earlier stage, ``harness/offline.py``); an offline baseline of ACKD's tables.
+frozen teacher's (trained in an earlier stage, ``methods/common/offline.py``); an offline baseline of ACKD's tables.
 
-Loss (harness/offline_feature_losses.py gives the CE/KD part):
+Loss (methods/common/offline_feature.py gives the CE/KD part):
 
     ce_weight · CE(z_s, y) + kd_weight · T² · KL(p_t ‖ p_s) + β · ‖rownorm(G_t) − rownorm(G_s)‖²_F / b²,
 
 G = F Fᵀ the b × b Gram matrix of the batch's flattened last-stage maps, each row L2-normalised, G_t from the
-teacher's map computed in eval mode without gradient (``harness.feature_losses.sp_loss``).  No extra modules.
+teacher's map computed in eval mode without gradient (``methods.common.feature_losses.sp_loss``).  No extra modules.
 
 Choices, with RepDistiller's defaults (``--distill similarity -a 0 -b 3000``; methods_spec.md §7, reference_impls.md
 §10):
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat
 
-from harness.feature_losses import sp_loss
-from harness.method import register_method
-from harness.offline_feature_losses import OfflineFeatureKD, OfflineFeatureParams
+from methods.common.feature_losses import sp_loss
+from harness.training.method import register_method
+from methods.common.offline_feature import OfflineFeatureKD, OfflineFeatureParams
 
 
 class SPParams(OfflineFeatureParams):

@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness.method import HParams, Method, register_method
+from harness.training.method import HParams, Method, register_method
 
 _FOLD_ROWS = 1 << 16  # rows folded at once by per_epoch, to bound the temporaries on ImageNet
 

@@ -1,8 +1,8 @@
 """VID, variational information distillation (Ahn et al., CVPR 2019), offline: the student's stage maps predict a
-frozen teacher's (trained in an earlier stage, ``harness/offline.py``) under a Gaussian with learned per-channel
+frozen teacher's (trained in an earlier stage, ``methods/common/offline.py``) under a Gaussian with learned per-channel
 variances; an offline baseline of ACKD's tables.
 
-Loss (harness/offline_feature_losses.py gives the CE/KD part, ``VIDRegressor`` and ``vid_loss``):
+Loss (methods/common/offline_feature.py gives the CE/KD part, ``VIDRegressor`` and ``vid_loss``):
 
     ce_weight · CE(z_s, y) + kd_weight · T² · KL(p_t ‖ p_s)
         + β · Σ_l mean_{b, c, positions} ½ ((μ_l(f_s,l) − sg(f_t,l))² / σ²_l,c + log σ²_l,c),
@@ -29,8 +29,8 @@ from __future__ import annotations
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
-from harness.method import register_method
-from harness.offline_feature_losses import OfflineFeatureKD, OfflineFeatureParams, VIDRegressor, vid_loss
+from harness.training.method import register_method
+from methods.common.offline_feature import OfflineFeatureKD, OfflineFeatureParams, VIDRegressor, vid_loss
 
 
 class VIDParams(OfflineFeatureParams):

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.batches import Batch
-from harness.method import MethodContext
+from harness.data.batches import Batch
+from harness.training.method import MethodContext
 
 
 class FixedLogits(nn.Module):
@@ -53,9 +53,9 @@ def np_kl(target_logits, student_logits, t):
 def train_stages(cell, results_dir) -> "Runtime":
     """Train (in this process, without Ray) every stage ``cell`` needs and save their networks under
     ``results_dir`` as the trainable does; returns the Runtime that lets a Trainer of ``cell`` find them."""
-    from harness.engine import Runtime, Trainer
-    from harness.stages import waves
-    from harness.store import ResultStore
+    from harness.training.engine import Runtime, Trainer
+    from harness.training.stages import waves
+    from harness.results.store import ResultStore
 
     store = ResultStore(results_dir)
     runtime = Runtime(results=str(store.root))

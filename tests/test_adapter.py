@@ -6,7 +6,7 @@ import timm
 import torch
 
 import harness.models  # noqa: F401
-from harness import adapter
+from harness.models import adapter
 
 IMAGENET = ["resnet18", "mobilenetv2_100"]
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 import yaml
 
-from harness.analysis import compare, linear_cka, mean_kl
+from harness.reporting.analysis import compare, linear_cka, mean_kl
 from harness.cli import main
-from harness.engine import Trainer
-from harness.store import ResultStore
-from harness.suite import load_suite
+from harness.training.engine import Trainer
+from harness.results.store import ResultStore
+from harness.suite.schema import load_suite
 from tests.conftest import TINY_RECIPE, tiny_suite_dict
 from tests.helpers import np_kl, train_stages
 
@@ -57,7 +57,7 @@ def test_harness_analyze_writes_cka_and_kl_of_teacher_proxy_student(tmp_path, ca
     suite = load_suite(path)
     store = ResultStore(tmp_path / "results")
     (cell,) = suite.cells
-    from harness.method import load_methods
+    from harness.training.method import load_methods
 
     eskd = load_methods().get("eskd")
     full_teacher = eskd.analysis_roles(eskd.HParams(), cell)["teacher"].cell
@@ -97,8 +97,8 @@ def test_analyze_without_the_teachers_weights_is_one_line(tmp_path, capsys):
 def test_the_papers_numbers_sit_beside_ours_in_the_analysis(tmp_path, monkeypatch):
     """ACKD Table 1's rows name [teacher, proxy, student]; ours are [teacher, student]: matched on the method and
     the outer networks, each of our columns beside the paper's key of the same roles (cka_teacher_proxy: cka_tp)."""
-    import harness.analysis as analysis
-    from harness.analysis import analyze_suite, paper_key
+    import harness.reporting.analysis as analysis
+    from harness.reporting.analysis import analyze_suite, paper_key
 
     assert [paper_key(c) for c in ("acc_proxy", "cka_teacher_proxy", "kl_proxy_student")] == ["acc_p", "cka_tp", "kl_ps"]
     suite = load_suite("suites/ackd_table1.yaml")

@@ -1,7 +1,7 @@
 """Batched augmentation: crops are shifted windows of the zero-padded image, flips mirror, order is seeded."""
 import torch
 
-from harness.batches import Normalize, TrainBatches, random_crop_flip
+from harness.data.batches import Normalize, TrainBatches, random_crop_flip
 
 
 def test_crop_is_a_window_of_the_padded_image():
@@ -52,7 +52,7 @@ def test_normalize_uses_dataset_statistics():
 
 
 def test_validation_split_is_balanced_seeded_and_disjoint():
-    from harness.batches import balanced_split
+    from harness.data.batches import balanced_split
 
     labels = torch.arange(200) % 10
     kept, held = balanced_split(labels, 5, seed=0)
@@ -63,8 +63,8 @@ def test_validation_split_is_balanced_seeded_and_disjoint():
 
 
 def test_engine_holds_out_what_a_method_asks_for(monkeypatch):
-    from harness.engine import Trainer
-    from harness.method import load_methods
+    from harness.training.engine import Trainer
+    from harness.training.method import load_methods
     from tests.test_engine import tiny_cell
 
     dml = load_methods().get("dml")

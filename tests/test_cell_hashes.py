@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.suite import load_suite
-from harness.smoke import smoke_suite
-from harness.stages import waves
+from harness.suite.schema import load_suite
+from harness.suite.smoke import smoke_suite
+from harness.training.stages import waves
 
 ROOT = Path(__file__).parents[1]
 SNAPSHOT = json.loads((ROOT / "tests" / "snapshots" / "cell_hashes.json").read_text())

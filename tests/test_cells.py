@@ -2,8 +2,8 @@
 import subprocess
 import sys
 
-from harness.cell import Cell
-from harness.suite import load_suite
+from harness.config.cell import Cell
+from harness.suite.schema import load_suite
 from tests.conftest import tiny_suite_dict
 
 

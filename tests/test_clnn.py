@@ -8,9 +8,9 @@ import timm
 import torch
 
 import harness.models  # noqa: F401  (registers the CIFAR networks)
-from harness.cell import Cell
-from harness.engine import Trainer
-from harness.method import load_methods
+from harness.config.cell import Cell
+from harness.training.engine import Trainer
+from harness.training.method import load_methods
 from methods.clnn import clnn_terms, peer_targets
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_ce, np_kl, np_softmax, timm_context

@@ -1,4 +1,4 @@
-"""CRD pieces (harness/crd.py) and online CRD on DML (dml_crd): the NCE loss, the bank scores with their constant Z
+"""CRD pieces (methods/common/contrastive.py) and online CRD on DML (dml_crd): the NCE loss, the bank scores with their constant Z
 and the momentum update against numpy, the negative sampler's rules, the method's every term against an independent
 computation for K = 3, gradients (partners' embeddings get none), parameter groups and counts, the warm-up, and
 end-to-end runs (K = 2 mixed, K = 3) whose checkpoint resumes to the same end state, banks included."""
@@ -11,12 +11,12 @@ import pytest
 import timm
 import torch
 
-from harness import adapter
-from harness.cell import Cell
-from harness.crd import (Embed, MemoryBank, NegativeSampler, bank_bytes, clamp_negatives, contrast_scores,
+from harness.models import adapter
+from harness.config.cell import Cell
+from methods.common.contrastive import (Embed, MemoryBank, NegativeSampler, bank_bytes, clamp_negatives, contrast_scores,
                          momentum_update, nce_loss)
-from harness.engine import Trainer
-from harness.method import Step, load_methods
+from harness.training.engine import Trainer
+from harness.training.method import Step, load_methods
 from methods.dml_crd import reader_slot
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_ce, np_kl, random_batch, timm_context

@@ -10,8 +10,8 @@ import pytest
 import timm
 import torch
 
-from harness import adapter
-from harness.method import MethodContext, Step, load_methods
+from harness.models import adapter
+from harness.training.method import MethodContext, Step, load_methods
 from tests.helpers import np_ce, np_kl, random_batch
 from tests.test_crd import np_nce, np_normalise, np_scores
 
@@ -152,8 +152,8 @@ def test_optimizer_group_and_parameter_counts():
 
 
 def test_end_to_end_resume_restores_banks_and_label_table(tmp_path):
-    from harness.cell import Cell
-    from harness.engine import Trainer
+    from harness.config.cell import Cell
+    from harness.training.engine import Trainer
     from tests.conftest import TINY_RECIPE
     from tests.helpers import train_stages
 

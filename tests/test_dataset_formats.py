@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.datasets import DatasetError, load_dataset
+from harness.data.datasets import DatasetError, load_dataset
 
 
 def one_line_error(spec, root, *needles):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.method import load_methods
+from harness.training.method import load_methods
 from tests.helpers import fixed_batch, fixed_context, np_ce, np_kl, np_softmax
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from harness.cell import Cell
-from harness.engine import NonFiniteLoss, Trainer
-from harness.trainable import CorruptCheckpoint, load_checkpoint
+from harness.config.cell import Cell
+from harness.training.engine import NonFiniteLoss, Trainer
+from harness.scheduling.trainable import CorruptCheckpoint, load_checkpoint
 from tests.conftest import TINY_RECIPE
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
@@ -115,7 +115,7 @@ def test_training_cost_counts_every_network_and_leaves_the_run_alone():
     stream, so the run that follows is the run that would have been."""
     import timm
 
-    from harness.costs import flops
+    from harness.models.costs import flops
 
     one = flops(timm.create_model("cifar_resnet8", num_classes=10, in_chans=1), (1, 28, 28)) / 2
     measured = Trainer(tiny_cell())
@@ -129,8 +129,8 @@ def test_training_cost_counts_every_network_and_leaves_the_run_alone():
 
 
 def test_a_cost_that_cannot_be_measured_does_not_fail_the_trial(monkeypatch):
-    import harness.costs
+    import harness.training.step_cost
 
     trainer = Trainer(tiny_cell())
-    monkeypatch.setattr(harness.costs, "training_forward_macs", lambda *a: 1 / 0)
+    monkeypatch.setattr(harness.training.step_cost, "training_forward_macs", lambda *a: 1 / 0)
     assert trainer.costs() == {"train_forward_macs_per_image": None, "error": "ZeroDivisionError: division by zero"}

@@ -10,11 +10,11 @@ import pytest
 import timm
 import torch
 
-from harness.cell import Cell
-from harness.engine import Runtime, Trainer
-from harness.costs import flops
-from harness.method import Method, load_methods
-from harness.offline import OfflineMethod
+from harness.config.cell import Cell
+from harness.training.engine import Runtime, Trainer
+from harness.models.costs import flops
+from harness.training.method import Method, load_methods
+from methods.common.offline import OfflineMethod
 from tests.conftest import TINY_RECIPE
 from tests.helpers import train_stages
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.feature_losses import (ConvRegressor, at_loss, attention_map, hint_loss, nst_loss, pairwise_distances,
+from methods.common.feature_losses import (ConvRegressor, at_loss, attention_map, hint_loss, nst_loss, pairwise_distances,
                                     pkt_loss, rkd_loss, sp_loss)
 from tests.helpers import np_adaptive_pool, tt
 

@@ -9,9 +9,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from harness.cell import Cell
-from harness.engine import Trainer
-from harness.method import Step, load_methods
+from harness.config.cell import Cell
+from harness.training.engine import Trainer
+from harness.training.method import Step, load_methods
 from methods.ffl import FusionModule, ffl_terms, rampup_weight
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_ce, np_kl, np_softmax, random_batch, timm_context

@@ -2,10 +2,11 @@
 its x values, files written and linked from the Markdown, and no figure (and no error) without data."""
 import pytest
 
-from harness.figures import curve_frame, draw_sweep, history_frame, swept_points, sweep_frame
-from harness.report import trial_frame, write_report
-from harness.store import ResultStore
-from harness.suite import load_suite
+from harness.reporting.figures import curve_frame, draw_sweep, history_frame, swept_points, sweep_frame
+from harness.reporting.frames import trial_frame
+from harness.reporting.report import write_report
+from harness.results.store import ResultStore
+from harness.suite.schema import load_suite
 from tests.conftest import tiny_suite_dict
 from tests.test_report import fake_record
 
@@ -149,8 +150,8 @@ def test_no_history_no_figure_no_error(tmp_path, write_suite):
 
 
 def test_a_cost_column_is_not_plotted_as_an_accuracy(tmp_path, write_suite, monkeypatch):
-    import harness.figures as figures
-    from harness.figures import write_figures
+    import harness.reporting.figures as figures
+    from harness.reporting.figures import write_figures
 
     raw = tiny_suite_dict(methods=[{"name": "dml", "temperature": {"grid": [1, 4]}}], seeds=[0],
                           table={"rows": ["method"], "columns": ["value"], "values": ["net1", "params_m"]})

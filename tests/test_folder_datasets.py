@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.cell import Cell
-from harness.datasets import DatasetError, load_dataset
-from harness.engine import Trainer
+from harness.config.cell import Cell
+from harness.data.datasets import DatasetError, load_dataset
+from harness.training.engine import Trainer
 from tests.conftest import TINY_RECIPE
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.cell import Cell
-from harness.engine import Trainer
-from harness.method import load_methods
+from harness.config.cell import Cell
+from harness.training.engine import Trainer
+from harness.training.method import load_methods
 from methods.kdcl import (error_covariance, linear_weights, minlogit_target, naive_target, project_simplex,
                           weights_from_c)
 from tests.conftest import TINY_RECIPE

@@ -10,11 +10,11 @@ import pytest
 import timm
 import torch
 
-from harness import adapter
-from harness.cell import Cell
-from harness.engine import Trainer
-from harness.method import Step, load_methods
-from harness.offline_feature_losses import VIDRegressor, cc_loss, vid_loss
+from harness.models import adapter
+from harness.config.cell import Cell
+from harness.training.engine import Trainer
+from harness.training.method import Step, load_methods
+from methods.common.offline_feature import VIDRegressor, cc_loss, vid_loss
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_ce, np_kl, random_batch, timm_context, train_stages
 from tests.test_feature_losses import np_at, np_common, np_sp

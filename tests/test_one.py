@@ -8,10 +8,10 @@ import timm
 import torch
 
 import harness.models  # noqa: F401  (registers the CIFAR networks)
-from harness.batches import Batch
-from harness.cell import Cell
-from harness.engine import Trainer
-from harness.method import Step, load_methods
+from harness.data.batches import Batch
+from harness.config.cell import Cell
+from harness.training.engine import Trainer
+from harness.training.method import Step, load_methods
 from methods.one import gated_teacher, one_terms, sigmoid_rampup
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_ce, np_softmax, timm_context

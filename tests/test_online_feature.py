@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness import adapter
-from harness.cell import Cell
-from harness.engine import Trainer
-from harness.method import Step, load_methods
-from harness.online_feature import pair_key
+from harness.models import adapter
+from harness.config.cell import Cell
+from harness.training.engine import Trainer
+from harness.training.method import Step, load_methods
+from methods.common.online_feature import pair_key
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_ce, np_kl, random_batch, timm_context
 from tests.test_feature_losses import np_at, np_hint, np_nst, np_pkt, np_rkd_parts, np_sp

@@ -1,8 +1,8 @@
 """Each paper's preset resolves to the numbers its paper states; schedules, warm-up and lr scaling."""
 import pytest
 
-from harness.paper_tables import load_paper_table
-from harness.recipe import Recipe, lr_factor, load_presets, resolve_recipe
+from harness.papers.tables import load_paper_table
+from harness.config.recipe import Recipe, lr_factor, load_presets, resolve_recipe
 
 
 def preset(name) -> Recipe:
@@ -96,8 +96,8 @@ def test_lr_scaling_rules():
 
 
 def test_engine_uses_peer_lr_and_scaling():
-    from harness.cell import Cell
-    from harness.engine import Trainer
+    from harness.config.cell import Cell
+    from harness.training.engine import Trainer
     from tests.conftest import TINY_RECIPE
 
     recipe = {**TINY_RECIPE, "batch_size": 16, "lr_scaling": "linear", "reference_batch_size": 32,

@@ -3,9 +3,9 @@ import statistics
 
 import pytest
 
-from harness.report import build_table, write_report
-from harness.store import ResultStore
-from harness.suite import load_suite
+from harness.reporting.report import build_table, write_report
+from harness.results.store import ResultStore
+from harness.suite.schema import load_suite
 from tests.conftest import tiny_suite_dict
 
 # (method, seed) -> net1, net2 last-epoch top-1
@@ -135,7 +135,7 @@ def test_offline_table_shows_teacher_and_student_rows_beside_the_papers(tmp_path
 
 
 def test_method_values_must_name_labels_and_values(write_suite):
-    from harness.suite import SuiteError
+    from harness.suite.schema import SuiteError
 
     raw = tiny_suite_dict(table={"rows": ["method", "value"], "columns": ["group"], "values": ["net1", "net2"],
                                  "method_values": {"dm": ["net1"], "ind": ["ens"]}})
@@ -149,7 +149,7 @@ def test_method_values_must_name_labels_and_values(write_suite):
 def test_paper_rows_told_apart_by_extra_keys_and_renamed_values():
     """KDCL Table 7 has a row with and without ICL per target; KDCL's KD rows print the student as net2; tables
     that keep numbers under the metric's name (top1) are read through value_keys."""
-    from harness.paper_tables import load_paper_table, paper_value
+    from harness.papers.tables import load_paper_table, paper_value
 
     table = load_paper_table("kdcl_table7")
     group = ("cifar_resnet32", "cifar_wrn_16_2")
@@ -187,7 +187,7 @@ def test_gain_columns_by_hand(filled, tmp_path, write_suite):
 
 
 def test_a_single_network_row_through_value_keys():
-    from harness.paper_tables import paper_value
+    from harness.papers.tables import paper_value
 
     table = {"rows": [{"nets": ["resnet34"], "method": "ind", "top1": 73.31, "top5": 91.42, "flops_g": 3.67}]}
     assert paper_value(table, ("resnet34", "resnet34"), "ind", "net1", value_keys={"*": {"net1": "top1"}}) == 73.31
@@ -201,7 +201,7 @@ def test_a_single_network_row_through_value_keys():
 def test_paper_rows_in_another_order_are_renumbered_to_ours():
     """KDCL Table 7's "2 distill 1" lists [ResNet-32 (student), WRN-16-2 (teacher)]; our offline cell is
     [WRN-16-2, ResNet-32]: its net1/net2 swap, and ``{net1}`` in ``match`` is our teacher's name."""
-    from harness.paper_tables import load_paper_table, paper_value
+    from harness.papers.tables import load_paper_table, paper_value
 
     table = load_paper_table("kdcl_table7")
     keys = {"kd": {"teacher": "net1", "net1": "net2"}}
@@ -222,7 +222,7 @@ def test_a_row_about_one_network_gives_its_numbers_to_that_network_only():
     """KDCL Table 3: rows say which network their top-1 is (``eval: resnet18``) whatever the pair's order, and a
     vanilla ResNet-18 row stands for the ResNet-18 trained alone inside a mixed Ind pair; a number of the whole
     cell (params_m) still belongs to the cell."""
-    from harness.paper_tables import load_paper_table, paper_value
+    from harness.papers.tables import load_paper_table, paper_value
 
     table = load_paper_table("kdcl_table3")
     keys = {"*": {"net1": "top1", "net2": "top1"}}
@@ -240,7 +240,7 @@ def test_a_row_about_one_network_gives_its_numbers_to_that_network_only():
 
 def test_a_label_may_read_several_paper_methods_in_order():
     """KDCL Table 1: our Ind pair's teacher network is the KD rows' teacher, its ResNet-18 the hard-label row."""
-    from harness.paper_tables import load_paper_table, paper_value
+    from harness.papers.tables import load_paper_table, paper_value
 
     table = load_paper_table("kdcl_table1")
     kwargs = {"methods": {"ind": ["kd", "ind"]}, "value_keys": {"ind": {"net1": "teacher_top1"}}}
@@ -252,7 +252,7 @@ def test_a_label_may_read_several_paper_methods_in_order():
 def test_costs_of_a_trial_sit_beside_its_accuracies(tmp_path, write_suite):
     """params_m = (peers + added modules) / 1e6, train_gmacs = the recorded forward multiply-adds per image / 1e9,
     peer_gmacs = that over the group's size; never bold (a cost is not a method's accuracy)."""
-    from harness.report import render
+    from harness.reporting.report import render
 
     raw = tiny_suite_dict(seeds=[0], table={"rows": ["group"], "columns": ["method", "value"],
                                             "values": ["net1", "params_m", "train_gmacs", "peer_gmacs"]})

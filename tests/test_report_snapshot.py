@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from harness.report import build_table, render
-from harness.store import ResultStore
-from harness.suite import load_suite
+from harness.reporting.report import build_table, render
+from harness.results.store import ResultStore
+from harness.suite.schema import load_suite
 from tests.conftest import tiny_suite_dict
 from tests.test_report import fake_record
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.cell import Cell
-from harness.engine import Trainer
-from harness.method import Step
+from harness.config.cell import Cell
+from harness.training.engine import Trainer
+from harness.training.method import Step
 from methods.semckd import CrossLayerAttention, inferred_batch_size, semckd_loss
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_adaptive_pool, np_conv_same, train_stages, tt

@@ -1,7 +1,7 @@
 """--smoke scales any suite down and says so; the stand-in dataset replaces one that is absent."""
-from harness.engine import Trainer
-from harness.smoke import smoke_suite
-from harness.suite import load_suite
+from harness.training.engine import Trainer
+from harness.suite.smoke import smoke_suite
+from harness.suite.schema import load_suite
 from tests.conftest import tiny_suite_dict
 
 
@@ -32,7 +32,7 @@ def test_smoke_keeps_a_dataset_that_is_present(write_suite):
 
 
 def test_smoke_teachers_follow_the_smoke_recipe(write_suite):
-    from harness.stages import stages_of
+    from harness.training.stages import stages_of
 
     raw = tiny_suite_dict(groups=[["cifar_resnet14", "cifar_resnet8"]],
                           methods=[{"name": "kd", "teacher_recipe": "tsb_cifar", "teacher_stop_epoch": 65}])

@@ -7,11 +7,12 @@ import pytest
 import torch
 import yaml
 
-from harness.cell import Cell
-from harness.engine import Trainer
-from harness.stages import StageError, load_networks, save_networks, stages_of, waves
-from harness.store import ResultStore
-from harness.suite import SuiteError, load_suite
+from harness.config.cell import Cell
+from harness.training.engine import Trainer
+from harness.results.weights import load_networks, save_networks
+from harness.training.stages import StageError, stages_of, waves
+from harness.results.store import ResultStore
+from harness.suite.schema import SuiteError, load_suite
 from tests.conftest import TINY_RECIPE, tiny_suite_dict
 from tests.helpers import train_stages
 from tests.test_end_to_end import harness_run, records

@@ -1,5 +1,5 @@
 """The result store keeps every finished record and frees what only an unfinished cell needs."""
-from harness.store import ResultStore
+from harness.results.store import ResultStore
 
 
 def _trial(store: ResultStore, experiment: str, cell_hash: str, checkpoints: int, size: int = 1000) -> None:

@@ -1,7 +1,7 @@
 """Each kind of mistake in a suite file gives one line naming the file, the key path and what is valid."""
 import pytest
 
-from harness.suite import SuiteError, load_suite
+from harness.suite.schema import SuiteError, load_suite
 from tests.conftest import tiny_suite_dict
 
 

@@ -1,0 +1,70 @@
+"""Records as tables: one row per (finished cell, output) with its accuracy and provenance, and the costs of a trial
+that a table may show beside accuracies.  The report and the figures both read records through this module."""
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.results.store import ResultStore
+from harness.suite.schema import Suite
+
+
+def _train_gmacs(record: dict, cell) -> float | None:
+    macs = record.get("costs", {}).get("train_forward_macs_per_image")
+    return None if macs is None else macs / 1e9
+
+
+def _params_m(record: dict, cell) -> float | None:
+    params = record.get("params", {})
+    return None if "peers" not in params else (params["peers"] + params.get("added_total", 0)) / 1e6
+
+
+# Costs of a whole trial that a table may show beside accuracies (``table.values``), read from its record:
+# name -> (what it is, for the report's legend; record, cell -> number or None).
+COST_VALUES = {
+    "params_m": ("training-time parameters in millions: every network and module trained (KDCL Table 3)",
+                 _params_m),
+    "train_gmacs": ("multiply-adds (G) per image of a training step's forward pass through every network and "
+                    "module it runs (torch's FLOP counter)", _train_gmacs),
+    "peer_gmacs": ("train_gmacs divided by the number of networks in the group",
+                   lambda record, cell: None if (g := _train_gmacs(record, cell)) is None else g / len(cell.group)),
+}
+
+
+def metric_value(numbers: dict, metric: str) -> float:
+    """An accuracy as recorded, or its error rate (``top1_error`` = 100 − top-1)."""
+    if metric.endswith("_error"):
+        return 100.0 - numbers[metric.removesuffix("_error")]
+    return numbers[metric]
+
+
+def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per (finished cell, output) with last- and best-epoch accuracy and its provenance, and one per cost
+    the table shows (``COST_VALUES``)."""
+    metric, epoch = suite.spec.evaluation.metric, suite.spec.evaluation.epoch
+    rows = []
+    costs_shown = [v for v in suite.spec.table.values if v in COST_VALUES]
+    records = store.records(suite.cells) if records is None else records
+    for cell in suite.cells:
+        record = records.get(cell.hash)
+        if record is None or record.get("status") != "ok":
+            continue
+        trial = {
+            "dataset": cell.dataset["name"], "group": cell.group_name, "method": cell.label, "seed": cell.seed,
+            "epoch": epoch, "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),
+            "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
+            "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
+            "torch": record.get("packages", {}).get("torch"),
+            "deployed_params": record.get("params", {}).get("deployed"),
+            "added_params": record.get("params", {}).get("added_total"),
+            "stages": " ".join(f"{name}={stage.get('cell_hash') or stage.get('sha256')}"
+                               for name, stage in sorted(record.get("stages", {}).items())),
+        }
+        rows += [{**trial, "value": value, metric: metric_value(numbers, metric)}
+                 for value, numbers in record[epoch].items()]
+        for value in costs_shown:  # a cost of the whole trial, in the metric's column under its own value name
+            number = COST_VALUES[value][1](record, cell)
+            if number is not None:
+                rows.append({**trial, "value": value, metric: number})
+    columns = ["dataset", "group", "method", "value", "seed", metric, "epoch", "hash", "trial", "epochs_run",
+               "git_sha", "dirty", "device", "torch", "deployed_params", "added_params", "stages"]
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,151 @@
+"""``harness index``: one line per suite file — the paper table it mirrors, what it needs (dataset, GPUs per
+trial), its size (cells, stage cells, epochs), an estimate of its GPU-hours and the status of its last run —
+written to ``suites/README.md``, with the paper tables that have no suite and why.
+
+The GPU-hours are training multiply-adds (3 × a forward pass of every network of a cell, per image and epoch,
+torch's FLOP counter at the dataset's resolution) divided by a rate of multiply-adds per second of one GPU.  The
+rate is measured when the results store holds finished GPU trials (:func:`measured_rate`: the median over them
+of images/s × 3 × the recorded forward multiply-adds per image, per whole GPU); otherwise it is
+``ASSUMED_MACS_PER_S``, the sustained rate we assume for one data-centre GPU training small CNNs in fp32 (no GPU
+was available where this was written).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from pathlib import Path
+
+from harness.papers.tables import PAPER_TABLES
+from harness.training.stages import waves
+from harness.results.store import ResultStore
+from harness.suite.schema import Suite, SuiteError, load_suite
+
+ASSUMED_MACS_PER_S = 4e12  # sustained multiply-adds per second of one GPU in training (an assumption, see above)
+TRAIN_PASSES = 3  # forward + backward ≈ 3 forward passes
+
+# Training images and input size of each dataset (the embedded subset: per class × 10, 28×28 grey).
+DATASET_FACTS = {
+    "cifar10": (50_000, (3, 32, 32), 10), "cifar100": (50_000, (3, 32, 32), 100),
+    "cinic10": (90_000, (3, 32, 32), 10), "tiny_imagenet": (100_000, (3, 64, 64), 200),
+    "imagenet": (1_281_167, (3, 224, 224), 1000), "fashion_mnist": (60_000, (1, 28, 28), 10),
+    "fashion_mnist_mini": (3_000, (1, 28, 28), 10), "synthetic_cifar100": (5_000, (3, 32, 32), 100),
+}
+
+# Paper tables that get no training suite, and why.
+NO_SUITE = {
+    "amln_table1": "parameter counts only: checked against the model zoo by tests/test_model_zoo.py, "
+                   "printed by `harness list models`",
+    "kdcl_table8": "object detection on COCO: out of scope (the harness trains classifiers)",
+}
+
+
+@lru_cache(maxsize=None)
+def forward_macs(model: str, input_size: tuple[int, int, int], num_classes: int) -> float:
+    import timm
+
+    import harness.models  # noqa: F401
+    from harness.models.costs import flops
+
+    net = timm.create_model(model, num_classes=num_classes, in_chans=input_size[0])
+    return flops(net, input_size) / 2
+
+
+def train_images(dataset: dict) -> int:
+    n, _, classes = DATASET_FACTS[dataset["name"]]
+    per_class = dataset.get("train_per_class")
+    return min(n, per_class * classes) if per_class else n
+
+
+def measured_rate(store: ResultStore) -> dict | None:
+    """Multiply-adds per second of one GPU, measured by the finished GPU trials of ``store``; None if it has none.
+
+    Per trial: median images/s over its epochs × 3 × its recorded forward multiply-adds per image, divided by the
+    share of a GPU the trial had.  The median over trials, with the GPUs' names and the number of trials.
+    """
+    rates, gpus = [], set()
+    for path in store.cells_dir.glob("*.json"):
+        record = store.get(path.stem)
+        hardware, macs = record.get("hardware", {}), record.get("costs", {}).get("train_forward_macs_per_image")
+        speeds = sorted(h["images_per_s"] for h in record.get("history", []) if h.get("images_per_s"))
+        if record.get("status") != "ok" or not hardware.get("gpu") or not macs or not speeds:
+            continue
+        rates.append(speeds[len(speeds) // 2] * TRAIN_PASSES * macs / (hardware.get("gpu_share") or 1.0))
+        gpus.add(hardware["gpu"])
+    if not rates:
+        return None
+    rates.sort()
+    return {"macs_per_s": rates[len(rates) // 2], "gpus": sorted(gpus), "trials": len(rates)}
+
+
+def cell_gpu_hours(cell, macs_per_s: float = ASSUMED_MACS_PER_S) -> float:
+    """Estimated GPU-hours of one cell (see the module docstring)."""
+    _, size, classes = DATASET_FACTS[cell.dataset["name"]]
+    epochs = min(cell.stop_epoch or cell.recipe["epochs"], cell.recipe["epochs"])
+    macs = sum(forward_macs(m, size, classes) for m in cell.group)
+    return TRAIN_PASSES * macs * train_images(cell.dataset) * epochs / macs_per_s / 3600
+
+
+def suite_line(suite: Suite, store: ResultStore, macs_per_s: float = ASSUMED_MACS_PER_S) -> dict:
+    everything = [c for wave in waves(suite.cells) for c in wave]
+    stage_cells = len(everything) - len({c.hash for c in suite.cells})
+    records = [store.get(c.hash) for c in everything]
+    done = sum(1 for r in records if r and r.get("status") == "ok")
+    failed = sum(1 for r in records if r and r.get("status") == "failed")
+    times = [store.record_path(c.hash).stat().st_mtime for c, r in zip(everything, records) if r]
+    last = dt.datetime.fromtimestamp(max(times)).strftime("%Y-%m-%d") if times else None
+    known = suite.spec.dataset.name in DATASET_FACTS
+    return {
+        "suite": suite.path.name, "table": suite.spec.paper_table.name if suite.spec.paper_table else "—",
+        "dataset": suite.spec.dataset.name, "gpus": suite.spec.resources.gpu,
+        "cells": len({c.hash for c in suite.cells}), "stage_cells": stage_cells,
+        "epochs": sorted({c.recipe["epochs"] for c in suite.cells}),
+        "gpu_hours": sum(cell_gpu_hours(c, macs_per_s) for c in everything) if known else None,
+        "status": (f"{done}/{len(everything)} finished" + (f", {failed} failed" if failed else "")
+                   + (f" (last {last})" if last else "")) if done or failed else "not run",
+    }
+
+
+def build_index(suites_dir: str | Path, results: str | Path) -> tuple[list[dict], list[str], dict[str, str], dict | None]:
+    """Lines of every suite file, the suite files that do not validate, the paper tables without a suite, and the
+    measured GPU rate (None: the assumed one is used)."""
+    store = ResultStore(results)
+    rate = measured_rate(store)
+    lines, broken = [], []
+    for path in sorted(Path(suites_dir).glob("*.yaml")):
+        try:
+            lines.append(suite_line(load_suite(path), store, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S))
+        except SuiteError as e:
+            broken.append(f"{path.name}: {e.lines[0]}")
+    covered = {line["table"] for line in lines}
+    missing = {t: NO_SUITE.get(t, "no suite yet") for t in PAPER_TABLES if t not in covered}
+    return lines, broken, missing, rate
+
+
+def render_index(lines: list[dict], broken: list[str], missing: dict[str, str], rate: dict | None = None) -> str:
+    from tabulate import tabulate
+
+    def hours(h):
+        return "—" if h is None else "<0.1" if h < 0.05 else f"{h:.1f}"
+
+    rows = [[f"`{l['suite']}`", l["table"], l["dataset"], f"{l['gpus']:g}" if l["gpus"] else "0 (CPU)", l["cells"],
+             l["stage_cells"], "/".join(map(str, l["epochs"])), hours(l["gpu_hours"]), l["status"]] for l in lines]
+    out = [
+        "# Suites", "",
+        "Generated by `harness index` (do not edit by hand). One line per suite file: the paper table whose "
+        "numbers its report prints beside ours, the dataset it needs (absent datasets: `--smoke` runs the "
+        "embedded one), GPUs per trial, cells (plus stage cells: teachers, assistants, paraphrasers), epochs, "
+        "estimated GPU-hours, and the status of its last run in the results store the index was built from.", "",
+        tabulate(rows, headers=["suite", "paper table", "dataset", "GPUs/trial", "cells", "stage cells", "epochs",
+                                "est. GPU-h", "last run"], tablefmt="github", disable_numparse=True), "",
+        "GPU-hours are estimated: 3 × forward multiply-adds of every network per image and epoch, at "
+        + (f"{rate['macs_per_s'] / 1e12:.3g} T multiply-adds/s per GPU, the median rate of {rate['trials']} finished "
+           f"GPU trial(s) of the results store ({', '.join(rate['gpus'])}). " if rate else
+           f"an assumed {ASSUMED_MACS_PER_S / 1e12:g} T multiply-adds/s per GPU: the results store holds no finished "
+           "GPU trial to measure it from (`harness index --results DIR` with one that does). ")
+        + "Data loading, evaluation and methods' extra modules are not counted (see `harness/reporting/index.py`).", "",
+    ]
+    if missing:
+        out += ["## Paper tables without a suite", ""] + [f"- `{t}`: {why}" for t, why in missing.items()] + [""]
+    if broken:
+        out += ["## Suite files that do not validate", ""] + [f"- {b}" for b in broken] + [""]
+    return "\n".join(out)

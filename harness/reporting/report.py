@@ -1,0 +1,281 @@
+"""``harness report``: aggregate finished cells over seeds into the suite's table layout, beside the paper.
+
+Writes ``<suite>.md`` (Markdown), ``<suite>.tex`` (LaTeX, booktabs) and ``<suite>.csv`` (one row per trial
+and value: the hash, seed, code version and hardware behind every aggregated number).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader
+from tabulate import tabulate
+
+from harness.reporting.frames import COST_VALUES, trial_frame
+from harness.papers.tables import load_paper_table, paper_value
+from harness.results.store import ResultStore
+from harness.suite.schema import Suite
+
+TEMPLATES = Path(__file__).with_name("templates")
+METRIC_TEXT = {"top1": "Top-1 test accuracy", "top5": "Top-5 test accuracy", "top1_error": "Top-1 test error",
+               "top5_error": "Top-5 test error"}
+MISSING = "—"  # no finished trial yet (not run, running or failed)
+NOT_APPLICABLE = "n/a"  # the cell's trials finished but the method has no such output (e.g. a teacher)
+
+
+@dataclass
+class Entry:
+    """One table cell: our aggregate over ``n`` seeds, and the paper's number where the suite names one."""
+
+    ours: float | None
+    n: int
+    paper: float | None = None
+    applicable: bool = True
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.ours is None or self.paper is None else self.ours - self.paper
+
+    def text(self, with_paper: bool) -> str:
+        ours = (MISSING if self.applicable else NOT_APPLICABLE) if self.ours is None else f"{self.ours:.2f}"
+        if not with_paper:
+            return ours
+        paper = MISSING if self.paper is None else f"{self.paper:.2f}"
+        delta = "" if self.delta is None else f", {self.delta:+.2f}"
+        return f"{ours} ({paper}{delta})"
+
+
+@dataclass
+class Table:
+    title: str
+    row_keys: list[str]
+    column_keys: list[str]
+    rows: list[tuple]
+    columns: list[tuple]
+    entries: dict[tuple[tuple, tuple], Entry]
+    with_paper: bool
+    trials: pd.DataFrame
+    best: set = field(default_factory=set)  # (row, column) keys of the best value among the methods compared
+    records: dict = field(default_factory=dict)  # the records read for it, by hash (read once per report)
+
+    def header(self) -> list[str]:
+        return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
+
+    def body(self, style: str = "plain") -> list[list[str]]:
+        """Cell texts; ``style`` "md" or "tex" marks the best values in bold (and escapes for LaTeX)."""
+        def cell(r, c) -> str:
+            text = self.entries[(r, c)].text(self.with_paper)
+            if style == "tex":
+                text = _latex_escape(text)
+            if (r, c) in self.best and style != "plain":
+                ours, _, rest = text.partition(" ")
+                text = (f"**{ours}**" if style == "md" else f"\\textbf{{{ours}}}") + (f" {rest}" if rest else "")
+            return text
+
+        label = (lambda r: _latex_escape(" / ".join(map(str, r)))) if style == "tex" else (lambda r: " / ".join(map(str, r)))
+        return [[label(r)] + [cell(r, c) for c in self.columns] for r in self.rows]
+
+    def n_range(self) -> tuple[int, int]:
+        ns = [e.n for e in self.entries.values() if e.applicable]
+        return (min(ns), max(ns)) if ns else (0, 0)
+
+    def has_missing(self) -> bool:
+        return any(e.ours is None and e.applicable for e in self.entries.values())
+
+    def has_not_applicable(self) -> bool:
+        return any(not e.applicable for e in self.entries.values())
+
+
+def best_entries(entries: dict, rows: list[tuple], columns: list[tuple], row_keys: list[str],
+                 column_keys: list[str], lower_is_better: bool, excluded: set[str]) -> set:
+    """The (row, column) keys holding the best of ours among entries that differ only in their method, as the
+    papers bold the best method; ties are all bold; ``excluded`` ("method/value") never compete (a teacher), nor
+    do costs (parameters, multiply-adds)."""
+    def where(r, c) -> dict:
+        return {**dict(zip(row_keys, r)), **dict(zip(column_keys, c))}
+
+    contests: dict[tuple, list] = {}
+    for r in rows:
+        for c in columns:
+            w = where(r, c)
+            entry = entries[(r, c)]
+            if entry.ours is None or f"{w.get('method')}/{w.get('value')}" in excluded or w.get("value") in COST_VALUES:
+                continue
+            key = tuple(sorted((k, v) for k, v in w.items() if k != "method"))
+            contests.setdefault(key, []).append(((r, c), entry.ours))
+    best = set()
+    for contenders in contests.values():
+        if len(contenders) < 2:
+            continue
+        top = (min if lower_is_better else max)(v for _, v in contenders)
+        winners = {k for k, v in contenders if round(v, 2) == round(top, 2)}
+        if len(winners) < len(contenders):  # when every method ties, none is best
+            best |= winners
+    return best
+
+
+def add_gains(stats: pd.Series, counts: pd.Series, gains: dict) -> tuple[pd.Series, pd.Series]:
+    """Derived values (the papers' "gain" columns): Σ over ``of`` of (a method's aggregate − the reference
+    method's), per dataset and group; AMLN's ↑ is ``of: [avg]``, KDCL's gain ``of: [net1, net2]``."""
+    if not gains or stats.empty:
+        return stats, counts
+    extra, extra_n = {}, {}
+    for name, gain in gains.items():
+        for dataset, group, method in {k[:3] for k in stats.index}:
+            parts = [(dataset, group, method, v) for v in gain.of]
+            refs = [(dataset, group, gain.reference, v) for v in gain.of]
+            if method == gain.reference or not all(k in stats.index for k in parts + refs):
+                continue
+            extra[(dataset, group, method, name)] = sum(stats[p] - stats[r] for p, r in zip(parts, refs))
+            extra_n[(dataset, group, method, name)] = int(min(counts[p] for p in parts))
+    if not extra:
+        return stats, counts
+    return (pd.concat([stats, pd.Series(extra).rename_axis(stats.index.names)]),
+            pd.concat([counts, pd.Series(extra_n).rename_axis(counts.index.names)]))
+
+
+def build_table(suite: Suite, store: ResultStore) -> Table:
+    spec = suite.spec
+    metric, how = spec.evaluation.metric, spec.evaluation.aggregate
+    records = store.records(suite.cells)
+    trials = trial_frame(suite, store, records)
+    keys = ["dataset", "group", "method", "value"]
+    grouped = trials.groupby(keys)[metric]
+    stats = grouped.size() if how == "n" else grouped.agg(how)
+    counts = grouped.size()
+    finished = set(trials[keys[:-1]].itertuples(index=False, name=None))
+    stats, counts = add_gains(stats, counts, spec.table.gains)
+    axis_values = {
+        "dataset": [spec.dataset.name],
+        "group": list(dict.fromkeys(c.group_name for c in suite.cells)),
+        "method": suite.labels(),
+        "value": spec.table.values,
+    }
+    paper = load_paper_table(spec.paper_table.name) if spec.paper_table else None
+    groups = {c.group_name: c.group for c in suite.cells}
+    rows = [r for r in itertools.product(*(axis_values[k] for k in spec.table.rows))
+            if spec.table.shows(dict(zip(spec.table.rows, r)))]
+    columns = [c for c in itertools.product(*(axis_values[k] for k in spec.table.columns))
+               if spec.table.shows(dict(zip(spec.table.columns, c)))]
+    entries = {}
+    for r, c in itertools.product(rows, columns):
+        where = {**dict(zip(spec.table.rows, r)), **dict(zip(spec.table.columns, c))}
+        for axis, choices in axis_values.items():  # an axis that is neither row nor column has one entry
+            where.setdefault(axis, choices[0])
+        key = tuple(where[k] for k in keys)
+        entry = Entry(float(stats[key]) if key in stats.index else None, int(counts.get(key, 0)),
+                      applicable=key in stats.index or key[:-1] not in finished)
+        if paper is not None:
+            ref = spec.paper_table
+            entry.paper = paper_value(paper, groups[where["group"]], where["method"], where["value"],
+                                      ref.nets, ref.methods, ref.eval, ref.value_keys, ref.match)
+        entries[(r, c)] = entry
+    title = spec.title or spec.name
+    if suite.scaled_down:
+        title = f"SCALED DOWN ({', '.join(suite.scaled_down)}), not a reproduction — {title}"
+    best = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
+                        metric.endswith("_error"), set(spec.table.best_excludes)) if spec.table.bold_best else set()
+    return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
+                 records)
+
+
+def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
+    """What the footer says about the numbers: code, packages, hardware, recipe, epochs actually run."""
+    records = [r for r in (table.records or store.records(suite.cells)).values() if r.get("status") == "ok"]
+    codes = sorted({f"{r['code'].get('git_sha') or 'unknown'}{' (dirty)' if r['code'].get('dirty') else ''}"
+                    for r in records if r.get("code")})
+    packages = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.get("packages", {}).items()))
+                       for r in records})
+    hardware = sorted({f"{h.get('gpu') or h.get('cpu')} ({h.get('device')}, {h.get('torch_threads')} threads)"
+                       for r in records if (h := r.get("hardware"))})
+    epochs = sorted({r.get("epochs") for r in records})
+    by_recipe: dict[str, list[str]] = {}  # a method may train under its own paper's recipe
+    for cell in suite.cells:
+        labels = by_recipe.setdefault(json.dumps(cell.recipe, sort_keys=True), [])
+        if cell.label not in labels:
+            labels.append(cell.label)
+    texts = [_recipe_text(json.loads(r)) for r in by_recipe]
+    recipe_text = texts[0] if len(texts) == 1 else "; ".join(
+        f"{', '.join(labels)}: {text}" for labels, text in zip(by_recipe.values(), texts))
+    sources = [json.loads(r).get("source", "") for r in by_recipe]
+    n_min, n_max = table.n_range()
+    return {"code": codes, "packages": packages, "hardware": hardware, "epochs": epochs, "recipe": recipe_text,
+            "source": "; ".join(s for s in dict.fromkeys(sources) if s), "n_min": n_min, "n_max": n_max, "records": len(records),
+            "cells": len({c.hash for c in suite.cells}), "results": str(store.root)}
+
+
+def _recipe_text(recipe: dict) -> str:
+    opt, sched = recipe["optimizer"], recipe["schedule"]
+    scaled = (f" scaled {recipe['lr_scaling']} to batch {recipe['batch_size']} from {recipe['reference_batch_size']}"
+              if recipe.get("lr_scaling", "none") != "none" and recipe.get("reference_batch_size") else "")
+    return (f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, {opt['name']} lr {opt['lr']}{scaled} "
+            f"(momentum {opt['momentum']}, nesterov {opt['nesterov']}, wd {opt['weight_decay']}), "
+            f"{sched['name']} schedule"
+            + (f" at {sched['milestones']} ×{sched['gamma']}" if sched["name"] == "multistep" else "")
+            + (f", {recipe['warmup_epochs']} warm-up epochs" if recipe["warmup_epochs"] else "")
+            + f", crop pad {recipe['augment']['crop_padding']}, flip {recipe['augment']['flip']}")
+
+
+def _latex_escape(text) -> str:
+    out = str(text)
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                       ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("—", "--"), ("Δ", r"$\Delta$"),
+                       ("×", r"$\times$")):
+        out = out.replace(char, repl)
+    return out
+
+
+def _latex_header_rows(table: Table) -> list[list[tuple[str, int]]]:
+    """Column header rows as (text, span) pairs: the outer keys span the inner ones (\\multicolumn)."""
+    header = []
+    for level in range(len(table.column_keys)):
+        row: list[tuple[str, int]] = []
+        for col in table.columns:
+            label = str(col[level])
+            prefix = col[:level + 1]
+            if row and row[-1][2] == prefix:
+                row[-1] = (row[-1][0], row[-1][1] + 1, prefix)
+            else:
+                row.append((label, 1, prefix))
+        header.append([(text, span) for text, span, _ in row])
+    return header
+
+
+def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
+                      keep_trailing_newline=True)
+    env.filters["tex"] = _latex_escape
+    context = {
+        "table": table, "suite": suite.spec, "prov": provenance(suite, store, table),
+        "latex_body": table.body("tex"),
+        "metric_text": METRIC_TEXT[suite.spec.evaluation.metric],
+        "markdown_table": tabulate(table.body("md"), headers=table.header(), tablefmt="pipe", disable_numparse=True,
+                                   colalign=["left"] + ["right"] * len(table.columns)),
+        "latex_header": _latex_header_rows(table), "missing": MISSING, "not_applicable": NOT_APPLICABLE,
+        "costs": {v: COST_VALUES[v][0] for v in suite.spec.table.values if v in COST_VALUES},
+    }
+    return {ext: env.get_template(f"report.{ext}.j2").render(**context) for ext in ("md", "tex")}
+
+
+def write_report(suite: Suite, store: ResultStore, out_dir: str | Path, log=print) -> dict[str, Path]:
+    table = build_table(suite, store)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from harness.reporting.figures import figures_markdown, write_figures  # matplotlib only when a report is written
+
+    figures = write_figures(suite, store, out_dir, table.trials, table.records)
+    texts = render(table, suite, store)
+    texts["md"] += figures_markdown(figures)  # a "Figures" section linking the PNGs (and PDFs) beside the report
+    paths = {}
+    for ext, text in texts.items():
+        paths[ext] = out_dir / f"{suite.name}.{ext}"
+        paths[ext].write_text(text)
+    paths.update({f"{figure.name}.{ext}": getattr(figure, ext) for figure in figures for ext in ("png", "pdf")})
+    paths["csv"] = out_dir / f"{suite.name}.csv"
+    table.trials.to_csv(paths["csv"], index=False)
+    log(tabulate(table.body(), headers=table.header(), tablefmt="simple", disable_numparse=True))
+    log(f"report: {', '.join(str(p) for p in paths.values())}")
+    return paths

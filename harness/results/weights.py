@@ -1,0 +1,106 @@
+"""Weights files of finished stage cells (``results/weights/<hash>.pt``) and of user checkpoints: written atomically
+with their SHA-256, read back into networks created by name through timm, frozen, with their provenance."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.config.cell import Cell
+from harness.training.stages import StageError
+
+WEIGHTS_FORMAT = 1
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_networks(path: Path, cell: Cell, networks: list[tuple[str, nn.Module]], num_classes: int,
+                  in_chans: int, modules: dict[str, nn.Module] | None = None) -> str:
+    """Write a cell's deployed networks (and any other ``modules`` a later stage needs, such as FT's
+    paraphraser) atomically; returns the file's SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": WEIGHTS_FORMAT, "cell_hash": cell.hash, "cell": cell.to_dict(),
+        "num_classes": num_classes, "in_chans": in_chans,
+        "networks": [{"model": name, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+                     for name, net in networks],
+        "modules": {key: {k: v.detach().cpu() for k, v in module.state_dict().items()}
+                    for key, module in (modules or {}).items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return file_sha256(path)
+
+
+def _state_dicts(payload, path: Path, models: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """(model name, state dict) pairs from our weights format or a plain single-network checkpoint."""
+    if isinstance(payload, dict) and "networks" in payload:
+        return [(n["model"], n["state_dict"]) for n in payload["networks"]]
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model", "net"):  # RepDistiller and torchvision-style files
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+        if payload and all(isinstance(v, torch.Tensor) for v in payload.values()) and len(models) == 1:
+            return [(models[0], {k.removeprefix("module."): v for k, v in payload.items()})]
+    raise StageError(f"{path}: not a network checkpoint (expected the harness's weights file, or one network's "
+                     f"state_dict for {', '.join(models) or 'a named model'})")
+
+
+def load_networks(path: str | Path, models: tuple[str, ...] = (), sha256: str | None = None,
+                  num_classes: int | None = None, in_chans: int | None = None) -> tuple[list[nn.Module], dict]:
+    """The networks saved in ``path``, created by name through timm and loaded, frozen, in eval mode; and
+    their provenance (file, SHA-256, the cell that trained them)."""
+    import timm
+
+    import harness.models  # noqa: F401
+
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{path}: stage weights not found; run the suite again to train the stage, or fix the "
+                         "checkpoint path")
+    digest = file_sha256(path)
+    if sha256 and digest != sha256.lower():
+        raise StageError(f"{path}: SHA-256 is {digest}, but the suite expects {sha256}; point to the right file "
+                         "or update the expected hash")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file: both mean unusable
+        raise StageError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "delete it to retrain the stage, or point to a valid file") from None
+    entries = _state_dicts(payload, path, models)
+    if models and tuple(name for name, _ in entries) != tuple(models):
+        raise StageError(f"{path}: holds {[n for n, _ in entries]}, but the stage needs {list(models)}")
+    meta = payload if isinstance(payload, dict) else {}
+    classes = meta.get("num_classes", num_classes)
+    chans = meta.get("in_chans", in_chans)
+    if num_classes is not None and classes != num_classes:
+        raise StageError(f"{path}: trained for {classes} classes, the cell's dataset has {num_classes}")
+    networks = []
+    for name, state in entries:
+        net = timm.create_model(name, num_classes=classes, in_chans=chans)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise StageError(f"{path}: weights do not fit {name} ({str(e).splitlines()[0][:200]})") from None
+        net.requires_grad_(False).eval()
+        networks.append(net)
+    provenance = {"file": str(path), "sha256": digest, "cell_hash": meta.get("cell_hash"),
+                  "modules": meta.get("modules", {})}
+    return networks, provenance

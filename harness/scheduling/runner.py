@@ -1,0 +1,235 @@
+"""``harness run``: every unfinished cell of a suite becomes one Ray Tune trial with the suite's resources."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+
+from harness.config.cell import Cell
+from harness.training.engine import Runtime
+from harness.results.provenance import code_version
+from harness.training.stages import stages_of, waves
+from harness.results.store import ResultStore
+from harness.suite.schema import Suite
+
+RAY_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the classic reporter prints nothing; our callback reports
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+QUIET_LOGGERS = ("ray.train", "ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
+
+
+def setup_worker() -> None:
+    """Ray's worker_process_setup_hook: the torchvision shim, and no log line per saved checkpoint."""
+    from harness import _compat
+
+    _compat.install()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass
+class RunSummary:
+    total: int
+    skipped: int
+    ran: int
+    failed: list[str]  # cells whose trial raised: recorded with their error
+    unfinished: list[str]  # cells with no record: the run was interrupted before they ended
+
+
+def trial_dirname(cell: Cell) -> str:
+    """Readable and unique: the hash (used to find the cell's checkpoints again) plus what it is."""
+    readable = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{cell.label or cell.method}_{cell.group_name}_s{cell.seed}")
+    return f"{cell.hash}_{readable}"[:120]
+
+
+def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_gpus: float | None, log) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray instance."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(
+        runtime_env={"worker_process_setup_hook": "harness.scheduling.runner.setup_worker", "env_vars": RAY_ENV},
+        logging_level="WARNING",
+        log_to_driver=True,
+        configure_logging=True,
+    )
+    if address:
+        context = ray.init(address=address, **kwargs)
+    else:
+        context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", **kwargs)
+    resources = ray.cluster_resources()
+    where = f"cluster at {address}" if address else "local Ray instance"
+    log(f"{where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+    if getattr(context, "dashboard_url", None):
+        auth = ("" if os.environ.get("RAY_AUTH_MODE") == "disabled"
+                else " (token authentication: the token is in ~/.ray/auth_token; RAY_AUTH_MODE=disabled turns it off)")
+        log(f"Ray dashboard: http://{context.dashboard_url}{auth}")
+
+
+_progress_log = print  # set by _fit; a module global, so that Tune can pickle the callback (Ray swaps builtins.print)
+
+
+def _say(line: str) -> None:
+    _progress_log(line)
+
+
+def _progress_callback(total: int, store: ResultStore):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per reported epoch and per finished or failed trial, with the overall counts."""
+
+        def _counts(self, trials) -> str:
+            status = [t.status for t in trials]
+            return (f"[{status.count('TERMINATED')}/{total} done, {status.count('RUNNING')} running, "
+                    f"{status.count('ERROR')} failed]")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            cell = Cell.from_dict(trial.config["cell"])
+            peers = [k.split("/", 1)[1] for k in result if k.startswith("top1/") and k[5:8] == "net"]
+            accs = " ".join(f"{p} {result[f'top1/{p}']:.2f}" for p in peers)
+            _say(f"{self._counts(trials)} {cell.describe()} epoch {result['epoch']}/{cell.recipe['epochs']}: "
+                f"{accs} ens {result['top1/ens']:.2f} ({result['images_per_s']:.0f} img/s)")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            _say(f"{self._counts(trials)} finished {Cell.from_dict(trial.config['cell']).describe()}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            cell = Cell.from_dict(trial.config["cell"])
+            record = store.get(cell.hash)
+            if record is None:  # the worker died before it could write its own failure record
+                store.put({"hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(),
+                           "seed": cell.seed, "status": "failed",
+                           "error": f"trial {trial.trial_id} ended with an error before recording it"})
+                record = store.get(cell.hash)
+            _say(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
+
+    return Progress()
+
+
+def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), address: str | None = None,
+              dashboard: bool = True, num_cpus: float | None = None, num_gpus: float | None = None,
+              max_failures: int = 0, log=print) -> RunSummary:
+    """Run the suite's unfinished cells, after the stage cells (teachers) they need; finished cells (in
+    ``store``) are skipped, failed ones retried.  Stages run in waves, one Ray Tune experiment each."""
+    cells = list({c.hash: c for c in suite.cells}.values())
+    plan = waves(cells)
+    stage_hashes = {s.cell.hash for wave in plan for c in wave for s in stages_of(c).values() if s.cell}
+
+    def done(cell: Cell) -> bool:  # a stage also needs its saved networks
+        return store.is_finished(cell) and (cell.hash not in stage_hashes or store.weights_path(cell.hash).is_file())
+
+    everything = [c for wave in plan for c in wave]
+    pending = [c for c in everything if not done(c)]
+    extra = len(everything) - len(cells)
+    log(f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
+        f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.root})")
+    todo = {c.hash for c in pending}
+    _prune(store, [c for c in everything if c.hash not in todo], log)  # finished by an earlier, killed run
+    if not pending:
+        return RunSummary(len(everything), len(everything), 0, [], [])
+
+    init_ray(address, dashboard, num_cpus, num_gpus, log)
+    resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
+    _check_resources(suite, resources)
+    blocked: list[Cell] = []
+    for i, wave in enumerate(plan):
+        todo = [c for c in wave if not done(c)]
+        ready = [c for c in todo if all(done(s.cell) for s in stages_of(c).values() if s.cell)]
+        blocked += [c for c in todo if c not in ready]
+        if not ready:
+            continue
+        if len(plan) > 1:
+            log(f"stage {i + 1} of {len(plan)}: {len(ready)} cell(s)")
+        _fit(f"{suite.name}-stage{i + 1}" if len(plan) > 1 else suite.name, ready, store, runtime, resources,
+             max_failures, log)
+        if any(store.get(c.hash) is None for c in ready):
+            break  # interrupted: nothing that depends on this wave may start
+    records = {c.hash: store.get(c.hash) for c in pending}
+    failed = [c.describe() for c in pending if records[c.hash] and records[c.hash].get("status") == "failed"]
+    failed += [f"{c.describe()} (a stage it needs failed)" for c in blocked
+               if records[c.hash] is None and _stage_failed(c, store)]
+    unfinished = [c.describe() for c in pending if records[c.hash] is None and not _stage_failed(c, store)]
+    return RunSummary(len(everything), len(everything) - len(pending), len(pending), failed, unfinished)
+
+
+def _prune(store: ResultStore, cells: list[Cell], log) -> None:
+    folders, freed = store.prune_checkpoints(c.hash for c in cells)
+    if folders:
+        log(f"removed {folders} checkpoint(s) of finished cells ({freed / 2**20:.0f} MiB); their records and weights "
+            "are kept")
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot run one trial of the suite (it would wait forever); the message is one line."""
+
+
+def _check_resources(suite: Suite, resources: dict) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    for key, name in (("gpu", "GPU"), ("cpu", "CPU")):
+        if resources[key] > have.get(name, 0):
+            raise ResourceError(
+                f"{suite.path}: resources.{key}: a trial needs {resources[key]:g} {name}(s) but the Ray cluster has "
+                f"{have.get(name, 0):g}; run on a machine or cluster that has them, pass --num-{key}s, or use --smoke "
+                f"(which trains on the CPU when there is no GPU)")
+
+
+def _stage_failed(cell: Cell, store: ResultStore) -> bool:
+    for stage in stages_of(cell).values():
+        if stage.cell is not None:
+            record = store.get(stage.cell.hash)
+            if (record is not None and record.get("status") == "failed") or _stage_failed(stage.cell, store):
+                return True
+    return False
+
+
+def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, max_failures: int,
+         log) -> None:
+    """One Ray Tune experiment: a trial per cell; returns when all ended or after Ctrl-C."""
+    from ray import tune
+
+    from harness.scheduling.trainable import train_cell
+
+    global _progress_log
+    _progress_log = log
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tuner = tune.Tuner(
+        tune.with_resources(train_cell, resources),
+        param_space={
+            "cell": tune.grid_search([c.to_dict() for c in cells]),
+            "runtime": asdict(runtime),
+            "results": str(store.root),
+            "code": code_version(),
+        },
+        tune_config=tune.TuneConfig(
+            trial_dirname_creator=lambda trial: trial_dirname(Cell.from_dict(trial.config["cell"])),
+        ),
+        run_config=tune.RunConfig(
+            name=f"{name}-{stamp}",
+            storage_path=str(store.ray_dir),
+            verbose=0,
+            callbacks=[_progress_callback(len(cells), store)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    try:
+        tuner.fit()  # Ctrl-C: Tune stops the trials and returns; a second Ctrl-C raises
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _prune(store, cells, log)

@@ -1,0 +1,445 @@
+"""Suite files: YAML that names a grid of (dataset, peer group, method, seed) cells, validated all at once.
+
+Every mistake is reported on one line: the file, the key path, the bad value and what would be valid.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator
+
+from harness.config.cell import Cell
+from harness.data.datasets import DATASETS
+from harness.training.method import load_methods
+from harness.papers.tables import PAPER_TABLES
+from harness.config.recipe import Recipe, Strict, load_presets, resolve_recipe
+from harness.registry import did_you_mean
+
+AGGREGATES = ("median", "mean", "std", "min", "max", "n")
+
+
+class SuiteError(ValueError):
+    """All problems of a suite file, one per line."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class DatasetSpec(Strict):
+    name: str
+    root: str | None = None
+    download: bool = False
+    pipeline: Literal["auto", "fast", "standard"] = "auto"  # auto: fast where the data and augmentation allow
+    views: Literal["shared", "per_peer"] = "shared"  # per_peer: each peer its own random view (KDCL's ICL)
+    train_per_class: PositiveInt | None = None
+    test_per_class: PositiveInt | None = None
+
+
+class Resources(Strict):
+    cpu: PositiveFloat = 1
+    gpu: NonNegativeFloat = 0
+
+
+class Evaluation(Strict):
+    epoch: Literal["last", "best"] = "last"
+    aggregate: Literal["median", "mean", "std", "min", "max", "n"] = "median"
+    metric: Literal["top1", "top5", "top1_error", "top5_error"] = "top1"  # error = 100 − accuracy (ImageNet tables)
+
+
+class Gain(Strict):
+    """A derived value: Σ over ``of`` of (this method's aggregate − ``reference``'s), e.g. AMLN's ↑ and KDCL's gain."""
+
+    reference: str
+    of: list[str]
+
+
+class Layout(Strict):
+    rows: list[Literal["group", "method", "dataset", "value"]] = ["group"]
+    columns: list[Literal["group", "method", "dataset", "value"]] = ["method", "value"]
+    values: list[str] = ["net1", "net2", "avg", "ens"]
+    # where method and value are on the same side: the values shown for a method label ("*": any other), so
+    # that an offline table shows Ind's teacher and student but only the student of every other method
+    method_values: dict[str, list[str]] = {}
+    gains: dict[str, Gain] = {}  # derived values by name, usable in ``values`` ({gain: {reference: ind, of: [avg]}})
+    bold_best: bool = True  # the best method's value in bold, as the papers print it
+    best_excludes: list[str] = []  # "method/value" entries that do not compete (ACKD Table 2's teacher: "ind/net1")
+
+    def shows(self, where: dict) -> bool:
+        """Whether a row or column (axis → entry) is shown under ``method_values``."""
+        if not self.method_values or "method" not in where or "value" not in where:
+            return True
+        wanted = self.method_values.get(where["method"], self.method_values.get("*"))
+        return wanted is None or where["value"] in wanted
+
+    @field_validator("values")
+    @classmethod
+    def _known_values(cls, values):
+        for v in values:
+            if not v.replace("_", "").isalnum():
+                raise ValueError(f"{v!r} is not an output name; valid: net1..netK, avg, ens, or an output a method "
+                                 "evaluates (e.g. ONE's gated teacher)")
+        return values
+
+
+class PaperTableRef(Strict):
+    name: str
+    nets: dict[str, str] = {}  # our model name -> the paper table's network name
+    # our method label -> the paper table's method name, or several tried in order (the first with a number)
+    methods: dict[str, str | list[str]] = {}
+    # offline tables (rows with ``eval: teacher|student``): our value -> the role it is, per method label, "*" for
+    # any other; e.g. {"*": {net1: student, teacher: teacher}, ind: {net1: teacher, net2: student}}
+    eval: dict[str, dict[str, Literal["teacher", "student"]]] = {}
+    # our value -> the key of the paper's row that holds it, per method label ("*" for any other): a table that
+    # keeps numbers under the metric's name ({"*": {net1: top1}}), or prints an offline student as net2 ({kd: {net1:
+    # net2}})
+    value_keys: dict[str, dict[str, str]] = {}
+    # per method label, keys a paper row must also have (rows that differ only in them): {"KDCL ICL": {icl: true}}
+    match: dict[str, dict] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _known_table(cls, name):
+        if name not in PAPER_TABLES:
+            raise ValueError(f"unknown paper table {name!r}{did_you_mean(name, PAPER_TABLES)}")
+        return name
+
+
+class SuiteSpec(Strict):
+    name: str
+    title: str = ""
+    description: str = ""
+    dataset: DatasetSpec
+    groups: list[list[str]]
+    methods: list
+    seeds: list[int]
+    recipe: dict
+    recipes: dict[str, dict] = {}
+    resources: Resources = Resources()
+    evaluation: Evaluation = Evaluation()
+    table: Layout = Layout()
+    paper_table: PaperTableRef | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name):
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"{name!r} must use only letters, digits, '_' and '-' (it names files)")
+        return name
+
+    @field_validator("groups", "seeds", "methods")
+    @classmethod
+    def _non_empty(cls, value):
+        if not value:
+            raise ValueError("must list at least one entry")
+        return value
+
+
+class Suite:
+    """A validated suite: its spec, where it came from, and the cells it expands to."""
+
+    def __init__(self, spec: SuiteSpec, path: Path, cells: list[Cell], scaled_down: list[str] | None = None):
+        self.spec, self.path, self.cells = spec, path, cells
+        self.scaled_down = scaled_down or []  # how it is smaller than the paper's setting (see scaled_down_notes)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(c.label for c in self.cells))
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _path_str(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _unknown_keys(data, model: type[BaseModel], path: str, errors: list[str]):
+    """Report unknown keys (with a did-you-mean and the valid keys) and return ``data`` without them, so
+    that validation of the rest still runs and every other mistake is reported in the same pass."""
+    if not isinstance(data, dict):
+        return data
+    fields = model.model_fields
+    clean = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            errors.append(f"{where}: unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
+            continue
+        annotation = fields[key].annotation
+        args = getattr(annotation, "__args__", ()) or (annotation,)
+        if getattr(annotation, "__origin__", None) is dict and isinstance(value, dict):  # dict[str, Model]
+            model_of = args[-1]
+            if isinstance(model_of, type) and issubclass(model_of, BaseModel):
+                value = {k: _unknown_keys(v, model_of, f"{where}.{k}", errors) for k, v in value.items()}
+            clean[key] = value
+            continue
+        for candidate in args:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                value = _unknown_keys(value, candidate, where, errors)
+        clean[key] = value
+    return clean
+
+
+def _pydantic_lines(error: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for e in error.errors():
+        if e["type"] == "extra_forbidden":
+            continue  # reported by _unknown_keys with its did-you-mean
+        where = _path_str(((prefix,) if prefix else ()) + tuple(e["loc"]))
+        message = e["msg"].removeprefix("Value error, ")
+        shown = e.get("input")
+        got = "" if e["type"] == "missing" or isinstance(shown, dict) else f", got {shown!r}"
+        lines.append(f"{where}: {message}{got}")
+    return lines
+
+
+def _expand_hparam_grid(hparams: dict) -> list[dict]:
+    """``{key: {grid: [a, b]}}`` values expand into one entry per combination."""
+    axes = {k: v["grid"] for k, v in hparams.items() if isinstance(v, dict) and set(v) == {"grid"}}
+    if not axes:
+        return [hparams]
+    out = []
+    for combo in itertools.product(*axes.values()):
+        out.append({**hparams, **dict(zip(axes, combo))})
+    return out
+
+
+def _method_entries(raw_methods, errors: list[str], presets: dict | None = None) -> list[tuple[str, str, dict, dict | None]]:
+    """(label, method name, validated full hyper-parameters, the entry's own resolved recipe or None) for each
+    method entry and grid point."""
+    registry = load_methods()
+    entries = []
+    for i, entry in enumerate(raw_methods):
+        where = f"methods[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            errors.append(f"{where}: expected a method name or a mapping with 'name', got {entry!r}")
+            continue
+        entry = dict(entry)
+        name, label = entry.pop("name"), entry.pop("label", None)
+        own = entry.pop("recipe", None)
+        own_recipe = None if own is None else _resolved_recipe(own, presets or load_presets(), f"{where}.recipe",
+                                                               errors)
+        if name not in registry:
+            errors.append(f"{where}.name: {registry.unknown_message(name)}")
+            continue
+        method_cls = registry.get(name)
+        grid = _expand_hparam_grid(entry)
+        for hparams in grid:
+            hparams = _unknown_keys(hparams, method_cls.HParams, where, errors)
+            try:
+                full = method_cls.HParams.model_validate(hparams).model_dump(mode="json")
+            except ValidationError as e:
+                errors.extend(_pydantic_lines(e, where))
+                continue
+            point = label or name
+            if len(grid) > 1:
+                swept = ",".join(f"{k}={hparams[k]}" for k in hparams if isinstance(entry[k], dict))
+                point = f"{point}[{swept}]"
+            entries.append((point, name, full, own_recipe))
+    labels = [label for label, _, _, _ in entries]
+    for label in sorted({l for l in labels if labels.count(l) > 1}):
+        errors.append(f"methods: label {label!r} is used twice; give one entry a distinct 'label'")
+    return entries
+
+
+def _resolved_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict | None:
+    """A recipe (preset name or mapping) resolved and validated: the suite's, or a method entry's own (its paper's,
+    in a suite comparing methods each under its own recipe); None, with the errors listed, when it is invalid."""
+    try:
+        resolved = _unknown_keys(resolve_recipe(raw, presets, where), Recipe, where, errors)
+        return Recipe.model_validate(resolved).model_dump(mode="json")
+    except KeyError as e:
+        errors.append(str(e.args[0]))
+    except ValidationError as e:
+        errors.extend(_pydantic_lines(e, where))
+    return None
+
+
+def _check_groups(groups, methods, errors: list[str]) -> None:
+    import timm
+
+    import harness.models  # noqa: F401
+
+    registry = load_methods()
+    known = None
+    for i, group in enumerate(groups):
+        for j, model in enumerate(group):
+            if not timm.is_model(model):
+                known = known or timm.list_models()
+                errors.append(f"groups[{i}][{j}]: unknown model {model!r}{did_you_mean(model, known)}; "
+                              "'harness list models' shows the registered ones")
+        for label, name, hparams, _ in methods:
+            cls = registry.get(name)
+            if len(group) < cls.min_peers or (cls.max_peers and len(group) > cls.max_peers):
+                limit = f"{cls.min_peers}..{cls.max_peers or 'any'}"
+                errors.append(f"groups[{i}]: method {label!r} takes {limit} networks, the group has {len(group)}")
+                continue
+            problem = cls.group_error(cls.HParams.model_validate(hparams), tuple(group))
+            if problem:
+                errors.append(f"groups[{i}]: method {label!r} cannot train {list(group)}: {problem}")
+
+
+def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
+    """Every axis with more than one entry must be a row or a column; none may be both."""
+    layout = spec.table
+    for key in sorted(set(layout.rows) & set(layout.columns)):
+        errors.append(f"table: {key!r} is in both rows and columns; keep it in one")
+    sizes = {"group": len({tuple(g) for g in spec.groups}), "method": len(methods), "value": len(layout.values)}
+    for key, size in sizes.items():
+        if size > 1 and key not in layout.rows + layout.columns:
+            errors.append(f"table: the suite has {size} entries of {key!r} but the table has no place for them; "
+                          f"add {key!r} to table.rows or table.columns")
+    labels = [label for label, _, _, _ in methods]
+    for label, values in layout.method_values.items():
+        if label != "*" and label not in labels:
+            errors.append(f"table.method_values.{label}: not a method label of this suite{did_you_mean(label, labels)}"
+                          f"; valid: {', '.join(labels)} or '*'")
+        for value in values:
+            if value not in layout.values:
+                errors.append(f"table.method_values.{label}: {value!r} is not in table.values "
+                              f"({', '.join(layout.values)})")
+    for name, gain in layout.gains.items():
+        if gain.reference not in labels:
+            errors.append(f"table.gains.{name}.reference: {gain.reference!r} is not a method label of this suite"
+                          f"{did_you_mean(gain.reference, labels)}; valid: {', '.join(labels)}")
+    for i, entry in enumerate(layout.best_excludes):
+        label, _, value = entry.rpartition("/")
+        if label not in labels or value not in layout.values:
+            errors.append(f"table.best_excludes[{i}]: {entry!r} is not 'method label/value' of this table; labels: "
+                          f"{', '.join(labels)}; values: {', '.join(layout.values)}")
+
+
+def _check_paper_table(spec: SuiteSpec, methods, errors: list[str]) -> None:
+    """The labels ``paper_table`` keys its settings by must be this suite's (a typo would silently show no paper
+    number), and the paper methods it names must be the table's."""
+    ref = spec.paper_table
+    if ref is None:
+        return
+    from harness.papers.tables import load_paper_table
+
+    labels = [label for label, _, _, _ in methods]
+    theirs = sorted({row["method"] for row in load_paper_table(ref.name)["rows"] if "method" in row})
+    for field in ("methods", "eval", "value_keys", "match"):
+        for label in getattr(ref, field):
+            if label != "*" and label not in labels:
+                errors.append(f"paper_table.{field}.{label}: not a method label of this suite"
+                              f"{did_you_mean(label, labels)}; valid: {', '.join(labels)} or '*'")
+    for label, names in ref.methods.items():
+        for name in [names] if isinstance(names, str) else names:
+            if name not in theirs:
+                errors.append(f"paper_table.methods.{label}: {name!r} is not a method of {ref.name}"
+                              f"{did_you_mean(name, theirs)}; valid: {', '.join(theirs)}")
+
+
+def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
+    """Stages a method asks for must be definable (a known teacher recipe) and a checkpoint file must exist."""
+    from harness.training.stages import StageError, stages_of
+
+    def where(cell: Cell) -> str:
+        for i, entry in enumerate(raw_methods):
+            name = entry if isinstance(entry, str) else entry.get("name")
+            label = None if isinstance(entry, str) else entry.get("label")
+            if cell.label in (label, name) or cell.label.startswith(f"{label or name}["):
+                return f"methods[{i}]"
+        return "methods"
+
+    for cell in {c.hash: c for c in cells}.values():
+        try:
+            stages = stages_of(cell)
+        except KeyError as e:  # an unknown teacher recipe preset: resolve_recipe's one-line message
+            errors.append(f"{where(cell)}.{e.args[0]}")
+            continue
+        except ValidationError as e:
+            errors.extend(_pydantic_lines(e, f"{where(cell)}.teacher_recipe"))
+            continue
+        except StageError as e:  # a stage the method cannot define from these hyper-parameters: "key: why"
+            errors.append(f"{where(cell)}.{e}")
+            continue
+        for stage in stages.values():
+            if stage.checkpoint and not Path(stage.checkpoint).expanduser().is_file():
+                key = next((k for k, v in cell.hparams.items() if v == stage.checkpoint), "checkpoint")
+                errors.append(f"{where(cell)}.{key}: no such file {stage.checkpoint!r}; give the path of a saved "
+                              "network (the harness's results/weights/<hash>.pt or a state_dict file)")
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Parse, validate and expand a suite file; raises :class:`SuiteError` listing every problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SuiteError([f"{path}: no such suite file"]) from None
+    except yaml.YAMLError as e:
+        raise SuiteError([f"{path}: not valid YAML: {' '.join(str(e).split())}"]) from None
+    if not isinstance(raw, dict):
+        raise SuiteError([f"{path}: a suite must be a mapping of keys, got {type(raw).__name__}"])
+    raw = dict(raw)
+    if isinstance(raw.get("dataset"), str):
+        raw["dataset"] = {"name": raw["dataset"]}
+    errors: list[str] = []
+
+    presets = {**load_presets(), **(raw.get("recipes") or {})}
+    raw_recipe = raw.get("recipe")
+    recipe_dict = None
+    if "recipe" in raw:
+        recipe_dict = _resolved_recipe(raw["recipe"], presets, "recipe", errors)
+        raw["recipe"] = recipe_dict or {}
+
+    raw = _unknown_keys(raw, SuiteSpec, "", errors)
+    spec = None
+    try:
+        spec = SuiteSpec.model_validate(raw)
+    except ValidationError as e:
+        errors.extend(_pydantic_lines(e))
+
+    cells: list[Cell] = []
+    if spec is not None:
+        if spec.dataset.name not in DATASETS:
+            errors.append(f"dataset.name: {DATASETS.unknown_message(spec.dataset.name)}")
+        methods = _method_entries(spec.methods, errors, presets)
+        _check_groups(spec.groups, methods, errors)
+        _check_layout(spec, methods, errors)
+        _check_paper_table(spec, methods, errors)
+        if recipe_dict is not None and not errors:
+            dataset = spec.dataset.model_dump(mode="json", exclude_none=True)
+            for group, (label, name, hparams, own), seed in itertools.product(spec.groups, methods, spec.seeds):
+                cells.append(Cell(method=name, hparams=hparams, group=tuple(group), dataset=dataset,
+                                  recipe=own or recipe_dict, seed=seed, label=label, suite=spec.name))
+        _check_stages(cells, spec.methods, errors)
+    if errors:
+        raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])
+    return Suite(spec, path, cells, scaled_down_notes(spec, raw_recipe, presets))
+
+
+def scaled_down_notes(spec: SuiteSpec, raw_recipe, presets: dict) -> list[str]:
+    """How a suite that mirrors a paper table is smaller than the paper's setting: another dataset than the
+    table's, a subset of the images, fewer epochs than the preset it names.  The report puts them in its title,
+    so that no one mistakes the run for a reproduction; a suite without a paper table claims nothing."""
+    if spec.paper_table is None:
+        return []
+    from harness.papers.tables import load_paper_table
+
+    notes = []
+    theirs = load_paper_table(spec.paper_table.name).get("dataset")
+    if theirs and spec.dataset.name != theirs:
+        notes.append(f"{spec.dataset.name} in place of {theirs}")
+    for split in ("train", "test"):
+        if (n := getattr(spec.dataset, f"{split}_per_class")) is not None:
+            notes.append(f"{n} {split} images per class")
+    own = [m["recipe"] for m in spec.methods if isinstance(m, dict) and "recipe" in m]  # a method's own recipe
+    for recipe in [raw_recipe, *own]:
+        if isinstance(recipe, dict) and isinstance(recipe.get("base"), str) and "epochs" in recipe:
+            base = resolve_recipe(recipe["base"], presets)
+            if recipe["epochs"] < base.get("epochs", 0):
+                notes.append(f"{recipe['epochs']} of {recipe['base']}'s {base['epochs']} epochs")
+    return list(dict.fromkeys(notes))

@@ -1,0 +1,254 @@
+"""The training engine: trains the peers of one cell together, evaluates every output each epoch, and can
+stop and resume at any epoch boundary with the same numbers as an uninterrupted run."""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+
+import harness.models  # noqa: F401  (registers the CIFAR networks in timm)
+from harness.data.batches import Batch
+from harness.config.cell import Cell
+from harness.data.datasets import load_dataset
+from harness.data.inputs import build_inputs
+from harness.training.method import MethodContext, Step, load_methods
+from harness.config.recipe import Recipe, build_optimizer, build_scheduler, OptimizerSpec
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss term became NaN or infinite; the message names the cell, the term and the epoch."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a cell runs, as opposed to what it is: nothing here changes its hash."""
+
+    device: str = "auto"
+    data_root: str | None = None
+    channels_last: bool = True
+    eval_batch_size: int = 500
+    workers: int = 0  # DataLoader workers of the standard input pipeline
+    results: str = "results"  # the result store, where the weights of earlier stages (teachers) are found
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds a cell's data, method, optimizers and schedules; ``run`` trains it to the recipe's end."""
+
+    def __init__(self, cell: Cell, runtime: Runtime = Runtime()):
+        self.cell, self.runtime = cell, runtime
+        self.recipe = Recipe.model_validate(cell.recipe)
+        self.device = runtime.torch_device()
+        seed_everything(cell.seed)
+
+        data = load_dataset(cell.dataset, runtime.data_root)
+        self.data = data
+        method_cls = load_methods().get(cell.method)
+        hparams = method_cls.HParams.model_validate(cell.hparams)
+        self.views = (len(cell.group) if method_cls.per_peer_views(hparams) or cell.dataset.get("views") == "per_peer"
+                      else 1)
+        self.inputs = build_inputs(
+            data, self.recipe, cell.seed, cell.dataset.get("pipeline", "auto"),
+            views=self.views,
+            held_out_per_class=method_cls.held_out_per_class(hparams), device=self.device,
+            channels_last=runtime.channels_last, eval_batch_size=runtime.eval_batch_size, workers=runtime.workers,
+        )
+        self.train_batches = self.inputs.train
+
+        ctx = MethodContext(
+            group=tuple(cell.group), num_classes=data.num_classes, in_chans=data.in_chans,
+            image_size=self.inputs.image_size, num_train=self.inputs.num_train, epochs=self.recipe.epochs,
+            steps_per_epoch=len(self.train_batches), device=self.device, batch_size=self.recipe.batch_size,
+            create_model=lambda name: timm.create_model(name, num_classes=data.num_classes, in_chans=data.in_chans),
+            validation=self.inputs.validation,
+        )
+        self.stages = method_cls.stages(hparams, cell)
+        self.stage_provenance: dict[str, dict] = {}
+        self._stage_modules: dict[str, dict] = {}
+        ctx.load_stage = self._load_stage
+        ctx.load_stage_modules = self._load_stage_modules
+        self.method = method_cls(hparams, ctx)
+        memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+        self.method.modules.to(self.device, memory_format=memory_format)
+
+        self.schedulers = {}
+        for name, group in self.method.optim_groups().items():
+            spec = OptimizerSpec.model_validate(group.optimizer) if group.optimizer else self.recipe.optimizer
+            params = list(group.params)
+            if group.optimizer is None and params and isinstance(params[0], dict):
+                params = [{**g, "lr": self.recipe.peer_learning_rate(g["model"])} if "model" in g else g
+                          for g in params]
+            optimizer = build_optimizer(spec, params, self.recipe.lr_scale())
+            self.method.optimizers[name] = optimizer
+            if group.follow_schedule:
+                self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
+        self.last_epoch = min(cell.stop_epoch or self.recipe.epochs, self.recipe.epochs)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+
+    def _load_stage(self, name: str) -> list[torch.nn.Module]:
+        """The networks of stage ``name`` (a teacher), frozen and on this trainer's device; recorded."""
+        from harness.results.weights import load_networks
+        from harness.results.store import ResultStore
+
+        if name not in self.stages:
+            raise KeyError(f"method {self.cell.method} asked for stage {name!r} but declares {list(self.stages)}")
+        stage = self.stages[name]
+        path = stage.checkpoint or ResultStore(self.runtime.results).weights_path(stage.cell.hash)
+        networks, provenance = load_networks(path, stage.models, stage.sha256, self.data.num_classes,
+                                             self.data.in_chans)
+        self._stage_modules[name] = provenance.pop("modules")
+        self.stage_provenance[name] = {**provenance, "stage": stage.describe()}
+        return [net.to(self.device) for net in networks]
+
+    def _load_stage_modules(self, name: str) -> dict[str, dict]:
+        """State dicts (on CPU) of the extra modules stage ``name`` saved; loads the stage if not yet loaded."""
+        if name not in self._stage_modules:
+            self._load_stage(name)
+        return self._stage_modules[name]
+
+    def costs(self) -> dict:
+        """What one training step costs, per image (``harness/models/costs.py``), for the tables that print it.
+
+        Measured after training: a failure here is recorded as the cost's error, never as the trial's.
+        """
+        from harness.training.step_cost import training_forward_macs
+
+        n = 2  # two images: batch norm needs more than one value per channel
+        x = torch.zeros(n, self.data.in_chans, *self.inputs.image_size, device=self.device)
+        batch = Batch([x] * self.views, torch.arange(n, device=self.device) % self.data.num_classes,
+                      torch.arange(n, device=self.device))
+        steps = len(self.train_batches)
+        try:
+            macs = training_forward_macs(self.method, batch, Step(0, 0, self.recipe.epochs, steps))
+        except Exception as e:  # noqa: BLE001 — a cost is a by-product; the trained networks matter
+            return {"train_forward_macs_per_image": None, "error": f"{type(e).__name__}: {e}"}
+        return {"train_forward_macs_per_image": macs}
+
+    def save_weights(self, path) -> str:
+        """Save what later stages load (the deployed networks and the method's saved modules); returns the SHA-256."""
+        from harness.results.weights import save_networks
+
+        return save_networks(path, self.cell, self.method.deployed_networks(), self.data.num_classes,
+                             self.data.in_chans, self.method.saved_modules())
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "cell_hash": self.cell.hash,
+            "epoch": self.epoch,
+            "history": self.history,
+            "modules": self.method.modules.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.method.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "method": self.method.extra_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("cell_hash") != self.cell.hash:
+            raise ValueError(f"checkpoint belongs to cell {state.get('cell_hash')}, not {self.cell.hash}")
+        self.method.modules.load_state_dict(state["modules"])
+        for name, optimizer in self.method.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        self.method.load_extra_state(state["method"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.epoch, self.history = state["epoch"], state["history"]
+
+    # --- one epoch -----------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        epoch, steps = self.epoch, len(self.train_batches)
+        self.method.modules.train()
+        self.method.on_epoch_start(epoch)
+        groups = self.method.optimizers["peers"].param_groups
+        lrs = {f"lr/net{i + 1}": g["lr"] for i, g in enumerate(g for g in groups if "model" in g)} or {"lr": groups[0]["lr"]}
+        sums: dict[str, torch.Tensor] = {}
+        images, start = 0, time.perf_counter()
+        for i, batch in enumerate(self.train_batches.epoch(epoch)):
+            terms = self.method.train_step(batch, Step(epoch, i, self.recipe.epochs, steps))
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+            images += len(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        losses = {f"loss/{name}": float(total) / steps for name, total in sums.items()}
+        bad = [name for name, value in losses.items() if not math.isfinite(value)]
+        if bad:
+            raise NonFiniteLoss(
+                f"cell {self.cell.hash} ({self.cell.describe()}): {bad[0]} is {losses[bad[0]]} in epoch "
+                f"{epoch + 1}; lower the learning rate or check the method's hyper-parameters"
+            )
+        return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Top-1/top-5 (%) of every output, the mean of the peers ('avg') and their ensemble ('ens')."""
+        self.method.modules.eval()
+        correct: dict[str, torch.Tensor] = {}
+        peers = self.method.peer_outputs()
+        n = 0
+        for batch in self.inputs.test():
+            n += len(batch)
+            outputs = self.method.predict(batch.x)
+            probs = {k: F.softmax(outputs[k].float(), dim=1) for k in peers}
+            outputs["ens"] = torch.stack([probs[k] for k in peers]).mean(0)
+            for name, scores in outputs.items():
+                top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+                hits = top5 == batch.y[:, None]
+                counts = torch.stack([hits[:, 0].sum(), hits.any(1).sum()])
+                correct[name] = correct.get(name, 0) + counts
+        metrics = {}
+        for name, counts in correct.items():
+            metrics[f"top1/{name}"], metrics[f"top5/{name}"] = (100.0 * c / n for c in counts.tolist())
+        for k in ("top1", "top5"):
+            metrics[f"{k}/avg"] = sum(metrics[f"{k}/{p}"] for p in peers) / len(peers)
+        return metrics
+
+    # --- the whole run -------------------------------------------------------------------------------------
+    def run(self, on_epoch: Callable[["Trainer", dict], None] | None = None) -> dict:
+        """Train the remaining epochs; ``on_epoch(trainer, metrics)`` runs after each (report, checkpoint)."""
+        while self.epoch < self.last_epoch:
+            metrics = {"epoch": self.epoch + 1, **self.train_epoch(), **self.evaluate()}
+            self.epoch += 1
+            self.history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(self, metrics)
+        return summarize(self.history)
+
+
+def summarize(history: list[dict]) -> dict:
+    """Last-epoch and best-epoch accuracy of every output; best is taken per output, as KD code bases do."""
+    outputs = sorted({key.split("/", 1)[1] for key in history[-1] if key.startswith("top1/")})
+    last = {o: {"top1": history[-1][f"top1/{o}"], "top5": history[-1][f"top5/{o}"]} for o in outputs}
+    best = {}
+    for o in outputs:
+        row = max(history, key=lambda h: h[f"top1/{o}"])
+        best[o] = {"top1": row[f"top1/{o}"], "top5": row[f"top5/{o}"], "epoch": row["epoch"]}
+    return {"epochs": len(history), "last": last, "best": best}

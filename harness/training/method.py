@@ -1,0 +1,234 @@
+"""The contract between the training engine and a distillation method.
+
+A method owns everything that differs between methods: which modules exist (peers, a shared trunk with
+branches, discriminators, fusion modules, a frozen teacher), which optimizers update them, how one training
+step runs (one joint update, peers one after the other, alternating adversarial updates), what state lives
+across epochs (per-sample memories, ensemble weights), and which outputs are evaluated.  The engine owns the
+loop, the data, the schedules, evaluation, checkpoints and reporting, and never asks which method it runs.
+
+Adding a method means adding one file under ``methods/`` that subclasses :class:`Method` and registers it
+with ``@register_method("name")``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterable, Iterator
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from harness.data.batches import Batch
+from harness.registry import Registry
+
+
+class HParams(BaseModel):
+    """A method's hyper-parameters: typed, with the defaults the method's paper or official code uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the cell it trains."""
+
+    group: tuple[str, ...]
+    num_classes: int
+    in_chans: int
+    image_size: tuple[int, int]
+    num_train: int
+    epochs: int
+    steps_per_epoch: int
+    device: torch.device
+    create_model: Callable[[str], nn.Module]
+    validation: Callable[[], Iterator[Batch]] | None = None  # held-out batches, for methods that ask
+    load_stage: Callable[[str], list[nn.Module]] | None = None  # a stage's trained networks, frozen, on device
+    # the state dicts of a stage's other saved modules (``Method.saved_modules``), by key
+    load_stage_modules: Callable[[str], dict[str, dict]] | None = None
+    batch_size: int = 0  # the recipe's training batch size (0: not known, as in unit tests)
+
+
+@dataclass
+class OptimGroup:
+    """Parameters updated by one optimizer; ``optimizer`` None means the recipe's optimizer and schedule.
+
+    ``params`` may be parameter groups (dicts); a group with a ``model`` key (a timm name) gets the recipe's
+    learning rate for that network (``Recipe.peer_lr``).
+    """
+
+    params: Iterable
+    optimizer: dict | None = None
+    follow_schedule: bool = True
+
+
+@dataclass
+class Step:
+    """Where a training step sits: 0-based epoch, step within the epoch, and the run's length."""
+
+    epoch: int
+    step: int
+    epochs: int
+    steps_per_epoch: int
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in epochs (used by ramp-ups and warm-ups)."""
+        return self.epoch + self.step / max(self.steps_per_epoch, 1)
+
+
+class Method:
+    """K peers created by name from the cell's group, trained on the sum of the terms :meth:`losses` returns."""
+
+    name: ClassVar[str] = ""
+    HParams: ClassVar[type[HParams]] = HParams
+    min_peers: ClassVar[int] = 1
+    max_peers: ClassVar[int | None] = None
+
+    def __init__(self, hp: HParams, ctx: MethodContext):
+        self.hp = hp
+        self.ctx = ctx
+        self.modules = self.build()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # filled by the engine from optim_groups()
+
+    # --- structure -------------------------------------------------------------------------------------
+    def build(self) -> nn.ModuleDict:
+        """Every trainable module of the method; ``peers`` holds the deployed networks."""
+        return nn.ModuleDict({"peers": nn.ModuleList(self.ctx.create_model(name) for name in self.ctx.group)})
+
+    @property
+    def peers(self) -> nn.ModuleList:
+        return self.modules["peers"]
+
+    def optim_groups(self) -> dict[str, OptimGroup]:
+        """One optimizer for everything: a parameter group per peer, one more for any extra modules."""
+        groups = [{"params": list(peer.parameters()), "model": name} for name, peer in zip(self.ctx.group, self.peers)]
+        extra = [p for key, module in self.modules.items() if key != "peers" for p in module.parameters()]
+        return {"peers": OptimGroup(groups + ([{"params": extra}] if extra else []))}
+
+    def deployed_parameters(self) -> int:
+        """Parameters of the networks that are kept after training (extra modules are reported apart)."""
+        return sum(p.numel() for p in self.peers.parameters())
+
+    def parameter_counts(self) -> dict:
+        """Parameters by role, since only the deployed networks are kept after training.
+
+        ``deployed``: the networks kept (a shared trunk counted once); ``peers``: every parameter of the
+        ``peers`` modules (all branches of a multi-branch network); ``added``: each other module (discriminators,
+        connectors, gates, fusion modules, embedding heads) by its key; ``added_buffers_bytes``: the buffers of
+        those modules (memory banks); ``frozen``: modules with no trainable parameter (a teacher).
+        """
+        peer_params = {id(p): p.numel() for p in self.peers.parameters()}
+        added, frozen, buffers = {}, {}, {}
+        for key, module in self.modules.items():
+            if key == "peers":
+                continue
+            own = [p for p in module.parameters() if id(p) not in peer_params]
+            if own and not any(p.requires_grad for p in own):  # a frozen teacher from an earlier stage
+                frozen[key] = sum(p.numel() for p in own)
+                continue
+            added[key] = sum(p.numel() for p in own)
+            buffers[key] = sum(b.numel() * b.element_size() for b in module.buffers())
+        return {"deployed": self.deployed_parameters(), "peers": sum(peer_params.values()), "added": added,
+                "added_total": sum(added.values()), "added_buffers_bytes": buffers, "frozen": frozen}
+
+    def deployed_networks(self) -> list[tuple[str, nn.Module]]:
+        """(timm name, network) of what is kept after training; saved so that later stages can load them."""
+        return list(zip(self.ctx.group, self.peers))
+
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """Modules besides the deployed networks that later stages load (FT's paraphraser); none by default."""
+        return {}
+
+    @classmethod
+    def stages(cls, hp: HParams, cell) -> dict:
+        """Named :class:`harness.training.stages.Stage` s to finish before this cell starts (a teacher); none by default.
+
+        The method gets their networks through ``ctx.load_stage(name)``.
+        """
+        return {}
+
+    @classmethod
+    def analysis_roles(cls, hp: HParams, cell) -> dict:
+        """Stages whose networks ``harness analyze`` compares with this cell's network, by role (``teacher``,
+        ``proxy``); none by default, so the cell is not analysed."""
+        return {}
+
+    @classmethod
+    def group_error(cls, hp: HParams, group: tuple[str, ...]) -> str | None:
+        """Why this method cannot train ``group`` with ``hp`` (checked by ``harness validate``); None if it can.
+
+        The number of networks is checked apart, against ``min_peers``/``max_peers``.
+        """
+        return None
+
+    @classmethod
+    def per_peer_views(cls, hp: HParams) -> bool:
+        """True when every peer must see its own random view of the batch's images (KDCL's ICL).
+
+        A suite can also ask for per-peer views for any method (``dataset.views: per_peer``).
+        """
+        return False
+
+    @classmethod
+    def held_out_per_class(cls, hp: HParams) -> int:
+        """Training images per class to hold out as a validation split (KDCL-General); 0 = none.
+
+        The split is drawn with the cell's seed, removed from training, and served un-augmented by
+        ``ctx.validation()``.
+        """
+        return 0
+
+    # --- training --------------------------------------------------------------------------------------
+    def losses(self, batch: Batch, step: Step) -> dict[str, torch.Tensor]:
+        """Named scalar loss terms; the step minimises their sum."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Batch, step: Step) -> dict[str, torch.Tensor]:
+        """One joint update of every optimizer on the summed loss; override for other update orders."""
+        terms = self.losses(batch, step)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        torch.stack(list(terms.values())).sum().backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return {name: value.detach() for name, value in terms.items()}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for per-epoch state (ramp-ups, weights recomputed on a validation split)."""
+
+    # --- evaluation ------------------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every evaluated output: ``net1..netK`` for the peers, other names for extra outputs."""
+        return {f"net{i + 1}": peer(x) for i, peer in enumerate(self.peers)}
+
+    def peer_outputs(self) -> list[str]:
+        """Outputs averaged (as probabilities) into the ensemble ``ens``."""
+        return [f"net{i + 1}" for i in range(len(self.ctx.group))]
+
+    # --- state beyond modules and optimizers -----------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+def load_methods() -> Registry[type[Method]]:
+    """Import the ``methods`` package (each module registers itself) and return the registry."""
+    import methods  # noqa: F401
+
+    return METHODS
