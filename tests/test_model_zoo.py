@@ -39,7 +39,7 @@ EXACT_PARAMS_100 = {
 # the paper's rounding differs slightly for WRN-16-2 (0.703M vs 0.72M) and WRN-40-2 (2.255M vs 2.27M).
 def _amln_table1() -> dict[str, float]:
     from harness.models.zoo import timm_name
-    from harness.paper_tables import load_paper_table
+    from harness.papers.tables import load_paper_table
 
     table = load_paper_table("amln_table1")
     return {timm_name(row["nets"][0], table["dataset"]): row["value"] for row in table["rows"]}
@@ -152,7 +152,7 @@ def test_every_paper_network_has_a_model():
     import yaml
 
     from harness.models.zoo import timm_name
-    from harness.paper_tables import TABLES_DIR
+    from harness.papers.tables import TABLES_DIR
 
     for path in TABLES_DIR.glob("*.yaml"):
         table = yaml.safe_load(path.read_text())
@@ -171,3 +171,22 @@ def test_imagenet_networks_at_224(name):
     out.sum().backward()
     assert out.shape == (1, 10)
     assert timm.create_model(name, num_classes=10, in_chans=1)(torch.randn(2, 1, 64, 64)).shape == (2, 10)
+
+
+def test_initial_weights_unchanged():
+    """Every CIFAR network, created under seed 0, has the weights recorded in tests/snapshots/init_weights.json
+    (SHA-256 of its state dict): refactoring the model files must not move a single random draw."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    expected = json.loads((Path(__file__).parent / "snapshots" / "init_weights.json").read_text())
+    assert sorted(expected) == sorted(timm.list_models("cifar_*"))
+    for name, digest in expected.items():
+        torch.manual_seed(0)
+        state = timm.create_model(name, num_classes=100).state_dict()
+        h = hashlib.sha256()
+        for key, value in state.items():
+            h.update(key.encode())
+            h.update(value.detach().numpy().tobytes())
+        assert h.hexdigest()[:16] == digest, name

@@ -21,9 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from timm.models import generate_default_cfgs, register_model
-
-from harness.models.cifar_resnet import CifarNet, build_cifar, cifar_cfg
+from harness.models.cifar_base import CifarNet, register_variants, repdistiller_init
 
 # (expansion t, channels c, repeats n, first stride s), grouped into the four feature stages.
 _SETTINGS = (
@@ -95,39 +93,9 @@ class CifarMobileNetV2(CifarNet):
         self._setup([("conv1",), ("layer1",), ("layer2",), ("layer3",), ("layer4", "conv2")],
                     channels, reductions, num_classes, global_pool, drop_rate)
         # RepDistiller's init: He-normal (fan-out) convolutions, unit BN, N(0, 0.01) classifier with zero bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self, classifier_std=0.01, zero_classifier_bias=True)
 
 
-_WIDTHS = {"cifar_mobilenetv2_x0_5": 0.5, "cifar_mobilenetv2_x1_0": 1.0, "cifar_mobilenetv2_x1_4": 1.4}
-
-default_cfgs = generate_default_cfgs(
-    {f"{name}.untrained": cifar_cfg(pool_size=(2, 2), first_conv="conv1.0") for name in _WIDTHS}
-)
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> CifarMobileNetV2:
-    return build_cifar(CifarMobileNetV2, variant, pretrained, 5, width_mult=_WIDTHS[variant], **kwargs)
-
-
-@register_model
-def cifar_mobilenetv2_x0_5(pretrained: bool = False, **kwargs) -> CifarMobileNetV2:
-    """RepDistiller ``mobile_half`` (T = 6, width 0.5)."""
-    return _create("cifar_mobilenetv2_x0_5", pretrained, **kwargs)
-
-
-@register_model
-def cifar_mobilenetv2_x1_0(pretrained: bool = False, **kwargs) -> CifarMobileNetV2:
-    return _create("cifar_mobilenetv2_x1_0", pretrained, **kwargs)
-
-
-@register_model
-def cifar_mobilenetv2_x1_4(pretrained: bool = False, **kwargs) -> CifarMobileNetV2:
-    return _create("cifar_mobilenetv2_x1_4", pretrained, **kwargs)
+_WIDTHS = {"cifar_mobilenetv2_x0_5": 0.5, "cifar_mobilenetv2_x1_0": 1.0, "cifar_mobilenetv2_x1_4": 1.4}  # 0.5: RepDistiller ``mobile_half``
+register_variants(__name__, CifarMobileNetV2, 5, {name: dict(width_mult=width) for name, width in _WIDTHS.items()},
+                  pool_size=(2, 2), first_conv="conv1.0")

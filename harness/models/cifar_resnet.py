@@ -11,140 +11,13 @@ Variants:
 * ``cifar_resnet110_bottleneck``: the ONE / OKDDip ResNet-110, bottleneck blocks (1×1, 3×3, 1×1, expansion 4),
   12 blocks per stage (depth 9n + 2), stem 16, stage widths 16/32/64 so the stage outputs have 64/128/256
   channels.
-
-This module also holds :class:`CifarNet`, the small base class that implements timm's model protocol
-(``feature_info``, ``forward_features``, ``forward_head``, ``forward_intermediates``,
-``prune_intermediate_layers``, ``get_classifier`` / ``reset_classifier``) for every CIFAR family in this
-package.  A subclass registers its child modules in execution order and then calls :meth:`CifarNet._setup`
-with the grouping of those children into "stem + stages".
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-
-
-class CifarNet(nn.Module):
-    """timm model protocol shared by the CIFAR networks of this package.
-
-    A subclass creates its children in the order they run (timm's ``features_only`` wrapper relies on
-    that order), then calls ``_setup`` with ``stages``: one tuple of direct-child names per feature index
-    (index 0 is the stem), ``channels`` and ``reductions`` per index, and the head settings.  The output of
-    the last child of a group is that index's feature map; the last index's map is what
-    ``forward_features`` returns (the map right before global pooling).  The head is global average pooling,
-    optional dropout (``drop_rate``) and one ``nn.Linear`` called ``fc``.
-    """
-
-    def _setup(
-        self,
-        stages: list[tuple[str, ...]],
-        channels: list[int],
-        reductions: list[int],
-        num_classes: int,
-        global_pool: str,
-        drop_rate: float,
-    ) -> None:
-        if not len(stages) == len(channels) == len(reductions):
-            raise ValueError("stages, channels and reductions must have one entry per feature index")
-        self._stage_names = [tuple(group) for group in stages]
-        self.feature_info = [
-            dict(num_chs=c, reduction=r, module=group[-1])
-            for group, c, r in zip(self._stage_names, channels, reductions)
-        ]
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = channels[-1]
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _stages(self) -> list[nn.Module]:
-        stages = []
-        for group in self._stage_names:
-            modules = [getattr(self, name) for name in group]
-            stages.append(modules[0] if len(modules) == 1 else nn.Sequential(*modules))
-        return stages
-
-    def get_classifier(self, name_only: bool = False):
-        return "fc" if name_only else self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self._stages():
-            x = stage(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool:
-            x = x.mean((2, 3))
-        if self.drop_rate:
-            x = nn.functional.dropout(x, self.drop_rate, self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices=None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """timm's protocol: index 0 is the stem, then one index per stage; returns (final map, [intermediates]).
-
-        ``norm`` is accepted for compatibility and ignored: a final norm (WRN's BN-ReLU) already belongs to the
-        last stage.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError("only NCHW output is supported")
-        stages = self._stages()
-        take, max_index = feature_take_indices(len(stages), indices)
-        intermediates = []
-        for i, stage in enumerate(stages[: max_index + 1] if stop_early else stages):
-            x = stage(x)
-            if i in take:
-                intermediates.append(x)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
-        take, max_index = feature_take_indices(len(self._stage_names), indices)
-        for group in self._stage_names[max_index + 1:]:
-            for name in group:
-                setattr(self, name, nn.Identity())
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-
-def cifar_cfg(**kwargs) -> dict:
-    """Default (untrained) cfg for a 32×32 CIFAR-100 network; override ``pool_size`` / ``first_conv``."""
-    cfg = dict(num_classes=100, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
-               mean=CIFAR100_MEAN, std=CIFAR100_STD, first_conv="conv1", classifier="fc")
-    cfg.update(kwargs)
-    return cfg
-
-
-def build_cifar(cls, variant: str, pretrained: bool, num_feature_indices: int, **kwargs):
-    """``build_model_with_cfg`` with a ``features_only`` default of every stage (indices 1..n, not the stem)."""
-    return build_model_with_cfg(
-        cls, variant, pretrained,
-        feature_cfg=dict(out_indices=tuple(range(1, num_feature_indices)), flatten_sequential=False),
-        **kwargs,
-    )
-
+from harness.models.cifar_base import CifarNet, register_variants, repdistiller_init
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -244,78 +117,12 @@ class CifarResNet(CifarNet):
             reductions.append(reduction)
         self._setup([("conv1", "bn1", "act1"), ("layer1",), ("layer2",), ("layer3",)],
                     channels, reductions, num_classes, global_pool, drop_rate)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self)
 
 
-def _cfg(**kwargs):
-    return cifar_cfg(**kwargs)
-
-
-default_cfgs = generate_default_cfgs({
-    **{f"cifar_resnet{d}.untrained": _cfg() for d in (8, 14, 20, 32, 44, 56, 110)},
-    "cifar_resnet8x4.untrained": _cfg(),
-    "cifar_resnet32x4.untrained": _cfg(),
-    "cifar_resnet110_bottleneck.untrained": _cfg(),
+register_variants(__name__, CifarResNet, 4, {
+    **{f"cifar_resnet{d}": dict(depth=d) for d in (8, 14, 20, 32, 44, 56, 110)},
+    "cifar_resnet8x4": dict(depth=8, stem_width=32, widths=(64, 128, 256)),  # RepDistiller resnet8x4
+    "cifar_resnet32x4": dict(depth=32, stem_width=32, widths=(64, 128, 256)),  # RepDistiller resnet32x4
+    "cifar_resnet110_bottleneck": dict(depth=110, block="bottleneck"),  # ONE / OKDDip ResNet-110
 })
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
-    return build_cifar(CifarResNet, variant, pretrained, 4, **kwargs)
-
-
-@register_model
-def cifar_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("cifar_resnet8", pretrained, depth=8, **kwargs)
-
-
-@register_model
-def cifar_resnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("cifar_resnet14", pretrained, depth=14, **kwargs)
-
-
-@register_model
-def cifar_resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("cifar_resnet20", pretrained, depth=20, **kwargs)
-
-
-@register_model
-def cifar_resnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("cifar_resnet32", pretrained, depth=32, **kwargs)
-
-
-@register_model
-def cifar_resnet44(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("cifar_resnet44", pretrained, depth=44, **kwargs)
-
-
-@register_model
-def cifar_resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("cifar_resnet56", pretrained, depth=56, **kwargs)
-
-
-@register_model
-def cifar_resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("cifar_resnet110", pretrained, depth=110, **kwargs)
-
-
-@register_model
-def cifar_resnet8x4(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """RepDistiller ``resnet8x4``: stem 32, stages 64/128/256, one basic block per stage."""
-    return _create("cifar_resnet8x4", pretrained, depth=8, stem_width=32, widths=(64, 128, 256), **kwargs)
-
-
-@register_model
-def cifar_resnet32x4(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """RepDistiller ``resnet32x4``: stem 32, stages 64/128/256, five basic blocks per stage."""
-    return _create("cifar_resnet32x4", pretrained, depth=32, stem_width=32, widths=(64, 128, 256), **kwargs)
-
-
-@register_model
-def cifar_resnet110_bottleneck(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ONE / OKDDip ResNet-110: 12 bottleneck blocks per stage, outputs 64/128/256 channels."""
-    return _create("cifar_resnet110_bottleneck", pretrained, depth=110, block="bottleneck", **kwargs)

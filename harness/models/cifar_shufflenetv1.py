@@ -16,9 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from timm.models import generate_default_cfgs, register_model
-
-from harness.models.cifar_resnet import CifarNet, build_cifar, cifar_cfg
+from harness.models.cifar_base import CifarNet, register_variants
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -88,10 +86,5 @@ class CifarShuffleNetV1(CifarNet):
         # RepDistiller's ShuffleV1 keeps PyTorch's default initialisation; so does this one.
 
 
-default_cfgs = generate_default_cfgs({"cifar_shufflenetv1.untrained": cifar_cfg(pool_size=(4, 4))})
-
-
-@register_model
-def cifar_shufflenetv1(pretrained: bool = False, **kwargs) -> CifarShuffleNetV1:
-    """RepDistiller ``ShuffleV1``: groups 3, stages 240 / 480 / 960 channels with 4 / 8 / 4 units."""
-    return build_cifar(CifarShuffleNetV1, "cifar_shufflenetv1", pretrained, 4, **kwargs)
+# RepDistiller ``ShuffleV1``: groups 3, stages 240 / 480 / 960 channels with 4 / 8 / 4 units.
+register_variants(__name__, CifarShuffleNetV1, 4, {"cifar_shufflenetv1": {}}, pool_size=(4, 4))

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from timm.models import generate_default_cfgs, register_model
-
-from harness.models.cifar_resnet import CifarNet, build_cifar, cifar_cfg
+from harness.models.cifar_base import CifarNet, register_variants, repdistiller_init
 
 _LAYOUTS = {
     "cifar_vgg8": ((64,), (128,), (256,), (512,), (512,)),
@@ -61,32 +59,8 @@ class CifarVGG(CifarNet):
             reductions.append(reduction)
         self._setup(stages, channels, reductions, num_classes, global_pool, drop_rate)
         # RepDistiller's VGG init: He-normal (fan-out) convolutions with zero bias, unit BN, N(0, 0.01) classifier.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self, classifier_std=0.01, zero_classifier_bias=True)
 
 
-default_cfgs = generate_default_cfgs(
-    {f"{name}.untrained": cifar_cfg(pool_size=(4, 4), first_conv="block0.0") for name in _LAYOUTS}
-)
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> CifarVGG:
-    return build_cifar(CifarVGG, variant, pretrained, 5, layout=_LAYOUTS[variant], **kwargs)
-
-
-@register_model
-def cifar_vgg8(pretrained: bool = False, **kwargs) -> CifarVGG:
-    return _create("cifar_vgg8", pretrained, **kwargs)
-
-
-@register_model
-def cifar_vgg13(pretrained: bool = False, **kwargs) -> CifarVGG:
-    return _create("cifar_vgg13", pretrained, **kwargs)
+register_variants(__name__, CifarVGG, 5, {name: dict(layout=layout) for name, layout in _LAYOUTS.items()},
+                  pool_size=(4, 4), first_conv="block0.0")

@@ -18,9 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from timm.models import generate_default_cfgs, register_model
-
-from harness.models.cifar_resnet import CifarNet, build_cifar, cifar_cfg
+from harness.models.cifar_base import CifarNet, register_variants, repdistiller_init
 
 
 class PreActBlock(nn.Module):
@@ -77,14 +75,7 @@ class CifarWideResNet(CifarNet):
         self._setup([("conv1",), ("block1",), ("block2",), ("block3", "norm", "act")],
                     channels, reductions, num_classes, global_pool, drop_rate)
         # RepDistiller's WRN init: He-normal (fan-out) convolutions, unit BN, zero classifier bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self, zero_classifier_bias=True)
 
 
 _VARIANTS = {
@@ -92,50 +83,5 @@ _VARIANTS = {
     "cifar_wrn_28_2": (28, 2), "cifar_wrn_28_4": (28, 4), "cifar_wrn_28_10": (28, 10),
     "cifar_wrn_40_1": (40, 1), "cifar_wrn_40_2": (40, 2),
 }
-
-default_cfgs = generate_default_cfgs({f"{name}.untrained": cifar_cfg() for name in _VARIANTS})
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    depth, widen = _VARIANTS[variant]
-    return build_cifar(CifarWideResNet, variant, pretrained, 4, depth=depth, widen=widen, **kwargs)
-
-
-@register_model
-def cifar_wrn_16_1(pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    return _create("cifar_wrn_16_1", pretrained, **kwargs)
-
-
-@register_model
-def cifar_wrn_16_2(pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    return _create("cifar_wrn_16_2", pretrained, **kwargs)
-
-
-@register_model
-def cifar_wrn_16_4(pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    return _create("cifar_wrn_16_4", pretrained, **kwargs)
-
-
-@register_model
-def cifar_wrn_28_2(pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    return _create("cifar_wrn_28_2", pretrained, **kwargs)
-
-
-@register_model
-def cifar_wrn_28_4(pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    return _create("cifar_wrn_28_4", pretrained, **kwargs)
-
-
-@register_model
-def cifar_wrn_28_10(pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    return _create("cifar_wrn_28_10", pretrained, **kwargs)
-
-
-@register_model
-def cifar_wrn_40_1(pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    return _create("cifar_wrn_40_1", pretrained, **kwargs)
-
-
-@register_model
-def cifar_wrn_40_2(pretrained: bool = False, **kwargs) -> CifarWideResNet:
-    return _create("cifar_wrn_40_2", pretrained, **kwargs)
+register_variants(__name__, CifarWideResNet, 4,
+                  {name: dict(depth=depth, widen=widen) for name, (depth, widen) in _VARIANTS.items()})
