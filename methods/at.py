@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from methods.common.feature_losses import at_loss
 from harness.training.method import register_method
+from methods.common import feature_terms
 from methods.common.offline_feature import OfflineFeatureKD, OfflineFeatureParams
 
 
@@ -42,9 +42,4 @@ class AT(OfflineFeatureKD):
 
     HParams = ATParams
     term = "at"
-
-    def select(self, features):
-        return features.blocks
-
-    def feature_loss(self, student, teacher):
-        return at_loss(student, teacher, self.hp.p)
+    feature_term = feature_terms.AT

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from methods.common.feature_losses import at_loss
 from harness.training.method import register_method
+from methods.common import feature_terms
 from methods.common.online_feature import OnlineFeatureKD, OnlineFeatureParams
 
 
@@ -36,9 +36,4 @@ class ATParams(OnlineFeatureParams):
 class DMLAT(OnlineFeatureKD):
     HParams = ATParams
     term = "at"
-
-    def select(self, features):
-        return features.blocks
-
-    def pair_loss(self, student, partner, student_features, partner_features):
-        return at_loss(student_features, partner_features, self.hp.p)
+    feature_term = feature_terms.AT

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat
 
-from methods.common.feature_losses import nst_loss
 from harness.training.method import register_method
+from methods.common import feature_terms
 from methods.common.online_feature import OnlineFeatureKD, OnlineFeatureParams
 
 
@@ -36,9 +36,4 @@ class NSTParams(OnlineFeatureParams):
 class DMLNST(OnlineFeatureKD):
     HParams = NSTParams
     term = "nst"
-
-    def select(self, features):
-        return features.blocks
-
-    def pair_loss(self, student, partner, student_features, partner_features):
-        return nst_loss(student_features, partner_features)
+    feature_term = feature_terms.NST

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from methods.common.feature_losses import pkt_loss
 from harness.training.method import register_method
+from methods.common import feature_terms
 from methods.common.online_feature import OnlineFeatureKD, OnlineFeatureParams
 
 
@@ -34,9 +34,4 @@ class PKTParams(OnlineFeatureParams):
 class DMLPKT(OnlineFeatureKD):
     HParams = PKTParams
     term = "pkt"
-
-    def select(self, features):
-        return features.embedding
-
-    def pair_loss(self, student, partner, student_features, partner_features):
-        return pkt_loss(student_features, partner_features, self.hp.eps)
+    feature_term = feature_terms.PKT

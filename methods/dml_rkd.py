@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat
 
-from methods.common.feature_losses import rkd_loss
 from harness.training.method import register_method
+from methods.common import feature_terms
 from methods.common.online_feature import OnlineFeatureKD, OnlineFeatureParams
 
 
@@ -37,9 +37,4 @@ class RKDParams(OnlineFeatureParams):
 class DMLRKD(OnlineFeatureKD):
     HParams = RKDParams
     term = "rkd"
-
-    def select(self, features):
-        return features.embedding
-
-    def pair_loss(self, student, partner, student_features, partner_features):
-        return rkd_loss(student_features, partner_features, self.hp.distance_weight, self.hp.angle_weight)
+    feature_term = feature_terms.RKD

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat
 
-from methods.common.feature_losses import sp_loss
 from harness.training.method import register_method
+from methods.common import feature_terms
 from methods.common.online_feature import OnlineFeatureKD, OnlineFeatureParams
 
 
@@ -35,9 +35,4 @@ class SPParams(OnlineFeatureParams):
 class DMLSP(OnlineFeatureKD):
     HParams = SPParams
     term = "sp"
-
-    def select(self, features):
-        return features.stages[-1]
-
-    def pair_loss(self, student, partner, student_features, partner_features):
-        return sp_loss(student_features, partner_features)
+    feature_term = feature_terms.SP

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from pydantic import NonNegativeFloat
 
-from methods.common.feature_losses import sp_loss
 from harness.training.method import register_method
+from methods.common import feature_terms
 from methods.common.offline_feature import OfflineFeatureKD, OfflineFeatureParams
 
 
@@ -36,9 +36,4 @@ class SP(OfflineFeatureKD):
 
     HParams = SPParams
     term = "sp"
-
-    def select(self, features):
-        return features.stages[-1]
-
-    def feature_loss(self, student, teacher):
-        return sp_loss(student, teacher)
+    feature_term = feature_terms.SP

@@ -248,3 +248,30 @@ def test_regressor_is_conv_bn_relu_and_rejects_mixed_sizes():
         assert (plain < 0).any()
     with pytest.raises(ValueError, match="one axis"):
         ConvRegressor((3, 6, 3), (3, 3, 6))
+
+
+def test_offline_and_online_versions_share_one_feature_term():
+    """AT, SP: the offline method and its online version read the same features and call the same loss; a term passes
+    the method's own hyper-parameters by name (AT's p, RKD's weights, PKT's eps)."""
+    from types import SimpleNamespace
+
+    from methods.at import AT as OfflineAT
+    from methods.common import feature_terms
+    from methods.common.feature_losses import at_loss, rkd_loss
+    from methods.dml_at import DMLAT
+    from methods.dml_rkd import DMLRKD
+    from methods.dml_sp import DMLSP
+    from methods.sp import SP as OfflineSP
+
+    assert OfflineAT.feature_term is DMLAT.feature_term is feature_terms.AT
+    assert OfflineSP.feature_term is DMLSP.feature_term is feature_terms.SP
+    g = torch.Generator().manual_seed(0)
+    a, b = [torch.randn(4, 8, 6, 6, generator=g)], [torch.randn(4, 16, 6, 6, generator=g)]
+    assert torch.equal(feature_terms.AT(a, b, SimpleNamespace(p=3.0)), at_loss(a, b, 3.0))
+    assert not torch.equal(feature_terms.AT(a, b, SimpleNamespace(p=3.0)), at_loss(a, b, 2.0))
+    e, f = torch.randn(6, 5, generator=g), torch.randn(6, 7, generator=g)
+    hp = DMLRKD.HParams(distance_weight=2.0, angle_weight=0.0)
+    assert torch.equal(DMLRKD.feature_term(e, f, hp), rkd_loss(e, f, 2.0, 0.0))
+    features = SimpleNamespace(stages=["s1", "s2", "s3"], blocks=["s2", "s3"], embedding="e")
+    assert (feature_terms.SP.select(features), feature_terms.AT.select(features),
+            feature_terms.PKT.select(features)) == ("s3", ["s2", "s3"], "e")

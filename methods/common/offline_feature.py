@@ -41,6 +41,7 @@ from torch import nn
 
 from harness.models import adapter
 from methods.common.feature_losses import pool_to_common_size
+from methods.common.feature_terms import FeatureTerm
 from methods.common.offline import OfflineMethod, TeacherParams
 from methods.common.online_feature import detach_features
 
@@ -65,6 +66,7 @@ class OfflineFeatureKD(OfflineMethod):
 
     HParams = OfflineFeatureParams
     term: ClassVar[str] = "feat"
+    feature_term: ClassVar[FeatureTerm | None] = None  # the features and loss, unless select/feature_loss are written
 
     def build(self) -> nn.ModuleDict:
         modules = super().build()
@@ -80,12 +82,13 @@ class OfflineFeatureKD(OfflineMethod):
         return adapter.shapes(model, (self.ctx.in_chans, *self.ctx.image_size))
 
     def select(self, features: adapter.Features) -> Any:
-        """The features matched (a tensor or a list of maps)."""
-        raise NotImplementedError
+        """The features matched (a tensor or a list of maps): the ``feature_term``'s by default."""
+        return self.feature_term.select(features)
 
     def feature_loss(self, student: Any, teacher: Any) -> torch.Tensor:
-        """Unweighted loss of the student's selected features against the teacher's (detached)."""
-        raise NotImplementedError
+        """Unweighted loss of the student's selected features against the teacher's (detached): the
+        ``feature_term``'s by default."""
+        return self.feature_term(student, teacher, self.hp)
 
     def losses(self, batch, step):
         hp = self.hp

@@ -38,6 +38,7 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from torch import nn
 
 from harness.models import adapter
+from methods.common.feature_terms import FeatureTerm
 from methods.common.losses import distill_kl, soft_targets
 from harness.training.method import HParams, Method, OptimGroup, Step
 
@@ -74,14 +75,16 @@ def mutual_kl(logits: list[torch.Tensor], targets: list[torch.Tensor], k: int, t
 class OnlineFeatureKD(Method):
     """DML plus a feature term between every ordered pair of peers; subclasses choose the features and the loss.
 
-    A subclass sets ``term`` (the logged name of its feature term) and implements :meth:`select` (which features of
-    ``adapter.extract``'s output it uses) and :meth:`pair_loss` (the loss of one student against one detached
-    partner); it may build per-pair modules in :meth:`build_connectors`.
+    A subclass sets ``term`` (the logged name of its feature term) and either ``feature_term`` (the features and loss
+    it shares with its offline version) or :meth:`select` (which features of ``adapter.extract``'s output it uses)
+    and :meth:`pair_loss` (the loss of one student against one detached partner); it may build per-pair modules in
+    :meth:`build_connectors`.
     """
 
     HParams: ClassVar[type[HParams]] = OnlineFeatureParams
     min_peers = 2
     term: ClassVar[str] = "feat"
+    feature_term: ClassVar[FeatureTerm | None] = None  # the features and loss, unless select/pair_loss are written
 
     # --- structure ---------------------------------------------------------------------------------------
     def build(self) -> nn.ModuleDict:
@@ -122,12 +125,13 @@ class OnlineFeatureKD(Method):
 
     # --- the subclass's part ----------------------------------------------------------------------------------
     def select(self, features: adapter.Features) -> Any:
-        """The features the method matches (a tensor or a list of maps)."""
-        raise NotImplementedError
+        """The features the method matches (a tensor or a list of maps): its ``feature_term``'s by default."""
+        return self.feature_term.select(features)
 
     def pair_loss(self, student: int, partner: int, student_features: Any, partner_features: Any) -> torch.Tensor:
-        """Unweighted feature loss of peer ``student`` against the detached features of peer ``partner``."""
-        raise NotImplementedError
+        """Unweighted feature loss of peer ``student`` against the detached features of peer ``partner``: its
+        ``feature_term``'s by default."""
+        return self.feature_term(student_features, partner_features, self.hp)
 
     # --- training ------------------------------------------------------------------------------------------
     def gate(self, step: Step | None) -> float:
