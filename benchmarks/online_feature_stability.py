@@ -17,8 +17,8 @@ import harness  # noqa: F401  (torchvision shim)
 import torch
 import yaml
 
-from harness.training.engine import NonFiniteLoss, Trainer
 from harness.suite.schema import load_suite
+from harness.training.engine import NonFiniteLoss, Trainer
 
 
 def probe(cell, epochs: int) -> tuple[list[dict], str]:

@@ -78,10 +78,10 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from harness.data.datasets import load_dataset
-    from harness.training.engine import Runtime
     from harness.reporting.report import write_report
-    from harness.scheduling.runner import run_suite
     from harness.results.store import ResultStore
+    from harness.scheduling.runner import run_suite
+    from harness.training.engine import Runtime
 
     suite = _load(args)
     load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial
@@ -110,8 +110,8 @@ def cmd_report(args) -> int:
 
 
 def _load(args):
-    from harness.suite.smoke import smoke_suite
     from harness.suite.schema import load_suite
+    from harness.suite.smoke import smoke_suite
 
     suite = load_suite(args.suite)
     return smoke_suite(suite, args.data_root) if args.smoke else suite
@@ -147,10 +147,10 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from harness.data.datasets import DatasetError
     from harness.registry import UnknownName
-    from harness.scheduling.runner import ResourceError
-    from harness.training.stages import StageError
     from harness.results.store import CorruptRecord
+    from harness.scheduling.runner import ResourceError
     from harness.suite.schema import SuiteError
+    from harness.training.stages import StageError
 
     args = build_parser().parse_args(argv)
     command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,

@@ -85,11 +85,11 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, StringConstraints, field_validator
 from torch import nn
 
-from harness.models import adapter
-from methods.common.losses import distill_kl, soft_targets
-from harness.training.method import OptimGroup, register_method
-from methods.common.offline import OfflineMethod, TeacherParams
 from harness.config.recipe import OptimizerSpec
+from harness.models import adapter
+from harness.training.method import OptimGroup, register_method
+from methods.common.losses import distill_kl, soft_targets
+from methods.common.offline import OfflineMethod, TeacherParams
 
 LearnerSpec = Annotated[str, StringConstraints(pattern=r"^D[1-9][0-9]*B[1-9][0-9]*$")]
 GAN_ADAM = {"name": "adam", "lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 0.0}

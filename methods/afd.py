@@ -66,9 +66,9 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from harness.models import adapter
+from harness.training.method import HParams, Method, OptimGroup, Step, register_method
 from methods.common.feature_losses import ConvRegressor
 from methods.common.losses import distill_kl, soft_targets
-from harness.training.method import HParams, Method, OptimGroup, Step, register_method
 
 class AFDParams(HParams):
     temperature: PositiveFloat = 3.0

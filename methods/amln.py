@@ -76,8 +76,8 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validat
 from torch import nn
 
 from harness.models import adapter
-from methods.common.losses import distill_kl, soft_targets
 from harness.training.method import HParams, Method, OptimGroup, register_method
+from methods.common.losses import distill_kl, soft_targets
 
 OWN, PARTNER = 0, 1  # the discriminator's two classes
 

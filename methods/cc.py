@@ -31,8 +31,7 @@ from __future__ import annotations
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from harness.training.method import register_method
-from methods.common.offline_feature import (Correlation, LinearEmbedding, OfflineFeatureKD, OfflineFeatureParams,
-                                            cc_loss)
+from methods.common.offline_feature import Correlation, LinearEmbedding, OfflineFeatureKD, OfflineFeatureParams, cc_loss
 
 
 class CCParams(OfflineFeatureParams):

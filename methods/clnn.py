@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.common.losses import distill_kl, soft_targets
 from harness.training.method import HParams, register_method
+from methods.common.losses import distill_kl, soft_targets
 from methods.one import BranchedMethod
 
 

@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import adapter
-from methods.common.contrastive import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
-                         nce_loss)
 from harness.training.method import OptimGroup, register_method
+from methods.common.contrastive import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler,
+                                        clamp_negatives, nce_loss)
 from methods.common.offline import OfflineMethod
 from methods.common.offline_feature import OfflineFeatureParams
 

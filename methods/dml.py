@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from methods.common.losses import distill_kl, soft_targets
 from harness.training.method import HParams, Method, register_method
+from methods.common.losses import distill_kl, soft_targets
 
 
 class DMLParams(HParams):

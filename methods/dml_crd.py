@@ -61,10 +61,10 @@ import torch
 from torch import nn
 
 from harness.models import adapter
-from methods.common.contrastive import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler, clamp_negatives,
-                         nce_loss)
-from methods.common.losses import soft_targets
 from harness.training.method import Method, OptimGroup, register_method
+from methods.common.contrastive import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler,
+                                        clamp_negatives, nce_loss)
+from methods.common.losses import soft_targets
 from methods.common.online_feature import OnlineFeatureParams
 from methods.dml import dml_terms
 

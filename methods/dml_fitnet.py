@@ -42,8 +42,8 @@ from pydantic import NonNegativeFloat, NonNegativeInt
 from torch import nn
 
 from harness.models import adapter
-from methods.common.feature_losses import ConvRegressor, hint_loss
 from harness.training.method import register_method
+from methods.common.feature_losses import ConvRegressor, hint_loss
 from methods.common.online_feature import OnlineFeatureKD, OnlineFeatureParams, pair_key
 
 

@@ -22,10 +22,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.training.method import register_method
-from methods.common.offline import teacher_cell, teacher_recipe
 from harness.config.recipe import Recipe
+from harness.training.method import register_method
 from harness.training.stages import Stage, StageError
+from methods.common.offline import teacher_cell, teacher_recipe
 from methods.kd import KD, KDParams
 
 SHORT_RUN_DATASETS = ("tiny_imagenet", "imagenet")  # 35 epochs in ACKD Sec. 4.1; 65 elsewhere

@@ -66,8 +66,8 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from harness.models import adapter
-from methods.common.losses import distill_kl, soft_targets
 from harness.training.method import HParams, Method, OptimGroup, register_method
+from methods.common.losses import distill_kl, soft_targets
 
 
 class FFLParams(HParams):

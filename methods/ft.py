@@ -37,8 +37,8 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from harness.models import adapter
-from methods.common.factor_transfer import FactorKind, Paraphraser, ReconstructionKind, Translator, factor_loss
 from harness.training.method import register_method
+from methods.common.factor_transfer import FactorKind, Paraphraser, ReconstructionKind, Translator, factor_loss
 from methods.common.offline import OfflineMethod, TeacherParams
 from methods.ft_paraphraser import paraphraser_recipe, paraphraser_stage
 

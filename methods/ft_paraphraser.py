@@ -30,11 +30,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from harness.models import adapter
 from harness.config.cell import Cell
-from methods.common.factor_transfer import Paraphraser, ReconstructionKind, reconstruction_loss
+from harness.models import adapter
 from harness.training.method import HParams, Method, OptimGroup, register_method
 from harness.training.stages import Stage
+from methods.common.factor_transfer import Paraphraser, ReconstructionKind, reconstruction_loss
 
 
 class TeacherSource(BaseModel):

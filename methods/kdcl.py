@@ -62,8 +62,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-from methods.common.losses import distill_kl
 from harness.training.method import HParams, Method, register_method
+from methods.common.losses import distill_kl
 
 
 class KDCLParams(HParams):

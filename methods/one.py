@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import adapter
-from methods.common.losses import distill_kl
 from harness.training.method import HParams, Method, OptimGroup, register_method
+from methods.common.losses import distill_kl
 
 
 # --- the branched network (shared with CLNN) ---------------------------------------------------------------

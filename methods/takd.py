@@ -20,8 +20,8 @@ Choices (methods_spec.md §1.8, reference_impls.md "TAKD"):
 from __future__ import annotations
 
 from harness.training.method import register_method
-from methods.common.offline import teacher_cell
 from harness.training.stages import Stage
+from methods.common.offline import teacher_cell
 from methods.kd import KD, KDParams
 
 ASSISTANTS = {  # (teacher, student) → assistant; the first two are named by ACKD, the rest are our picks

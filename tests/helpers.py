@@ -53,9 +53,9 @@ def np_kl(target_logits, student_logits, t):
 def train_stages(cell, results_dir) -> "Runtime":
     """Train (in this process, without Ray) every stage ``cell`` needs and save their networks under
     ``results_dir`` as the trainable does; returns the Runtime that lets a Trainer of ``cell`` find them."""
+    from harness.results.store import ResultStore
     from harness.training.engine import Runtime, Trainer
     from harness.training.stages import waves
-    from harness.results.store import ResultStore
 
     store = ResultStore(results_dir)
     runtime = Runtime(results=str(store.root))

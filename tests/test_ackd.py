@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-from harness.training.method import Step, load_methods
 from harness.config.recipe import OptimizerSpec, build_optimizer
+from harness.training.method import Step, load_methods
 from methods.ackd import adversarial_value, fuse, kd_loss, resolve_learners
 from pydantic import ValidationError
 from tests.helpers import np_ce, np_kl, np_softmax, random_batch, timm_context, tt

@@ -7,11 +7,11 @@ import harness.models  # noqa: F401  (first: the torchvision shim runs before ti
 import numpy as np
 import pytest
 import torch
-from harness.models import adapter
 from harness.config.cell import Cell
+from harness.config.recipe import OptimizerSpec, build_optimizer
+from harness.models import adapter
 from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
-from harness.config.recipe import OptimizerSpec, build_optimizer
 from methods.afd import (Discriminator, adversarial_lr_factor, lsgan_discriminator_loss, lsgan_generator_loss,
                          ring_sources)
 from tests.conftest import TINY_RECIPE

@@ -9,9 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from harness.config.recipe import OptimizerSpec, build_optimizer
 from harness.reporting.listing import list_methods
 from harness.training.method import Step, load_methods
-from harness.config.recipe import OptimizerSpec, build_optimizer
 from methods.amln import (CASES, AlignmentContainer, BlockDiscriminator, discriminator_loss, feature_distance,
                           generator_loss, outcome_kl, pair_key, pool_to)
 from tests.helpers import changed_params, np_ce, np_kl, np_softmax, param_snapshot, random_batch, timm_context, tt
@@ -258,8 +258,8 @@ def test_case_agrees_with_switches_or_is_rejected():
 
 def test_case_b_is_dml_at_t3():
     """Case B's terms equal this harness's DML with T = 3 on the same logits."""
-    from methods.dml import DMLParams, dml_terms
     from methods.common.losses import soft_targets
+    from methods.dml import DMLParams, dml_terms
 
     z = [tt(Z1), tt(Z2)]
     method = make(case="B")

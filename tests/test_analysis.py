@@ -5,11 +5,11 @@ import pytest
 import torch
 import yaml
 
-from harness.reporting.analysis import compare, linear_cka, mean_kl
 from harness.cli import main
-from harness.training.engine import Trainer
+from harness.reporting.analysis import compare, linear_cka, mean_kl
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
+from harness.training.engine import Trainer
 from tests.conftest import TINY_RECIPE, tiny_suite_dict
 from tests.helpers import np_kl, train_stages
 

@@ -11,12 +11,12 @@ import pytest
 import timm
 import torch
 
-from harness.models import adapter
 from harness.config.cell import Cell
-from methods.common.contrastive import (Embed, MemoryBank, NegativeSampler, bank_bytes, clamp_negatives, contrast_scores,
-                         momentum_update, nce_loss)
+from harness.models import adapter
 from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
+from methods.common.contrastive import (Embed, MemoryBank, NegativeSampler, bank_bytes, clamp_negatives,
+                                        contrast_scores, momentum_update, nce_loss)
 from methods.dml_crd import reader_slot
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_ce, np_kl, random_batch, timm_context

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from harness.config.cell import Cell
-from harness.training.engine import NonFiniteLoss, Trainer
 from harness.scheduling.trainable import CorruptCheckpoint, load_checkpoint
+from harness.training.engine import NonFiniteLoss, Trainer
 from tests.conftest import TINY_RECIPE
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from harness.config.cell import Cell
+from harness.results.store import ResultStore
+from harness.results.weights import load_networks
+from harness.suite.schema import SuiteError, load_suite
+from harness.suite.smoke import _smoke_stages
 from harness.training.engine import Trainer
 from harness.training.method import load_methods
-from harness.suite.smoke import _smoke_stages
-from harness.results.weights import load_networks
 from harness.training.stages import stages_of, waves
-from harness.results.store import ResultStore
-from harness.suite.schema import SuiteError, load_suite
 from methods.eskd import compressed_recipe
 from tests.conftest import TINY_RECIPE, tiny_suite_dict
 from tests.helpers import train_stages

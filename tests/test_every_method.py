@@ -11,8 +11,8 @@ import timm
 import torch
 
 from harness.config.cell import Cell
-from harness.training.engine import Runtime, Trainer
 from harness.models.costs import flops
+from harness.training.engine import Runtime, Trainer
 from harness.training.method import Method, load_methods
 from methods.common.offline import OfflineMethod
 from tests.conftest import TINY_RECIPE

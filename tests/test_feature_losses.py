@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from methods.common.feature_losses import (ConvRegressor, at_loss, attention_map, hint_loss, nst_loss, pairwise_distances,
-                                    pkt_loss, rkd_loss, sp_loss)
+from methods.common.feature_losses import (ConvRegressor, at_loss, attention_map, hint_loss, nst_loss,
+                                           pairwise_distances, pkt_loss, rkd_loss, sp_loss)
 from tests.helpers import np_adaptive_pool, tt
 
 RNG = np.random.default_rng(0)

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.batches import Batch
 from harness.config.cell import Cell
-from harness.training.engine import Trainer
-from methods.common.factor_transfer import Paraphraser, Translator, factor, factor_loss, reconstruction_loss
-from harness.training.method import Step
-from harness.results.weights import load_networks
-from harness.training.stages import stages_of, waves
+from harness.data.batches import Batch
 from harness.results.store import ResultStore
+from harness.results.weights import load_networks
+from harness.training.engine import Trainer
+from harness.training.method import Step
+from harness.training.stages import stages_of, waves
+from methods.common.factor_transfer import Paraphraser, Translator, factor, factor_loss, reconstruction_loss
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_adaptive_pool, np_conv_same, np_kl, np_softmax, train_stages, tt
 

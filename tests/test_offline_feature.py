@@ -10,8 +10,8 @@ import pytest
 import timm
 import torch
 
-from harness.models import adapter
 from harness.config.cell import Cell
+from harness.models import adapter
 from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
 from methods.common.offline_feature import VIDRegressor, cc_loss, vid_loss

@@ -8,8 +8,8 @@ import timm
 import torch
 
 import harness.models  # noqa: F401  (registers the CIFAR networks)
-from harness.data.batches import Batch
 from harness.config.cell import Cell
+from harness.data.batches import Batch
 from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
 from methods.one import gated_teacher, one_terms, sigmoid_rampup

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.models import adapter
 from harness.config.cell import Cell
+from harness.models import adapter
 from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
 from methods.common.online_feature import pair_key

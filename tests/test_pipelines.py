@@ -1,9 +1,9 @@
 """The standard (DataLoader + torchvision) and fast (batched tensor) pipelines augment alike."""
 import torch
 
+from harness.config.recipe import AugmentSpec
 from harness.data.batches import Normalize, TrainBatches, cutout
 from harness.data.pipelines import Cutout, ImageSet, StandardBatches, fast_path_problems, image_transforms
-from harness.config.recipe import AugmentSpec
 
 MEAN, STD = (0.5,), (0.25,)
 

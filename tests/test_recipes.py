@@ -1,8 +1,8 @@
 """Each paper's preset resolves to the numbers its paper states; schedules, warm-up and lr scaling."""
 import pytest
 
-from harness.papers.tables import load_paper_table
 from harness.config.recipe import Recipe, lr_factor, load_presets, resolve_recipe
+from harness.papers.tables import load_paper_table
 
 
 def preset(name) -> Recipe:

@@ -1,7 +1,7 @@
 """--smoke scales any suite down and says so; the stand-in dataset replaces one that is absent."""
-from harness.training.engine import Trainer
-from harness.suite.smoke import smoke_suite
 from harness.suite.schema import load_suite
+from harness.suite.smoke import smoke_suite
+from harness.training.engine import Trainer
 from tests.conftest import tiny_suite_dict
 
 

@@ -8,11 +8,11 @@ import torch
 import yaml
 
 from harness.config.cell import Cell
-from harness.training.engine import Trainer
-from harness.results.weights import load_networks, save_networks
-from harness.training.stages import StageError, stages_of, waves
 from harness.results.store import ResultStore
+from harness.results.weights import load_networks, save_networks
 from harness.suite.schema import SuiteError, load_suite
+from harness.training.engine import Trainer
+from harness.training.stages import StageError, stages_of, waves
 from tests.conftest import TINY_RECIPE, tiny_suite_dict
 from tests.helpers import train_stages
 from tests.test_end_to_end import harness_run, records

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from harness.data.batches import Batch
 from harness.config.cell import Cell
+from harness.data.batches import Batch
+from harness.scheduling.trainable import load_checkpoint
 from harness.training.engine import Trainer
 from harness.training.method import MethodContext, Step, load_methods
-from harness.scheduling.trainable import load_checkpoint
 from tests.conftest import TINY_RECIPE
 from tests.helpers import np_ce, np_kl, np_softmax
 

@@ -7,10 +7,10 @@ from typing import Callable, Iterator
 
 import torch
 
+from harness.config.recipe import Recipe
 from harness.data.batches import Batch, Normalize, TrainBatches, balanced_split, eval_batches
 from harness.data.datasets import DatasetError, ImageData
 from harness.data.pipelines import ImageSet, StandardBatches, fast_path_problems, image_transforms
-from harness.config.recipe import Recipe
 
 
 @dataclass

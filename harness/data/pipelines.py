@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from harness.data.batches import Batch, epoch_generator
 from harness.config.recipe import AugmentSpec
+from harness.data.batches import Batch, epoch_generator
 
 # AlexNet's PCA lighting noise: eigenvalues and eigenvectors of ImageNet's RGB covariance (Krizhevsky 2012).
 _EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])

@@ -136,7 +136,8 @@ def build_cifar(cls, variant: str, pretrained: bool, num_feature_indices: int, *
     )
 
 
-def repdistiller_init(model: nn.Module, classifier_std: float | None = None, zero_classifier_bias: bool = False) -> None:
+def repdistiller_init(model: nn.Module, classifier_std: float | None = None,
+                      zero_classifier_bias: bool = False) -> None:
     """RepDistiller's initialisation: He-normal (fan-out) convolutions with any bias zero, unit BN; the classifier
     drawn from N(0, ``classifier_std``) where given (else PyTorch's default), its bias zeroed where asked.
 

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from harness.models import adapter
 from harness.config.cell import Cell
-from harness.results.weights import load_networks
+from harness.models import adapter
 from harness.results.store import ResultStore
+from harness.results.weights import load_networks
 
 ROLE_ORDER = ("teacher", "proxy", "student")
 
@@ -72,9 +72,9 @@ def compare(outputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
 
 
 def _test_batches(cell: Cell, data_root: str | None, device: torch.device):
+    from harness.config.recipe import Recipe
     from harness.data.datasets import load_dataset
     from harness.data.inputs import build_inputs
-    from harness.config.recipe import Recipe
 
     data = load_dataset(cell.dataset, data_root)
     inputs = build_inputs(data, Recipe.model_validate(cell.recipe), cell.seed, cell.dataset.get("pipeline", "auto"),

@@ -16,9 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness.papers.tables import PAPER_TABLES
-from harness.training.stages import waves
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite, SuiteError, load_suite
+from harness.training.stages import waves
 
 ASSUMED_MACS_PER_S = 4e12  # sustained multiply-adds per second of one GPU in training (an assumption, see above)
 TRAIN_PASSES = 3  # forward + backward ≈ 3 forward passes

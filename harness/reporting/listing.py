@@ -6,9 +6,9 @@ import typing
 
 from tabulate import tabulate
 
+from harness.config.recipe import Recipe, load_presets, resolve_recipe
 from harness.data.datasets import DATASETS
 from harness.training.method import load_methods
-from harness.config.recipe import Recipe, load_presets, resolve_recipe
 
 HARNESS_MODEL_PREFIX = "cifar_"
 

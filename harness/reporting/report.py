@@ -14,8 +14,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
-from harness.reporting.frames import COST_VALUES, trial_frame
 from harness.papers.tables import load_paper_table, paper_value
+from harness.reporting.frames import COST_VALUES, trial_frame
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 

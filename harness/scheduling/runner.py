@@ -8,11 +8,11 @@ import re
 from dataclasses import asdict, dataclass
 
 from harness.config.cell import Cell
-from harness.training.engine import Runtime
 from harness.results.provenance import code_version
-from harness.training.stages import stages_of, waves
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
+from harness.training.engine import Runtime
+from harness.training.stages import stages_of, waves
 
 RAY_ENV = {
     "HF_HUB_OFFLINE": "1",

@@ -16,9 +16,9 @@ import torch
 
 import harness  # noqa: F401  (torchvision shim before timm)
 from harness.config.cell import Cell
-from harness.training.engine import Runtime, Trainer
 from harness.results.provenance import hardware, package_versions
 from harness.results.store import ResultStore
+from harness.training.engine import Runtime, Trainer
 
 CHECKPOINT_FILE = "state.pt"
 

@@ -12,11 +12,11 @@ import yaml
 from pydantic import BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator
 
 from harness.config.cell import Cell
-from harness.data.datasets import DATASETS
-from harness.training.method import load_methods
-from harness.papers.tables import PAPER_TABLES
 from harness.config.recipe import Recipe, Strict, load_presets, resolve_recipe
+from harness.data.datasets import DATASETS
+from harness.papers.tables import PAPER_TABLES
 from harness.registry import did_you_mean
+from harness.training.method import load_methods
 
 AGGREGATES = ("median", "mean", "std", "min", "max", "n")
 

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import harness.models  # noqa: F401  (registers the CIFAR networks in timm)
-from harness.data.batches import Batch
 from harness.config.cell import Cell
+from harness.config.recipe import Recipe, build_optimizer, build_scheduler, OptimizerSpec
+from harness.data.batches import Batch
 from harness.data.datasets import load_dataset
 from harness.data.inputs import build_inputs
 from harness.training.method import MethodContext, Step, load_methods
-from harness.config.recipe import Recipe, build_optimizer, build_scheduler, OptimizerSpec
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -105,8 +105,8 @@ class Trainer:
 
     def _load_stage(self, name: str) -> list[torch.nn.Module]:
         """The networks of stage ``name`` (a teacher), frozen and on this trainer's device; recorded."""
-        from harness.results.weights import load_networks
         from harness.results.store import ResultStore
+        from harness.results.weights import load_networks
 
         if name not in self.stages:
             raise KeyError(f"method {self.cell.method} asked for stage {name!r} but declares {list(self.stages)}")

@@ -18,12 +18,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.models import adapter
 from harness.config.cell import Cell
-from methods.common.losses import distill_kl, soft_targets
-from harness.training.method import HParams, Method, OptimGroup
 from harness.config.recipe import Recipe, load_presets, resolve_recipe
+from harness.models import adapter
+from harness.training.method import HParams, Method, OptimGroup
 from harness.training.stages import Stage
+from methods.common.losses import distill_kl, soft_targets
 
 
 class TeacherParams(HParams):

@@ -38,9 +38,9 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from torch import nn
 
 from harness.models import adapter
+from harness.training.method import HParams, Method, OptimGroup, Step
 from methods.common.feature_terms import FeatureTerm
 from methods.common.losses import distill_kl, soft_targets
-from harness.training.method import HParams, Method, OptimGroup, Step
 
 
 class OnlineFeatureParams(HParams):
