@@ -112,6 +112,28 @@ def test_no_import_cycle():
         visit(module, [])
 
 
+def test_no_package_cycle():
+    """The packages form layers: no package imports one that imports it back, however far round."""
+    graph: dict[str, set[str]] = {}
+    for module, path in HARNESS.items():
+        graph.setdefault(package_of(module), set()).update(
+            package_of(t) for t in internal_imports(path) if t in HARNESS and t != "harness")
+    order, state = [], {}
+
+    def visit(package, path):
+        assert state.get(package) != 1, "package cycle: " + " -> ".join(path[path.index(package):] + [package])
+        if package not in state:
+            state[package] = 1
+            for target in sorted(graph.get(package, ()) - {package}):
+                visit(target, path + [package])
+            state[package] = 2
+            order.append(package)
+
+    for package in sorted(graph):
+        visit(package, [])
+    assert order.index("harness.config") < order.index("harness.training") < order.index("harness.scheduling")
+
+
 def test_the_spine_names_no_method():
     """No string in harness/ is a registered method's name: the spine asks the method, never which one it is."""
     names = set(load_methods())

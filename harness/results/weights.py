@@ -11,9 +11,12 @@ import torch
 from torch import nn
 
 from harness.config.cell import Cell
-from harness.training.stages import StageError
-
 WEIGHTS_FORMAT = 1
+
+
+class StageError(RuntimeError):
+    """A stage's weights are missing, unreadable or not the ones expected, or a stage cannot be defined; the
+    message is one line."""
 
 
 def file_sha256(path: str | Path) -> str:

@@ -12,10 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.config.cell import Cell
-
-
-class StageError(RuntimeError):
-    """A stage's weights are missing, unreadable or not the ones expected; the message is one line."""
+from harness.results.weights import StageError  # also what a method raises about its stages
 
 
 @dataclass(frozen=True)
