@@ -190,3 +190,15 @@ def test_initial_weights_unchanged():
             h.update(key.encode())
             h.update(value.detach().numpy().tobytes())
         assert h.hexdigest()[:16] == digest, name
+
+
+def test_importing_the_package_registers_every_network_of_the_zoo():
+    """In a fresh interpreter (in this one other imports may have registered them already)."""
+    import subprocess
+    import sys
+
+    code = ("import harness, harness.models, timm; from harness.models.zoo import PAPER_MODELS; "
+            "names = {n for by_dataset in PAPER_MODELS.values() for n in by_dataset.values()}; "
+            "missing = sorted(n for n in names if not timm.is_model(n)); print(missing); assert not missing")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]

@@ -7,6 +7,5 @@ May import: nothing of harness.
 import importlib
 import pkgutil
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name.startswith("cifar_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+for _module in pkgutil.iter_modules(__path__):  # every network module registers its entry points on import
+    importlib.import_module(f"{__name__}.{_module.name}")
