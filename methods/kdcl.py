@@ -43,19 +43,24 @@ values or the common reading, as marked):
 - General's validation pass: eval mode (BN running statistics), no augmentation, T = 1 for f_i (Eq. 8-10).
 - General's soft target averages probabilities at temperature T (softmax(z_i / T)), one reading of "the
   weighted average probability distribution".
-- General's guard (the paper requires w_i ∈ [0, 1] but Eq. 11 can give negative weights or a singular C):
-  C' = C + ``general_ridge`` · (tr C / K) · I (default 1e-6 of the mean diagonal entry; C' is positive
-  definite whenever tr C > 0, so 1ᵀC'⁻¹1 > 0); w = C'⁻¹1 / (1ᵀC'⁻¹1); then with ``general_clip`` True each
-  negative w_i is set to 0 and the rest are divided by their sum (at least one is positive as they sum to
-  1).  This is a heuristic, not the constrained minimiser of wᵀCw.  If tr C = 0 (every peer gives the true
-  class probability 1 on every validation image) or C is not finite, w = 1/K; with ``general_ridge`` 0 and
-  a singular C the pseudo-inverse replaces C'⁻¹ (and w = 1/K if 1ᵀC'⁺1 is not positive).  In float64.
+- General's weights (the paper requires w_i ∈ [0, 1], Σ w_i = 1, but Eq. 11 can give negative weights or meet a
+  singular C): C' = C + ``general_ridge`` · (tr C / K) · I (default 1e-6 of the mean diagonal entry; C' is positive
+  definite whenever tr C > 0), then with ``general_weights`` "simplex" (the default) w is the exact minimiser of
+  wᵀC'w on the simplex (Eq. 9 with the paper's constraint), found by enumerating the supports: on the optimum's
+  support S, w_S = C'_S⁻¹1 / (1ᵀC'_S⁻¹1), so the best non-negative such solution over all 2^K − 1 supports is the
+  optimum.  "clip" is this harness's earlier heuristic (Eq. 11's w, negative entries set to 0, renormalised),
+  which can sit far from the optimum (tests/test_kdcl.py has a case); "eq11" is Eq. 11 as printed, negative weights
+  included.  If tr C = 0 (every peer gives the true class probability 1 on every validation image) or C is not
+  finite, w = 1/K; with ``general_ridge`` 0 a singular C'_S uses the pseudo-inverse (and a support whose 1ᵀC'_S⁺1
+  is not positive is skipped).  In float64.  Every epoch's w and C are in the cell's history (``general/w/netk``,
+  ``general/c/neti_netj``), so a degenerate w = (1, 0) can be seen afterwards.
 - ``teacher_eval_temperature`` 1: the temperature of the General teacher evaluated at test time, like the
   engine's ``ens`` (an average of T = 1 probabilities).
 - One joint update of all peers on the summed loss per step (Eq. 2 is one multi-task loss).
 """
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -77,7 +82,7 @@ class KDCLParams(HParams):
     linear_iters: PositiveInt = 50
     val_per_class: int = Field(50, ge=1)
     general_ridge: NonNegativeFloat = 1e-6
-    general_clip: bool = True
+    general_weights: Literal["simplex", "clip", "eq11"] = "simplex"
     teacher_eval_temperature: PositiveFloat = 1.0
 
 
@@ -160,8 +165,44 @@ def linear_target(logits: torch.Tensor, y: torch.Tensor, per: str = "sample", it
     return torch.einsum("bk,kbc->bc", alpha.expand(logits.shape[1], -1), logits.detach())
 
 
-def weights_from_c(c: torch.Tensor, ridge: float = 1e-6, clip: bool = True) -> torch.Tensor:
-    """Eq. 11 with the guard of the module docstring: w = C'⁻¹1 / (1ᵀC'⁻¹1), C' = C + ridge·(tr C / K)·I."""
+def _equality_weights(c: torch.Tensor) -> torch.Tensor | None:
+    """Eq. 11 on ``c``: C⁻¹1 / (1ᵀC⁻¹1) (the pseudo-inverse where C is singular); None if 1ᵀC⁻¹1 is not positive."""
+    ones = torch.ones(c.shape[0], dtype=c.dtype, device=c.device)
+    try:
+        raw = torch.linalg.solve(c, ones)
+    except torch.linalg.LinAlgError:  # only reachable with general_ridge = 0
+        raw = torch.linalg.pinv(c, hermitian=True) @ ones
+    if not torch.isfinite(raw).all() or raw.sum() <= 0:
+        return None
+    return raw / raw.sum()
+
+
+def simplex_weights(c: torch.Tensor) -> torch.Tensor:
+    """argmin wᵀCw subject to w ≥ 0, Σw = 1, exactly, for a positive semi-definite ``c`` (K ≤ 16).
+
+    On the optimum's support S the inequalities are inactive, so w_S is Eq. 11 on C_S; every support's Eq. 11
+    solution that is non-negative is feasible, hence the best of them is the optimum."""
+    k = c.shape[0]
+    if k > 16:
+        raise ValueError(f"KDCL-General's exact weights enumerate 2^K supports; K = {k} peers is too many")
+    best, best_value = None, 0.0
+    for size in range(k, 0, -1):  # larger supports first: a tie (identical peers) keeps every peer in
+        for support in itertools.combinations(range(k), size):
+            index = torch.tensor(support, device=c.device)
+            part = _equality_weights(c[index][:, index])
+            if part is None or (part < 0).any():
+                continue
+            w = torch.zeros(k, dtype=c.dtype, device=c.device)
+            w[index] = part
+            value = float(w @ c @ w)
+            if best is None or value < best_value * (1 - 1e-12):
+                best, best_value = w, value
+    return best
+
+
+def weights_from_c(c: torch.Tensor, ridge: float = 1e-6, solver: str = "simplex") -> torch.Tensor:
+    """General's w from Eq. 10's C (see the module docstring): on the simplex (``simplex``), Eq. 11 clipped and
+    renormalised (``clip``) or Eq. 11 as printed (``eq11``); uniform where C is degenerate."""
     c = c.double()
     k = c.shape[0]
     uniform = torch.full((k,), 1.0 / k, dtype=torch.float64, device=c.device)
@@ -169,15 +210,13 @@ def weights_from_c(c: torch.Tensor, ridge: float = 1e-6, clip: bool = True) -> t
     if not torch.isfinite(c).all() or trace <= 0:
         return uniform
     c = c + ridge * (trace / k) * torch.eye(k, dtype=c.dtype, device=c.device)
-    ones = torch.ones(k, dtype=c.dtype, device=c.device)
-    try:
-        raw = torch.linalg.solve(c, ones)
-    except torch.linalg.LinAlgError:  # only reachable with general_ridge = 0
-        raw = torch.linalg.pinv(c, hermitian=True) @ ones
-    if not torch.isfinite(raw).all() or raw.sum() <= 0:
+    if solver == "simplex":
+        w = simplex_weights(c)
+        return uniform if w is None else w
+    w = _equality_weights(c)
+    if w is None:
         return uniform
-    w = raw / raw.sum()
-    if clip:
+    if solver == "clip":
         w = w.clamp_min(0)
         w = w / w.sum()
     return w
@@ -268,8 +307,19 @@ class KDCL(Method):
             return
         c = error_covariance(self.validation_errors()).cpu()
         self.last_c = c
-        self.weights = weights_from_c(c, self.hp.general_ridge, self.hp.general_clip)
+        self.weights = weights_from_c(c, self.hp.general_ridge, self.hp.general_weights)
         self.weights_epoch = epoch
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """General's w and C of this epoch (computed at its start), for the cell's history."""
+        if self.hp.target != "general":
+            return {}
+        k = len(self.peers)
+        out = {f"general/w/net{i + 1}": float(self.weights[i]) for i in range(k)}
+        if self.last_c is not None:
+            out.update({f"general/c/net{i + 1}_net{j + 1}": float(self.last_c[i, j])
+                        for i in range(k) for j in range(i, k)})
+        return out
 
     # --- evaluation and state --------------------------------------------------------------------------
     def predict(self, x):

@@ -11,7 +11,7 @@ from harness.config.cell import Cell
 from harness.training.engine import Trainer
 from harness.training.method import load_methods
 from methods.kdcl import (error_covariance, linear_weights, minlogit_target, naive_target, project_simplex,
-                          weights_from_c)
+                          simplex_weights, weights_from_c)
 from tests.conftest import TINY_RECIPE
 from tests.helpers import fixed_batch, fixed_context, np_ce, np_softmax
 
@@ -179,14 +179,46 @@ def test_general_weights_from_hand_built_c():
     np.testing.assert_allclose(weights_from_c(diag).numpy(), [4 / 7, 2 / 7, 1 / 7], atol=1e-6)
 
 
-def test_general_guard_clips_negative_weights_and_survives_a_singular_c():
+def test_general_keeps_weights_on_the_simplex_and_survives_a_singular_c():
     c = torch.tensor([[1.0, 1.8], [1.8, 4.0]], dtype=torch.float64)  # Eq. 11 gives (11/7, −4/7)
-    np.testing.assert_allclose(weights_from_c(c, ridge=0.0, clip=False).numpy(), [11 / 7, -4 / 7], atol=1e-12)
+    np.testing.assert_allclose(weights_from_c(c, ridge=0.0, solver="eq11").numpy(), [11 / 7, -4 / 7], atol=1e-12)
+    np.testing.assert_allclose(weights_from_c(c, ridge=0.0, solver="clip").numpy(), [1.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(weights_from_c(c, ridge=0.0).numpy(), [1.0, 0.0], atol=1e-12)
     same = torch.ones(2, 2, dtype=torch.float64)  # two identical peers: C is singular
     np.testing.assert_allclose(weights_from_c(same).numpy(), [0.5, 0.5], atol=1e-12)
     np.testing.assert_allclose(weights_from_c(same, ridge=0.0).numpy(), [0.5, 0.5], atol=1e-12)
     np.testing.assert_allclose(weights_from_c(torch.zeros(3, 3)).numpy(), [1 / 3] * 3, atol=0)
+
+
+def simplex_grid_minimum(c: np.ndarray, n: int) -> float:
+    """min wᵀCw over the grid of the 3-simplex with step 1/n, by brute force."""
+    i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    keep = i + j <= n
+    w = np.stack([i[keep], j[keep], n - i[keep] - j[keep]], 1) / n
+    return float(np.einsum("bi,ij,bj->b", w, c, w).min())
+
+
+def test_general_simplex_weights_are_the_constrained_optimum():
+    """Eq. 9 on the simplex, exactly: never above a brute-force grid minimum (step 1/300) on random PSD matrices, at
+    or below every vertex and edge, and strictly better than clipping Eq. 11 where that clip is far off."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.normal(size=(3, 5)) * rng.uniform(0.2, 2.0, size=(3, 1))
+        c = a @ a.T / 5 + rng.uniform(-0.3, 0.9) * np.outer(a.mean(1), a.mean(1))
+        c = (c + c.T) / 2 + 1e-9 * np.eye(3)
+        if np.linalg.eigvalsh(c).min() < 0:
+            continue
+        w = simplex_weights(torch.tensor(c)).numpy()
+        assert w.min() >= 0 and w.sum() == pytest.approx(1.0, abs=1e-12)
+        assert w @ c @ w <= simplex_grid_minimum(c, 300) + 1e-12
+    c = np.array([[1.0, 0.95, 0.3], [0.95, 1.0, 0.2], [0.3, 0.2, 0.6]])
+    w = weights_from_c(torch.tensor(c), ridge=0.0).numpy()
+    clipped = weights_from_c(torch.tensor(c), ridge=0.0, solver="clip").numpy()
+    np.testing.assert_allclose(w, [0.0, 1 / 3, 2 / 3], atol=1e-12)  # by hand: the (2, 3) edge, w ∝ (0.6 − 0.2, 1 − 0.2)
+    assert w @ c @ w == pytest.approx(0.4666666666666667, abs=1e-12)
+    assert clipped @ c @ clipped > 1.1 * (w @ c @ w)  # the old clip: (0, 0.54, 0.46), an objective 11 % higher
+    np.testing.assert_allclose(simplex_weights(torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64))).numpy(),
+                               [4 / 7, 2 / 7, 1 / 7], atol=1e-12)  # interior optimum: Eq. 11 itself
 
 
 def test_general_weights_from_a_validation_pass():
@@ -206,9 +238,9 @@ def test_general_weights_from_a_validation_pass():
     c = np.array([[np.mean(errors[:, i] * errors[:, j]) for j in range(3)] for i in range(3)])
     np.testing.assert_allclose(method.last_c.numpy(), c, atol=1e-14)
     c_ridge = c + 1e-6 * np.trace(c) / 3 * np.eye(3)
-    w = np.linalg.inv(c_ridge) @ np.ones(3)
-    w = np.clip(w / w.sum(), 0, None)
-    np.testing.assert_allclose(method.weights.numpy(), w / w.sum(), atol=1e-12)
+    w = method.weights.numpy()  # the constrained optimum: at or below a brute-force grid of the simplex
+    assert w.min() >= 0 and w.sum() == pytest.approx(1.0, abs=1e-12)
+    assert w @ c_ridge @ w <= simplex_grid_minimum(c_ridge, 300) + 1e-12
     assert method.weights_epoch == 1
     np.testing.assert_allclose(error_covariance(torch.tensor(errors)).numpy(), c, atol=1e-15)
 
@@ -285,6 +317,10 @@ def test_general_with_icl_end_to_end_and_resume():
     last = full.history[-1]
     for key in ("top1/net1", "top1/net2", "top1/ens", "top1/teacher", "loss/ce/net1", "loss/kl/net2"):
         assert key in last
+    # Every epoch's w and C are in the history: w of the epoch (uniform in epoch 1), C from that epoch's start.
+    assert [full.history[e]["general/w/net1"] for e in range(3)] == [0.5] + [float(w[0]) for _, w in weights[1:]]
+    assert "general/c/net1_net1" not in full.history[0]
+    assert full.history[2]["general/c/net1_net2"] == pytest.approx(float(full.method.last_c[0, 1]), abs=0)
 
     # Checkpoint round trip after epoch 2 restores the weights exactly; the resumed run ends where the full one did.
     resumed = Trainer(cell(hp, epochs=3))

@@ -205,7 +205,8 @@ class Trainer:
                 f"cell {self.cell.hash} ({self.cell.describe()}): {bad[0]} is {losses[bad[0]]} in epoch "
                 f"{epoch + 1}; lower the learning rate or check the method's hyper-parameters"
             )
-        return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses}
+        return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses,
+                **self.method.epoch_metrics()}
 
     @torch.no_grad()
     def evaluate(self) -> dict:

@@ -197,6 +197,10 @@ class Method:
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch state (ramp-ups, weights recomputed on a validation split)."""
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """Numbers of the method's own state to keep in the epoch's history (ensemble weights); none by default."""
+        return {}
+
     # --- evaluation ------------------------------------------------------------------------------------
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every evaluated output: ``net1..netK`` for the peers, other names for extra outputs."""
