@@ -283,7 +283,7 @@ class ACKD(OfflineMethod):
         learners = [p for key in ("auxiliary", "attention") if key in self.modules
                     for p in self.modules[key].parameters()]
         groups = {"peers": OptimGroup([{"params": list(self.student.parameters()), "model": self.ctx.group[1]},
-                                       {"params": learners}])}
+                                       self.extra_group(learners, "learners")])}
         if self.discriminators is not None:
             groups["discriminators"] = OptimGroup(list(self.discriminators.parameters()),
                                                   optimizer=self.hp.disc_optimizer,

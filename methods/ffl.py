@@ -51,8 +51,9 @@ Choices, with their defaults and sources (official code: Jangho-Kim/FFL-pytorch,
   (the engine's default joint ``train_step``).  Here the networks use the recipe's optimizer ("peers") and the
   fusion module gets an optimizer of its own ("fusion"): the recipe's kind, momentum, Nesterov flag, learning
   rate and schedule, with weight decay ``fusion_weight_decay`` (1e-5) and, if ``fusion_lr`` is set, that
-  initial learning rate (None: the recipe's ``optimizer.lr``, as the official code; both scaled with the batch
-  size like the peers' and following the same schedule).
+  initial learning rate (None: the recipe's ``optimizer.lr``, as the official code, or the networks' own
+  ``peer_lr`` when the pair is one architecture that has one; both scaled with the batch size like the peers' and
+  following the same schedule).
 """
 from __future__ import annotations
 
@@ -229,7 +230,7 @@ class FFL(Method):
         fusion = list(self.modules["fusion"].parameters())
         # The recipe's optimizer (kind, momentum, Nesterov), learning rate and schedule, with the fusion module's own
         # weight decay (and learning rate, if set) as parameter-group overrides: a method does not see the recipe.
-        group = {"params": fusion, "weight_decay": self.hp.fusion_weight_decay}
+        group = {**self.extra_group(fusion, "fusion"), "weight_decay": self.hp.fusion_weight_decay}
         if self.hp.fusion_lr is not None:
             group["lr"] = self.hp.fusion_lr
         fusion_group = OptimGroup([group], optimizer=None, follow_schedule=True)

@@ -164,7 +164,7 @@ def peer_optim_groups(method: Method) -> dict[str, OptimGroup]:
         groups.append({"params": params, "model": name})
     extra = [p for key, module in method.modules.items() if key != "peers" for p in module.parameters()
              if id(p) not in seen]
-    return {"peers": OptimGroup(groups + ([{"params": extra}] if extra else []))}
+    return {"peers": OptimGroup(groups + ([method.extra_group(extra)] if extra else []))}
 
 
 class BranchedMethod(Method):

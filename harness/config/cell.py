@@ -2,6 +2,7 @@
 seed) with a stable hash that names its result everywhere."""
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,8 @@ class Cell:
         }
         if self.stop_epoch is not None:  # absent otherwise, so that earlier hashes stay valid
             ident["stop_epoch"] = self.stop_epoch
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.recipe.get("peer_lr") or {} for name in self.group):
+            ident["peer_lr_reaches"] = "followers"  # since 2026-12-01 also the extra modules that follow a network
         for section, keys in _NOT_HASHED.items():
             ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
         return ident

@@ -19,7 +19,7 @@ from harness.config.recipe import Recipe, build_optimizer, build_scheduler, Opti
 from harness.data.batches import Batch
 from harness.data.datasets import load_dataset
 from harness.data.inputs import build_inputs
-from harness.training.method import MethodContext, Step, load_methods
+from harness.training.method import MethodContext, OptimGroup, Step, load_methods
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -47,6 +47,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def build_method_optimizer(recipe: Recipe, group: OptimGroup) -> torch.optim.Optimizer:
+    """The optimizer of one of a method's :class:`OptimGroup` s: its own spec, or the recipe's, where a parameter
+    group of a network (``model``) or of a module that belongs to one (``follows``) starts at that network's
+    learning rate (``Recipe.peer_lr``), unless the method set the group's ``lr`` itself."""
+    spec = OptimizerSpec.model_validate(group.optimizer) if group.optimizer else recipe.optimizer
+    params = list(group.params)
+    if group.optimizer is None and params and isinstance(params[0], dict):
+        params = [g if "lr" in g or not (g.get("model") or g.get("follows")) else
+                  {**g, "lr": recipe.peer_learning_rate(g.get("model") or g["follows"])} for g in params]
+    return build_optimizer(spec, params, recipe.lr_scale())
 
 
 class Trainer:
@@ -90,12 +102,7 @@ class Trainer:
 
         self.schedulers = {}
         for name, group in self.method.optim_groups().items():
-            spec = OptimizerSpec.model_validate(group.optimizer) if group.optimizer else self.recipe.optimizer
-            params = list(group.params)
-            if group.optimizer is None and params and isinstance(params[0], dict):
-                params = [{**g, "lr": self.recipe.peer_learning_rate(g["model"])} if "model" in g else g
-                          for g in params]
-            optimizer = build_optimizer(spec, params, self.recipe.lr_scale())
+            optimizer = build_method_optimizer(self.recipe, group)
             self.method.optimizers[name] = optimizer
             if group.follow_schedule:
                 self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
@@ -179,13 +186,26 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.epoch, self.history = state["epoch"], state["history"]
 
+    def learning_rates(self) -> dict[str, float]:
+        """The learning rate of every parameter group of every optimizer, as this epoch starts: ``lr/netk`` for the
+        peers (``lr`` where the peers' optimizer has none named), and ``lr/<optimizer>/<group>`` for every group."""
+        groups = self.method.optimizers["peers"].param_groups
+        lrs = {f"lr/net{i + 1}": g["lr"] for i, g in enumerate(g for g in groups if "model" in g)} or {"lr": groups[0]["lr"]}
+        for name, optimizer in self.method.optimizers.items():
+            peers = 0
+            for i, g in enumerate(optimizer.param_groups):
+                if "model" in g:
+                    peers += 1
+                label = f"net{peers}" if "model" in g else g.get("name", f"group{i + 1}")
+                lrs[f"lr/{name}/{label}"] = g["lr"]
+        return lrs
+
     # --- one epoch -----------------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
         epoch, steps = self.epoch, len(self.train_batches)
         self.method.modules.train()
         self.method.on_epoch_start(epoch)
-        groups = self.method.optimizers["peers"].param_groups
-        lrs = {f"lr/net{i + 1}": g["lr"] for i, g in enumerate(g for g in groups if "model" in g)} or {"lr": groups[0]["lr"]}
+        lrs = self.learning_rates()
         sums: dict[str, torch.Tensor] = {}
         images, start = 0, time.perf_counter()
         for i, batch in enumerate(self.train_batches.epoch(epoch)):

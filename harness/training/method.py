@@ -52,8 +52,10 @@ class MethodContext:
 class OptimGroup:
     """Parameters updated by one optimizer; ``optimizer`` None means the recipe's optimizer and schedule.
 
-    ``params`` may be parameter groups (dicts); a group with a ``model`` key (a timm name) gets the recipe's
-    learning rate for that network (``Recipe.peer_lr``).
+    ``params`` may be parameter groups (dicts); a group with a ``model`` key (a timm name) is that network's and
+    gets the recipe's learning rate for it (``Recipe.peer_lr``); a group with a ``follows`` key (a timm name) holds
+    modules that belong to that network (a student's auxiliary heads, a gate) and gets the same rate; a ``name``
+    key labels a group in the per-epoch record of learning rates (``lr/<optimizer>/<name>``).
     """
 
     params: Iterable
@@ -104,7 +106,19 @@ class Method:
         """One optimizer for everything: a parameter group per peer, one more for any extra modules."""
         groups = [{"params": list(peer.parameters()), "model": name} for name, peer in zip(self.ctx.group, self.peers)]
         extra = [p for key, module in self.modules.items() if key != "peers" for p in module.parameters()]
-        return {"peers": OptimGroup(groups + ([{"params": extra}] if extra else []))}
+        return {"peers": OptimGroup(groups + ([self.extra_group(extra)] if extra else []))}
+
+    def extra_owner(self) -> str | None:
+        """The network (timm name) whose learning rate the method's extra modules follow: the group's only
+        architecture where it has one; None (the recipe's base rate) where peers of several architectures share
+        them.  A method whose extra modules belong to one network (a student) overrides this."""
+        names = set(self.ctx.group)
+        return next(iter(names)) if len(names) == 1 else None
+
+    def extra_group(self, params: list, name: str = "extra") -> dict:
+        """A parameter group of extra modules that follows :meth:`extra_owner`'s learning rate."""
+        owner = self.extra_owner()
+        return {"params": params, "name": name, **({"follows": owner} if owner else {})}
 
     def deployed_parameters(self) -> int:
         """Parameters of the networks that are kept after training (extra modules are reported apart)."""

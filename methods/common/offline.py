@@ -86,7 +86,11 @@ class OfflineMethod(Method):
     def optim_groups(self):
         groups = [{"params": list(self.student.parameters()), "model": self.ctx.group[1]}]
         extra = [p for key, m in self.modules.items() if key not in ("peers", "teacher") for p in m.parameters()]
-        return {"peers": OptimGroup(groups + ([{"params": extra}] if extra else []))}
+        return {"peers": OptimGroup(groups + ([self.extra_group(extra)] if extra else []))}
+
+    def extra_owner(self) -> str:
+        """The student: every trainable module besides it (heads, regressors, learners) is the student's."""
+        return self.ctx.group[1]
 
     def on_epoch_start(self, epoch: int) -> None:
         self.teacher.eval()  # the engine puts every module in train mode; the teacher's BN statistics stay

@@ -121,7 +121,7 @@ class OnlineFeatureKD(Method):
             groups.append({"params": params, "model": name})
         extra = [p for key, module in self.modules.items() if key != "peers"
                  for p in module.parameters() if id(p) not in owned]
-        return {"peers": OptimGroup(groups + ([{"params": extra}] if extra else []))}
+        return {"peers": OptimGroup(groups + ([self.extra_group(extra)] if extra else []))}
 
     # --- the subclass's part ----------------------------------------------------------------------------------
     def select(self, features: adapter.Features) -> Any:
