@@ -134,6 +134,34 @@ def test_offline_table_shows_teacher_and_student_rows_beside_the_papers(tmp_path
     assert table.entries[(("kd", "net1"), column)].text(True) == "71.00 (70.73, +0.27)"
 
 
+def test_the_teacher_row_is_the_stage_teacher_the_students_learnt_from(tmp_path, write_suite):
+    """``stage_values: {ind/net1: teacher}``: the Teacher row reads the stage cell's own record (not Ind's pair
+    cell), with the stage's seed count and hash in the CSV; Ind's student and the methods' rows are unchanged."""
+    from harness.training.stages import stages_of
+
+    raw = tiny_suite_dict(groups=[["cifar_resnet20", "cifar_resnet8"]], seeds=[0, 1], methods=["ind", "kd"],
+                          table={"rows": ["method", "value"], "columns": ["group"], "values": ["net1", "net2"],
+                                 "method_values": {"ind": ["net1", "net2"], "*": ["net1"]},
+                                 "stage_values": {"ind/net1": "teacher"}})
+    suite = load_suite(write_suite(raw))
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        store.put(fake_record(cell, 50.0 + cell.seed, 40.0))  # Ind's pair: its own teacher network at 50, 51
+    teacher = stages_of(next(c for c in suite.cells if c.method == "kd"))["teacher"].cell
+    column = ("cifar_resnet20+cifar_resnet8",)
+    assert build_table(suite, store).entries[(("ind", "net1"), column)].ours is None  # the stage has not finished
+    store.put({**fake_record(teacher, 73.0, 0.0), "last": {"net1": {"top1": 73.0, "top5": 99.0}}})
+    table = build_table(suite, store)
+    assert (table.entries[(("ind", "net1"), column)].ours, table.entries[(("ind", "net1"), column)].n) == (73.0, 1)
+    assert table.entries[(("ind", "net2"), column)].ours == 40.0 and table.entries[(("kd", "net1"), column)].ours == 50.5
+    paths = write_report(suite, store, tmp_path / "reports")
+    csv = paths["csv"].read_text()
+    assert f"ind,net1,0,73.0" in csv.replace('"', "") and teacher.hash in csv
+    raw["table"]["stage_values"] = {"ind/ens": "teacher"}
+    with pytest.raises(Exception, match=r"table.stage_values.ind/ens: 'ind/ens' is not 'method label/value'"):
+        load_suite(write_suite(raw))
+
+
 def test_method_values_must_name_labels_and_values(write_suite):
     from harness.suite.schema import SuiteError
 

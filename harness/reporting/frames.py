@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from harness.config.cell import Cell
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 
@@ -37,19 +38,37 @@ def metric_value(numbers: dict, metric: str) -> float:
     return numbers[metric]
 
 
+def stage_value_cells(suite: Suite) -> dict[tuple[str, str, str], Cell]:
+    """(group, method label, value) -> the stage cell whose accuracy the table shows there (``table.stage_values``)."""
+    out = {}
+    for entry, stage in suite.spec.table.stage_values.items():
+        label, _, value = entry.rpartition("/")
+        for group, cell in suite.stage_cells(stage).items():
+            out[(group, label, value)] = cell
+    return out
+
+
+def report_cells(suite: Suite) -> list[Cell]:
+    """The cells whose records a report reads: the suite's own and the stages its table shows."""
+    return list(suite.cells) + [c for c in stage_value_cells(suite).values() if c not in suite.cells]
+
+
 def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per (finished cell, output) with last- and best-epoch accuracy and its provenance, and one per cost
     the table shows (``COST_VALUES``)."""
     metric, epoch = suite.spec.evaluation.metric, suite.spec.evaluation.epoch
     rows = []
     costs_shown = [v for v in suite.spec.table.values if v in COST_VALUES]
-    records = store.records(suite.cells) if records is None else records
-    for cell in suite.cells:
+    records = store.records(report_cells(suite)) if records is None else records
+    stage_entries = stage_value_cells(suite)
+    shown = [(cell, cell.group_name, cell.label, None) for cell in suite.cells]
+    shown += [(stage, group, label, value) for (group, label, value), stage in stage_entries.items()]
+    for cell, group, label, only in shown:
         record = records.get(cell.hash)
         if record is None or record.get("status") != "ok":
             continue
         trial = {
-            "dataset": cell.dataset["name"], "group": cell.group_name, "method": cell.label, "seed": cell.seed,
+            "dataset": cell.dataset["name"], "group": group, "method": label, "seed": cell.seed,
             "epoch": epoch, "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),
             "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
             "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
@@ -59,8 +78,12 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
             "stages": " ".join(f"{name}={stage.get('cell_hash') or stage.get('sha256')}"
                                for name, stage in sorted(record.get("stages", {}).items())),
         }
+        if only is not None:  # a stage's accuracy in the place of a method's value (its net1: the stage network)
+            rows.append({**trial, "value": only, metric: metric_value(record[epoch]["net1"], metric)})
+            continue
         rows += [{**trial, "value": value, metric: metric_value(numbers, metric)}
-                 for value, numbers in record[epoch].items()]
+                 for value, numbers in record[epoch].items()
+                 if (cell.group_name, cell.label, value) not in stage_entries]
         for value in costs_shown:  # a cost of the whole trial, in the metric's column under its own value name
             number = COST_VALUES[value][1](record, cell)
             if number is not None:

@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
 from harness.papers.tables import load_paper_table, paper_value
-from harness.reporting.frames import COST_VALUES, trial_frame
+from harness.reporting.frames import COST_VALUES, report_cells, trial_frame
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 
@@ -140,7 +140,7 @@ def add_gains(stats: pd.Series, counts: pd.Series, gains: dict) -> tuple[pd.Seri
 def build_table(suite: Suite, store: ResultStore) -> Table:
     spec = suite.spec
     metric, how = spec.evaluation.metric, spec.evaluation.aggregate
-    records = store.records(suite.cells)
+    records = store.records(report_cells(suite))
     trials = trial_frame(suite, store, records)
     keys = ["dataset", "group", "method", "value"]
     grouped = trials.groupby(keys)[metric]
@@ -184,7 +184,7 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
     """What the footer says about the numbers: code, packages, hardware, recipe, epochs actually run."""
-    records = [r for r in (table.records or store.records(suite.cells)).values() if r.get("status") == "ok"]
+    records = [r for r in (table.records or store.records(report_cells(suite))).values() if r.get("status") == "ok"]
     codes = sorted({f"{r['code'].get('git_sha') or 'unknown'}{' (dirty)' if r['code'].get('dirty') else ''}"
                     for r in records if r.get("code")})
     packages = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.get("packages", {}).items()))

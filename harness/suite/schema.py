@@ -67,6 +67,9 @@ class Layout(Strict):
     gains: dict[str, Gain] = {}  # derived values by name, usable in ``values`` ({gain: {reference: ind, of: [avg]}})
     bold_best: bool = True  # the best method's value in bold, as the papers print it
     best_excludes: list[str] = []  # "method/value" entries that do not compete (ACKD Table 2's teacher: "ind/net1")
+    # "method/value" entries that show a stage's own accuracy instead of the method's cell: {"ind/net1": teacher} puts
+    # in the Teacher row the stage teacher the group's students learnt from (its own record, seed and hash)
+    stage_values: dict[str, str] = {}
 
     def shows(self, where: dict) -> bool:
         """Whether a row or column (axis → entry) is shown under ``method_values``."""
@@ -151,6 +154,19 @@ class Suite:
 
     def labels(self) -> list[str]:
         return list(dict.fromkeys(c.label for c in self.cells))
+
+    def stage_cells(self, name: str) -> dict[str, Cell]:
+        """Per group (its ``group_name``): the cell of the stage ``name`` that the group's cells declare (the
+        teacher they learn from), the one most of them share where they differ (ESKD's own teacher is a stage of
+        another name)."""
+        from harness.training.stages import stages_of
+
+        found: dict[str, list[Cell]] = {}
+        for cell in self.cells:
+            stage = stages_of(cell).get(name)
+            if stage is not None and stage.cell is not None:
+                found.setdefault(cell.group_name, []).append(stage.cell)
+        return {group: max(cells, key=lambda c: sum(o.hash == c.hash for o in cells)) for group, cells in found.items()}
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -312,11 +328,13 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
         if gain.reference not in labels:
             errors.append(f"table.gains.{name}.reference: {gain.reference!r} is not a method label of this suite"
                           f"{did_you_mean(gain.reference, labels)}; valid: {', '.join(labels)}")
-    for i, entry in enumerate(layout.best_excludes):
-        label, _, value = entry.rpartition("/")
-        if label not in labels or value not in layout.values:
-            errors.append(f"table.best_excludes[{i}]: {entry!r} is not 'method label/value' of this table; labels: "
-                          f"{', '.join(labels)}; values: {', '.join(layout.values)}")
+    for where, entries in (("best_excludes", {f"[{i}]": e for i, e in enumerate(layout.best_excludes)}),
+                           ("stage_values", {f".{e}": e for e in layout.stage_values})):
+        for key, entry in entries.items():
+            label, _, value = entry.rpartition("/")
+            if label not in labels or value not in layout.values:
+                errors.append(f"table.{where}{key}: {entry!r} is not 'method label/value' of this table; labels: "
+                              f"{', '.join(labels)}; values: {', '.join(layout.values)}")
 
 
 def _check_paper_table(spec: SuiteSpec, methods, errors: list[str]) -> None:
