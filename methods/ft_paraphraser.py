@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from harness.config.cell import Cell
+from harness.config.cell import Cell, hashed_recipe
 from harness.models import adapter
 from harness.training.method import HParams, Method, OptimGroup, register_method
 from harness.training.stages import Stage
@@ -57,7 +57,7 @@ class TeacherSource(BaseModel):
             return {"checkpoint": stage.checkpoint, "sha256": stage.sha256}
         teacher = stage.cell
         return {"method": teacher.method, "hparams": teacher.hparams,
-                "recipe": {k: v for k, v in teacher.recipe.items() if k != "source"},  # not hashed anyway
+                "recipe": hashed_recipe(teacher.recipe),  # the rest is not hashed anyway
                 "seed": teacher.seed, "stop_epoch": teacher.stop_epoch}
 
     def stage(self, cell: Cell) -> Stage:

@@ -319,6 +319,39 @@ def test_a_scaled_down_paper_suite_says_so_in_its_title(tmp_path, write_suite):
                                  "3 of tsb_cifar's 240 epochs", "5 of kdcl_cifar's 200 epochs"]
     title = build_table(small, ResultStore(tmp_path / "results")).title
     assert title == ("SCALED DOWN (fashion_mnist_mini in place of cifar100, 20 train images per class, 3 of "
-                     "tsb_cifar's 240 epochs, 5 of kdcl_cifar's 200 epochs), not a reproduction — TSB Table 1")
+                     "tsb_cifar's 240 epochs, 5 of kdcl_cifar's 200 epochs), not a reproduction — TSB Table 1 — best or "
+                     "last epoch per method, as each method's paper reports (see the notes)")
     no_paper = load_suite(write_suite({**tiny_suite_dict(), "name": "np"}, "np.yaml"))
     assert no_paper.scaled_down == []  # claims no table, so nothing to mistake for a reproduction
+
+
+def test_the_epoch_shown_is_the_papers_and_both_when_asked(tmp_path, write_suite):
+    """evaluation.epoch "paper" (the default): the best test epoch under a RepDistiller-based preset (tsb_cifar), the
+    last, marked as assumed, under a paper that does not say (kdcl_cifar); [best, last]: one table of each, both in
+    the CSV; the title says which."""
+    base = {"dataset": {"name": "fashion_mnist_mini"}, "groups": [["cifar_resnet8"] * 2], "methods": ["dml"],
+            "seeds": [0, 1]}
+    tsb = load_suite(write_suite({**base, "name": "tsb", "recipe": "tsb_cifar"}, "tsb.yaml"))
+    kdcl = load_suite(write_suite({**base, "name": "kdcl", "recipe": "kdcl_cifar"}, "kdcl.yaml"))
+    assert {c.hash for c in tsb.cells} != {c.hash for c in kdcl.cells}
+    store = ResultStore(tmp_path / "results")
+    for cell in tsb.cells + kdcl.cells:
+        store.put(fake_record(cell, 60.0 + cell.seed, 50.0))  # best = last + 0.5 (fake_record)
+    row = ("cifar_resnet8+cifar_resnet8",)
+    table = build_table(tsb, store)
+    assert table.entries[(row, ("dml", "net1"))].ours == 61.0  # best: median of 60.5, 61.5
+    assert table.title.endswith("best test epoch, as the paper's code reports")
+    table = build_table(kdcl, store)
+    assert table.entries[(row, ("dml", "net1"))].ours == 60.5  # last: median of 60, 61
+    assert table.title.endswith("last epoch (the paper does not say which; assumed)")
+    both = load_suite(write_suite({**base, "name": "both", "recipe": "kdcl_cifar",
+                                   "evaluation": {"epoch": ["best", "last"]}}, "both.yaml"))
+    paths = write_report(both, store, tmp_path / "reports", log=lambda *a: None)
+    md = paths["md"].read_text()
+    assert md.count("# both — ") == 2 and "— best test epoch" in md and "— last epoch" in md
+    assert "61.00" in md and "60.50" in md
+    csv = paths["csv"].read_text()
+    assert ",best," in csv and ",last," in csv
+    with pytest.raises(Exception, match="best and/or last once each"):
+        load_suite(write_suite({**base, "name": "bad", "recipe": "kdcl_cifar",
+                                "evaluation": {"epoch": ["best", "best"]}}, "bad.yaml"))

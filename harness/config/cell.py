@@ -8,7 +8,13 @@ import json
 from dataclasses import asdict, dataclass, field
 
 HASH_FORMAT = 1  # bump only when the meaning of an unchanged config changes
-_NOT_HASHED = {"dataset": ("root", "download"), "recipe": ("source",)}  # where data lives, citations
+# where data lives, citations, which epoch a report shows
+_NOT_HASHED = {"dataset": ("root", "download"), "recipe": ("source", "report_epoch")}
+
+
+def hashed_recipe(recipe: dict) -> dict:
+    """``recipe`` without the keys that do not enter a hash (its citation, the epoch a report shows)."""
+    return {k: v for k, v in recipe.items() if k not in _NOT_HASHED["recipe"]}
 
 
 @dataclass(frozen=True)

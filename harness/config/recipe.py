@@ -80,6 +80,9 @@ class Recipe(Strict):
     reference_batch_size: PositiveInt | None = None
     augment: AugmentSpec = AugmentSpec()
     source: str = ""  # where the numbers come from (paper section, official script); not hashed
+    # which epoch the paper's own numbers are (its code keeps the best test epoch, or the last); None: the paper
+    # does not say, and a report then shows the last, marked as assumed.  Not hashed: it changes no training.
+    report_epoch: Literal["best", "last"] | None = None
 
     def lr_scale(self) -> float:
         """Factor applied to every initial learning rate for the batch size actually used."""

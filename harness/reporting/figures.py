@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.reporting.frames import COST_VALUES, metric_value, trial_frame
+from harness.reporting.frames import COST_VALUES, epoch_text, metric_value, trial_frame
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 
@@ -263,7 +263,8 @@ def write_figures(suite: Suite, store: ResultStore, out_dir: str | Path, trials:
             data = sweep[sweep["param"] == param]
             figure = draw_sweep(data, param, metric, shown, f"{spec.title or spec.name}: effect of {param}")
             png, pdf = _save(figure, out_dir, f"{suite.name}_sweep_{param}")
-            figures.append(Figure(f"sweep_{param}", f"{metric} at the {spec.evaluation.epoch} epoch against "
+            when = epoch_text(suite, spec.evaluation.epochs()[0])
+            figures.append(Figure(f"sweep_{param}", f"{metric} at the {when} against "
                                   f"{param}: {shown} over seeds, band = min–max.", png, pdf))
     return figures
 

@@ -53,10 +53,28 @@ def report_cells(suite: Suite) -> list[Cell]:
     return list(suite.cells) + [c for c in stage_value_cells(suite).values() if c not in suite.cells]
 
 
-def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | None = None) -> pd.DataFrame:
-    """One row per (finished cell, output) with last- and best-epoch accuracy and its provenance, and one per cost
-    the table shows (``COST_VALUES``)."""
-    metric, epoch = suite.spec.evaluation.metric, suite.spec.evaluation.epoch
+def cell_epoch(choice: str, cell: Cell) -> str:
+    """"best" or "last" for ``cell``: "paper" is the epoch its recipe's paper reports (last where it does not say)."""
+    return (cell.recipe.get("report_epoch") or "last") if choice == "paper" else choice
+
+
+def epoch_text(suite: Suite, choice: str) -> str:
+    """Which epoch a table shows, in words, for its title and caption."""
+    if choice != "paper":
+        return "best test epoch" if choice == "best" else "last epoch"
+    stated = {cell.recipe.get("report_epoch") for cell in suite.cells}
+    if len(stated) > 1:
+        return "best or last epoch per method, as each method's paper reports (see the notes)"
+    if stated == {None}:
+        return "last epoch (the paper does not say which; assumed)"
+    return "best test epoch, as the paper's code reports" if stated == {"best"} else "last epoch, as the paper reports"
+
+
+def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | None = None,
+                epoch: str | None = None) -> pd.DataFrame:
+    """One row per (finished cell, output) with its accuracy at ``epoch`` (a choice of ``evaluation.epoch``: the
+    first by default) and its provenance, and one per cost the table shows (``COST_VALUES``)."""
+    metric, choice = suite.spec.evaluation.metric, epoch or suite.spec.evaluation.epochs()[0]
     rows = []
     costs_shown = [v for v in suite.spec.table.values if v in COST_VALUES]
     records = store.records(report_cells(suite)) if records is None else records
@@ -67,6 +85,7 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
         record = records.get(cell.hash)
         if record is None or record.get("status") != "ok":
             continue
+        epoch = cell_epoch(choice, cell)
         trial = {
             "dataset": cell.dataset["name"], "group": group, "method": label, "seed": cell.seed,
             "epoch": epoch, "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),

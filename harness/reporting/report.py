@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
 from harness.papers.tables import load_paper_table, paper_value
-from harness.reporting.frames import COST_VALUES, report_cells, trial_frame
+from harness.reporting.frames import COST_VALUES, epoch_text, report_cells, trial_frame
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 
@@ -60,6 +60,7 @@ class Table:
     trials: pd.DataFrame
     best: set = field(default_factory=set)  # (row, column) keys of the best value among the methods compared
     records: dict = field(default_factory=dict)  # the records read for it, by hash (read once per report)
+    epoch_text: str = "last epoch"  # which epoch it shows, in words
 
     def header(self) -> list[str]:
         return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
@@ -137,11 +138,13 @@ def add_gains(stats: pd.Series, counts: pd.Series, gains: dict) -> tuple[pd.Seri
             pd.concat([counts, pd.Series(extra_n).rename_axis(counts.index.names)]))
 
 
-def build_table(suite: Suite, store: ResultStore) -> Table:
+def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, records: dict | None = None) -> Table:
+    """The table at one choice of ``evaluation.epoch`` (the first by default)."""
     spec = suite.spec
     metric, how = spec.evaluation.metric, spec.evaluation.aggregate
-    records = store.records(report_cells(suite))
-    trials = trial_frame(suite, store, records)
+    epoch = epoch or spec.evaluation.epochs()[0]
+    records = store.records(report_cells(suite)) if records is None else records
+    trials = trial_frame(suite, store, records, epoch)
     keys = ["dataset", "group", "method", "value"]
     grouped = trials.groupby(keys)[metric]
     stats = grouped.size() if how == "n" else grouped.agg(how)
@@ -173,13 +176,14 @@ def build_table(suite: Suite, store: ResultStore) -> Table:
             entry.paper = paper_value(paper, groups[where["group"]], where["method"], where["value"],
                                       ref.nets, ref.methods, ref.eval, ref.value_keys, ref.match)
         entries[(r, c)] = entry
-    title = spec.title or spec.name
+    when = epoch_text(suite, epoch)
+    title = f"{spec.title or spec.name} — {when}"
     if suite.scaled_down:
         title = f"SCALED DOWN ({', '.join(suite.scaled_down)}), not a reproduction — {title}"
     best = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
                         metric.endswith("_error"), set(spec.table.best_excludes)) if spec.table.bold_best else set()
     return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
-                 records)
+                 records, when)
 
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
@@ -261,13 +265,17 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
 
 
 def write_report(suite: Suite, store: ResultStore, out_dir: str | Path, log=print) -> dict[str, Path]:
-    table = build_table(suite, store)
+    """One table per choice of ``evaluation.epoch`` (``[best, last]`` gives both), in one Markdown, LaTeX and CSV."""
+    records = store.records(report_cells(suite))
+    tables = [build_table(suite, store, epoch, records) for epoch in suite.spec.evaluation.epochs()]
+    table = tables[0]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from harness.reporting.figures import figures_markdown, write_figures  # matplotlib only when a report is written
 
     figures = write_figures(suite, store, out_dir, table.trials, table.records)
-    texts = render(table, suite, store)
+    rendered = [render(t, suite, store) for t in tables]
+    texts = {ext: "\n".join(r[ext] for r in rendered) for ext in ("md", "tex")}
     texts["md"] += figures_markdown(figures)  # a "Figures" section linking the PNGs (and PDFs) beside the report
     paths = {}
     for ext, text in texts.items():
@@ -275,7 +283,9 @@ def write_report(suite: Suite, store: ResultStore, out_dir: str | Path, log=prin
         paths[ext].write_text(text)
     paths.update({f"{figure.name}.{ext}": getattr(figure, ext) for figure in figures for ext in ("png", "pdf")})
     paths["csv"] = out_dir / f"{suite.name}.csv"
-    table.trials.to_csv(paths["csv"], index=False)
-    log(tabulate(table.body(), headers=table.header(), tablefmt="simple", disable_numparse=True))
+    pd.concat([t.trials for t in tables], ignore_index=True).to_csv(paths["csv"], index=False)
+    for t in tables:
+        log(t.title)
+        log(tabulate(t.body(), headers=t.header(), tablefmt="simple", disable_numparse=True))
     log(f"report: {', '.join(str(p) for p in paths.values())}")
     return paths

@@ -45,9 +45,22 @@ class Resources(Strict):
 
 
 class Evaluation(Strict):
-    epoch: Literal["last", "best"] = "last"
+    # "paper": the epoch the paper of each cell's recipe reports (its ``report_epoch``: the best test epoch for the
+    # RepDistiller-based recipes, last where the paper does not say); [best, last] shows one table of each
+    epoch: Literal["paper", "last", "best"] | list[Literal["last", "best"]] = "paper"
     aggregate: Literal["median", "mean", "std", "min", "max", "n"] = "median"
     metric: Literal["top1", "top5", "top1_error", "top5_error"] = "top1"  # error = 100 − accuracy (ImageNet tables)
+
+    @field_validator("epoch")
+    @classmethod
+    def _epochs(cls, epoch):
+        if isinstance(epoch, list) and (not epoch or len(set(epoch)) != len(epoch)):
+            raise ValueError(f"a list of epochs names best and/or last once each, not {epoch}")
+        return epoch
+
+    def epochs(self) -> list[str]:
+        """The epoch choices the report shows, one table each."""
+        return list(self.epoch) if isinstance(self.epoch, list) else [self.epoch]
 
 
 class Gain(Strict):
