@@ -355,3 +355,27 @@ def test_the_epoch_shown_is_the_papers_and_both_when_asked(tmp_path, write_suite
     with pytest.raises(Exception, match="best and/or last once each"):
         load_suite(write_suite({**base, "name": "bad", "recipe": "kdcl_cifar",
                                 "evaluation": {"epoch": ["best", "best"]}}, "bad.yaml"))
+
+
+def test_copied_numbers_are_marked_and_assumptions_listed(tmp_path):
+    """AMLN Table 2(a) prints ONE's and FFL's numbers from the FFL paper (``copied_from``): they carry † and a
+    footnote, in Markdown and LaTeX; the notes list what the recipe assumed (AMLN's 600 epochs) and the suite file's
+    own header, where its choices are written."""
+    from pathlib import Path
+
+    suite = load_suite(Path(__file__).parents[1] / "suites" / "amln_table2a.yaml")
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        store.put(fake_record(cell, 93.0, 92.0))
+    table = build_table(suite, store)
+    marked = {key[1][0] for key, entry in table.entries.items() if entry.paper_mark == "†"}
+    assert marked == {"ONE", "FFL"}, marked
+    assert all(not e.paper_mark for key, e in table.entries.items() if key[1][0] not in ("ONE", "FFL"))
+    assert table.footnotes == {"†": ["copied by the paper from FFL paper [22] (Avg*)"]}
+    paths = write_report(suite, store, tmp_path / "reports", log=lambda *a: None)
+    md, tex = paths["md"].read_text(), paths["tex"].read_text()
+    assert "† The paper's number is copied by the paper from FFL paper [22] (Avg*)." in md
+    assert "\\textsuperscript{\\dag}" in tex and "the paper's number is copied by the paper from FFL paper" in tex
+    notes = md.split("### Notes: what the paper does not state", 1)[1].split("<details>", 1)[0]
+    assert "600 assumed" in notes
+    assert "\n> " + Path(suite.path).read_text().splitlines()[0][2:] + "\n" in notes  # the header, line by line

@@ -41,11 +41,12 @@ def in_our_order(row: dict, names: list[str]) -> dict | None:
     return renamed
 
 
-def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str] | None = None,
+def paper_lookup(table: dict, group, method: str, value: str, nets: dict[str, str] | None = None,
                 methods: dict[str, str | list[str]] | None = None,
                 eval_roles: dict[str, dict[str, str]] | None = None,
                 value_keys: dict[str, dict[str, str]] | None = None, match: dict[str, dict] | None = None):
-    """The paper's number for (group, method label, value key), or None where the table has none.
+    """The paper's number for (group, method label, value key) and the row it is from, or (None, None) where the
+    table has none.
 
     A row's nets may list ours in another order (its ``net1``/``net2`` are renumbered to ours, and a row in our
     order is preferred).  A row of one network (the Ind / vanilla rows, ONE's multi-branch network) stands for
@@ -60,8 +61,9 @@ def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str
     names = [paper_net_name(m, nets or {}) for m in group]
     wanted = (methods or {}).get(method, method)
     if isinstance(wanted, list):
-        return next((v for w in wanted if (v := paper_value(table, group, method, value, nets, {method: w},
-                                                            eval_roles, value_keys, match)) is not None), None)
+        return next((v for w in wanted if (v := paper_lookup(table, group, method, value, nets, {method: w},
+                                                             eval_roles, value_keys, match))[0] is not None),
+                    (None, None))
     extra = {k: v.format(**{f"net{i}": n for i, n in enumerate(names, 1)}) if isinstance(v, str) else v
              for k, v in (match or {}).get(method, {}).items()}
     keys = (value_keys or {}).get(method) or (value_keys or {}).get("*", {})
@@ -72,11 +74,11 @@ def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str
     if role is not None:
         for row in rows:
             if row["nets"] == names and row.get("eval") == role and (role == "teacher" or row["method"] == wanted):
-                return row.get(value if value in row else "value")
-        return None
+                return row.get(value if value in row else "value"), row
+        return None, None
     position = int(ours[3:]) if ours.startswith("net") and ours[3:].isdigit() else None
     if position is not None and not 1 <= position <= len(names):
-        return None  # net3 of a pair
+        return None, None  # net3 of a pair
     ordered = [r for r in rows if r.get("method") == wanted and r["nets"] == names]
     others = [r for r in rows if r.get("method") == wanted and r["nets"] != names]
     for row in ordered + others:
@@ -90,12 +92,17 @@ def paper_value(table: dict, group, method: str, value: str, nets: dict[str, str
                 continue
             key = value if value in row else "net" if "net" in row else "value" if about else None
             if key is not None and row.get(key) is not None:
-                return row[key]
+                return row[key], row
             continue
         reordered = in_our_order(row, names)
         if reordered is None:
             continue
         key = value if value in reordered else "value" if about and "value" in reordered else None
         if key is not None and reordered.get(key) is not None:
-            return reordered[key]
-    return None
+            return reordered[key], row
+    return None, None
+
+
+def paper_value(table: dict, group, method: str, value: str, *args, **kwargs):
+    """The paper's number of :func:`paper_lookup`, or None."""
+    return paper_lookup(table, group, method, value, *args, **kwargs)[0]

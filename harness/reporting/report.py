@@ -14,7 +14,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
-from harness.papers.tables import load_paper_table, paper_value
+from harness.papers.tables import load_paper_table, paper_lookup
 from harness.reporting.frames import COST_VALUES, epoch_text, report_cells, trial_frame
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
@@ -22,6 +22,9 @@ from harness.suite.schema import Suite
 TEMPLATES = Path(__file__).with_name("templates")
 METRIC_TEXT = {"top1": "Top-1 test accuracy", "top5": "Top-5 test accuracy", "top1_error": "Top-1 test error",
                "top5_error": "Top-5 test error"}
+# flags of a paper table's row -> the mark its number gets and the footnote saying why
+PAPER_MARKS = (("copied_from", "†", "copied by the paper from {}"),
+               ("reconstructed", "‡", "rebuilt from a garbled line of the paper (see the paper table's notes)"))
 MISSING = "—"  # no finished trial yet (not run, running or failed)
 NOT_APPLICABLE = "n/a"  # the cell's trials finished but the method has no such output (e.g. a teacher)
 
@@ -34,6 +37,7 @@ class Entry:
     n: int
     paper: float | None = None
     applicable: bool = True
+    paper_mark: str = ""  # † the paper copied its number from elsewhere, ‡ rebuilt from garbled text (footnotes)
 
     @property
     def delta(self) -> float | None:
@@ -43,7 +47,7 @@ class Entry:
         ours = (MISSING if self.applicable else NOT_APPLICABLE) if self.ours is None else f"{self.ours:.2f}"
         if not with_paper:
             return ours
-        paper = MISSING if self.paper is None else f"{self.paper:.2f}"
+        paper = MISSING if self.paper is None else f"{self.paper:.2f}{self.paper_mark}"
         delta = "" if self.delta is None else f", {self.delta:+.2f}"
         return f"{ours} ({paper}{delta})"
 
@@ -61,6 +65,7 @@ class Table:
     best: set = field(default_factory=set)  # (row, column) keys of the best value among the methods compared
     records: dict = field(default_factory=dict)  # the records read for it, by hash (read once per report)
     epoch_text: str = "last epoch"  # which epoch it shows, in words
+    footnotes: dict = field(default_factory=dict)  # mark -> what it means here (the papers' copied numbers)
 
     def header(self) -> list[str]:
         return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
@@ -163,7 +168,7 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
             if spec.table.shows(dict(zip(spec.table.rows, r)))]
     columns = [c for c in itertools.product(*(axis_values[k] for k in spec.table.columns))
                if spec.table.shows(dict(zip(spec.table.columns, c)))]
-    entries = {}
+    entries, footnotes = {}, {}
     for r, c in itertools.product(rows, columns):
         where = {**dict(zip(spec.table.rows, r)), **dict(zip(spec.table.columns, c))}
         for axis, choices in axis_values.items():  # an axis that is neither row nor column has one entry
@@ -173,8 +178,14 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
                       applicable=key in stats.index or key[:-1] not in finished)
         if paper is not None:
             ref = spec.paper_table
-            entry.paper = paper_value(paper, groups[where["group"]], where["method"], where["value"],
-                                      ref.nets, ref.methods, ref.eval, ref.value_keys, ref.match)
+            entry.paper, row = paper_lookup(paper, groups[where["group"]], where["method"], where["value"],
+                                            ref.nets, ref.methods, ref.eval, ref.value_keys, ref.match)
+            for flag, mark, text in PAPER_MARKS:
+                if entry.paper is not None and row.get(flag):
+                    entry.paper_mark += mark
+                    notes = footnotes.setdefault(mark, [])
+                    if text.format(row[flag]) not in notes:
+                        notes.append(text.format(row[flag]))
         entries[(r, c)] = entry
     when = epoch_text(suite, epoch)
     title = f"{spec.title or spec.name} — {when}"
@@ -183,7 +194,7 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
     best = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
                         metric.endswith("_error"), set(spec.table.best_excludes)) if spec.table.bold_best else set()
     return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
-                 records, when)
+                 records, when, footnotes)
 
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
@@ -211,6 +222,26 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
             "cells": len({c.hash for c in suite.cells}), "results": str(store.root)}
 
 
+def notes(suite: Suite) -> dict:
+    """What the report says about settings the paper does not state, from the files themselves: the clauses of
+    each recipe's ``source`` that say what was assumed, and the suite file's header comment (where every suite says
+    which table it mirrors and each choice it makes where the paper is silent)."""
+    assumed = []
+    for cell in suite.cells:
+        for clause in cell.recipe.get("source", "").split(";"):
+            if any(word in clause for word in ("assum", "not stated", "not given")) and clause.strip() not in assumed:
+                assumed.append(clause.strip())
+    header = []
+    try:
+        for line in Path(suite.path).read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break
+            header.append(line[1:].removeprefix(" "))
+    except OSError:
+        pass
+    return {"assumed": assumed, "header": "\n".join(header).strip(), "file": str(suite.path)}
+
+
 def _recipe_text(recipe: dict) -> str:
     opt, sched = recipe["optimizer"], recipe["schedule"]
     scaled = (f" scaled {recipe['lr_scaling']} to batch {recipe['batch_size']} from {recipe['reference_batch_size']}"
@@ -227,7 +258,7 @@ def _latex_escape(text) -> str:
     out = str(text)
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
                        ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("—", "--"), ("Δ", r"$\Delta$"),
-                       ("×", r"$\times$")):
+                       ("×", r"$\times$"), ("†", r"\textsuperscript{\dag}"), ("‡", r"\textsuperscript{\ddag}")):
         out = out.replace(char, repl)
     return out
 
@@ -260,6 +291,7 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
                                    colalign=["left"] + ["right"] * len(table.columns)),
         "latex_header": _latex_header_rows(table), "missing": MISSING, "not_applicable": NOT_APPLICABLE,
         "costs": {v: COST_VALUES[v][0] for v in suite.spec.table.values if v in COST_VALUES},
+        "notes": notes(suite),
     }
     return {ext: env.get_template(f"report.{ext}.j2").render(**context) for ext in ("md", "tex")}
 
