@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
     suite = _load(args)
     load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial
     store = ResultStore(args.results)
-    runtime = Runtime(device=args.device, data_root=args.data_root)
+    runtime = Runtime(device=args.device, data_root=args.data_root, require_every_term=args.smoke)
     summary = run_suite(suite, store, runtime, address=args.address, dashboard=not args.no_dashboard,
                         num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures)
     write_report(suite, store, args.reports)

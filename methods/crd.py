@@ -102,6 +102,7 @@ class CRD(ContrastiveModules, OfflineMethod):
                for anchor, bank in (("student", "teacher"), ("teacher", "student"))}
         for role in ROLES:  # after both reads: this step's scores use the old rows
             self.banks[role].update(batch.index, v[role].detach())
-        return {"ce": hp.ce_weight * F.cross_entropy(student.logits, batch.y),
-                "kd": hp.kd_weight * self.hinton_kd(student.logits, teacher.logits),
-                "crd/student": crd["student"], "crd/teacher": crd["teacher"]}
+        terms = {"ce": hp.ce_weight * F.cross_entropy(student.logits, batch.y)}
+        if hp.kd_weight > 0:  # RepDistiller's CRD trains without KD (α 0): no term, as the feature methods
+            terms["kd"] = hp.kd_weight * self.hinton_kd(student.logits, teacher.logits)
+        return {**terms, "crd/student": crd["student"], "crd/teacher": crd["teacher"]}

@@ -5,12 +5,14 @@ A new file under ``methods/`` is picked up here without editing this test.
 """
 import io
 import math
+from dataclasses import replace
 
 import pytest
 import timm
 import torch
 
 from harness.config.cell import Cell
+from harness.suite.smoke import smoke_hparams
 from harness.models.costs import flops
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Method, load_methods
@@ -22,8 +24,8 @@ DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 # Outputs beyond net1..netK and ens that a method evaluates with its default hyper-parameters.
 EXTRA_OUTPUTS = {"ft_paraphraser": {"reconstructed"}, "one": {"teacher"}, "kdcl": {"teacher"}, "ffl": {"fused"}}
 # Small settings so that the generic run exercises each method's state within 2 epochs.
-SHORT = {"ft": {"paraphraser_epochs": 1}, "ft_kd": {"paraphraser_epochs": 1}, "takd": {"assistant": "cifar_resnet8"}, "kdcl": {"val_per_class": 2}, "tsb": {"warmup_epochs": 1}, "one": {"rampup_epochs": 1},
-         "ffl": {"rampup_epochs": 1}}
+# (warm-ups, ramp-ups and earlier phases are capped as --smoke caps them: smoke_hparams).
+SHORT = {"takd": {"assistant": "cifar_resnet8"}, "kdcl": {"val_per_class": 2}}
 
 
 # Stages of another method that train one network's helper and deploy nothing (FT's paraphraser on a teacher):
@@ -51,9 +53,11 @@ def stage_results(tmp_path_factory):
 def make(name: str, k: int, results=None) -> Trainer:
     """A Trainer of method ``name`` on k ResNet-8 (for offline methods: a ResNet-8 teacher and student),
     with any stage it needs (a teacher) trained first under ``results``."""
-    cell = Cell(method=name, hparams=SHORT.get(name, {}), group=("cifar_resnet8",) * k, dataset=DATA,
+    hparams = smoke_hparams(load_methods().get(name).HParams(**SHORT.get(name, {})).model_dump(mode="json"))
+    cell = Cell(method=name, hparams=hparams, group=("cifar_resnet8",) * k, dataset=DATA,
                 recipe={**TINY_RECIPE, "epochs": 2}, seed=0, label=name, suite="every_method")
-    return Trainer(cell, train_stages(cell, results) if results is not None else Runtime())
+    runtime = train_stages(cell, results) if results is not None else Runtime()
+    return Trainer(cell, replace(runtime, require_every_term=True))  # as --smoke: every loss term exercised
 
 
 def test_every_method_is_covered():

@@ -65,3 +65,30 @@ def test_smoke_caps_held_out_images_and_earlier_phases(write_suite):
     (cell, *_) = smoke_suite(load_suite(write_suite(raw))).cells
     assert cell.hparams["val_per_class"] == 5
     Trainer(cell)  # 5 of 20 images per class held out: the split exists
+
+
+def test_smoke_caps_warm_ups_and_fails_a_term_never_exercised(write_suite):
+    """TSB's 20-epoch KL warm-up and ONE's 80-epoch ramp-up end inside the 2 smoke epochs; a cell whose loss term
+    stays zero on every step (the warm-up not capped) fails under require_every_term, naming the terms."""
+    from dataclasses import replace
+
+    import pytest
+
+    from harness.training.engine import Runtime, UnexercisedTerm
+
+    raw = tiny_suite_dict(methods=["tsb", "one", "dml_at"], seeds=[0], recipe="tsb_cifar",
+                          dataset={"name": "fashion_mnist_mini", "train_per_class": 4, "test_per_class": 2})
+    suite = load_suite(write_suite(raw))
+    smoke = {c.method: c for c in smoke_suite(suite).cells}
+    assert {c.method: c.hparams.get("warmup_epochs", c.hparams.get("rampup_epochs")) for c in suite.cells} == \
+        {"tsb": 20, "one": 80.0, "dml_at": 0}
+    assert (smoke["tsb"].hparams["warmup_epochs"], smoke["one"].hparams["rampup_epochs"],
+            smoke["dml_at"].hparams["warmup_epochs"]) == (1, 1, 0)
+    strict = Runtime(require_every_term=True)
+    history = Trainer(smoke["tsb"], strict)
+    history.run()  # every term on in the second epoch
+    assert history.history[-1]["loss/ta/net1"] > 0 and history.history[0]["loss/ta/net1"] == 0
+    uncapped = replace(smoke["tsb"], hparams={**smoke["tsb"].hparams, "warmup_epochs": 20})
+    with pytest.raises(UnexercisedTerm, match=r"loss term\(s\) .*ta/net1.* were zero on every step of its 2 epochs"):
+        Trainer(uncapped, strict).run()
+    Trainer(uncapped).run()  # outside --smoke the same cell is not refused

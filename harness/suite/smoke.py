@@ -1,12 +1,13 @@
 """``--smoke``: any suite, scaled down so that it runs end to end on a CPU in minutes.
 
 Every cell keeps its networks, method and hyper-parameters (except that a teacher trained in an earlier stage
-uses the smoke recipe as well, and an early-stopped teacher stops within it), only the suite's first seed is
+uses the smoke recipe as well, and that early stops, warm-ups and ramp-ups end within it), only the suite's first seed is
 run (a smoke run checks that every cell trains; its numbers mean nothing, so more seeds add only time), and
 each cell trains 2 epochs in batches of 8 (learning rates scaled linearly from the paper's batch) on 20 images per
 class (10 per class for testing); a dataset that is not on this machine is replaced by the embedded
 Fashion-MNIST subset (with CIFAR-style augmentation, since ImageNet-style crops of 28×28 images mean
-nothing).  Smoke cells have hashes of their own, and the report says in its title that it is a smoke run.
+nothing).  Smoke cells have hashes of their own, and the report says in its title that it is a smoke run.  A smoke
+cell whose loss term was zero on every step fails (``Runtime.require_every_term``): it exercised nothing of it.
 """
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from harness.suite.schema import DatasetSpec, Suite
 SMOKE_EPOCHS, SMOKE_TRAIN_PER_CLASS, SMOKE_TEST_PER_CLASS, SMOKE_BATCH = 2, 20, 10, 8
 STAND_IN = "fashion_mnist_mini"
 # hyper-parameters counted in epochs or images that must fit the smoke run: early stops (ESKD), earlier phases
-# (FT's paraphraser), held-out images per class (KDCL-General's validation split)
+# (FT's paraphraser), warm-ups and ramp-ups (TSB's 20 epochs without its KL terms, ONE's and FFL's 80-epoch
+# ramp-ups: every loss term is on in the smoke run's last epoch), held-out images per class (KDCL-General's split)
 SMOKE_CAPS = {"teacher_stop_epoch": SMOKE_EPOCHS - 1, "teacher_epochs": SMOKE_EPOCHS - 1,
-              "paraphraser_epochs": SMOKE_EPOCHS - 1, "val_per_class": SMOKE_TRAIN_PER_CLASS // 4}
+              "kd_stop_epoch": SMOKE_EPOCHS - 1, "paraphraser_epochs": SMOKE_EPOCHS - 1,
+              "warmup_epochs": SMOKE_EPOCHS - 1, "rampup_epochs": SMOKE_EPOCHS - 1,
+              "val_per_class": SMOKE_TRAIN_PER_CLASS // 4}
 
 
 def _available(dataset: dict, data_root: str | None) -> bool:
@@ -54,7 +58,7 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
         if stand_in:
             recipe["augment"] = {"crop_padding": 2, "flip": True}
             recipe = _fill_augment(recipe)
-        cells.append(replace(cell, dataset=dataset, recipe=recipe, hparams=_smoke_stages(cell.hparams),
+        cells.append(replace(cell, dataset=dataset, recipe=recipe, hparams=smoke_hparams(cell.hparams),
                              suite=f"{suite.name}_smoke"))
 
     spec = suite.spec.model_copy(deep=True)
@@ -68,12 +72,12 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
     return Suite(spec, suite.path, cells)
 
 
-def _smoke_stages(hparams: dict) -> dict:
-    """Teachers of a smoke run train on the smoke recipe too, and an early stop falls inside its 2 epochs."""
+def smoke_hparams(hparams: dict) -> dict:
+    """Teachers of a smoke run train on the smoke recipe too; early stops, earlier phases, warm-ups and ramp-ups fall
+    inside its 2 epochs (``SMOKE_CAPS``)."""
     out = dict(hparams)
     if out.get("teacher_recipe") is not None:
         out["teacher_recipe"] = None
-    # early stops (ESKD) and earlier training phases (FT's paraphraser) fall inside the smoke run
     for key, cap in SMOKE_CAPS.items():
         if out.get(key) is not None:
             out[key] = min(out[key], cap)

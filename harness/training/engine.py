@@ -26,6 +26,10 @@ class NonFiniteLoss(FloatingPointError):
     """A loss term became NaN or infinite; the message names the cell, the term and the epoch."""
 
 
+class UnexercisedTerm(RuntimeError):
+    """A smoke run ended with a loss term that was zero on every step; the message names the cell and the terms."""
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How a cell runs, as opposed to what it is: nothing here changes its hash."""
@@ -36,6 +40,8 @@ class Runtime:
     eval_batch_size: int = 500
     workers: int = 0  # DataLoader workers of the standard input pipeline
     results: str = "results"  # the result store, where the weights of earlier stages (teachers) are found
+    # --smoke: a loss term that was zero on every step was never exercised (a warm-up longer than the run): fail
+    require_every_term: bool = False
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -261,7 +267,20 @@ class Trainer:
             self.history.append(metrics)
             if on_epoch is not None:
                 on_epoch(self, metrics)
+        if self.runtime.require_every_term:
+            self.check_every_term()
         return summarize(self.history)
+
+    def check_every_term(self) -> None:
+        """Every loss term the method logged was non-zero in some epoch (its epoch mean is exactly 0 only when
+        it was 0 on every step of it)."""
+        terms = [key for key in self.history[-1] if key.startswith("loss/")]
+        silent = [key[5:] for key in terms if all(h.get(key, 0.0) == 0.0 for h in self.history)]
+        if silent:
+            raise UnexercisedTerm(
+                f"cell {self.cell.hash} ({self.cell.describe()}): loss term(s) {', '.join(silent)} were zero on every "
+                f"step of its {len(self.history)} epochs, so this run did not exercise them (a warm-up or ramp-up "
+                "longer than the run?)")
 
 
 def summarize(history: list[dict]) -> dict:
