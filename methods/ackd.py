@@ -63,7 +63,8 @@ Choices where the paper is silent (there is no code; methods_spec §5 and refere
   not detached: L_kd^a reaches the learners through the weights too.
 - Discriminators: ``disc_layers`` 1×1 convolutions (default 3) with ReLU between them, width ``disc_width``
   (None = C), the last one to a single channel; the per-position logits are averaged into one logit per sample
-  and D_i = sigmoid of it.  They read the learners' last maps (before pooling).  With M = 1 (nothing to tell
+  and D_i = sigmoid of it.  They read the learners' last stage maps h^(k) (the attention reads them too:
+  RepDistiller's last feature, which for MobileNetV2 is before its 1280-channel conv).  With M = 1 (nothing to tell
   apart) or λ3 = 0 no discriminator is built and L_adv is absent.
 - Discriminator optimizer (``disc_optimizer``): Adam, lr 2e-4, betas (0.5, 0.999), no weight decay, a constant
   learning rate (``disc_follow_schedule`` False): the common GAN setting; None = the recipe's optimizer.  The
@@ -107,6 +108,9 @@ class ACKDParams(TeacherParams):
     adversarial: Literal["diverse", "fool"] = "diverse"
     disc_layers: PositiveInt = 3
     disc_width: PositiveInt | None = None
+    # the learners' map h^(k) that the attention and the discriminators read: the last stage's output (RepDistiller's
+    # last feature), or "last", the map right before pooling (differs only where a network has a neck: MobileNetV2)
+    learner_map: Literal["last_stage", "last"] = "last_stage"
     disc_optimizer: dict | None = GAN_ADAM
     disc_follow_schedule: bool = False
     kd_aux_weight: NonNegativeFloat = 1.0  # λ1, L_kd^a
@@ -262,7 +266,9 @@ class ACKD(OfflineMethod):
         m = len(self.specs)
         auxiliary = nn.ModuleList(adapter.split(ctx.create_model(ctx.group[1]), n - 1)[1] for n, _ in self.specs)
         modules["auxiliary"] = auxiliary
-        c, h, w = adapter.shapes(student, (ctx.in_chans, *ctx.image_size))["last"]
+        # a learner's map: its last stage's output (RepDistiller's last feature; before MobileNetV2's 1280-channel conv)
+        shapes = adapter.shapes(student, (ctx.in_chans, *ctx.image_size))
+        c, h, w = shapes["stages"][-1] if hp.learner_map == "last_stage" else shapes["last"]
         if hp.attention == "mlp":
             pool = hp.attention_input == "pool"
             modules["attention"] = LearnerAttention(m * c * (1 if pool else h * w), hp.attention_hidden or c, m, pool)
@@ -295,9 +301,9 @@ class ACKD(OfflineMethod):
         features = adapter.extract(self.student, x)
         maps, logits = [], []
         for (n, _), head in zip(self.specs, self.auxiliary):
-            h = head.forward_features(features.stages[n - 1])
-            maps.append(h)
-            logits.append(head.forward_head(h))
+            final, stages = head.forward_intermediates(features.stages[n - 1])
+            maps.append(stages[-1] if self.hp.learner_map == "last_stage" else final)
+            logits.append(head.forward_head(final))
         if "attention" in self.modules:
             weights = self.modules["attention"](maps)
         else:

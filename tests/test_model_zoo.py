@@ -77,7 +77,9 @@ def test_model_protocol(name):
     info = model.feature_info
     names = [n for n, _ in model.named_children()]
     assert all(d["module"] in names for d in info), "feature_info must name direct children"
-    assert model.num_features == model.head_hidden_size == info[-1]["num_chs"]
+    assert model.num_features == model.head_hidden_size
+    if not model._neck_names:  # a neck (MobileNetV2's final 1×1 conv) widens the map after the last stage
+        assert model.num_features == info[-1]["num_chs"]
     assert model.get_classifier() is model.fc and model.get_classifier(name_only=True) == "fc"
 
     model.eval()
@@ -88,10 +90,11 @@ def test_model_protocol(name):
             side = 32 // d["reduction"]
             assert feat.shape == (2, d["num_chs"], side, side), d
         assert torch.isfinite(feats[-1]).all()
-        torch.testing.assert_close(final, feats[-1])
-        torch.testing.assert_close(model.forward_features(x), feats[-1])
-        assert model.forward_head(feats[-1], pre_logits=True).shape == (2, model.num_features)
-        torch.testing.assert_close(model.forward_head(feats[-1]), model(x))
+        torch.testing.assert_close(model.forward_features(x), final)
+        if not model._neck_names:
+            torch.testing.assert_close(final, feats[-1])
+        assert model.forward_head(final, pre_logits=True).shape == (2, model.num_features)
+        torch.testing.assert_close(model.forward_head(final), model(x))
         # timm index conventions: int = last n, negative indices, stop_early.
         last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
         torch.testing.assert_close(last_two[0], feats[-2])
@@ -203,3 +206,16 @@ def test_importing_the_package_registers_every_network_of_the_zoo():
             "missing = sorted(names - registered); print(missing); assert not missing")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name, width", [("cifar_mobilenetv2_x0_5", 0.5), ("cifar_mobilenetv2_x1_4", 1.4)])
+def test_mobilenetv2_stages_are_repdistillers_feature_list(name, width):
+    """RepDistiller's f0..f4: the stem, then settings 1-2, 3, 4-5, 6-7 (f4 = 320w channels, before the final 1×1
+    conv); the 1280-channel conv (int(1280·w) for w > 1) runs before pooling and is in no stage."""
+    model = timm.create_model(name, num_classes=100).eval()
+    assert [d["num_chs"] for d in model.feature_info] == [int(c * width) for c in (32, 24, 32, 96, 320)]
+    assert model.feature_info[-1]["module"] == "layer4"
+    with torch.no_grad():
+        final, feats = model.forward_intermediates(torch.randn(2, 3, 32, 32))
+        torch.testing.assert_close(final, model.conv2(feats[-1]))
+    assert final.shape[1] == model.num_features == (int(1280 * width) if width > 1 else 1280)

@@ -44,6 +44,8 @@ class Cell:
             ident["stop_epoch"] = self.stop_epoch
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.recipe.get("peer_lr") or {} for name in self.group):
             ident["peer_lr_reaches"] = "followers"  # since 2026-12-01 also the extra modules that follow a network
+        if any(name.startswith("cifar_mobilenetv2") for name in self.group):
+            ident["mobilenetv2_stages"] = "repdistiller"  # since 2026-12-01: stage 4 ends before the 1280-channel conv
         for section, keys in _NOT_HASHED.items():
             ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
         return ident

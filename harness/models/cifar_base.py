@@ -39,10 +39,16 @@ class CifarNet(nn.Module):
         num_classes: int,
         global_pool: str,
         drop_rate: float,
+        neck: tuple[str, ...] = (),
+        num_features: int | None = None,
     ) -> None:
+        """``neck``: children run after the last stage and before pooling that are no feature index of their own
+        (MobileNetV2's final 1×1 convolution, outside RepDistiller's feature list); ``num_features``: their output
+        channels (the last stage's by default)."""
         if not len(stages) == len(channels) == len(reductions):
             raise ValueError("stages, channels and reductions must have one entry per feature index")
         self._stage_names = [tuple(group) for group in stages]
+        self._neck_names = tuple(neck)
         self.feature_info = [
             dict(num_chs=c, reduction=r, module=group[-1])
             for group, c, r in zip(self._stage_names, channels, reductions)
@@ -50,7 +56,7 @@ class CifarNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = channels[-1]
+        self.num_features = self.head_hidden_size = num_features or channels[-1]
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _stages(self) -> list[nn.Module]:
@@ -69,10 +75,15 @@ class CifarNet(nn.Module):
             self.global_pool = global_pool
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def _neck(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self._neck_names:
+            x = getattr(self, name)(x)
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self._stages():
             x = stage(x)
-        return x
+        return self._neck(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool:
@@ -103,15 +114,19 @@ class CifarNet(nn.Module):
         stages = self._stages()
         take, max_index = feature_take_indices(len(stages), indices)
         intermediates = []
-        for i, stage in enumerate(stages[: max_index + 1] if stop_early else stages):
+        run = stages[: max_index + 1] if stop_early else stages
+        for i, stage in enumerate(run):
             x = stage(x)
             if i in take:
                 intermediates.append(x)
+        if len(run) == len(stages):
+            x = self._neck(x)
         return intermediates if intermediates_only else (x, intermediates)
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
         take, max_index = feature_take_indices(len(self._stage_names), indices)
-        for group in self._stage_names[max_index + 1:]:
+        for group in self._stage_names[max_index + 1:] + ([self._neck_names] if max_index + 1 < len(
+                self._stage_names) or prune_norm else []):
             for name in group:
                 setattr(self, name, nn.Identity())
         if prune_head:

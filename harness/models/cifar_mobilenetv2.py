@@ -12,9 +12,12 @@ Inverted-residual settings (t, c, n, s): (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3
 
 Feature indices follow RepDistiller's feature list: 0 = stem (conv-BN-ReLU, reduction 2); 1 = settings 1-2
 (``layer1``, 24w channels, reduction 2); 2 = setting 3 (``layer2``, 32w, reduction 4); 3 = settings 4-5
-(``layer3``, 96w, reduction 8); 4 = settings 6-7 plus the final 1×1 conv-BN-ReLU (``layer4`` → ``conv2``,
-``feature_info`` names ``conv2``; 1280 channels, reduction 16).  Stages 2-4 each start with the stride-2 block;
-stage 1 runs at the stem's resolution.
+(``layer3``, 96w, reduction 8); 4 = settings 6-7 (``layer4``, 320w channels, reduction 16: RepDistiller's ``f4``).
+The final 1×1 conv-BN-ReLU to 1280 channels (``conv2``) runs after the last stage and before pooling, as in
+RepDistiller, where it is in no feature (``f5`` is the pooled embedding): ``forward_features`` and the adapter's
+``last`` map include it, the stage maps do not.  (Until 2026-12-01 stage 4 included it, which made the feature
+methods' modules on a MobileNetV2 several times the network: ACKD's discriminators 6.6M on a 0.8M student.)
+Stages 2-4 each start with the stride-2 block; stage 1 runs at the stem's resolution.
 """
 from __future__ import annotations
 
@@ -89,9 +92,8 @@ class CifarMobileNetV2(CifarNet):
             reductions.append(reduction)
         last_chs = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = _conv_bn_act(in_chs, last_chs, 1)
-        channels[-1] = last_chs
-        self._setup([("conv1",), ("layer1",), ("layer2",), ("layer3",), ("layer4", "conv2")],
-                    channels, reductions, num_classes, global_pool, drop_rate)
+        self._setup([("conv1",), ("layer1",), ("layer2",), ("layer3",), ("layer4",)],
+                    channels, reductions, num_classes, global_pool, drop_rate, neck=("conv2",), num_features=last_chs)
         # RepDistiller's init: He-normal (fan-out) convolutions, unit BN, N(0, 0.01) classifier with zero bias.
         repdistiller_init(self, classifier_std=0.01, zero_classifier_bias=True)
 
