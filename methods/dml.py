@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from harness.training.method import HParams, Method, register_method
+from harness.training.method import HParams, Method, added_option, register_method
 from methods.common.losses import distill_kl, soft_targets
 
 
@@ -28,16 +28,19 @@ class DMLParams(HParams):
     t2_scaling: bool = True
     peer_reduction: Literal["mean", "sum"] = "mean"
     update: Literal["joint", "sequential"] = "joint"
+    # KL terms zero for the first n epochs (TSB re-implements every baseline with its 20-epoch warm-up, Sec. 4.1)
+    warmup_epochs: int = added_option(0, ge=0)
 
 
 def dml_terms(logits: list[torch.Tensor], targets: list[torch.Tensor], y: torch.Tensor, k: int,
-              hp: DMLParams) -> dict[str, torch.Tensor]:
-    """CE and mutual KL terms of peer ``k`` given every peer's logits and detached soft targets."""
+              hp: DMLParams, gate: float = 1.0) -> dict[str, torch.Tensor]:
+    """CE and mutual KL terms of peer ``k`` given every peer's logits and detached soft targets; ``gate`` scales the
+    KL (0 during a warm-up)."""
     others = [targets[l] for l in range(len(targets)) if l != k]
     kl = torch.stack([distill_kl(logits[k], t, hp.temperature, hp.t2_scaling) for t in others]).sum()
     if hp.peer_reduction == "mean":
         kl = kl / len(others)
-    return {f"ce/net{k + 1}": F.cross_entropy(logits[k], y), f"kl/net{k + 1}": hp.kl_weight * kl}
+    return {f"ce/net{k + 1}": F.cross_entropy(logits[k], y), f"kl/net{k + 1}": gate * hp.kl_weight * kl}
 
 
 @register_method("dml")
@@ -45,12 +48,16 @@ class DML(Method):
     HParams = DMLParams
     min_peers = 2
 
+    def gate(self, step) -> float:
+        """0 during the first ``warmup_epochs`` epochs (no step: 1)."""
+        return 0.0 if step is not None and step.epoch < self.hp.warmup_epochs else 1.0
+
     def losses(self, batch, step):
         logits = [peer(batch.view(k)) for k, peer in enumerate(self.peers)]
         targets = [soft_targets(z, self.hp.temperature) for z in logits]
         terms = {}
         for k in range(len(logits)):
-            terms.update(dml_terms(logits, targets, batch.y, k, self.hp))
+            terms.update(dml_terms(logits, targets, batch.y, k, self.hp, self.gate(step)))
         return terms
 
     def train_step(self, batch, step):
@@ -63,7 +70,7 @@ class DML(Method):
         for k, peer in enumerate(self.peers):
             logits = [None] * len(self.peers)
             logits[k] = peer(batch.view(k))
-            step_terms = dml_terms(logits, targets, batch.y, k, self.hp)
+            step_terms = dml_terms(logits, targets, batch.y, k, self.hp, self.gate(step))
             optimizer.zero_grad(set_to_none=True)  # only peer k gets gradients, so only peer k moves
             torch.stack(list(step_terms.values())).sum().backward()
             optimizer.step()

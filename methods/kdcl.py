@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-from harness.training.method import HParams, Method, register_method
+from harness.training.method import HParams, Method, added_option, register_method
 from methods.common.losses import distill_kl
 
 
@@ -84,6 +84,8 @@ class KDCLParams(HParams):
     general_ridge: NonNegativeFloat = 1e-6
     general_weights: Literal["simplex", "clip", "eq11"] = "simplex"
     teacher_eval_temperature: PositiveFloat = 1.0
+    # KL terms zero for the first n epochs (TSB re-implements every baseline with its 20-epoch warm-up, Sec. 4.1)
+    warmup_epochs: int = added_option(0, ge=0)
 
 
 # --- soft-target generators (all on detached logits, shape (K, B, C)) ------------------------------------
@@ -278,11 +280,12 @@ class KDCL(Method):
     def losses(self, batch, step):
         logits = [peer(batch.view(k)) for k, peer in enumerate(self.peers)]
         target = self.soft_target(logits, batch.y)
+        gate = 0.0 if step is not None and step.epoch < self.hp.warmup_epochs else 1.0
         terms = {}
         for k, z in enumerate(logits):
             terms[f"ce/net{k + 1}"] = F.cross_entropy(z, batch.y)
-            terms[f"kl/net{k + 1}"] = self.hp.kd_weight * distill_kl(z, target, self.hp.temperature,
-                                                                     self.hp.t2_scaling)
+            terms[f"kl/net{k + 1}"] = gate * self.hp.kd_weight * distill_kl(z, target, self.hp.temperature,
+                                                                            self.hp.t2_scaling)
         return terms
 
     # --- General's weights -----------------------------------------------------------------------------

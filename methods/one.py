@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import adapter
-from harness.training.method import HParams, Method, OptimGroup, register_method
+from harness.training.method import HParams, Method, OptimGroup, added_option, register_method
 from methods.common.losses import distill_kl
 
 
@@ -212,6 +212,8 @@ class ONEParams(HParams):
     rampup_per_step: bool = False
     target_eps: float = 1e-7
     detach_teacher: bool = True
+    # distillation zero for the first n epochs (TSB re-implements every baseline with its 20-epoch warm-up, Sec. 4.1)
+    warmup_epochs: int = added_option(0, ge=0)
 
 
 def sigmoid_rampup(epoch: float, length: float) -> float:
@@ -259,6 +261,9 @@ class ONE(BranchedMethod):
         return logits, gate, gated_teacher(logits, gate)
 
     def rampup(self, step) -> float:
+        """The distillation weight: 0 during a warm-up, then the official sigmoid ramp-up."""
+        if step is not None and step.epoch < self.hp.warmup_epochs:
+            return 0.0
         epoch = step.progress if self.hp.rampup_per_step else step.epoch
         return sigmoid_rampup(epoch, self.hp.rampup_epochs)
 

@@ -266,7 +266,7 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None)
         for hparams in grid:
             hparams = _unknown_keys(hparams, method_cls.HParams, where, errors)
             try:
-                full = method_cls.HParams.model_validate(hparams).model_dump(mode="json")
+                full = method_cls.HParams.model_validate(hparams).cell_dict()
             except ValidationError as e:
                 errors.extend(_pydantic_lines(e, where))
                 continue

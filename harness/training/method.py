@@ -23,9 +23,27 @@ from harness.registry import Registry
 
 
 class HParams(BaseModel):
-    """A method's hyper-parameters: typed, with the defaults the method's paper or official code uses."""
+    """A method's hyper-parameters: typed, with the defaults the method's paper or official code uses.
+
+    A field added after cells were hashed is declared with :func:`added_option`: at its default it is left out of
+    the cell (:meth:`cell_dict`), so that a new option never changes the hash of a cell that does not use it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def cell_dict(self) -> dict:
+        """The hyper-parameters as a cell holds and hashes them: every field, but added options at their default."""
+        out = self.model_dump(mode="json")
+        for name, info in type(self).model_fields.items():
+            if (info.json_schema_extra or {}).get("added_option") and out.get(name) == info.default:
+                del out[name]
+        return out
+
+
+def added_option(default, **constraints):
+    """A hyper-parameter field added after cells existed (see :meth:`HParams.cell_dict`)."""
+    from pydantic import Field
+
+    return Field(default, json_schema_extra={"added_option": True}, **constraints)
 
 
 @dataclass
