@@ -6,7 +6,7 @@ import pytest
 from harness.reporting.report import build_table, write_report
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
-from tests.conftest import tiny_suite_dict
+from tests.conftest import TINY_RECIPE as TINY_RECIPE_FOR_GAINS, tiny_suite_dict
 
 # (method, seed) -> net1, net2 last-epoch top-1
 ACCS = {("ind", 0): (60.0, 62.0), ("ind", 1): (64.0, 61.0), ("ind", 2): (70.0, 50.0),
@@ -379,3 +379,32 @@ def test_copied_numbers_are_marked_and_assumptions_listed(tmp_path):
     notes = md.split("### Notes: what the paper does not state", 1)[1].split("<details>", 1)[0]
     assert "600 assumed" in notes
     assert "\n> " + Path(suite.path).read_text().splitlines()[0][2:] + "\n" in notes  # the header, line by line
+
+
+def test_a_gain_is_taken_against_a_reference_trained_the_same_way(tmp_path, write_suite):
+    """A method under its own recipe (AMLN's ONE, FFL: FFL's) needs a reference under that recipe: validate refuses
+    a gain across recipes in one line, and ``references`` subtracts the matching one."""
+    from harness.suite.schema import SuiteError
+
+    other = {**TINY_RECIPE_FOR_GAINS, "epochs": 3}
+    raw = tiny_suite_dict(seeds=[0], methods=["ind", {"name": "dml", "label": "late", "recipe": other},
+                                             {"name": "dml", "label": "dml"}],
+                          table={"rows": ["group"], "columns": ["method", "value"], "values": ["avg", "up"],
+                                 "gains": {"up": {"reference": "ind", "of": ["avg"]}}})
+    with pytest.raises(SuiteError) as refused:
+        load_suite(write_suite(raw, "across.yaml"))
+    assert refused.value.lines == [f"{tmp_path / 'across.yaml'}: table.gains.up: late trains under another recipe than "
+                                   "its reference ind; add a method entry trained like late and name it in "
+                                   "table.gains.up.references.late"]
+    raw["methods"].insert(1, {"name": "ind", "label": "ind3", "recipe": other})
+    raw["table"]["gains"]["up"]["references"] = {"late": "ind3"}
+    suite = load_suite(write_suite(raw, "matched.yaml"))
+    store = ResultStore(tmp_path / "results")
+    accs = {"ind": (60.0, 62.0), "ind3": (50.0, 52.0), "late": (55.0, 57.0), "dml": (66.0, 64.0)}
+    for cell in suite.cells:
+        store.put(fake_record(cell, *accs[cell.label]))
+    table = build_table(suite, store)
+    row = ("cifar_resnet8+cifar_resnet8",)
+    assert table.entries[(row, ("late", "up"))].ours == pytest.approx(56.0 - 51.0)  # against ind3, not ind
+    assert table.entries[(row, ("dml", "up"))].ours == pytest.approx(65.0 - 61.0)
+    assert table.entries[(row, ("ind3", "up"))].text(False) == "n/a"

@@ -132,8 +132,8 @@ def add_gains(stats: pd.Series, counts: pd.Series, gains: dict) -> tuple[pd.Seri
     for name, gain in gains.items():
         for dataset, group, method in {k[:3] for k in stats.index}:
             parts = [(dataset, group, method, v) for v in gain.of]
-            refs = [(dataset, group, gain.reference, v) for v in gain.of]
-            if method == gain.reference or not all(k in stats.index for k in parts + refs):
+            refs = [(dataset, group, gain.reference_of(method), v) for v in gain.of]
+            if gain.is_reference(method) or not all(k in stats.index for k in parts + refs):
                 continue
             extra[(dataset, group, method, name)] = sum(stats[p] - stats[r] for p, r in zip(parts, refs))
             extra_n[(dataset, group, method, name)] = int(min(counts[p] for p in parts))

@@ -5,13 +5,14 @@ Every mistake is reported on one line: the file, the key path, the bad value and
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator
 
-from harness.config.cell import Cell
+from harness.config.cell import Cell, hashed_recipe
 from harness.config.recipe import Recipe, Strict, load_presets, resolve_recipe
 from harness.data.datasets import DATASETS
 from harness.papers.tables import PAPER_TABLES
@@ -64,10 +65,21 @@ class Evaluation(Strict):
 
 
 class Gain(Strict):
-    """A derived value: Σ over ``of`` of (this method's aggregate − ``reference``'s), e.g. AMLN's ↑ and KDCL's gain."""
+    """A derived value: Σ over ``of`` of (this method's aggregate − ``reference``'s), e.g. AMLN's ↑ and KDCL's gain.
+
+    The reference must train under the same recipe as the method it is subtracted from (``harness validate``
+    refuses a gain across recipes); ``references`` names another reference for some labels (AMLN's ONE and FFL,
+    which carry FFL's recipe, against a vanilla trained the same way)."""
 
     reference: str
     of: list[str]
+    references: dict[str, str] = {}
+
+    def reference_of(self, label: str) -> str:
+        return self.references.get(label, self.reference)
+
+    def is_reference(self, label: str) -> bool:
+        return label == self.reference or label in self.references.values()
 
 
 class Layout(Strict):
@@ -337,10 +349,24 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
             if value not in layout.values:
                 errors.append(f"table.method_values.{label}: {value!r} is not in table.values "
                               f"({', '.join(layout.values)})")
+    recipes = {label: json.dumps(hashed_recipe(own or spec.recipe or {}), sort_keys=True)
+               for label, _, _, own in methods}
     for name, gain in layout.gains.items():
-        if gain.reference not in labels:
-            errors.append(f"table.gains.{name}.reference: {gain.reference!r} is not a method label of this suite"
-                          f"{did_you_mean(gain.reference, labels)}; valid: {', '.join(labels)}")
+        for where, reference in (("reference", gain.reference),
+                                 *((f"references.{k}", v) for k, v in gain.references.items())):
+            if reference not in labels:
+                errors.append(f"table.gains.{name}.{where}: {reference!r} is not a method label of this suite"
+                              f"{did_you_mean(reference, labels)}; valid: {', '.join(labels)}")
+        for label in gain.references:
+            if label not in labels:
+                errors.append(f"table.gains.{name}.references: key {label!r} is not a method label of this suite"
+                              f"{did_you_mean(label, labels)}; valid: {', '.join(labels)}")
+        for label in labels:
+            reference = gain.reference_of(label)
+            if reference in recipes and not gain.is_reference(label) and recipes[label] != recipes[reference]:
+                errors.append(f"table.gains.{name}: {label} trains under another recipe than its reference {reference}; "
+                              f"add a method entry trained like {label} and name it in "
+                              f"table.gains.{name}.references.{label}")
     for where, entries in (("best_excludes", {f"[{i}]": e for i, e in enumerate(layout.best_excludes)}),
                            ("stage_values", {f".{e}": e for e in layout.stage_values})):
         for key, entry in entries.items():
