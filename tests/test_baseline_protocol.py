@@ -40,3 +40,10 @@ def test_the_warm_up_zeroes_distillation_and_only_while_it_lasts(method, term):
     after = m.losses(batch, Step(2, 0, 4, 1))
     assert during[term].item() == 0.0 and after[term].item() > 0.0
     assert during[term.replace("kl", "ce")].item() == pytest.approx(after[term.replace("kl", "ce")].item())
+
+
+@pytest.mark.parametrize("name", ["kdcl_table2", "kdcl_table7"])
+def test_kdcls_dml_baseline_updates_sequentially(name):
+    """KDCL sets its end-to-end training against DML's "multi-stage parameters updating"."""
+    dml = [c for c in load_suite(SUITES / f"{name}.yaml").cells if c.method == "dml"]
+    assert dml and all(c.hparams["update"] == "sequential" for c in dml)

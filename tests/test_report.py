@@ -408,3 +408,16 @@ def test_a_gain_is_taken_against_a_reference_trained_the_same_way(tmp_path, writ
     assert table.entries[(row, ("late", "up"))].ours == pytest.approx(56.0 - 51.0)  # against ind3, not ind
     assert table.entries[(row, ("dml", "up"))].ours == pytest.approx(65.0 - 61.0)
     assert table.entries[(row, ("ind3", "up"))].text(False) == "n/a"
+
+
+def test_a_row_of_another_group_of_the_paper_table(tmp_path):
+    """ACKD Table 5's ONE row (ResNet-18 branches) sits in its ResNet-34 -> ResNet-18 table: ``paper_table.group``
+    names the networks of the paper's row, so our ONE cell gets the paper's 29.45 top-1 error beside it."""
+    from pathlib import Path
+
+    suite = load_suite(Path(__file__).parents[1] / "suites" / "ackd_table5_one.yaml")
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        store.put(fake_record(cell, 70.0, 69.0))
+    entry = build_table(suite, store).entries[(("one",), ("net1",))]
+    assert (entry.paper, entry.ours) == (29.45, pytest.approx(100 - 70.5))  # best epoch (ackd_imagenet): 70.5

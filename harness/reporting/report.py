@@ -178,7 +178,7 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
                       applicable=key in stats.index or key[:-1] not in finished)
         if paper is not None:
             ref = spec.paper_table
-            entry.paper, row = paper_lookup(paper, groups[where["group"]], where["method"], where["value"],
+            entry.paper, row = paper_lookup(paper, ref.group or groups[where["group"]], where["method"], where["value"],
                                             ref.nets, ref.methods, ref.eval, ref.value_keys, ref.match)
             for flag, mark, text in PAPER_MARKS:
                 if entry.paper is not None and row.get(flag):

@@ -127,6 +127,9 @@ class PaperTableRef(Strict):
     value_keys: dict[str, dict[str, str]] = {}
     # per method label, keys a paper row must also have (rows that differ only in them): {"KDCL ICL": {icl: true}}
     match: dict[str, dict] = {}
+    # the networks the paper's rows name, where they are not this suite's group: ACKD Table 5's ONE row, trained on
+    # ResNet-18 branches, sits in its ResNet-34 -> ResNet-18 table (paper names, e.g. [resnet34, resnet18])
+    group: list[str] | None = None
 
     @field_validator("name")
     @classmethod
