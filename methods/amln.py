@@ -76,7 +76,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validat
 from torch import nn
 
 from harness.models import adapter
-from harness.training.method import HParams, Method, OptimGroup, register_method
+from harness.training.method import HParams, Method, OptimGroup, added_option, register_method
 from methods.common.losses import distill_kl, soft_targets
 
 OWN, PARTNER = 0, 1  # the discriminator's two classes
@@ -102,6 +102,9 @@ class AMLNParams(HParams):
     adversarial_loss: Literal["ce", "linear"] = "ce"
     feature_distance: Literal["mse", "l2"] = "mse"
     disc_reduction: PositiveInt = 2
+    # the number of blocks B (AMLN: b = 1, 2, 3): the last B stage outputs, the earlier stages joining block 1; None:
+    # every stage after the stem (3 on the CIFAR networks; AMLN Table 4 cuts ResNet-34's 4 stages into 3)
+    blocks: int | None = added_option(None, ge=1)
     disc_lr: PositiveFloat = 2e-4
     disc_betas: tuple[float, float] = (0.5, 0.999)
     disc_weight_decay: NonNegativeFloat = 0.0
@@ -246,6 +249,10 @@ class AMLN(Method):
     min_peers = 2
 
     # --- structure -------------------------------------------------------------------------------------
+    def block_maps(self, features: adapter.Features) -> list[torch.Tensor]:
+        """f^1..f^B: the last ``blocks`` stage outputs (every stage after the stem by default)."""
+        return features.blocks[-self.hp.blocks:] if self.hp.blocks else features.blocks
+
     def build(self) -> nn.ModuleDict:
         modules = super().build()
         hp, peers = self.hp, modules["peers"]
@@ -253,17 +260,18 @@ class AMLN(Method):
             return modules
         feats = self._probe(peers)
         pairs = [(j, l) for j in range(len(peers)) for l in range(len(peers)) if j != l]
-        depth = {(j, l): min(len(feats[j].blocks), len(feats[l].blocks)) for j, l in pairs}
+        maps = [self.block_maps(f) for f in feats]
+        depth = {(j, l): min(len(maps[j]), len(maps[l])) for j, l in pairs}
         if hp.use_adversarial:
             modules["discriminators"] = nn.ModuleDict({
                 pair_key(j, l): nn.ModuleList(
-                    BlockDiscriminator(_shape(feats[j].blocks[b]), _shape(feats[l].blocks[b]), hp.disc_reduction)
+                    BlockDiscriminator(_shape(maps[j][b]), _shape(maps[l][b]), hp.disc_reduction)
                     for b in range(depth[j, l]))
                 for j, l in pairs})
         if hp.use_feature:
             modules["containers"] = nn.ModuleDict({
                 pair_key(j, l): nn.ModuleList(
-                    AlignmentContainer(_shape(feats[j].blocks[b]), _shape(feats[l].last)) for b in range(depth[j, l]))
+                    AlignmentContainer(_shape(maps[j][b]), _shape(feats[l].last)) for b in range(depth[j, l]))
                 for j, l in pairs})
         return modules
 
@@ -321,12 +329,13 @@ class AMLN(Method):
     def discriminator_terms(self, feats: list[adapter.Features], learners: list[int]) -> dict[str, torch.Tensor]:
         """``disc/netj``: the loss of peer j's discriminators on detached features, summed over blocks."""
         kind, terms = self.hp.adversarial_loss, {}
+        maps = [self.block_maps(f) for f in feats]
         for j in learners:
             per_partner = []
             for l in self._partners(j):
                 ds = self.discriminators[pair_key(j, l)]
                 per_partner.append(torch.stack([
-                    discriminator_loss(d(feats[j].blocks[b].detach()), d(feats[l].blocks[b].detach()), kind)
+                    discriminator_loss(d(maps[j][b].detach()), d(maps[l][b].detach()), kind)
                     for b, d in enumerate(ds)]).sum())
             terms[f"disc/net{j + 1}"] = self._reduce(per_partner)
         return terms
@@ -335,6 +344,7 @@ class AMLN(Method):
                    y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each learner's terms of Eq. 9 (the switched-on ones), partners' outputs detached."""
         hp, terms = self.hp, {}
+        maps = [self.block_maps(f) for f in feats] if hp.use_adversarial or hp.use_feature else []
         for j in learners:
             z, partners = feats[j].logits, self._partners(j)
             terms[f"ce/net{j + 1}"] = F.cross_entropy(z, y)
@@ -343,12 +353,12 @@ class AMLN(Method):
                     [outcome_kl(z, feats[l].logits, hp.temperature, hp.kl_direction) for l in partners])
             if hp.use_adversarial:
                 terms[f"adv/net{j + 1}"] = self._reduce([
-                    torch.stack([generator_loss(d(feats[j].blocks[b]), hp.adversarial_loss)
+                    torch.stack([generator_loss(d(maps[j][b]), hp.adversarial_loss)
                                  for b, d in enumerate(self.discriminators[pair_key(j, l)])]).sum()
                     for l in partners])
             if hp.use_feature:
                 terms[f"feat/net{j + 1}"] = hp.beta * self._reduce([
-                    torch.stack([feature_distance(c(feats[j].blocks[b]), feats[l].last.detach(), hp.feature_distance)
+                    torch.stack([feature_distance(c(maps[j][b]), feats[l].last.detach(), hp.feature_distance)
                                  for b, c in enumerate(self.containers[pair_key(j, l)])]).sum()
                     for l in partners])
         return terms

@@ -311,3 +311,21 @@ def test_checkpoint_resume_gives_the_same_next_loss():
     assert out[2]["adv/net1"] != out[0]["adv/net1"]  # the discriminators' Adam state matters
     for a, b in zip(first.modules.parameters(), methods[1].modules.parameters()):
         assert torch.equal(a, b)
+
+
+def test_resnet34_cut_into_the_papers_three_blocks():
+    """AMLN's b = 1, 2, 3: with ``blocks: 3`` a four-stage ResNet-34 gets three discriminators and containers per
+    pair, on its last three stages (layer2..4); by default every stage (four) as before; CIFAR networks have three."""
+    from harness.models import adapter
+    from methods.amln import AMLN
+    from tests.helpers import timm_context
+
+    def built(**hp):
+        return AMLN(AMLN.HParams(**hp), timm_context(("resnet34", "resnet34"), 10, 64, 3))
+
+    three, four = built(blocks=3), built()
+    assert [len(three.discriminators[k]) for k in three.discriminators] == [3, 3]
+    assert [len(four.discriminators[k]) for k in four.discriminators] == [4, 4]
+    maps = three.block_maps(adapter.probe(three.peers[0], (3, 64, 64)))
+    assert [m.shape[1] for m in maps] == [128, 256, 512]
+    assert "blocks" not in AMLN.HParams().cell_dict() and AMLN.HParams(blocks=3).cell_dict()["blocks"] == 3
