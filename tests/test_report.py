@@ -421,3 +421,24 @@ def test_a_row_of_another_group_of_the_paper_table(tmp_path):
         store.put(fake_record(cell, 70.0, 69.0))
     entry = build_table(suite, store).entries[(("one",), ("net1",))]
     assert (entry.paper, entry.ours) == (29.45, pytest.approx(100 - 70.5))  # best epoch (ackd_imagenet): 70.5
+
+
+def test_amln_table4_in_the_papers_layout(tmp_path):
+    """Methods as rows; top-1 and top-5 (``top5:avg``: an output at another metric) and #FLOPs as columns, the
+    paper's number beside each of ours."""
+    from pathlib import Path
+
+    suite = load_suite(Path(__file__).parents[1] / "suites" / "amln_table4.yaml")
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        record = fake_record(cell, 74.0, 72.0)
+        record["last"]["avg"]["top5"] = 91.0 + cell.seed
+        store.put(record)
+    table = build_table(suite, store)
+    assert table.rows == [("vanilla",), ("ONE",), ("FFL",), ("AMLN",)]
+    assert [c[0] for c in table.columns] == ["avg", "top5:avg", "train_gmacs", "peer_gmacs"]
+    amln = {c[0]: table.entries[(("AMLN",), c)] for c in table.columns}
+    assert (amln["avg"].ours, amln["avg"].paper) == (73.0, 75.48)
+    assert (amln["top5:avg"].ours, amln["top5:avg"].paper) == (92.0, 92.54)  # median of 91, 92, 93
+    with pytest.raises(Exception, match="'top7:avg' is not an output name"):
+        suite.spec.table.model_validate({**suite.spec.table.model_dump(), "values": ["top7:avg"]})

@@ -77,6 +77,7 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
     metric, choice = suite.spec.evaluation.metric, epoch or suite.spec.evaluation.epochs()[0]
     rows = []
     costs_shown = [v for v in suite.spec.table.values if v in COST_VALUES]
+    other_metrics = [v for v in suite.spec.table.values if ":" in v]
     records = store.records(report_cells(suite)) if records is None else records
     stage_entries = stage_value_cells(suite)
     shown = [(cell, cell.group_name, cell.label, None) for cell in suite.cells]
@@ -103,6 +104,10 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
         rows += [{**trial, "value": value, metric: metric_value(numbers, metric)}
                  for value, numbers in record[epoch].items()
                  if (cell.group_name, cell.label, value) not in stage_entries]
+        for value in other_metrics:  # "top5:avg": an output at another metric than the table's, in its column
+            other, output = value.split(":")
+            if output in record[epoch]:
+                rows.append({**trial, "value": value, metric: metric_value(record[epoch][output], other)})
         for value in costs_shown:  # a cost of the whole trial, in the metric's column under its own value name
             number = COST_VALUES[value][1](record, cell)
             if number is not None:

@@ -20,6 +20,7 @@ from harness.registry import did_you_mean
 from harness.training.method import load_methods
 
 AGGREGATES = ("median", "mean", "std", "min", "max", "n")
+METRICS = ("top1", "top5", "top1_error", "top5_error")  # error = 100 − accuracy (ImageNet tables)
 
 
 class SuiteError(ValueError):
@@ -107,9 +108,11 @@ class Layout(Strict):
     @classmethod
     def _known_values(cls, values):
         for v in values:
-            if not v.replace("_", "").isalnum():
+            metric, _, output = v.rpartition(":")
+            if metric and metric not in METRICS or not output.replace("_", "").isalnum():
                 raise ValueError(f"{v!r} is not an output name; valid: net1..netK, avg, ens, or an output a method "
-                                 "evaluates (e.g. ONE's gated teacher)")
+                                 "evaluates (e.g. ONE's gated teacher), optionally as another metric "
+                                 f"({', '.join(METRICS)}) of it, e.g. top5:avg")
         return values
 
 
