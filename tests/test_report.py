@@ -442,3 +442,23 @@ def test_amln_table4_in_the_papers_layout(tmp_path):
     assert (amln["top5:avg"].ours, amln["top5:avg"].paper) == (92.0, 92.54)  # median of 91, 92, 93
     with pytest.raises(Exception, match="'top7:avg' is not an output name"):
         suite.spec.table.model_validate({**suite.spec.table.model_dump(), "values": ["top7:avg"]})
+
+
+def test_ackd_table1_run_report_prints_the_papers_accuracies(tmp_path):
+    """The run report (not only harness analyze) shows ACKD Table 1's Acc(T) beside the teacher row and Acc(P) beside
+    each proxy, whose rows name [teacher, proxy, student] (paper_table.group per label); a stage teacher not finished
+    yet is missing ("—"), not "n/a"."""
+    from pathlib import Path
+
+    suite = load_suite(Path(__file__).parents[1] / "suites" / "ackd_table1.yaml")
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        record = fake_record(cell, 74.0, 72.0)
+        record["best"]["teacher"] = {"top1": 77.0, "top5": 99.0, "epoch": 1}
+        store.put(record)
+    table = build_table(suite, store)
+    column = ("cifar_wrn_28_4+cifar_resnet56",)
+    assert table.entries[(("ind", "net1"), column)].paper == 78.91
+    assert table.entries[(("ind", "net1"), column)].text(True) == "— (78.91)"
+    assert table.entries[(("eskd", "teacher"), column)].paper == 76.30
+    assert table.entries[(("takd", "teacher"), column)].paper == 76.78

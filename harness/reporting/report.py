@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
 from harness.papers.tables import load_paper_table, paper_lookup
-from harness.reporting.frames import COST_VALUES, epoch_text, report_cells, trial_frame
+from harness.reporting.frames import COST_VALUES, epoch_text, report_cells, stage_value_cells, trial_frame
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 
@@ -169,16 +169,18 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
     columns = [c for c in itertools.product(*(axis_values[k] for k in spec.table.columns))
                if spec.table.shows(dict(zip(spec.table.columns, c)))]
     entries, footnotes = {}, {}
+    stage_entries = stage_value_cells(suite)  # a stage not finished yet is missing, not "n/a"
     for r, c in itertools.product(rows, columns):
         where = {**dict(zip(spec.table.rows, r)), **dict(zip(spec.table.columns, c))}
         for axis, choices in axis_values.items():  # an axis that is neither row nor column has one entry
             where.setdefault(axis, choices[0])
         key = tuple(where[k] for k in keys)
         entry = Entry(float(stats[key]) if key in stats.index else None, int(counts.get(key, 0)),
-                      applicable=key in stats.index or key[:-1] not in finished)
+                      applicable=key in stats.index or key[:-1] not in finished or key[1:] in stage_entries)
         if paper is not None:
             ref = spec.paper_table
-            entry.paper, row = paper_lookup(paper, ref.group or groups[where["group"]], where["method"], where["value"],
+            entry.paper, row = paper_lookup(paper, ref.group_of(where["method"]) or groups[where["group"]],
+                                            where["method"], where["value"],
                                             ref.nets, ref.methods, ref.eval, ref.value_keys, ref.match)
             for flag, mark, text in PAPER_MARKS:
                 if entry.paper is not None and row.get(flag):

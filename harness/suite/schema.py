@@ -131,8 +131,12 @@ class PaperTableRef(Strict):
     # per method label, keys a paper row must also have (rows that differ only in them): {"KDCL ICL": {icl: true}}
     match: dict[str, dict] = {}
     # the networks the paper's rows name, where they are not this suite's group: ACKD Table 5's ONE row, trained on
-    # ResNet-18 branches, sits in its ResNet-34 -> ResNet-18 table (paper names, e.g. [resnet34, resnet18])
-    group: list[str] | None = None
+    # ResNet-18 branches, sits in its ResNet-34 -> ResNet-18 table (paper names, e.g. [resnet34, resnet18]); per
+    # method label where they differ (ACKD Table 1's rows name [teacher, proxy, student])
+    group: list[str] | dict[str, list[str]] | None = None
+
+    def group_of(self, label: str) -> list[str] | None:
+        return self.group.get(label) if isinstance(self.group, dict) else self.group
 
     @field_validator("name")
     @classmethod
