@@ -7,7 +7,7 @@ from harness.config.cell import Cell
 from harness.results.store import ResultStore
 from harness.results.weights import load_networks
 from harness.suite.schema import SuiteError, load_suite
-from harness.suite.smoke import _smoke_stages
+from harness.suite.smoke import smoke_hparams
 from harness.training.engine import Trainer
 from harness.training.method import load_methods
 from harness.training.stages import stages_of, waves
@@ -64,7 +64,7 @@ def test_eskd_teacher_epochs_past_the_schedule_is_a_suite_error(write_suite):
 
 
 def test_smoke_keeps_explicit_early_stops_inside_the_smoke_run():
-    assert _smoke_stages({"teacher_epochs": 65, "teacher_stop_epoch": 30}) == {"teacher_epochs": 1,
+    assert smoke_hparams({"teacher_epochs": 65, "teacher_stop_epoch": 30}) == {"teacher_epochs": 1,
                                                                               "teacher_stop_epoch": 1}
 
 
