@@ -462,3 +462,22 @@ def test_ackd_table1_run_report_prints_the_papers_accuracies(tmp_path):
     assert table.entries[(("ind", "net1"), column)].text(True) == "— (78.91)"
     assert table.entries[(("eskd", "teacher"), column)].paper == 76.30
     assert table.entries[(("takd", "teacher"), column)].paper == 76.78
+
+
+@pytest.mark.parametrize("kind, paper", [("one", (72.2, 90.6, 29.5)), ("clnn", (72.4, 90.7, 40.5))])
+def test_kdcl_table3_shows_one_and_clnn_with_top5_and_parameters(tmp_path, kind, paper):
+    """KDCL Table 3's ONE and CLNN rows: top-1, top-5 and training-time parameters beside the paper's, from the very
+    cells of kdcl_table2_{one,clnn} (same hashes: trained once for both tables)."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "suites"
+    suite = load_suite(root / f"kdcl_table3_{kind}.yaml")
+    assert [c.hash for c in suite.cells] == [c.hash for c in load_suite(root / f"kdcl_table2_{kind}.yaml").cells]
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        record = fake_record(cell, 72.0, 71.0)
+        record["params"] = {"peers": 30_000_000, "added_total": 500_000}
+        store.put(record)
+    table = build_table(suite, store)
+    assert tuple(table.entries[((kind,), (v,))].paper for v in ("net1", "top5:net1", "params_m")) == paper
+    assert table.entries[((kind,), ("params_m",))].ours == pytest.approx(30.5)

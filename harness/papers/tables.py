@@ -76,7 +76,8 @@ def paper_lookup(table: dict, group, method: str, value: str, nets: dict[str, st
             if row["nets"] == names and row.get("eval") == role and (role == "teacher" or row["method"] == wanted):
                 return row.get(value if value in row else "value"), row
         return None, None
-    position = int(ours[3:]) if ours.startswith("net") and ours[3:].isdigit() else None
+    output = ours.rpartition(":")[2]  # "top5:net1" is net1's number at another metric
+    position = int(output[3:]) if output.startswith("net") and output[3:].isdigit() else None
     if position is not None and not 1 <= position <= len(names):
         return None, None  # net3 of a pair
     ordered = [r for r in rows if r.get("method") == wanted and r["nets"] == names]
@@ -86,7 +87,7 @@ def paper_lookup(table: dict, group, method: str, value: str, nets: dict[str, st
         if about is not None and (names[position - 1] != about if position else value != ours or value not in row):
             continue  # not that network's number (a number of the whole cell, e.g. params_m, still is)
         if len(row["nets"]) == 1 and len(names) > 1:  # one network alone: each of our networks that is it
-            if position is None and not (ours == "avg" and set(names) == set(row["nets"])) and value == ours:
+            if position is None and not (ours == "avg" and set(names) == set(row["nets"])) and ours not in keys:
                 continue  # a value of the whole group, unless the suite names the row's key for it (value_keys)
             if position is not None and names[position - 1] != row["nets"][0]:
                 continue
