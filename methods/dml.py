@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.training.method import HParams, Method, added_option, register_method
-from methods.common.losses import distill_kl, soft_targets
+from methods.common.losses import distill_kl, soft_targets, warmup_gate
 
 
 class DMLParams(HParams):
@@ -50,7 +50,7 @@ class DML(Method):
 
     def gate(self, step) -> float:
         """0 during the first ``warmup_epochs`` epochs (no step: 1)."""
-        return 0.0 if step is not None and step.epoch < self.hp.warmup_epochs else 1.0
+        return warmup_gate(step, self.hp.warmup_epochs)
 
     def losses(self, batch, step):
         logits = [peer(batch.view(k)) for k, peer in enumerate(self.peers)]

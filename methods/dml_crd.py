@@ -64,7 +64,7 @@ from harness.models import adapter
 from harness.training.method import Method, OptimGroup, register_method
 from methods.common.contrastive import (ContrastiveModules, ContrastParams, Embed, MemoryBank, NegativeSampler,
                                         clamp_negatives, nce_loss)
-from methods.common.losses import soft_targets
+from methods.common.losses import soft_targets, warmup_gate
 from methods.common.online_feature import OnlineFeatureParams
 from methods.dml import dml_terms
 
@@ -105,7 +105,7 @@ class DMLCRD(ContrastiveModules, Method):
     # --- training ------------------------------------------------------------------------------------------
     def gate(self, step) -> float:
         """g(t): 0 during the first ``warmup_epochs`` epochs, then 1 (1 when no step is given)."""
-        return 0.0 if step is not None and step.epoch < self.hp.warmup_epochs else 1.0
+        return warmup_gate(step, self.hp.warmup_epochs)
 
     def contrast_index(self, batch) -> torch.Tensor:
         """(B, 1 + m): each sample's own index, then its negatives (the batch's labels are remembered first)."""

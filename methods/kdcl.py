@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from harness.training.method import HParams, Method, added_option, register_method
-from methods.common.losses import distill_kl
+from methods.common.losses import distill_kl, warmup_gate
 
 
 class KDCLParams(HParams):
@@ -280,7 +280,7 @@ class KDCL(Method):
     def losses(self, batch, step):
         logits = [peer(batch.view(k)) for k, peer in enumerate(self.peers)]
         target = self.soft_target(logits, batch.y)
-        gate = 0.0 if step is not None and step.epoch < self.hp.warmup_epochs else 1.0
+        gate = warmup_gate(step, self.hp.warmup_epochs)
         terms = {}
         for k, z in enumerate(logits):
             terms[f"ce/net{k + 1}"] = F.cross_entropy(z, batch.y)

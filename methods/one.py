@@ -45,7 +45,7 @@ from torch import nn
 
 from harness.models import adapter
 from harness.training.method import HParams, Method, OptimGroup, added_option, register_method
-from methods.common.losses import distill_kl
+from methods.common.losses import distill_kl, warmup_gate
 
 
 # --- the branched network (shared with CLNN) ---------------------------------------------------------------
@@ -262,10 +262,8 @@ class ONE(BranchedMethod):
 
     def rampup(self, step) -> float:
         """The distillation weight: 0 during a warm-up, then the official sigmoid ramp-up."""
-        if step is not None and step.epoch < self.hp.warmup_epochs:
-            return 0.0
         epoch = step.progress if self.hp.rampup_per_step else step.epoch
-        return sigmoid_rampup(epoch, self.hp.rampup_epochs)
+        return warmup_gate(step, self.hp.warmup_epochs) * sigmoid_rampup(epoch, self.hp.rampup_epochs)
 
     def losses(self, batch, step):
         logits, _, teacher = self.forward(batch.x)

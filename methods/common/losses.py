@@ -16,3 +16,9 @@ def distill_kl(student_logits: torch.Tensor, target_probs: torch.Tensor, tempera
     log_student = F.log_softmax(student_logits / temperature, dim=1)
     kl = F.kl_div(log_student, target_probs, reduction="batchmean")
     return kl * temperature**2 if t2_scaling else kl
+
+
+def warmup_gate(step, warmup_epochs: int) -> float:
+    """0 during the first ``warmup_epochs`` epochs of training, then 1 (1 without a step: evaluation, costs); the
+    weight of the distillation terms that TSB and its re-implemented baselines switch off at the start."""
+    return 0.0 if step is not None and step.epoch < warmup_epochs else 1.0

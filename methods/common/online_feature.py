@@ -40,7 +40,7 @@ from torch import nn
 from harness.models import adapter
 from harness.training.method import HParams, Method, OptimGroup, Step
 from methods.common.feature_terms import FeatureTerm
-from methods.common.losses import distill_kl, soft_targets
+from methods.common.losses import distill_kl, soft_targets, warmup_gate
 
 
 class OnlineFeatureParams(HParams):
@@ -136,7 +136,7 @@ class OnlineFeatureKD(Method):
     # --- training ------------------------------------------------------------------------------------------
     def gate(self, step: Step | None) -> float:
         """g(t): 0 during the first ``warmup_epochs`` epochs, then 1 (1 when no step is given)."""
-        return 0.0 if step is not None and step.epoch < self.hp.warmup_epochs else 1.0
+        return warmup_gate(step, self.hp.warmup_epochs)
 
     def losses(self, batch, step):
         hp = self.hp
