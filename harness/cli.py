@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
+    from harness.suite.capacity import capacity_errors
     from harness.suite.schema import SuiteError, load_suite
 
     status = 0
@@ -70,6 +71,11 @@ def cmd_validate(args) -> int:
             print(e, file=sys.stderr)
             status = 2
             continue
+        problems = capacity_errors(suite)
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            status = 2
+            continue
         groups = {c.group_name for c in suite.cells}
         print(f"{path}: ok, {len({c.hash for c in suite.cells})} cells ({len(groups)} groups × "
               f"{len(suite.labels())} methods × {len(suite.spec.seeds)} seeds)")
@@ -78,12 +84,17 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from harness.data.datasets import load_dataset
+    from harness.suite.capacity import capacity_errors
+    from harness.suite.schema import SuiteError
     from harness.reporting.report import write_report
     from harness.results.store import ResultStore
     from harness.scheduling.runner import run_suite
     from harness.training.engine import Runtime
 
     suite = _load(args)
+    problems = capacity_errors(suite)
+    if problems:  # refused before Ray starts: such a trial would queue, allocate and die
+        raise SuiteError(problems)
     load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial
     store = ResultStore(args.results)
     runtime = Runtime(device=args.device, data_root=args.data_root, require_every_term=args.smoke)

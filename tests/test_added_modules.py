@@ -10,7 +10,7 @@ import timm
 import torch
 
 import harness.models  # noqa: F401
-from harness.reporting.index import DATASET_FACTS
+from harness.data.facts import DATASET_FACTS
 from harness.suite.schema import load_suite
 from harness.training.method import MethodContext, load_methods
 

@@ -49,7 +49,8 @@ def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path):
     from tests.test_end_to_end import HARNESS
 
     path = write_suite(tiny_suite_dict(resources={"cpu": 4, "gpu": 0.5}))
-    assert smoke_suite(load_suite(path)).spec.resources.model_dump() == {"cpu": 1, "gpu": 0}
+    resources = smoke_suite(load_suite(path)).spec.resources
+    assert (resources.cpu, resources.gpu, resources.replicas) == (1, 0, 1)
     path = write_suite(tiny_suite_dict(resources={"cpu": 1, "gpu": 0.5}))
     run = subprocess.run(HARNESS + ["run", str(path), "--results", str(tmp_path / "r"), "--reports",
                                     str(tmp_path / "rep"), "--no-dashboard", "--num-cpus", "1"],

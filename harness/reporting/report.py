@@ -233,6 +233,14 @@ def notes(suite: Suite) -> dict:
         for clause in cell.recipe.get("source", "").split(";"):
             if any(word in clause for word in ("assum", "not stated", "not given")) and clause.strip() not in assumed:
                 assumed.append(clause.strip())
+    resources = suite.spec.resources
+    if resources.replicas > 1:
+        batches = sorted({c.recipe["batch_size"] for c in suite.cells})
+        assumed.append(
+            f"each batch ({'/'.join(map(str, batches))}) is split over {resources.workers} worker(s) × "
+            f"{resources.grad_accumulation} accumulation step(s), so batch norm statistics are over "
+            f"{'/'.join(str(b // resources.replicas) for b in batches)} images (the suite's resources; the paper's "
+            "device count is not given unless its header says so)")
     header = []
     try:
         for line in Path(suite.path).read_text(encoding="utf-8").splitlines():

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from harness.config.cell import Cell, hashed_recipe
 from harness.config.recipe import Recipe, Strict, load_presets, resolve_recipe
@@ -42,8 +43,36 @@ class DatasetSpec(Strict):
 
 
 class Resources(Strict):
+    """What one cell asks of the cluster.  ``cpu`` and ``gpu`` are per worker (``cpu_per_worker`` and
+    ``gpu_per_worker`` say the same, for suites that train a cell on several workers); ``workers`` > 1 trains a cell
+    data-parallel, each worker on its share of every batch; ``grad_accumulation`` splits a worker's share into that
+    many forward/backward passes whose gradients add up before one update (a batch larger than memory, as KDCL's
+    2048).  None of these changes a cell's hash: the recipe's batch stays the global batch.  ``gpu_memory_gb`` is
+    the memory of one of the cluster's GPUs, against which ``harness validate`` checks each cell's estimate."""
+
     cpu: PositiveFloat = 1
     gpu: NonNegativeFloat = 0
+    cpu_per_worker: PositiveFloat | None = None
+    gpu_per_worker: NonNegativeFloat | None = None
+    workers: PositiveInt = 1
+    grad_accumulation: PositiveInt = 1
+    gpu_memory_gb: PositiveFloat = 80  # an assumption (an 80 GB A100/H100) where the suite does not say
+
+    @model_validator(mode="after")
+    def _one_name_each(self):
+        for key in ("cpu", "gpu"):
+            if key in self.model_fields_set and f"{key}_per_worker" in self.model_fields_set:
+                raise ValueError(f"give {key} or {key}_per_worker (the same number: per worker), not both")
+        for key in ("cpu", "gpu"):  # one spelling from here on: cpu and gpu
+            if getattr(self, f"{key}_per_worker") is not None:
+                setattr(self, key, getattr(self, f"{key}_per_worker"))
+                setattr(self, f"{key}_per_worker", None)
+        return self
+
+    @property
+    def replicas(self) -> int:
+        """Forward/backward passes per update: the recipe's batch is split this many ways."""
+        return self.workers * self.grad_accumulation
 
 
 class Evaluation(Strict):

@@ -63,6 +63,9 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
 
     spec = suite.spec.model_copy(deep=True)
     spec.resources.cpu = 1  # a smoke trial is small; a suite's 4-8 CPUs per trial would not fit a laptop
+    if spec.resources.replicas > 1:  # a batch of 8 split 8 ways would leave batch norm one image
+        notes.append(f"1 worker in place of {spec.resources.workers} × {spec.resources.grad_accumulation}")
+        spec.resources.workers = spec.resources.grad_accumulation = 1
     if not _has_gpu():  # a GPU suite scaled down runs on the CPU here, rather than waiting for a GPU forever
         spec.resources.gpu = 0
     spec.dataset = DatasetSpec.model_validate(dataset)
