@@ -95,13 +95,14 @@ class CRD(ContrastiveModules, OfflineMethod):
         hp = self.hp
         student, teacher = self.features(batch.view(0))
         v = {"student": self.embeds["student"](student.embedding), "teacher": self.embeds["teacher"](teacher.embedding)}
-        self.sampler.observe(batch.index, batch.y)
+        everyone = self.ctx.gather(batch.index)  # data-parallel workers write the rows of the whole batch
+        self.sampler.observe(everyone, self.ctx.gather(batch.y))
         index = self.sampler.sample(batch.index, batch.y)
         n = self.ctx.num_train
         crd = {anchor: hp.beta * nce_loss(self.banks[bank].scores(v[anchor], index, hp.nce_temperature), n)
                for anchor, bank in (("student", "teacher"), ("teacher", "student"))}
         for role in ROLES:  # after both reads: this step's scores use the old rows
-            self.banks[role].update(batch.index, v[role].detach())
+            self.banks[role].update(everyone, self.ctx.gather(v[role]))
         terms = {"ce": hp.ce_weight * F.cross_entropy(student.logits, batch.y)}
         if hp.kd_weight > 0:  # RepDistiller's CRD trains without KD (α 0): no term, as the feature methods
             terms["kd"] = hp.kd_weight * self.hinton_kd(student.logits, teacher.logits)

@@ -60,6 +60,10 @@ class DML(Method):
             terms.update(dml_terms(logits, targets, batch.y, k, self.hp, self.gate(step)))
         return terms
 
+    @classmethod
+    def accumulates(cls, hp) -> bool:
+        return hp.update == "joint"
+
     def train_step(self, batch, step):
         if self.hp.update == "joint":
             return super().train_step(batch, step)

@@ -109,7 +109,7 @@ class DMLCRD(ContrastiveModules, Method):
 
     def contrast_index(self, batch) -> torch.Tensor:
         """(B, 1 + m): each sample's own index, then its negatives (the batch's labels are remembered first)."""
-        self.sampler.observe(batch.index, batch.y)
+        self.sampler.observe(self.ctx.gather(batch.index), self.ctx.gather(batch.y))  # every worker's samples
         return self.sampler.sample(batch.index, batch.y)
 
     def crd_term(self, k: int, embeddings: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
@@ -135,5 +135,5 @@ class DMLCRD(ContrastiveModules, Method):
             terms[f"kl/net{k + 1}"] = gate * dml[f"kl/net{k + 1}"]
             terms[f"crd/net{k + 1}"] = gate * hp.beta * self.crd_term(k, embeddings, index)
         for bank, v in zip(self.banks, embeddings):  # after every read: this step's scores use the old rows
-            bank.update(batch.index, v.detach())
+            bank.update(self.ctx.gather(batch.index), self.ctx.gather(v))
         return terms

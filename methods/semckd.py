@@ -170,10 +170,15 @@ class SemCKD(OfflineMethod):
         super().on_epoch_start(epoch)
         self.full_batch = None
 
+    @classmethod
+    def accumulates(cls, hp) -> bool:
+        return True  # one joint update; the skip below is decided on the whole batch
+
     def train_step(self, batch, step):
+        size = step.global_batch or len(batch)  # the whole batch, so that every pass and worker decides alike
         if step.step == 0 or self.full_batch is None:
-            self.full_batch = len(batch)
-        if self.hp.skip_partial_batches and len(batch) < self.full_batch:
+            self.full_batch = size
+        if self.hp.skip_partial_batches and size < self.full_batch:
             return {}
         return super().train_step(batch, step)
 

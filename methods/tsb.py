@@ -152,20 +152,21 @@ class TSB(Method):
 
     def _temporal_targets(self, index: torch.Tensor, probs: list[torch.Tensor]) -> list[torch.Tensor | None]:
         beta, targets = self.hp.beta, []
+        everyone = self.ctx.gather(index)  # data-parallel workers write the rows of the whole batch
         if not self.per_epoch:
             t = self.epoch + 1
             self.epochs_in_buffer = t
             for table, p in zip(self.accumulators, probs):
                 old = table.read(index)
                 new = beta * old + (1.0 - beta) * p
-                table.write(index, new)
+                table.write(everyone, self.ctx.gather(new))
                 targets.append(self._readout(new, t) if self.hp.ta_target_includes_current
                                else self._readout(old, t - 1))
         else:
             for table, collected, p in zip(self.accumulators, self.collected, probs):
                 targets.append(self._readout(table.read(index), self.epochs_in_buffer))
-                collected.write(index, p)
-            self.visited[index.to(self.visited.device)] = True
+                collected.write(everyone, self.ctx.gather(p))
+            self.visited[everyone.to(self.visited.device)] = True
         return targets
 
     @torch.no_grad()

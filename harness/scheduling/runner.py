@@ -4,13 +4,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass
 
 from harness.config.cell import Cell
 from harness.results.provenance import code_version
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
+from harness.scheduling.trainable import trial_dirname
 from harness.training.engine import Runtime
 from harness.training.stages import stages_of, waves
 
@@ -39,12 +39,6 @@ class RunSummary:
     ran: int
     failed: list[str]  # cells whose trial raised: recorded with their error
     unfinished: list[str]  # cells with no record: the run was interrupted before they ended
-
-
-def trial_dirname(cell: Cell) -> str:
-    """Readable and unique: the hash (used to find the cell's checkpoints again) plus what it is."""
-    readable = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{cell.label or cell.method}_{cell.group_name}_s{cell.seed}")
-    return f"{cell.hash}_{readable}"[:120]
 
 
 def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_gpus: float | None, log) -> None:
@@ -141,8 +135,12 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
         return RunSummary(len(everything), len(everything), 0, [], [])
 
     init_ray(address, dashboard, num_cpus, num_gpus, log)
-    resources = {"cpu": suite.spec.resources.cpu, "gpu": suite.spec.resources.gpu}
-    _check_resources(suite, resources)
+    spec = suite.spec.resources
+    parallel = {"workers": spec.workers, "grad_accumulation": spec.grad_accumulation, "cpu": spec.cpu,
+                "gpu": spec.gpu, "max_failures": max_failures}
+    _check_resources(suite, {"cpu": spec.cpu * spec.workers, "gpu": spec.gpu * spec.workers})
+    # a data-parallel cell's trial is only its driver: Ray Train asks for the workers' CPUs and GPUs itself
+    resources = {"cpu": spec.cpu, "gpu": spec.gpu} if spec.workers == 1 else {"cpu": DRIVER_CPU}
     blocked: list[Cell] = []
     for i, wave in enumerate(plan):
         todo = [c for c in wave if not done(c)]
@@ -153,7 +151,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
         if len(plan) > 1:
             log(f"stage {i + 1} of {len(plan)}: {len(ready)} cell(s)")
         _fit(f"{suite.name}-stage{i + 1}" if len(plan) > 1 else suite.name, ready, store, runtime, resources,
-             max_failures, log)
+             parallel, max_failures, log)
         if any(store.get(c.hash) is None for c in ready):
             break  # interrupted: nothing that depends on this wave may start
     records = {c.hash: store.get(c.hash) for c in pending}
@@ -169,6 +167,9 @@ def _prune(store: ResultStore, cells: list[Cell], log) -> None:
     if folders:
         log(f"removed {folders} checkpoint(s) of finished cells ({freed / 2**20:.0f} MiB); their records and weights "
             "are kept")
+
+
+DRIVER_CPU = 0.01  # what the trial of a data-parallel cell holds while its Ray Train workers train
 
 
 class ResourceError(RuntimeError):
@@ -196,8 +197,8 @@ def _stage_failed(cell: Cell, store: ResultStore) -> bool:
     return False
 
 
-def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, max_failures: int,
-         log) -> None:
+def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, parallel: dict,
+         max_failures: int, log) -> None:
     """One Ray Tune experiment: a trial per cell; returns when all ended or after Ctrl-C."""
     from ray import tune
 
@@ -214,6 +215,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
             "runtime": asdict(runtime),
             "results": str(store.root),
             "code": code_version(),
+            "parallel": parallel,
         },
         tune_config=tune.TuneConfig(
             trial_dirname_creator=lambda trial: trial_dirname(Cell.from_dict(trial.config["cell"])),

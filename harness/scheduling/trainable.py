@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import tempfile
 import time
 import traceback
@@ -19,8 +20,15 @@ from harness.config.cell import Cell
 from harness.results.provenance import hardware, package_versions
 from harness.results.store import ResultStore
 from harness.training.engine import Runtime, Trainer
+from harness.training.parallel import Replicas
 
 CHECKPOINT_FILE = "state.pt"
+
+
+def trial_dirname(cell: Cell) -> str:
+    """Readable and unique: the hash (used to find the cell's checkpoints again) plus what it is."""
+    readable = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{cell.label or cell.method}_{cell.group_name}_s{cell.seed}")
+    return f"{cell.hash}_{readable}"[:120]
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -40,15 +48,12 @@ def previous_checkpoints(store: ResultStore, cell_hash: str) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def resume_state(trainer: Trainer, store: ResultStore, log) -> None:
-    from ray import tune
-
-    candidates = []
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            candidates.append(Path(folder) / CHECKPOINT_FILE)
-            candidates += previous_checkpoints(store, trainer.cell.hash)
+def resume_state(trainer: Trainer, store: ResultStore, log, session_checkpoint=None) -> None:
+    """Load the session's own checkpoint (a retried trial, a restarted worker group), else the newest readable one
+    an earlier run of the cell left in the store."""
+    if session_checkpoint is not None:
+        with session_checkpoint.as_directory() as folder:
+            candidates = [Path(folder) / CHECKPOINT_FILE, *previous_checkpoints(store, trainer.cell.hash)]
             return _load_first(trainer, candidates, log)
     _load_first(trainer, previous_checkpoints(store, trainer.cell.hash), log)
 
@@ -64,33 +69,53 @@ def _load_first(trainer: Trainer, candidates: list[Path], log) -> None:
 
 
 def train_cell(config: dict) -> None:
-    """Tune entry point. ``config`` = {"cell": Cell.to_dict(), "runtime": {...}, "results": dir, "code": {...}}."""
+    """Tune entry point. ``config`` = {"cell": Cell.to_dict(), "runtime": {...}, "results": dir, "code": {...},
+    "parallel": {"workers", "grad_accumulation", "cpu", "gpu", "max_failures"}}.  A cell on several workers runs
+    as a Ray Train ``TorchTrainer`` launched from this trial (Ray's Train-inside-Tune pattern)."""
     from ray import tune
 
-    cell = Cell.from_dict(config["cell"])
-    store = ResultStore(config["results"])
+    parallel = config.get("parallel") or {}
+    if parallel.get("workers", 1) > 1:
+        return _train_data_parallel(config)
     required = tune.get_context().get_trial_resources().required_resources
     cpus, gpus = int(required.get("CPU", 1) or 1), float(required.get("GPU", 0) or 0)
+
+    def report(trainer: Trainer, metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(trainer.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    _train(config, Replicas(accumulation=parallel.get("grad_accumulation", 1)), cpus, gpus,
+           tune.get_context().get_trial_name(), tune.get_checkpoint(), report)
+
+
+def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str, session_checkpoint, report,
+           device: str | None = None) -> None:
+    """Train one cell (this process's share of it), report every epoch, store weights and record (rank 0)."""
+    cell = Cell.from_dict(config["cell"])
+    store = ResultStore(config["results"])
     torch.set_num_threads(max(cpus, 1))
     started = time.time()
     record = {
         "hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(), "seed": cell.seed,
         "code": config.get("code", {}), "packages": package_versions(),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "trial": tune.get_context().get_trial_name(),
+        "trial": trial,
+        "parallel": {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
+                     "images_per_pass": cell.recipe["batch_size"] // replicas.parts},
     }
+    lead = replicas.rank == 0
     try:
-        runtime = Runtime(**{**config.get("runtime", {}), "results": config["results"]})
-        trainer = Trainer(cell, runtime)
-        record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus}  # of one GPU, for the index's rates
-        resume_state(trainer, store, print)
-
-        def report(trainer: Trainer, metrics: dict) -> None:
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save(trainer.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-
+        runtime = Runtime(**{**config.get("runtime", {}), "results": config["results"],
+                             **({"device": device} if device else {})})
+        trainer = Trainer(cell, runtime, replicas)
+        # of one GPU, for the index's rates: every worker's share
+        record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus * replicas.world}
+        resume_state(trainer, store, print if lead else (lambda line: None), session_checkpoint)
+        replicas.broadcast(trainer.method.modules)
         summary = trainer.run(on_epoch=report)
+        if not lead:
+            return
         weights = store.weights_path(cell.hash)
         digest = trainer.save_weights(weights)
         record.update(status="ok", history=trainer.history, **summary,
@@ -100,7 +125,57 @@ def train_cell(config: dict) -> None:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise
     finally:
-        if "status" in record:
+        if "status" in record and lead:
             record["wall_time_s"] = round(time.time() - started, 2)
             record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             store.put(record)
+
+
+def _train_data_parallel(config: dict) -> None:
+    """The trial's driver: a TorchTrainer with one worker per share of the cell, its checkpoints under the result
+    store's ``ray/train/<trial folder>`` (a re-run of the cell resumes there), metrics passed on to Tune."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    parallel = config["parallel"]
+    cell = Cell.from_dict(config["cell"])
+    store = ResultStore(config["results"])
+    resources = {"CPU": parallel.get("cpu", 1), **({"GPU": parallel["gpu"]} if parallel.get("gpu") else {})}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=parallel["workers"], use_gpu=bool(parallel.get("gpu")),
+                                               resources_per_worker=resources, placement_strategy="SPREAD"),
+        run_config=ray.train.RunConfig(
+            name=trial_dirname(cell), storage_path=str(store.ray_dir / "train"),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=parallel.get("max_failures", 0)),
+        ),
+    )
+    trainer.fit()
+
+
+def _worker_loop(config: dict) -> None:
+    """One Ray Train worker: its rank's share of every batch; rank 0 checkpoints and writes the record."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    parallel = config["parallel"]
+    replicas = Replicas(rank=context.get_world_rank(), world=context.get_world_size(),
+                        accumulation=parallel.get("grad_accumulation", 1))
+
+    def report(trainer: Trainer, metrics: dict) -> None:
+        if replicas.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(trainer.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    device = ray.train.torch.get_device()
+    _train(config, replicas, int(parallel.get("cpu", 1)), float(parallel.get("gpu", 0)),
+           f"{context.get_experiment_name()} rank {replicas.rank}", ray.train.get_checkpoint(), report,
+           device=str(device))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from harness.suite.schema import Suite
 from harness.training.memory import GIB, cell_memory
+from harness.training.method import load_methods
 from harness.training.stages import waves
 
 
@@ -14,7 +15,11 @@ def capacity_errors(suite: Suite) -> list[str]:
     """One line per (networks, batch) that cannot run as the suite's resources say, naming the first such cell."""
     resources = suite.spec.resources
     problems: dict[tuple, list] = {}
+    methods = load_methods()
     for cell in {c.hash: c for wave in waves(suite.cells) for c in wave}.values():
+        method = methods.get(cell.method)
+        if resources.grad_accumulation > 1 and not method.accumulates(method.HParams.model_validate(cell.hparams)):
+            problems.setdefault(("accumulation", cell.method), [cell])
         batch = cell.recipe["batch_size"]
         if batch % resources.replicas:
             problems.setdefault(("split", batch), [cell])
@@ -27,6 +32,13 @@ def capacity_errors(suite: Suite) -> list[str]:
     asked = resources.gpu * resources.gpu_memory_gb * GIB
     for key, cells in problems.items():
         cell = cells[0]
+        if key[0] == "accumulation":
+            lines.append(
+                f"{suite.path}: resources.grad_accumulation: {cell.describe()} updates within a batch and then runs "
+                "forward passes again (peers one after another, or alternating updates), so gradients of several "
+                "passes cannot add up to its step; use workers (data-parallel suits every method) or "
+                "grad_accumulation: 1")
+            continue
         if key[0] == "split":
             lines.append(
                 f"{suite.path}: resources: the batch of {batch_desc(cell)} ({key[1]}) does not split into workers × "

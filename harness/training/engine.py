@@ -20,6 +20,7 @@ from harness.data.batches import Batch
 from harness.data.datasets import load_dataset
 from harness.data.inputs import build_inputs
 from harness.training.method import MethodContext, OptimGroup, Step, load_methods
+from harness.training.parallel import OneUpdateOfRunningStats, Replicas, SharedStep
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -70,8 +71,8 @@ def build_method_optimizer(recipe: Recipe, group: OptimGroup) -> torch.optim.Opt
 class Trainer:
     """Builds a cell's data, method, optimizers and schedules; ``run`` trains it to the recipe's end."""
 
-    def __init__(self, cell: Cell, runtime: Runtime = Runtime()):
-        self.cell, self.runtime = cell, runtime
+    def __init__(self, cell: Cell, runtime: Runtime = Runtime(), replicas: Replicas = Replicas()):
+        self.cell, self.runtime, self.replicas = cell, runtime, replicas
         self.recipe = Recipe.model_validate(cell.recipe)
         self.device = runtime.torch_device()
         seed_everything(cell.seed)
@@ -95,7 +96,7 @@ class Trainer:
             image_size=self.inputs.image_size, num_train=self.inputs.num_train, epochs=self.recipe.epochs,
             steps_per_epoch=len(self.train_batches), device=self.device, batch_size=self.recipe.batch_size,
             create_model=lambda name: timm.create_model(name, num_classes=data.num_classes, in_chans=data.in_chans),
-            validation=self.inputs.validation,
+            validation=self.inputs.validation, gather=replicas.gather,
         )
         self.stages = method_cls.stages(hparams, cell)
         self.stage_provenance: dict[str, dict] = {}
@@ -105,11 +106,12 @@ class Trainer:
         self.method = method_cls(hparams, ctx)
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.method.modules.to(self.device, memory_format=memory_format)
+        replicas.broadcast(self.method.modules)  # the same seed made the same networks; this makes sure
 
         self.schedulers = {}
         for name, group in self.method.optim_groups().items():
             optimizer = build_method_optimizer(self.recipe, group)
-            self.method.optimizers[name] = optimizer
+            self.method.optimizers[name] = SharedStep(optimizer, replicas) if replicas.parts > 1 else optimizer
             if group.follow_schedule:
                 self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
         self.last_epoch = min(cell.stop_epoch or self.recipe.epochs, self.recipe.epochs)
@@ -149,10 +151,13 @@ class Trainer:
         batch = Batch([x] * self.views, torch.arange(n, device=self.device) % self.data.num_classes,
                       torch.arange(n, device=self.device))
         steps = len(self.train_batches)
+        gather, self.method.ctx.gather = self.method.ctx.gather, Replicas().gather  # one process counts
         try:
             macs = training_forward_macs(self.method, batch, Step(0, 0, self.recipe.epochs, steps))
         except Exception as e:  # noqa: BLE001 — a cost is a by-product; the trained networks matter
             return {"train_forward_macs_per_image": None, "error": f"{type(e).__name__}: {e}"}
+        finally:
+            self.method.ctx.gather = gather
         return {"train_forward_macs_per_image": macs}
 
     def save_weights(self, path) -> str:
@@ -214,17 +219,30 @@ class Trainer:
         lrs = self.learning_rates()
         sums: dict[str, torch.Tensor] = {}
         images, start = 0, time.perf_counter()
+        shared = [o for o in self.method.optimizers.values() if isinstance(o, SharedStep)]
+        stats = OneUpdateOfRunningStats(self.method.modules) if self.replicas.accumulation > 1 else None
         for i, batch in enumerate(self.train_batches.epoch(epoch)):
-            terms = self.method.train_step(batch, Step(epoch, i, self.recipe.epochs, steps))
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value
+            passes = self.replicas.passes(batch)
+            if stats and passes:
+                stats.begin()
+            for k, part in enumerate(passes):
+                for optimizer in shared:
+                    optimizer.pass_index, optimizer.passes = k, len(passes)
+                terms = self.method.train_step(part, Step(epoch, i, self.recipe.epochs, steps, global_batch=len(batch)))
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value / len(passes)
+                images += len(part) * self.replicas.world
+                if stats:
+                    stats.after_pass()
+            if stats and passes:
+                stats.end(len(passes))
             for scheduler in self.schedulers.values():
                 scheduler.step()
-            images += len(batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        losses = {f"loss/{name}": float(total) / steps for name, total in sums.items()}
+        losses = {f"loss/{name}": float(total) / steps for name, total in self._mean_over_workers(sums).items()}
+        self.replicas.average_buffers(self.method.modules)
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise NonFiniteLoss(
@@ -234,14 +252,28 @@ class Trainer:
         return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses,
                 **self.method.epoch_metrics()}
 
+    def _mean_over_workers(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each loss term's epoch sum, averaged over the data-parallel workers (one all-reduce)."""
+        if not self.replicas.distributed or not sums:
+            return sums
+        import torch.distributed as dist
+
+        names = sorted(sums)
+        stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.device) for k in names])
+        dist.all_reduce(stacked)
+        return dict(zip(names, stacked / self.replicas.world))
+
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Top-1/top-5 (%) of every output, the mean of the peers ('avg') and their ensemble ('ens')."""
+        """Top-1/top-5 (%) of every output, the mean of the peers ('avg') and their ensemble ('ens'); data-parallel
+        workers each take every world-th test batch and add up their counts."""
         self.method.modules.eval()
         correct: dict[str, torch.Tensor] = {}
         peers = self.method.peer_outputs()
         n = 0
-        for batch in self.inputs.test():
+        for b, batch in enumerate(self.inputs.test()):
+            if b % self.replicas.world != self.replicas.rank:
+                continue
             n += len(batch)
             outputs = self.method.predict(batch.x)
             probs = {k: F.softmax(outputs[k].float(), dim=1) for k in peers}
@@ -251,6 +283,17 @@ class Trainer:
                 hits = top5 == batch.y[:, None]
                 counts = torch.stack([hits[:, 0].sum(), hits.any(1).sum()])
                 correct[name] = correct.get(name, 0) + counts
+        if self.replicas.distributed:
+            import torch.distributed as dist
+
+            seen = [None] * self.replicas.world  # a worker may have had no test batch: the union of outputs
+            dist.all_gather_object(seen, sorted(correct))
+            names = sorted({k for keys in seen for k in keys})
+            zero = torch.zeros(2, dtype=torch.long, device=self.device)
+            totals = torch.stack([correct.get(k, zero).to(self.device, torch.long) for k in names] +
+                                 [torch.tensor([n, n], device=self.device)])
+            dist.all_reduce(totals)
+            correct, n = dict(zip(names, totals[:-1])), int(totals[-1, 0])
         metrics = {}
         for name, counts in correct.items():
             metrics[f"top1/{name}"], metrics[f"top5/{name}"] = (100.0 * c / n for c in counts.tolist())

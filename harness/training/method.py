@@ -64,6 +64,9 @@ class MethodContext:
     # the state dicts of a stage's other saved modules (``Method.saved_modules``), by key
     load_stage_modules: Callable[[str], dict[str, dict]] | None = None
     batch_size: int = 0  # the recipe's training batch size (0: not known, as in unit tests)
+    # rows of this worker's part of the batch from every data-parallel worker (detached): a method that keeps
+    # per-sample state (a memory bank) writes the gathered rows, so every worker holds the whole table
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t.detach()
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Step:
     epochs: int
     steps_per_epoch: int
     extras: dict = field(default_factory=dict)
+    global_batch: int = 0  # images in the whole batch this step belongs to (all its passes); 0: not known
 
     @property
     def progress(self) -> float:
@@ -201,6 +205,14 @@ class Method:
         A suite can also ask for per-peer views for any method (``dataset.views: per_peer``).
         """
         return False
+
+    @classmethod
+    def accumulates(cls, hp: HParams) -> bool:
+        """True when gradients of several passes may add up before one update (``resources.grad_accumulation``):
+        a step that updates once, after every forward pass.  A method whose step runs a forward pass after an
+        update (peers one after another, alternating adversarial updates) overrides ``train_step`` and is
+        refused gradient accumulation unless it says otherwise; data-parallel workers suit every method."""
+        return cls.train_step is Method.train_step
 
     @classmethod
     def held_out_per_class(cls, hp: HParams) -> int:

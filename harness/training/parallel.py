@@ -1,0 +1,165 @@
+"""One cell's step spread over several forward/backward passes: data-parallel workers and gradient accumulation.
+
+A global batch (the recipe's ``batch_size``) is cut into ``world × accumulation`` contiguous parts; worker ``r``
+trains on parts ``r·a … r·a + a − 1``, one pass each.  Every optimizer the method owns is wrapped so that the
+method's own ``train_step`` (one joint update, peers one after another, alternating adversarial updates) runs
+unchanged: ``zero_grad`` clears only before the first pass, ``step`` waits for the last, then averages the gradients
+over the passes and the workers (one all-reduce per optimizer and step, flattened) before the real update.
+So two workers with one pass each compute the same update as one process with two accumulated passes, and both
+equal the big batch where nothing depends on how the batch is cut (batch norm statistics do: they are per part,
+as in DDP without SyncBN).  Per-sample state a method keeps (memory banks, temporal accumulators) is written from
+the whole global batch on every worker through :meth:`Replicas.gather`.  Batch-norm running statistics take one
+update per step from the mean of the parts' statistics, in both ways (:class:`OneUpdateOfRunningStats`).
+
+We do not launch processes here: Ray Train does, and sets up the process group (``harness.scheduling.trainable``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from harness.data.batches import Batch
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Where this process sits: its rank among ``world`` data-parallel workers, and passes per update."""
+
+    rank: int = 0
+    world: int = 1
+    accumulation: int = 1
+
+    @property
+    def parts(self) -> int:
+        return self.world * self.accumulation
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def passes(self, batch: Batch) -> list[Batch]:
+        """This worker's parts of a global batch, in order (sizes differ by one image at most).  A batch too small
+        to give every part 2 images (batch norm) is skipped by every worker alike: none, as the engine skips a last
+        batch of one image."""
+        if self.parts == 1:
+            return [batch]
+        if len(batch) < 2 * self.parts:
+            return []
+        mine = range(self.rank * self.accumulation, (self.rank + 1) * self.accumulation)
+        pieces = [torch.tensor_split(t, self.parts) for t in (batch.y, batch.index)]
+        views = [torch.tensor_split(v, self.parts) for v in batch.views]
+        return [Batch(views=[v[i] for v in views], y=pieces[0][i], index=pieces[1][i]) for i in mine]
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (rows of this worker's part) from every worker, concatenated in rank order (detached)."""
+        if not self.distributed:
+            return tensor.detach()
+        tensor = tensor.detach().contiguous()
+        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[: len(tensor)] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """Batch-norm running statistics averaged over the workers (each saw its own parts), before evaluation and
+        checkpoints, so that every worker evaluates and saves the same networks."""
+        if not self.distributed:
+            return
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                for buf in (m.running_mean, m.running_var):
+                    if buf is not None:
+                        dist.all_reduce(buf)
+                        buf /= self.world
+
+    def broadcast(self, module: torch.nn.Module) -> None:
+        """Every parameter and buffer of ``module`` as rank 0 has it (the start of a run, after a restore)."""
+        if not self.distributed:
+            return
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+class OneUpdateOfRunningStats:
+    """Batch-norm running statistics updated once per step with the mean of its passes' statistics, in one process
+    accumulating passes as on data-parallel workers (each updates once; :meth:`Replicas.average_buffers` then
+    averages them, which, the update being linear, is the same).  Each pass starts from the step's statistics."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.norms = [m for m in module.modules()
+                      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+    def _buffers(self, m) -> list[torch.Tensor]:
+        return [b for b in (m.running_mean, m.running_var) if b is not None]
+
+    def begin(self) -> None:
+        self.start = [([b.clone() for b in self._buffers(m)], m.num_batches_tracked.clone()) for m in self.norms]
+        self.sums = [[torch.zeros_like(b) for b in self._buffers(m)] for m in self.norms]
+
+    def after_pass(self) -> None:
+        for m, (start, count), sums in zip(self.norms, self.start, self.sums):
+            for b, b0, total in zip(self._buffers(m), start, sums):
+                total += b
+                b.copy_(b0)
+            m.num_batches_tracked.copy_(count)
+
+    def end(self, passes: int) -> None:
+        for m, (_, count), sums in zip(self.norms, self.start, self.sums):
+            for b, total in zip(self._buffers(m), sums):
+                b.copy_(total / passes)
+            m.num_batches_tracked.copy_(count + 1)
+
+
+class SharedStep:
+    """Wraps one of a method's optimizers: an update waits for the last pass and uses the mean gradient of every
+    pass of every worker.  Everything else (param_groups, state_dict, schedulers) is the wrapped optimizer's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, replicas: Replicas):
+        self.optimizer, self.replicas = optimizer, replicas
+        self.pass_index, self.passes = 0, 1
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if self.pass_index == 0:
+            self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        if self.pass_index < self.passes - 1:
+            return None
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._average(params, divisor=self.passes)
+        return self.optimizer.step(closure)
+
+    def _average(self, params: list[torch.Tensor], divisor: int) -> None:
+        """Gradients ← their sum over workers / (workers × this worker's passes); a parameter with a gradient on
+        some worker gets one everywhere (zeros where it had none), one with none anywhere keeps None, as the
+        optimizer would skip it in one process."""
+        if self.replicas.distributed:
+            device = params[0].device if params else torch.device("cpu")
+            has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+            dist.all_reduce(has)
+            live = [p for p, h in zip(params, has.tolist()) if h]
+            for p in live:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            if live:
+                flat = torch.cat([p.grad.reshape(-1) for p in live])
+                dist.all_reduce(flat)
+                flat /= self.replicas.world * divisor
+                offset = 0
+                for p in live:
+                    n = p.grad.numel()
+                    p.grad.copy_(flat[offset: offset + n].view_as(p.grad))
+                    offset += n
+        elif divisor > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad /= divisor
