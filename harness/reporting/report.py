@@ -207,7 +207,7 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
     packages = sorted({", ".join(f"{k} {v}" for k, v in sorted(r.get("packages", {}).items()))
                        for r in records})
     hardware = sorted({f"{h.get('gpu') or h.get('cpu')} ({h.get('device')}, {h.get('torch_threads')} threads)"
-                       for r in records if (h := r.get("hardware"))})
+                       + _parallel_text(r.get("parallel") or {}) for r in records if (h := r.get("hardware"))})
     epochs = sorted({r.get("epochs") for r in records})
     by_recipe: dict[str, list[str]] = {}  # a method may train under its own paper's recipe
     for cell in suite.cells:
@@ -222,6 +222,14 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
     return {"code": codes, "packages": packages, "hardware": hardware, "epochs": epochs, "recipe": recipe_text,
             "source": "; ".join(s for s in dict.fromkeys(sources) if s), "n_min": n_min, "n_max": n_max, "records": len(records),
             "cells": len({c.hash for c in suite.cells}), "results": str(store.root)}
+
+
+def _parallel_text(parallel: dict) -> str:
+    """How a trial split its batches, where it did: workers, accumulated passes, images per pass."""
+    workers, passes = parallel.get("workers", 1), parallel.get("grad_accumulation", 1)
+    if workers * passes == 1:
+        return ""
+    return f" × {workers} worker(s), {passes} pass(es) each of {parallel.get('images_per_pass')} images"
 
 
 def notes(suite: Suite) -> dict:

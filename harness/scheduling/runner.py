@@ -30,6 +30,12 @@ def setup_worker() -> None:
     _compat.install()
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray Train: a line per report (a logger named by its file's path), and, without a dashboard, a warning every
+    # few seconds that the state API cannot be queried; our progress line says what matters
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 @dataclass

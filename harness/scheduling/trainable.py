@@ -152,6 +152,9 @@ def _train_data_parallel(config: dict) -> None:
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=parallel.get("max_failures", 0)),
+            # our progress line reports each epoch; Train's own INFO/WARNING lines (resource requests, each
+            # checkpoint and report) would bury it
+            logging_config=ray.train.LoggingConfig(log_level="ERROR"),
         ),
     )
     trainer.fit()
