@@ -89,7 +89,7 @@ from torch import nn
 from harness.config.recipe import OptimizerSpec
 from harness.models import adapter
 from harness.training.method import OptimGroup, register_method
-from methods.common.losses import distill_kl, soft_targets
+from methods.common.losses import distill_kl, full_precision, soft_targets
 from methods.common.offline import OfflineMethod, TeacherParams
 
 LearnerSpec = Annotated[str, StringConstraints(pattern=r"^D[1-9][0-9]*B[1-9][0-9]*$")]
@@ -192,6 +192,7 @@ def fuse(weights: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
     return sum(weights[:, k: k + 1] * z for k, z in enumerate(logits))
 
 
+@full_precision
 def kd_loss(learner: torch.Tensor, target: torch.Tensor, temperature: float, t2_scaling: bool = True,
             direction: str = "forward") -> torch.Tensor:
     """KL(p(target) ‖ p(learner)) ("forward") or KL(p(learner) ‖ p(target)) ("reverse"), p = softmax(· / T),
@@ -347,7 +348,7 @@ class ACKD(OfflineMethod):
         optimizer = self.optimizers["discriminators"]
         optimizer.zero_grad(set_to_none=True)
         loss = self.discriminator_loss(out)
-        loss.backward()
+        self.backward(loss)
         optimizer.step()
         return {"disc": loss.detach()}
 
@@ -355,7 +356,7 @@ class ACKD(OfflineMethod):
         terms = self.generator_terms(out, y)
         optimizer = self.optimizers["peers"]
         optimizer.zero_grad(set_to_none=True)
-        torch.stack(list(terms.values())).sum().backward()
+        self.backward(torch.stack(list(terms.values())).sum())
         optimizer.step()
         return {name: value.detach() for name, value in terms.items()}
 

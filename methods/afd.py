@@ -68,7 +68,7 @@ from torch import nn
 from harness.models import adapter
 from harness.training.method import HParams, Method, OptimGroup, Step, register_method
 from methods.common.feature_losses import ConvRegressor
-from methods.common.losses import distill_kl, soft_targets
+from methods.common.losses import distill_kl, full_precision, soft_targets
 
 class AFDParams(HParams):
     temperature: PositiveFloat = 3.0
@@ -99,11 +99,13 @@ def transfer_key(student: int, target: int) -> str:
     return f"net{student + 1}_to_net{target + 1}"
 
 
+@full_precision
 def lsgan_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """mean((D(real) − 1)²) + mean(D(fake)²): real → 1, fake → 0."""
     return (real_scores - 1).pow(2).mean() + fake_scores.pow(2).mean()
 
 
+@full_precision
 def lsgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """mean((D(fake) − 1)²): the generator wants its map taken for real."""
     return (fake_scores - 1).pow(2).mean()
@@ -233,7 +235,7 @@ class AFD(Method):
     def _minimise(self, optimizer: str, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         opt = self.optimizers[optimizer]
         opt.zero_grad(set_to_none=True)
-        torch.stack(list(terms.values())).sum().backward()
+        self.backward(torch.stack(list(terms.values())).sum())
         opt.step()
         return {name: value.detach() for name, value in terms.items()}
 

@@ -77,7 +77,7 @@ from torch import nn
 
 from harness.models import adapter
 from harness.training.method import HParams, Method, OptimGroup, added_option, register_method
-from methods.common.losses import distill_kl, soft_targets
+from methods.common.losses import distill_kl, full_precision, soft_targets
 
 OWN, PARTNER = 0, 1  # the discriminator's two classes
 
@@ -143,6 +143,7 @@ def _labels(logits: torch.Tensor, cls: int) -> torch.Tensor:
     return torch.full((logits.shape[0],), cls, dtype=torch.long, device=logits.device)
 
 
+@full_precision
 def discriminator_loss(own_logits: torch.Tensor, partner_logits: torch.Tensor, kind: str = "ce") -> torch.Tensor:
     """D's loss on its two-logit outputs for the own network's and the partner's features (Eq. 1, D's side)."""
     if kind == "ce":
@@ -153,6 +154,7 @@ def discriminator_loss(own_logits: torch.Tensor, partner_logits: torch.Tensor, k
     return -((1 - own).mean() + partner.mean())
 
 
+@full_precision
 def generator_loss(own_logits: torch.Tensor, kind: str = "ce") -> torch.Tensor:
     """The own network's adversarial loss: make D take its feature for the partner's (Eq. 1, min side)."""
     if kind == "ce":
@@ -160,6 +162,7 @@ def generator_loss(own_logits: torch.Tensor, kind: str = "ce") -> torch.Tensor:
     return (1 - F.softmax(own_logits, dim=1)[:, PARTNER]).mean()
 
 
+@full_precision
 def feature_distance(a: torch.Tensor, b: torch.Tensor, kind: str = "mse") -> torch.Tensor:
     """d of Eq. 2: mean squared difference ("mse") or per-sample Euclidean distance, batch mean ("l2")."""
     if kind == "mse":
@@ -370,10 +373,9 @@ class AMLN(Method):
             return self.peer_terms(self.features(batch, learners), learners, batch.y)
 
     # --- training ----------------------------------------------------------------------------------------
-    @staticmethod
-    def _update(optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _update(self, optimizer: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
-        torch.stack(list(terms.values())).sum().backward()
+        self.backward(torch.stack(list(terms.values())).sum())
         optimizer.step()
         return {name: value.detach() for name, value in terms.items()}
 

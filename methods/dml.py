@@ -76,7 +76,7 @@ class DML(Method):
             logits[k] = peer(batch.view(k))
             step_terms = dml_terms(logits, targets, batch.y, k, self.hp, self.gate(step))
             optimizer.zero_grad(set_to_none=True)  # only peer k gets gradients, so only peer k moves
-            torch.stack(list(step_terms.values())).sum().backward()
+            self.backward(torch.stack(list(step_terms.values())).sum())
             optimizer.step()
             with torch.no_grad():
                 targets[k] = soft_targets(peer(batch.view(k)), self.hp.temperature)

@@ -12,9 +12,16 @@ HASH_FORMAT = 1  # bump only when the meaning of an unchanged config changes
 _NOT_HASHED = {"dataset": ("root", "download"), "recipe": ("source", "report_epoch")}
 
 
+# keys added after cells were hashed: at this value they are left out of the hash
+_ADDED_DEFAULTS = {"recipe": {"precision": "fp32"}}
+
+
 def hashed_recipe(recipe: dict) -> dict:
-    """``recipe`` without the keys that do not enter a hash (its citation, the epoch a report shows)."""
-    return {k: v for k, v in recipe.items() if k not in _NOT_HASHED["recipe"]}
+    """``recipe`` without the keys that do not enter a hash (its citation, the epoch a report shows) and without
+    options added later at their default."""
+    added = _ADDED_DEFAULTS["recipe"]
+    return {k: v for k, v in recipe.items()
+            if k not in _NOT_HASHED["recipe"] and not (k in added and v == added[k])}
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,8 @@ class Cell:
             ident["peer_lr_reaches"] = "followers"  # since 2026-12-01 also the extra modules that follow a network
         if any(name.startswith("cifar_mobilenetv2") for name in self.group):
             ident["mobilenetv2_stages"] = "repdistiller"  # since 2026-12-01: stage 4 ends before the 1280-channel conv
-        for section, keys in _NOT_HASHED.items():
-            ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
+        ident["dataset"] = {k: v for k, v in self.dataset.items() if k not in _NOT_HASHED["dataset"]}
+        ident["recipe"] = hashed_recipe(self.recipe)
         return ident
 
     @property

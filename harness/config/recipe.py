@@ -83,6 +83,9 @@ class Recipe(Strict):
     # which epoch the paper's own numbers are (its code keeps the best test epoch, or the last); None: the paper
     # does not say, and a report then shows the last, marked as assumed.  Not hashed: it changes no training.
     report_epoch: Literal["best", "last"] | None = None
+    # the networks' arithmetic: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler); losses stay fp32.  It
+    # enters a cell's hash only where it is not fp32, so that no earlier cell changed its name.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def lr_scale(self) -> float:
         """Factor applied to every initial learning rate for the batch size actually used."""

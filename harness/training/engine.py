@@ -2,6 +2,7 @@
 stop and resume at any epoch boundary with the same numbers as an uninterrupted run."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -108,10 +109,14 @@ class Trainer:
         self.method.modules.to(self.device, memory_format=memory_format)
         replicas.broadcast(self.method.modules)  # the same seed made the same networks; this makes sure
 
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.recipe.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.recipe.precision == "fp16" else None
+        self.method.grad_scaler = self.scaler
         self.schedulers = {}
         for name, group in self.method.optim_groups().items():
             optimizer = build_method_optimizer(self.recipe, group)
-            self.method.optimizers[name] = SharedStep(optimizer, replicas) if replicas.parts > 1 else optimizer
+            shared = replicas.parts > 1 or self.scaler is not None
+            self.method.optimizers[name] = SharedStep(optimizer, replicas, self.scaler) if shared else optimizer
             if group.follow_schedule:
                 self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
         self.last_epoch = min(cell.stop_epoch or self.recipe.epochs, self.recipe.epochs)
@@ -178,6 +183,7 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "method": self.method.extra_state(),
             "torch_rng": torch.get_rng_state(),
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -192,6 +198,8 @@ class Trainer:
         for name, scheduler in self.schedulers.items():
             scheduler.load_state_dict(state["schedulers"][name])
         self.method.load_extra_state(state["method"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -228,7 +236,9 @@ class Trainer:
             for k, part in enumerate(passes):
                 for optimizer in shared:
                     optimizer.pass_index, optimizer.passes = k, len(passes)
-                terms = self.method.train_step(part, Step(epoch, i, self.recipe.epochs, steps, global_batch=len(batch)))
+                with self.autocast():
+                    terms = self.method.train_step(part, Step(epoch, i, self.recipe.epochs, steps,
+                                                              global_batch=len(batch)))
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value / len(passes)
                 images += len(part) * self.replicas.world
@@ -236,6 +246,10 @@ class Trainer:
                     stats.after_pass()
             if stats and passes:
                 stats.end(len(passes))
+            if self.scaler is not None and any(o.scaled_steps for o in shared):
+                self.scaler.update()  # once per step, after every optimizer of the method stepped
+                for optimizer in shared:
+                    optimizer.scaled_steps = 0
             for scheduler in self.schedulers.values():
                 scheduler.step()
         if self.device.type == "cuda":
@@ -251,6 +265,12 @@ class Trainer:
             )
         return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses,
                 **self.method.epoch_metrics()}
+
+    def autocast(self):
+        """The recipe's precision for the networks' forward passes (losses are computed in fp32 regardless)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _mean_over_workers(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each loss term's epoch sum, averaged over the data-parallel workers (one all-reduce)."""
@@ -275,7 +295,8 @@ class Trainer:
             if b % self.replicas.world != self.replicas.rank:
                 continue
             n += len(batch)
-            outputs = self.method.predict(batch.x)
+            with self.autocast():
+                outputs = self.method.predict(batch.x)
             probs = {k: F.softmax(outputs[k].float(), dim=1) for k in peers}
             outputs["ens"] = torch.stack([probs[k] for k in peers]).mean(0)
             for name, scores in outputs.items():

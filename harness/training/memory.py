@@ -76,8 +76,10 @@ def cell_memory(cell: Cell, workers: int = 1, grad_accumulation: int = 1) -> Mem
     micro = max(cell.recipe["batch_size"] // (workers * grad_accumulation), 1)
     figures = [_network_figures(m, input_shape, classes) for m in cell.group]
     frozen = [_network_figures(m, input_shape, classes)[1] for s in stages_of(cell).values() for m in s.models]
+    # under bf16/fp16 autocast most saved activations are 2-byte (batch norm's statistics and the losses stay fp32)
+    half = 0.5 if cell.recipe.get("precision", "fp32") != "fp32" else 1.0
     return MemoryEstimate(
         micro_batch=micro,
-        activation_bytes=micro * sum(per_image for per_image, _ in figures),
+        activation_bytes=int(half * micro * sum(per_image for per_image, _ in figures)),
         state_bytes=BYTES_PER_TRAINED_PARAMETER * sum(p for _, p in figures) + BYTES_PER_FROZEN_PARAMETER * sum(frozen),
     )

@@ -114,6 +114,7 @@ class Method:
         self.ctx = ctx
         self.modules = self.build()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # filled by the engine from optim_groups()
+        self.grad_scaler: torch.amp.GradScaler | None = None  # set by the engine for fp16 training
 
     # --- structure -------------------------------------------------------------------------------------
     def build(self) -> nn.ModuleDict:
@@ -233,10 +234,15 @@ class Method:
         terms = self.losses(batch, step)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        torch.stack(list(terms.values())).sum().backward()
+        self.backward(torch.stack(list(terms.values())).sum())
         for optimizer in self.optimizers.values():
             optimizer.step()
         return {name: value.detach() for name, value in terms.items()}
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, through the engine's gradient scaler where the recipe trains in fp16; a method
+        that writes its own ``train_step`` calls this rather than ``loss.backward()``."""
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch state (ramp-ups, weights recomputed on a validation split)."""

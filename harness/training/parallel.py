@@ -118,11 +118,13 @@ class OneUpdateOfRunningStats:
 
 class SharedStep:
     """Wraps one of a method's optimizers: an update waits for the last pass and uses the mean gradient of every
-    pass of every worker.  Everything else (param_groups, state_dict, schedulers) is the wrapped optimizer's."""
+    pass of every worker, through fp16's gradient scaler where there is one.  Everything else (param_groups,
+    state_dict, schedulers) is the wrapped optimizer's."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, replicas: Replicas):
-        self.optimizer, self.replicas = optimizer, replicas
+    def __init__(self, optimizer: torch.optim.Optimizer, replicas: Replicas, scaler=None):
+        self.optimizer, self.replicas, self.scaler = optimizer, replicas, scaler
         self.pass_index, self.passes = 0, 1
+        self.scaled_steps = 0  # updates through the scaler since its last update()
 
     def __getattr__(self, name):
         return getattr(self.optimizer, name)
@@ -136,6 +138,9 @@ class SharedStep:
             return None
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self._average(params, divisor=self.passes)
+        if self.scaler is not None:  # fp16: unscale, and skip the update where a gradient overflowed
+            self.scaled_steps += 1
+            return self.scaler.step(self.optimizer)
         return self.optimizer.step(closure)
 
     def _average(self, params: list[torch.Tensor], divisor: int) -> None:

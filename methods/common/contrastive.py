@@ -56,6 +56,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from harness.training.method import HParams
+from methods.common.losses import full_precision
 
 NCE_EPS = 1e-7
 WITHOUT_REPLACEMENT_MAX_SAMPLES = 200_000
@@ -89,11 +90,13 @@ def momentum_update(rows: torch.Tensor, embedding: torch.Tensor, momentum: float
     return F.normalize(rows * momentum + embedding * (1.0 - momentum), dim=1)
 
 
+@full_precision
 def contrast_scores(anchor: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
     """exp(⟨rows_ij, anchor_i⟩ / τ): anchor (B, d), rows (B, m + 1, d) → (B, m + 1), not yet divided by Z."""
     return torch.exp(torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2) / temperature)
 
 
+@full_precision
 def nce_loss(scores: torch.Tensor, num_samples: int, eps: float = NCE_EPS) -> torch.Tensor:
     """CRD's NCE loss on normalised scores (B, m + 1), column 0 the positive: batch mean, sum over negatives."""
     negatives = scores.shape[1] - 1
