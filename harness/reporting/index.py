@@ -86,15 +86,16 @@ def suite_line(suite: Suite, store: ResultStore, macs_per_s: float = ASSUMED_MAC
     resources = suite.spec.resources
     devices = resources.workers * resources.gpu  # GPUs (or shares of one) a cell trains on at once
     memory = [cell_memory(c, resources.workers, resources.grad_accumulation) for c in everything] if known else []
+    hours = [cell_gpu_hours(c, macs_per_s) for c in everything] if known else []
     return {
         "suite": suite.path.name, "table": suite.spec.paper_table.name if suite.spec.paper_table else "—",
         "dataset": suite.spec.dataset.name, "gpus": suite.spec.resources.gpu,
         "cells": len({c.hash for c in suite.cells}), "stage_cells": stage_cells,
         "epochs": sorted({c.recipe["epochs"] for c in suite.cells}),
-        "gpu_hours": sum(cell_gpu_hours(c, macs_per_s) for c in everything) if known else None,
+        "gpu_hours": sum(hours) if known else None,
         "workers": resources.workers,
         # the longest cell's wall time, its GPU-hours divided across its workers (perfect scaling assumed)
-        "cell_wall_h": max(cell_gpu_hours(c, macs_per_s) for c in everything) / devices if known and devices else None,
+        "cell_wall_h": max(hours) / devices if known and devices else None,
         "memory_gib": max(m.total_bytes for m in memory) / GIB if memory and all(memory) else None,
         "status": (f"{done}/{len(everything)} finished" + (f", {failed} failed" if failed else "")
                    + (f" (last {last})" if last else "")) if done or failed else "not run",

@@ -5,6 +5,7 @@ that an earlier run of the same cell left in the result store's Tune folders.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -68,6 +69,14 @@ def _load_first(trainer: Trainer, candidates: list[Path], log) -> None:
             log(f"skipping checkpoint: {e}")
 
 
+@contextlib.contextmanager
+def saved_state(trainer: Trainer):
+    """A temporary folder holding the trainer's state as a checkpoint, for Tune or Train to take a copy of."""
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(trainer.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+        yield folder
+
+
 def train_cell(config: dict) -> None:
     """Tune entry point. ``config`` = {"cell": Cell.to_dict(), "runtime": {...}, "results": dir, "code": {...},
     "parallel": {"workers", "grad_accumulation", "cpu", "gpu", "max_failures"}}.  A cell on several workers runs
@@ -81,8 +90,7 @@ def train_cell(config: dict) -> None:
     cpus, gpus = int(required.get("CPU", 1) or 1), float(required.get("GPU", 0) or 0)
 
     def report(trainer: Trainer, metrics: dict) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(trainer.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+        with saved_state(trainer) as folder:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     _train(config, Replicas(accumulation=parallel.get("grad_accumulation", 1)), cpus, gpus,
@@ -174,8 +182,7 @@ def _worker_loop(config: dict) -> None:
         if replicas.rank != 0:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(trainer.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+        with saved_state(trainer) as folder:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()

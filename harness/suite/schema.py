@@ -63,8 +63,7 @@ class Resources(Strict):
         for key in ("cpu", "gpu"):
             if key in self.model_fields_set and f"{key}_per_worker" in self.model_fields_set:
                 raise ValueError(f"give {key} or {key}_per_worker (the same number: per worker), not both")
-        for key in ("cpu", "gpu"):  # one spelling from here on: cpu and gpu
-            if getattr(self, f"{key}_per_worker") is not None:
+            if getattr(self, f"{key}_per_worker") is not None:  # one spelling from here on: cpu and gpu
                 setattr(self, key, getattr(self, f"{key}_per_worker"))
                 setattr(self, f"{key}_per_worker", None)
         return self

@@ -107,7 +107,6 @@ class Trainer:
         self.method = method_cls(hparams, ctx)
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.method.modules.to(self.device, memory_format=memory_format)
-        replicas.broadcast(self.method.modules)  # the same seed made the same networks; this makes sure
 
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.recipe.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.recipe.precision == "fp16" else None
