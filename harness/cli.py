@@ -12,8 +12,9 @@ DEFAULT_REPORTS = "reports"
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
-                   help=f"where results live (default: ./{DEFAULT_RESULTS}); shared storage on a cluster")
+    p.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
+                   help=f"where results live (default: ./{DEFAULT_RESULTS}): a folder (a shared mount on a cluster) "
+                        "or a URI pyarrow opens, such as s3://bucket/path")
     p.add_argument("--reports", default=DEFAULT_REPORTS, metavar="DIR",
                    help=f"where reports are written (default: ./{DEFAULT_REPORTS})")
 
@@ -158,6 +159,7 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from harness.data.datasets import DatasetError
     from harness.registry import UnknownName
+    from harness.results.location import StorageError
     from harness.results.store import CorruptRecord
     from harness.scheduling.runner import ResourceError
     from harness.suite.schema import SuiteError
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                "list": cmd_list}[args.command]
     try:
         return command(args)
-    except (SuiteError, DatasetError, UnknownName, CorruptRecord, StageError, ResourceError) as e:
+    except (SuiteError, DatasetError, UnknownName, CorruptRecord, StageError, ResourceError,
+            StorageError) as e:
         print(f"error: {e}" if not isinstance(e, SuiteError) else str(e), file=sys.stderr)
         return 2
 

@@ -95,11 +95,11 @@ def analyze_cell(cell: Cell, store: ResultStore, data_root: str | None = None,
     test, data = _test_batches(cell, data_root, device)
     networks, provenance = {}, {}
     for role, stage in roles.items():
-        path = stage.checkpoint or store.weights_path(stage.cell.hash)
+        path = stage.checkpoint or store.weights_file(stage.cell.hash)
         (net,), info = load_networks(path, stage.models or stage.cell.group[-1:], stage.sha256, data.num_classes,
                                      data.in_chans)
         networks[role], provenance[f"{role}_hash"] = net.to(device), info["cell_hash"] or info["sha256"]
-    (student,), info = load_networks(store.weights_path(cell.hash), cell.group[-1:], None, data.num_classes,
+    (student,), info = load_networks(store.weights_file(cell.hash), cell.group[-1:], None, data.num_classes,
                                      data.in_chans)
     networks["student"] = student.to(device)
     return {"method": cell.label, "group": cell.group_name, "seed": cell.seed, "hash": cell.hash, **provenance,

@@ -52,8 +52,8 @@ def measured_rate(store: ResultStore) -> dict | None:
     share of a GPU the trial had.  The median over trials, with the GPUs' names and the number of trials.
     """
     rates, gpus = [], set()
-    for path in store.cells_dir.glob("*.json"):
-        record = store.get(path.stem)
+    for entry in store.record_entries():
+        record = store.get(entry.path.rsplit("/", 1)[-1].removesuffix(".json"))
         hardware, macs = record.get("hardware", {}), record.get("costs", {}).get("train_forward_macs_per_image")
         speeds = sorted(h["images_per_s"] for h in record.get("history", []) if h.get("images_per_s"))
         if record.get("status") != "ok" or not hardware.get("gpu") or not macs or not speeds:
@@ -80,7 +80,8 @@ def suite_line(suite: Suite, store: ResultStore, macs_per_s: float = ASSUMED_MAC
     records = [store.get(c.hash) for c in everything]
     done = sum(1 for r in records if r and r.get("status") == "ok")
     failed = sum(1 for r in records if r and r.get("status") == "failed")
-    times = [store.record_path(c.hash).stat().st_mtime for c, r in zip(everything, records) if r]
+    modified = {e.path: e.mtime for e in store.record_entries()}
+    times = [modified.get(store.record_path(c.hash), 0) for c, r in zip(everything, records) if r]
     last = dt.datetime.fromtimestamp(max(times)).strftime("%Y-%m-%d") if times else None
     known = suite.spec.dataset.name in DATASET_FACTS
     resources = suite.spec.resources

@@ -221,7 +221,7 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
     n_min, n_max = table.n_range()
     return {"code": codes, "packages": packages, "hardware": hardware, "epochs": epochs, "recipe": recipe_text,
             "source": "; ".join(s for s in dict.fromkeys(sources) if s), "n_min": n_min, "n_max": n_max, "records": len(records),
-            "cells": len({c.hash for c in suite.cells}), "results": str(store.root)}
+            "cells": len({c.hash for c in suite.cells}), "results": store.uri}
 
 
 def _parallel_text(parallel: dict) -> str:

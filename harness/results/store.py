@@ -8,27 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from harness.config.cell import Cell
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from harness.results.location import Entry, Location
 
 
 class CorruptRecord(ValueError):
@@ -36,38 +20,42 @@ class CorruptRecord(ValueError):
 
 
 class ResultStore:
-    def __init__(self, root: str | Path):
-        self.root = Path(root).expanduser().resolve()
-        self.cells_dir = self.root / "cells"
-        self.ray_dir = self.root / "ray"
+    """Records (``cells/<hash>.json``), weights (``weights/<hash>.pt``) and Ray's trial folders (``ray/``) under
+    one root: a folder, or a URI such as ``s3://bucket/suite-results`` (see ``harness.results.location``)."""
 
-    def weights_path(self, cell_hash: str) -> Path:
-        """The deployed networks of a finished cell, for the stages that load them (a teacher)."""
-        return self.root / "weights" / f"{cell_hash}.pt"
+    def __init__(self, root: str | os.PathLike):
+        self.location = Location(root)
+        self.uri = self.location.uri  # what a trial is given to open the same store
+        # the local folder (None for a remote store): tests and tools that look at files directly
+        self.root = self.location.local
+        self.cells_dir = self.root / "cells" if self.root else None
+        self.ray_dir = self.root / "ray" if self.root else None
 
-    def record_path(self, cell_hash: str) -> Path:
-        return self.cells_dir / f"{cell_hash}.json"
+    # --- records -----------------------------------------------------------------------------------------
+    def record_path(self, cell_hash: str) -> str:
+        return f"cells/{cell_hash}.json"
 
     def get(self, cell_hash: str) -> dict | None:
-        path = self.record_path(cell_hash)
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
+        data = self.location.read_bytes(self.record_path(cell_hash))
+        if data is None:
             return None
-        except json.JSONDecodeError as e:
-            raise CorruptRecord(f"{path}: corrupt result record ({e}); delete it to run the cell again") from None
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorruptRecord(f"{self.uri}/{self.record_path(cell_hash)}: corrupt result record ({e}); delete it "
+                                "to run the cell again") from None
 
     def is_finished(self, cell: Cell) -> bool:
         record = self.get(cell.hash)
         return record is not None and record.get("status") == "ok"
 
-    def put(self, record: dict) -> Path:
+    def put(self, record: dict) -> str:
         path = self.record_path(record["hash"])
         if record.get("status") != "ok":
             existing = self.get(record["hash"])
             if existing is not None and existing.get("status") == "ok":
                 return path  # a late failure report never replaces a finished result
-        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+        self.location.write_bytes(path, json.dumps(record, indent=1, sort_keys=True).encode())
         return path
 
     def records(self, cells: list[Cell]) -> dict[str, dict]:
@@ -79,6 +67,54 @@ class ResultStore:
                 out[cell.hash] = record
         return out
 
+    def record_entries(self) -> list[Entry]:
+        """Every record file of the store (with its modification time)."""
+        return [e for e in self.location.entries("cells") if e.path.endswith(".json") and not e.is_dir]
+
+    # --- weights -----------------------------------------------------------------------------------------
+    def weights_relative(self, cell_hash: str) -> str:
+        return f"weights/{cell_hash}.pt"
+
+    def weights_path(self, cell_hash: str) -> Path:
+        """The deployed networks of a finished cell in a local store (see ``weights_file`` for any store)."""
+        if self.root is None:
+            raise ValueError(f"{self.uri} is not a local folder; use weights_file()")
+        return self.root / self.weights_relative(cell_hash)
+
+    def has_weights(self, cell_hash: str) -> bool:
+        return self.location.is_file(self.weights_relative(cell_hash))
+
+    def weights_file(self, cell_hash: str) -> Path:
+        """A local file holding a finished cell's networks, for the stages that load them (a teacher): the file
+        itself in a local store (which may not exist: the loader says so), a downloaded copy from a remote one."""
+        if self.root is not None:
+            return self.weights_path(cell_hash)
+        found = self.location.download(self.weights_relative(cell_hash), Path(tempfile.gettempdir()) / "harness-weights")
+        if found is None:
+            from harness.results.weights import StageError
+
+            raise StageError(f"{self.uri}/{self.weights_relative(cell_hash)}: stage weights not found; run the suite "
+                             "again to train the stage")
+        return found
+
+    def save_weights(self, cell_hash: str, write) -> tuple[str, str]:
+        """``write(path) -> sha256`` saves the networks to a local file, which is then placed in the store; returns
+        (the file's path relative to the store, its SHA-256)."""
+        relative = self.weights_relative(cell_hash)
+        if self.root is not None:
+            return relative, write(self.weights_path(cell_hash))
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / f"{cell_hash}.pt"
+            digest = write(local)
+            self.location.upload(local, relative)
+        return relative, digest
+
+    # --- Ray's folders -----------------------------------------------------------------------------------
+    def checkpoints(self, cell_hash: str, name: str) -> list[Entry]:
+        """Files ``name`` in the Tune and Train checkpoints of this cell's trials, newest first."""
+        found = self.location.glob(f"ray/*/*{cell_hash}*/checkpoint_*/{name}")
+        return sorted(found, key=lambda e: e.mtime, reverse=True)
+
     def prune_checkpoints(self, hashes) -> tuple[int, int]:
         """Delete the Ray Tune checkpoints of cells whose record is ``ok`` and whose weights are saved: they exist
         to resume an unfinished cell, and a finished one is never trained again (2 per trial of every epoch's
@@ -88,10 +124,12 @@ class ResultStore:
         folders, freed = 0, 0
         for cell_hash in hashes:
             record = self.get(cell_hash)
-            if record is None or record.get("status") != "ok" or not self.weights_path(cell_hash).is_file():
+            if record is None or record.get("status") != "ok" or not self.has_weights(cell_hash):
                 continue
-            for folder in self.ray_dir.glob(f"*/*{cell_hash}*/checkpoint_*"):
-                freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-                shutil.rmtree(folder, ignore_errors=True)
+            for folder in self.location.glob(f"ray/*/*{cell_hash}*/checkpoint_*"):
+                if not folder.is_dir:
+                    continue
+                freed += sum(e.size for e in self.location.entries(folder.path, recursive=True) if not e.is_dir)
+                self.location.delete_dir(folder.path)
                 folders += 1
         return folders, freed

@@ -128,13 +128,13 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     stage_hashes = {s.cell.hash for wave in plan for c in wave for s in stages_of(c).values() if s.cell}
 
     def done(cell: Cell) -> bool:  # a stage also needs its saved networks
-        return store.is_finished(cell) and (cell.hash not in stage_hashes or store.weights_path(cell.hash).is_file())
+        return store.is_finished(cell) and (cell.hash not in stage_hashes or store.has_weights(cell.hash))
 
     everything = [c for wave in plan for c in wave]
     pending = [c for c in everything if not done(c)]
     extra = len(everything) - len(cells)
     log(f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
-        f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.root})")
+        f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.uri})")
     todo = {c.hash for c in pending}
     _prune(store, [c for c in everything if c.hash not in todo], log)  # finished by an earlier, killed run
     if not pending:
@@ -219,7 +219,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
         param_space={
             "cell": tune.grid_search([c.to_dict() for c in cells]),
             "runtime": asdict(runtime),
-            "results": str(store.root),
+            "results": store.uri,
             "code": code_version(),
             "parallel": parallel,
         },
@@ -228,7 +228,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
         ),
         run_config=tune.RunConfig(
             name=f"{name}-{stamp}",
-            storage_path=str(store.ray_dir),
+            **store.location.ray_storage("ray"),
             verbose=0,
             callbacks=[_progress_callback(len(cells), store)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

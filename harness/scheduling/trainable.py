@@ -6,6 +6,7 @@ that an earlier run of the same cell left in the result store's Tune folders.
 from __future__ import annotations
 
 import contextlib
+import io
 import datetime as dt
 import os
 import re
@@ -36,17 +37,19 @@ class CorruptCheckpoint(RuntimeError):
     pass
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(source: Path | bytes, name: str | None = None) -> dict:
+    """A trainer state from a local file or from the bytes of one read from the store."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                          weights_only=True)
     except Exception as e:  # truncated, not a torch file, wrong format: all mean "unusable"
-        raise CorruptCheckpoint(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+        raise CorruptCheckpoint(f"{name or source}: unreadable checkpoint ({type(e).__name__}: {e})") from None
 
 
-def previous_checkpoints(store: ResultStore, cell_hash: str) -> list[Path]:
-    """Checkpoints of this cell from earlier runs, newest first."""
-    found = store.ray_dir.glob(f"*/*{cell_hash}*/checkpoint_*/{CHECKPOINT_FILE}")
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+def previous_checkpoints(store: ResultStore, cell_hash: str) -> list[tuple[str, object]]:
+    """(name, loader) of this cell's checkpoints from earlier runs, newest first."""
+    return [(f"{store.uri}/{e.path}", lambda e=e: store.location.read_bytes(e.path))
+            for e in store.checkpoints(cell_hash, CHECKPOINT_FILE)]
 
 
 def resume_state(trainer: Trainer, store: ResultStore, log, session_checkpoint=None) -> None:
@@ -54,16 +57,20 @@ def resume_state(trainer: Trainer, store: ResultStore, log, session_checkpoint=N
     an earlier run of the cell left in the store."""
     if session_checkpoint is not None:
         with session_checkpoint.as_directory() as folder:
-            candidates = [Path(folder) / CHECKPOINT_FILE, *previous_checkpoints(store, trainer.cell.hash)]
+            own = Path(folder) / CHECKPOINT_FILE
+            candidates = [(str(own), lambda: own), *previous_checkpoints(store, trainer.cell.hash)]
             return _load_first(trainer, candidates, log)
     _load_first(trainer, previous_checkpoints(store, trainer.cell.hash), log)
 
 
-def _load_first(trainer: Trainer, candidates: list[Path], log) -> None:
-    for path in candidates:
+def _load_first(trainer: Trainer, candidates: list[tuple[str, object]], log) -> None:
+    for name, read in candidates:
         try:
-            trainer.load_state_dict(load_checkpoint(path))
-            log(f"resumed {trainer.cell.describe()} from epoch {trainer.epoch} ({path})")
+            source = read()
+            if source is None:
+                continue  # removed since it was listed (a finished run's pruning)
+            trainer.load_state_dict(load_checkpoint(source, name))
+            log(f"resumed {trainer.cell.describe()} from epoch {trainer.epoch} ({name})")
             return
         except (CorruptCheckpoint, ValueError, KeyError) as e:
             log(f"skipping checkpoint: {e}")
@@ -124,11 +131,10 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
         summary = trainer.run(on_epoch=report)
         if not lead:
             return
-        weights = store.weights_path(cell.hash)
-        digest = trainer.save_weights(weights)
+        relative, digest = store.save_weights(cell.hash, trainer.save_weights)
         record.update(status="ok", history=trainer.history, **summary,
                       params=trainer.method.parameter_counts(), costs=trainer.costs(), stages=trainer.stage_provenance,
-                      weights={"file": str(weights.relative_to(store.root)), "sha256": digest})
+                      weights={"file": relative, "sha256": digest})
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise
@@ -156,7 +162,7 @@ def _train_data_parallel(config: dict) -> None:
         scaling_config=ray.train.ScalingConfig(num_workers=parallel["workers"], use_gpu=bool(parallel.get("gpu")),
                                                resources_per_worker=resources, placement_strategy="SPREAD"),
         run_config=ray.train.RunConfig(
-            name=trial_dirname(cell), storage_path=str(store.ray_dir / "train"),
+            name=trial_dirname(cell), **store.location.ray_storage("ray/train"),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=parallel.get("max_failures", 0)),

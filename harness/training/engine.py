@@ -130,7 +130,7 @@ class Trainer:
         if name not in self.stages:
             raise KeyError(f"method {self.cell.method} asked for stage {name!r} but declares {list(self.stages)}")
         stage = self.stages[name]
-        path = stage.checkpoint or ResultStore(self.runtime.results).weights_path(stage.cell.hash)
+        path = stage.checkpoint or ResultStore(self.runtime.results).weights_file(stage.cell.hash)
         networks, provenance = load_networks(path, stage.models, stage.sha256, self.data.num_classes,
                                              self.data.in_chans)
         self._stage_modules[name] = provenance.pop("modules")
