@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check suite files and count their cells")
     validate.add_argument("suites", nargs="+")
+    validate.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
+                          help="a store whose finished GPU trials give the rate of the cost estimate (default: results)")
 
     report = sub.add_parser("report", help="aggregate finished cells into Markdown and LaTeX tables")
     report.add_argument("suite")
@@ -61,9 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
+    from harness.reporting.index import ASSUMED_MACS_PER_S, measured_rate, suite_cost
+    from harness.results.store import ResultStore
     from harness.suite.capacity import capacity_errors
     from harness.suite.schema import SuiteError, load_suite
 
+    rate = measured_rate(ResultStore(args.results))
+    macs_per_s = rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S
     status = 0
     for path in args.suites:
         try:
@@ -79,8 +85,23 @@ def cmd_validate(args) -> int:
             continue
         groups = {c.group_name for c in suite.cells}
         print(f"{path}: ok, {len({c.hash for c in suite.cells})} cells ({len(groups)} groups × "
-              f"{len(suite.labels())} methods × {len(suite.spec.seeds)} seeds)")
+              f"{len(suite.labels())} methods × {len(suite.spec.seeds)} seeds)"
+              + _cost_words(suite, suite_cost(suite, macs_per_s), rate))
     return status
+
+
+def _cost_words(suite, cost: dict, rate: dict | None) -> str:
+    """``; est. 41 GPU-h (longest cell 2.1 h on 8 workers × 1 GPU), 13.2 GiB per worker``, from the measured rate
+    or the assumed one (it says which)."""
+    if cost["gpu_hours"] is None:
+        return ""
+    resources = suite.spec.resources
+    on = f"{resources.workers} workers × {resources.gpu:g} GPU" if resources.workers > 1 else f"{resources.gpu:g} GPU"
+    wall = f" (longest cell {cost['cell_wall_h']:.1f} h on {on})" if cost["cell_wall_h"] is not None else ""
+    memory = f", {cost['memory_gib']:.1f} GiB per worker" if cost["memory_gib"] is not None else ""
+    source = f"measured rate of {rate['trials']} GPU trial(s)" if rate else "assumed GPU rate, see suites/README.md"
+    hours = "<0.1" if cost["gpu_hours"] < 0.05 else f"{cost['gpu_hours']:.1f}"
+    return f"; est. {hours} GPU-h{wall}{memory} ({source})"
 
 
 def cmd_run(args) -> int:

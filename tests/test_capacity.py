@@ -112,3 +112,25 @@ def test_smoke_runs_one_worker(write_suite):
     suite = smoke_suite(load_suite(kdcl_like(write_suite, workers=8, gpu_per_worker=1, cpu_per_worker=8)))
     assert suite.spec.resources.replicas == 1
     assert "1 worker in place of 8 × 1" in suite.spec.title
+
+
+def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path):
+    """The same cell on 8 workers: the same GPU-hours, an eighth of the wall time, an eighth of the activations."""
+    import re
+
+    from harness.reporting.index import cell_gpu_hours
+
+    def validate(**resources):
+        path = kdcl_like(write_suite, **resources)
+        out = subprocess.run([sys.executable, "-m", "harness.cli", "validate", str(path), "--results",
+                              str(tmp_path / "none")], capture_output=True, text=True).stdout
+        found = re.search(r"est\. ([\d.]+) GPU-h \(longest cell ([\d.]+) h on (.*?)\), ([\d.]+) GiB per worker", out)
+        assert found, out
+        return float(found[1]), float(found[2]), found[3], float(found[4]), load_suite(path)
+
+    one = validate(cpu=8, gpu=1, grad_accumulation=8)
+    eight = validate(workers=8, gpu_per_worker=1, cpu_per_worker=8)
+    assert one[0] == eight[0] == pytest.approx(cell_gpu_hours(one[4].cells[0]), abs=0.05)
+    assert one[1] == pytest.approx(one[0], abs=0.05) and eight[1] == pytest.approx(eight[0] / 8, abs=0.05)
+    assert (one[2], eight[2]) == ("1 GPU", "8 workers × 1 GPU")
+    assert eight[3] == pytest.approx(one[3], rel=0.01)  # same images per pass: 2048 / 8 either way

@@ -74,6 +74,21 @@ def cell_gpu_hours(cell, macs_per_s: float = ASSUMED_MACS_PER_S) -> float:
     return TRAIN_PASSES * macs * train_images(cell.dataset) * epochs / macs_per_s / 3600
 
 
+def suite_cost(suite: Suite, macs_per_s: float = ASSUMED_MACS_PER_S) -> dict:
+    """Estimated GPU-hours of every cell (stage cells included), the wall time of the longest cell (its GPU-hours
+    divided across the GPUs it trains on, perfect scaling assumed) and the memory per worker of the largest;
+    None for each where the dataset's size is not known before loading it."""
+    everything = [c for wave in waves(suite.cells) for c in wave]
+    resources = suite.spec.resources
+    if suite.spec.dataset.name not in DATASET_FACTS:
+        return {"gpu_hours": None, "cell_wall_h": None, "memory_gib": None}
+    devices = resources.workers * resources.gpu  # GPUs (or shares of one) a cell trains on at once
+    memory = [cell_memory(c, resources.workers, resources.grad_accumulation) for c in everything]
+    hours = [cell_gpu_hours(c, macs_per_s) for c in everything]
+    return {"gpu_hours": sum(hours), "cell_wall_h": max(hours) / devices if devices else None,
+            "memory_gib": max(m.total_bytes for m in memory) / GIB if all(memory) else None}
+
+
 def suite_line(suite: Suite, store: ResultStore, macs_per_s: float = ASSUMED_MACS_PER_S) -> dict:
     everything = [c for wave in waves(suite.cells) for c in wave]
     stage_cells = len(everything) - len({c.hash for c in suite.cells})
@@ -83,21 +98,13 @@ def suite_line(suite: Suite, store: ResultStore, macs_per_s: float = ASSUMED_MAC
     modified = {e.path: e.mtime for e in store.record_entries()}
     times = [modified.get(store.record_path(c.hash), 0) for c, r in zip(everything, records) if r]
     last = dt.datetime.fromtimestamp(max(times)).strftime("%Y-%m-%d") if times else None
-    known = suite.spec.dataset.name in DATASET_FACTS
-    resources = suite.spec.resources
-    devices = resources.workers * resources.gpu  # GPUs (or shares of one) a cell trains on at once
-    memory = [cell_memory(c, resources.workers, resources.grad_accumulation) for c in everything] if known else []
-    hours = [cell_gpu_hours(c, macs_per_s) for c in everything] if known else []
     return {
         "suite": suite.path.name, "table": suite.spec.paper_table.name if suite.spec.paper_table else "—",
         "dataset": suite.spec.dataset.name, "gpus": suite.spec.resources.gpu,
         "cells": len({c.hash for c in suite.cells}), "stage_cells": stage_cells,
         "epochs": sorted({c.recipe["epochs"] for c in suite.cells}),
-        "gpu_hours": sum(hours) if known else None,
-        "workers": resources.workers,
-        # the longest cell's wall time, its GPU-hours divided across its workers (perfect scaling assumed)
-        "cell_wall_h": max(hours) / devices if known and devices else None,
-        "memory_gib": max(m.total_bytes for m in memory) / GIB if memory and all(memory) else None,
+        "workers": suite.spec.resources.workers,
+        **suite_cost(suite, macs_per_s),
         "status": (f"{done}/{len(everything)} finished" + (f", {failed} failed" if failed else "")
                    + (f" (last {last})" if last else "")) if done or failed else "not run",
     }

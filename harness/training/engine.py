@@ -254,7 +254,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        losses = {f"loss/{name}": float(total) / steps for name, total in self._mean_over_workers(sums).items()}
+        losses = {f"loss/{name}": float(total) / steps for name, total in self.replicas.mean(sums, self.device).items()}
         self.replicas.average_buffers(self.method.modules)
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
@@ -270,17 +270,6 @@ class Trainer:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def _mean_over_workers(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each loss term's epoch sum, averaged over the data-parallel workers (one all-reduce)."""
-        if not self.replicas.distributed or not sums:
-            return sums
-        import torch.distributed as dist
-
-        names = sorted(sums)
-        stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.device) for k in names])
-        dist.all_reduce(stacked)
-        return dict(zip(names, stacked / self.replicas.world))
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -303,17 +292,7 @@ class Trainer:
                 hits = top5 == batch.y[:, None]
                 counts = torch.stack([hits[:, 0].sum(), hits.any(1).sum()])
                 correct[name] = correct.get(name, 0) + counts
-        if self.replicas.distributed:
-            import torch.distributed as dist
-
-            seen = [None] * self.replicas.world  # a worker may have had no test batch: the union of outputs
-            dist.all_gather_object(seen, sorted(correct))
-            names = sorted({k for keys in seen for k in keys})
-            zero = torch.zeros(2, dtype=torch.long, device=self.device)
-            totals = torch.stack([correct.get(k, zero).to(self.device, torch.long) for k in names] +
-                                 [torch.tensor([n, n], device=self.device)])
-            dist.all_reduce(totals)
-            correct, n = dict(zip(names, totals[:-1])), int(totals[-1, 0])
+        correct, n = self.replicas.sum_counts(correct, n, self.device)
         metrics = {}
         for name, counts in correct.items():
             metrics[f"top1/{name}"], metrics[f"top5/{name}"] = (100.0 * c / n for c in counts.tolist())

@@ -66,6 +66,30 @@ class Replicas:
         dist.all_gather(parts, padded)
         return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
+    def mean(self, values: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+        """Each value averaged over the workers (one all-reduce; float64 so that epoch sums lose nothing)."""
+        if not self.distributed or not values:
+            return values
+        names = sorted(values)
+        stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device) for k in names])
+        dist.all_reduce(stacked)
+        return dict(zip(names, stacked / self.world))
+
+    def sum_counts(self, counts: dict[str, torch.Tensor], n: int, device: torch.device) -> tuple[dict, int]:
+        """Per-name count tensors (all of one shape) and ``n`` summed over the workers.  A worker may lack a name
+        (it had no batch where the name appeared): the union of the names is summed, a missing one as zeros."""
+        if not self.distributed:
+            return counts, n
+        seen = [None] * self.world
+        dist.all_gather_object(seen, sorted(counts))
+        names = sorted({k for keys in seen for k in keys})
+        shape = next((c.shape for c in counts.values()), None) or (2,)
+        zero = torch.zeros(shape, dtype=torch.long, device=device)
+        totals = torch.stack([counts.get(k, zero).to(device, torch.long) for k in names] +
+                             [torch.full(shape, n, dtype=torch.long, device=device)])
+        dist.all_reduce(totals)
+        return dict(zip(names, totals[:-1])), int(totals[-1].flatten()[0])
+
     def average_buffers(self, module: torch.nn.Module) -> None:
         """Batch-norm running statistics averaged over the workers (each saw its own parts), before evaluation and
         checkpoints, so that every worker evaluates and saves the same networks."""
