@@ -128,3 +128,23 @@ def test_a_batch_is_cut_into_contiguous_parts_and_a_tiny_one_is_skipped_by_all()
     assert [p.index.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
     assert all(Replicas(rank=r, world=2, accumulation=2).passes(Batch([torch.zeros(7, 1)], torch.zeros(7), torch.zeros(7))) == []
                for r in range(2))
+
+
+def test_sync_bn_is_a_new_cell_refused_on_cpu_workers(write_suite):
+    """SyncBN (torch's SyncBatchNorm) runs on GPUs only: asked for on CPU workers it is one line before any trial,
+    and one clear error in a trainer; where it is off, no cell changes its hash."""
+    from harness.suite.capacity import capacity_errors
+
+    plain = tiny_suite_dict(methods=["dml"], seeds=[0], resources={"workers": 2, "cpu_per_worker": 1})
+    synced = {**plain, "recipe": {**plain["recipe"], "sync_bn": True}}
+    explicit_off = {**plain, "recipe": {**plain["recipe"], "sync_bn": False}}
+    cell, synced_cell, off_cell = (load_suite(write_suite(s, f"s{i}.yaml")).cells[0]
+                                   for i, s in enumerate((plain, synced, explicit_off)))
+    assert off_cell.hash == cell.hash != synced_cell.hash
+    (line,) = capacity_errors(load_suite(write_suite(synced, "s1.yaml")))
+    assert "recipe.sync_bn" in line and "GPUs only" in line and "s1.yaml" in line
+    with pytest.raises(ValueError, match="recipe.sync_bn needs GPUs"):
+        Trainer(synced_cell, RUNTIME, Replicas(rank=0, world=2))
+    # one process: nothing to synchronise, the networks keep their batch norm
+    trainer = Trainer(synced_cell, RUNTIME)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.method.modules.modules())

@@ -13,7 +13,7 @@ _NOT_HASHED = {"dataset": ("root", "download"), "recipe": ("source", "report_epo
 
 
 # keys added after cells were hashed: at this value they are left out of the hash
-_ADDED_DEFAULTS = {"recipe": {"precision": "fp32"}}
+_ADDED_DEFAULTS = {"recipe": {"precision": "fp32", "sync_bn": False}}
 
 
 def hashed_recipe(recipe: dict) -> dict:

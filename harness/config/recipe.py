@@ -86,6 +86,9 @@ class Recipe(Strict):
     # the networks' arithmetic: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler); losses stay fp32.  It
     # enters a cell's hash only where it is not fp32, so that no earlier cell changed its name.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # batch norm over the global batch of a data-parallel cell (torch's SyncBatchNorm, on GPUs only) instead of each
+    # worker's share, the DDP default; hashed only where true
+    sync_bn: bool = False
 
     def lr_scale(self) -> float:
         """Factor applied to every initial learning rate for the batch size actually used."""

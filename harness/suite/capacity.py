@@ -18,6 +18,8 @@ def capacity_errors(suite: Suite) -> list[str]:
     methods = load_methods()
     for cell in {c.hash: c for wave in waves(suite.cells) for c in wave}.values():
         method = methods.get(cell.method)
+        if cell.recipe.get("sync_bn") and resources.workers > 1 and not resources.gpu:
+            problems.setdefault(("sync_bn",), [cell])
         if resources.grad_accumulation > 1 and not method.accumulates(method.HParams.model_validate(cell.hparams)):
             problems.setdefault(("accumulation", cell.method), [cell])
         batch = cell.recipe["batch_size"]
@@ -38,6 +40,11 @@ def capacity_errors(suite: Suite) -> list[str]:
                 "forward passes again (peers one after another, or alternating updates), so gradients of several "
                 "passes cannot add up to its step; use workers (data-parallel suits every method) or "
                 "grad_accumulation: 1")
+            continue
+        if key[0] == "sync_bn":
+            lines.append(f"{suite.path}: recipe.sync_bn: {cell.describe()} runs on CPU workers, and torch's "
+                         "SyncBatchNorm runs on GPUs only; ask for gpu_per_worker, or set sync_bn: false (batch norm "
+                         "per worker)")
             continue
         if key[0] == "split":
             lines.append(

@@ -105,6 +105,12 @@ class Trainer:
         ctx.load_stage = self._load_stage
         ctx.load_stage_modules = self._load_stage_modules
         self.method = method_cls(hparams, ctx)
+        if self.recipe.sync_bn and replicas.distributed:
+            if self.device.type != "cuda":
+                raise ValueError(f"cell {cell.describe()}: recipe.sync_bn needs GPUs (torch's SyncBatchNorm runs on "
+                                 f"CUDA only), this worker is on {self.device}; set sync_bn: false")
+            # the networks' batch-norm layers swapped in place; their parameters (and so the optimizers') are kept
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.modules)
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.method.modules.to(self.device, memory_format=memory_format)
 
