@@ -83,7 +83,7 @@ def cmd_validate(args) -> int:
             print("\n".join(problems), file=sys.stderr)
             status = 2
             continue
-        groups = {c.group_name for c in suite.cells}
+        groups = {c.row_name for c in suite.cells}
         print(f"{path}: ok, {len({c.hash for c in suite.cells})} cells ({len(groups)} groups × "
               f"{len(suite.labels())} methods × {len(suite.spec.seeds)} seeds)"
               + _cost_words(suite, suite_cost(suite, macs_per_s), rate))

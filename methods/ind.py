@@ -10,5 +10,7 @@ from harness.training.method import Method, register_method
 class Independent(Method):
     """Each network of the group learns only from the labels; the group's ensemble is still evaluated."""
 
+    trains_alone = True
+
     def losses(self, batch, step):
         return {f"ce/net{k + 1}": F.cross_entropy(peer(batch.view(k)), batch.y) for k, peer in enumerate(self.peers)}

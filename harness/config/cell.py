@@ -35,6 +35,10 @@ class Cell:
     label: str = ""  # the method's column name in the suite's table; cosmetic, not hashed
     suite: str = field(default="", compare=False)
     stop_epoch: int | None = None  # train the recipe's schedule but stop after this epoch (ESKD's teacher)
+    # a network trained alone (a suite's ``alone: true``) for the table row of the group ``row``, whose network
+    # ``position`` (0-based) it is; cosmetic, not hashed: the same cell serves every row that has the network
+    row: tuple[str, ...] | None = field(default=None, compare=False)
+    position: int = field(default=0, compare=False)
 
     def identity(self) -> dict:
         """What defines the result: every field that changes the numbers, and nothing else."""
@@ -66,14 +70,24 @@ class Cell:
     def group_name(self) -> str:
         return "+".join(self.group)
 
+    @property
+    def row_name(self) -> str:
+        """The group whose table row shows this cell: its own, or, for a network trained alone, the row's."""
+        return "+".join(self.row) if self.row else self.group_name
+
     def describe(self) -> str:
         return f"{self.label or self.method} {self.group_name} seed {self.seed}"
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["group"] = list(self.group)
+        if self.row is None:  # only a network trained alone says which row it is for
+            del out["row"], out["position"]
+        else:
+            out["row"] = list(self.row)
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Cell":
-        return cls(**{**data, "group": tuple(data["group"])})
+        row = data.get("row")
+        return cls(**{**data, "group": tuple(data["group"]), "row": tuple(row) if row else None})

@@ -78,7 +78,7 @@ def history_frame(suite: Suite, records: dict[str, dict]) -> pd.DataFrame:
         output = curve_output(suite, cell.label, record["history"])
         for row in record["history"]:
             losses = [v for k, v in row.items() if k.startswith("loss/")]
-            rows.append({"dataset": cell.dataset["name"], "group": cell.group_name, "method": cell.label,
+            rows.append({"dataset": cell.dataset["name"], "group": cell.row_name, "method": cell.label,
                          "output": output, "seed": cell.seed, "epoch": int(row["epoch"]),
                          "accuracy": _metric(row, metric, output), "loss": sum(losses) if losses else math.nan})
     return pd.DataFrame(rows, columns=["dataset", "group", "method", "output", "seed", "epoch", "accuracy", "loss"])

@@ -80,7 +80,7 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
     other_metrics = [v for v in suite.spec.table.values if ":" in v]
     records = store.records(report_cells(suite)) if records is None else records
     stage_entries = stage_value_cells(suite)
-    shown = [(cell, cell.group_name, cell.label, None) for cell in suite.cells]
+    shown = [(cell, cell.row_name, cell.label, None) for cell in suite.cells]
     shown += [(stage, group, label, value) for (group, label, value), stage in stage_entries.items()]
     for cell, group, label, only in shown:
         record = records.get(cell.hash)
@@ -101,6 +101,12 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
         if only is not None:  # a stage's accuracy in the place of a method's value (its net1: the stage network)
             rows.append({**trial, "value": only, metric: metric_value(record[epoch]["net1"], metric)})
             continue
+        if cell.row is not None:  # a network trained alone: its row's net<position>, at each metric shown
+            output = f"net{cell.position + 1}"
+            rows.append({**trial, "value": output, metric: metric_value(record[epoch]["net1"], metric)})
+            rows += [{**trial, "value": value, metric: metric_value(record[epoch]["net1"], value.split(":")[0])}
+                     for value in other_metrics if value.split(":")[1] == output]
+            continue
         rows += [{**trial, "value": value, metric: metric_value(numbers, metric)}
                  for value, numbers in record[epoch].items()
                  if (cell.group_name, cell.label, value) not in stage_entries]
@@ -114,4 +120,21 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
                 rows.append({**trial, "value": value, metric: number})
     columns = ["dataset", "group", "method", "value", "seed", metric, "epoch", "hash", "trial", "epochs_run",
                "git_sha", "dirty", "device", "torch", "deployed_params", "added_params", "stages"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows + _alone_averages(suite, rows, metric), columns=columns)
+
+
+def _alone_averages(suite: Suite, rows: list[dict], metric: str) -> list[dict]:
+    """The ``avg`` of a row whose networks were trained alone: the mean of its networks' cells of one seed, once
+    all of them finished (their hashes joined).  No ``ens``: independently trained networks were never evaluated
+    together."""
+    sizes = {(c.row_name, c.label): len(c.row) for c in suite.cells if c.row is not None}
+    found: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if (row["group"], row["method"]) in sizes and row["value"].startswith("net"):
+            found.setdefault((row["group"], row["method"], row["seed"]), []).append(row)
+    out = []
+    for (group, label, _), nets in found.items():
+        if len(nets) == sizes[(group, label)]:
+            out.append({**nets[0], "value": "avg", metric: sum(r[metric] for r in nets) / len(nets),
+                        "hash": "+".join(r["hash"] for r in sorted(nets, key=lambda r: r["value"]))})
+    return out

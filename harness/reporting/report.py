@@ -158,12 +158,12 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
     stats, counts = add_gains(stats, counts, spec.table.gains)
     axis_values = {
         "dataset": [spec.dataset.name],
-        "group": list(dict.fromkeys(c.group_name for c in suite.cells)),
+        "group": list(dict.fromkeys(c.row_name for c in suite.cells)),
         "method": suite.labels(),
         "value": spec.table.values,
     }
     paper = load_paper_table(spec.paper_table.name) if spec.paper_table else None
-    groups = {c.group_name: c.group for c in suite.cells}
+    groups = {c.row_name: c.row or c.group for c in suite.cells}
     rows = [r for r in itertools.product(*(axis_values[k] for k in spec.table.rows))
             if spec.table.shows(dict(zip(spec.table.rows, r)))]
     columns = [c for c in itertools.product(*(axis_values[k] for k in spec.table.columns))

@@ -291,9 +291,10 @@ def _expand_hparam_grid(hparams: dict) -> list[dict]:
     return out
 
 
-def _method_entries(raw_methods, errors: list[str], presets: dict | None = None) -> list[tuple[str, str, dict, dict | None]]:
+def _method_entries(raw_methods, errors: list[str], presets: dict | None = None,
+                    alone: set[str] | None = None) -> list[tuple[str, str, dict, dict | None]]:
     """(label, method name, validated full hyper-parameters, the entry's own resolved recipe or None) for each
-    method entry and grid point."""
+    method entry and grid point; the labels of entries with ``alone: true`` are added to ``alone``."""
     registry = load_methods()
     entries = []
     for i, entry in enumerate(raw_methods):
@@ -306,12 +307,20 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None)
         entry = dict(entry)
         name, label = entry.pop("name"), entry.pop("label", None)
         own = entry.pop("recipe", None)
+        trained_alone = entry.pop("alone", False)
         own_recipe = None if own is None else _resolved_recipe(own, presets or load_presets(), f"{where}.recipe",
                                                                errors)
         if name not in registry:
             errors.append(f"{where}.name: {registry.unknown_message(name)}")
             continue
         method_cls = registry.get(name)
+        if trained_alone is not False and (trained_alone is not True or not method_cls.trains_alone):
+            alone_methods = ", ".join(n for n, m in registry.items() if m.trains_alone)
+            errors.append(f"{where}.alone: {trained_alone!r}; 'alone: true' trains each network of a group as a "
+                          f"cell of its own, which only methods whose networks learn from the labels alone "
+                          f"({alone_methods}) can; remove it" if trained_alone is True else
+                          f"{where}.alone: {trained_alone!r} is not true or false")
+            continue
         grid = _expand_hparam_grid(entry)
         for hparams in grid:
             hparams = _unknown_keys(hparams, method_cls.HParams, where, errors)
@@ -325,6 +334,8 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None)
                 swept = ",".join(f"{k}={hparams[k]}" for k in hparams if isinstance(entry[k], dict))
                 point = f"{point}[{swept}]"
             entries.append((point, name, full, own_recipe))
+            if trained_alone and alone is not None:
+                alone.add(point)
     labels = [label for label, _, _, _ in entries]
     for label in sorted({l for l in labels if labels.count(l) > 1}):
         errors.append(f"methods: label {label!r} is used twice; give one entry a distinct 'label'")
@@ -501,15 +512,21 @@ def load_suite(path: str | Path) -> Suite:
     if spec is not None:
         if spec.dataset.name not in DATASETS:
             errors.append(f"dataset.name: {DATASETS.unknown_message(spec.dataset.name)}")
-        methods = _method_entries(spec.methods, errors, presets)
+        alone: set[str] = set()
+        methods = _method_entries(spec.methods, errors, presets, alone)
         _check_groups(spec.groups, methods, errors)
         _check_layout(spec, methods, errors)
         _check_paper_table(spec, methods, errors)
         if recipe_dict is not None and not errors:
             dataset = spec.dataset.model_dump(mode="json", exclude_none=True)
             for group, (label, name, hparams, own), seed in itertools.product(spec.groups, methods, spec.seeds):
-                cells.append(Cell(method=name, hparams=hparams, group=tuple(group), dataset=dataset,
-                                  recipe=own or recipe_dict, seed=seed, label=label, suite=spec.name))
+                common = dict(method=name, hparams=hparams, dataset=dataset, recipe=own or recipe_dict, seed=seed,
+                              label=label, suite=spec.name)
+                if label in alone:  # one cell per network, for this group's row (cells alike are one cell)
+                    cells += [Cell(group=(model,), row=tuple(group), position=i, **common)
+                              for i, model in enumerate(group)]
+                else:
+                    cells.append(Cell(group=tuple(group), **common))
         _check_stages(cells, spec.methods, errors)
     if errors:
         raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])

@@ -108,6 +108,9 @@ class Method:
     HParams: ClassVar[type[HParams]] = HParams
     min_peers: ClassVar[int] = 1
     max_peers: ClassVar[int | None] = None
+    # every network learns from the labels only, so each can be trained as a cell of its own (``alone: true`` in a
+    # suite): one number per network, shared by every table that prints the same network under the same recipe
+    trains_alone: ClassVar[bool] = False
 
     def __init__(self, hp: HParams, ctx: MethodContext):
         self.hp = hp
