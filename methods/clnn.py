@@ -32,14 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pydantic import Field, PositiveFloat
+
 from harness.training.method import HParams, register_method
 from methods.common.losses import distill_kl, soft_targets
 from methods.one import BranchedMethod
 
 
 class CLNNParams(HParams):
-    temperature: float = 2.0
-    beta: float = 0.5
+    temperature: PositiveFloat = 2.0
+    beta: float = Field(0.5, ge=0.0, le=1.0)  # CE's share; KL gets 1 − beta
     branch_stages: tuple[int, ...] | None = None
     fanouts: tuple[int, ...] | None = None
     rescale_grad: bool = True

@@ -18,13 +18,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from pydantic import NonNegativeFloat, PositiveFloat
+
 from harness.training.method import HParams, Method, added_option, register_method
 from methods.common.losses import distill_kl, soft_targets, warmup_gate
 
 
 class DMLParams(HParams):
-    temperature: float = 1.0
-    kl_weight: float = 1.0
+    temperature: PositiveFloat = 1.0
+    kl_weight: NonNegativeFloat = 1.0
     t2_scaling: bool = True
     peer_reduction: Literal["mean", "sum"] = "mean"
     update: Literal["joint", "sequential"] = "joint"

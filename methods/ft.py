@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from harness.config.recipe import Seed
 from torch import nn
 
 from harness.models import adapter
@@ -53,7 +55,7 @@ class FTParams(TeacherParams):
     reconstruction: ReconstructionKind = "mse"
     paraphraser_epochs: PositiveInt = 30
     paraphraser_lr: PositiveFloat = 0.01
-    paraphraser_seed: int | None = None
+    paraphraser_seed: Seed | None = None
 
 
 @register_method("ft")

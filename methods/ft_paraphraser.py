@@ -27,7 +27,9 @@ Choices:
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from harness.config.recipe import Seed
 from torch import nn
 
 from harness.config.cell import Cell, hashed_recipe
@@ -45,8 +47,8 @@ class TeacherSource(BaseModel):
     method: str = "ind"
     hparams: dict = {}
     recipe: dict | None = None  # None: this cell's recipe
-    seed: int | None = 0  # None: this cell's seed
-    stop_epoch: int | None = None
+    seed: Seed | None = 0  # None: this cell's seed
+    stop_epoch: PositiveInt | None = None
     checkpoint: str | None = None
     sha256: str | None = None
 

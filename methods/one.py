@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import adapter
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
+
 from harness.training.method import HParams, Method, OptimGroup, added_option, register_method
 from methods.common.losses import distill_kl, warmup_gate
 
@@ -204,13 +206,13 @@ class BranchedMethod(Method):
 
 # --- ONE ---------------------------------------------------------------------------------------------------
 class ONEParams(HParams):
-    temperature: float = 3.0
-    branch_stage: int | None = None
+    temperature: PositiveFloat = 3.0
+    branch_stage: NonNegativeInt | None = None
     reinit_branches: bool = True
     branch_init: Literal["model", "reset"] = "model"
-    rampup_epochs: float = 80.0
+    rampup_epochs: NonNegativeFloat = 80.0
     rampup_per_step: bool = False
-    target_eps: float = 1e-7
+    target_eps: NonNegativeFloat = 1e-7
     detach_teacher: bool = True
     # distillation zero for the first n epochs (TSB re-implements every baseline with its 20-epoch warm-up, Sec. 4.1)
     warmup_epochs: int = added_option(0, ge=0)

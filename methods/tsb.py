@@ -66,7 +66,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, NonNegativeFloat, PositiveFloat
 
 from harness.training.method import HParams, Method, register_method
 
@@ -74,10 +74,10 @@ _FOLD_ROWS = 1 << 16  # rows folded at once by per_epoch, to bound the temporari
 
 
 class TSBParams(HParams):
-    temperature: float = 4.0
+    temperature: PositiveFloat = 4.0
     beta: float = Field(0.8, gt=0.0, lt=1.0)
-    lambda_ta: float = 0.5
-    lambda_si: float = 0.5
+    lambda_ta: NonNegativeFloat = 0.5
+    lambda_si: NonNegativeFloat = 0.5
     warmup_epochs: int = Field(20, ge=0)
     warmup_applies_to_si: bool = True
     warmup_applies_to_peer_kl: bool = True
@@ -90,7 +90,7 @@ class TSBParams(HParams):
     use_ta: bool = True
     use_si: bool = True
     use_peer_kl: bool = False
-    peer_kl_weight: float = 0.5
+    peer_kl_weight: NonNegativeFloat = 0.5
 
 
 def kl_term(student_logits: torch.Tensor, target: torch.Tensor, temperature: float, direction: str,

@@ -5,7 +5,7 @@ import copy
 import fnmatch
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import yaml
@@ -17,15 +17,20 @@ PRESETS_FILE = Path(__file__).with_name("recipes.yaml")
 
 
 class Strict(BaseModel):
-    """A config section: unknown keys are errors."""
+    """A config section: unknown keys are errors, and so are infinite and NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# A seed: an integer (not a boolean) that every generator we seed takes (numpy's legacy one stops at 2^32 − 1;
+# the data order's generator multiplies it by 1,000,003)
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]
 
 
 class OptimizerSpec(Strict):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: PositiveFloat
-    momentum: NonNegativeFloat = 0.9
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 5e-4
     # adam/adamw only (GAN discriminators use (0.5, 0.999)); unset = torch's default, left out of hashes
@@ -48,7 +53,7 @@ class AugmentSpec(Strict):
     crop ``test_crop``.
     """
 
-    crop_padding: NonNegativeInt = 4
+    crop_padding: NonNegativeInt = Field(4, le=64)  # pixels of zeros around a CIFAR-style image (4 in every paper)
     flip: bool = True
     cutout: NonNegativeInt = 0
     random_resized_crop: bool = False
@@ -133,6 +138,10 @@ def resolve_recipe(spec, presets: dict[str, dict], path: str = "recipe") -> dict
     resolved = dict(spec)
     while "base" in resolved:
         name = resolved.pop("base")
+        if not isinstance(name, str):
+            raise KeyError(f"{path}.base: expected a preset name, got {name!r}; valid: {', '.join(sorted(presets))}")
+        if not isinstance(presets.get(name, {}), dict):
+            raise KeyError(f"{path}.base: the preset {name!r} is not a mapping of recipe keys")
         if name in seen:
             raise KeyError(f"{path}.base: presets inherit from each other in a loop: {' -> '.join(seen + [name])}")
         if name not in presets:

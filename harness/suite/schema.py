@@ -14,7 +14,8 @@ from pydantic import (BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, V
                       model_validator)
 
 from harness.config.cell import Cell, hashed_recipe
-from harness.config.recipe import Recipe, Strict, load_presets, resolve_recipe
+from harness.config.recipe import Recipe, Seed, Strict, load_presets, resolve_recipe
+from harness.config.yaml_file import YamlFileError, read_yaml_mapping, shorten
 from harness.data.datasets import DATASETS
 from harness.papers.tables import PAPER_TABLES
 from harness.registry import did_you_mean
@@ -28,6 +29,8 @@ class SuiteError(ValueError):
     """All problems of a suite file, one per line."""
 
     def __init__(self, lines: list[str]):
+        # a value echoed back (an alias bomb, a huge name) is shortened where it is quoted; this caps the rest
+        lines = [shorten(line, 2000) for line in lines]
         super().__init__("\n".join(lines))
         self.lines = lines
 
@@ -181,7 +184,7 @@ class SuiteSpec(Strict):
     dataset: DatasetSpec
     groups: list[list[str]]
     methods: list
-    seeds: list[int]
+    seeds: list[Seed]
     recipe: dict
     recipes: dict[str, dict] = {}
     resources: Resources = Resources()
@@ -194,6 +197,8 @@ class SuiteSpec(Strict):
     def _slug(cls, name):
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"{name!r} must use only letters, digits, '_' and '-' (it names files)")
+        if len(name) > 100:
+            raise ValueError(f"{len(name)} characters is too long: at most 100 (it names files)")
         return name
 
     @field_validator("groups", "seeds", "methods")
@@ -275,7 +280,7 @@ def _pydantic_lines(error: ValidationError, prefix: str = "") -> list[str]:
         where = _path_str(((prefix,) if prefix else ()) + tuple(e["loc"]))
         message = e["msg"].removeprefix("Value error, ")
         shown = e.get("input")
-        got = "" if e["type"] == "missing" or isinstance(shown, dict) else f", got {shown!r}"
+        got = "" if e["type"] == "missing" or isinstance(shown, dict) else f", got {shorten(repr(shown), 100)}"
         lines.append(f"{where}: {message}{got}")
     return lines
 
@@ -310,6 +315,10 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None,
         trained_alone = entry.pop("alone", False)
         own_recipe = None if own is None else _resolved_recipe(own, presets or load_presets(), f"{where}.recipe",
                                                                errors)
+        if not isinstance(name, str) or not isinstance(label, (str, type(None))):
+            key, value = ("name", name) if not isinstance(name, str) else ("label", label)
+            errors.append(f"{where}.{key}: expected a string, got {value!r}")
+            continue
         if name not in registry:
             errors.append(f"{where}.name: {registry.unknown_message(name)}")
             continue
@@ -482,14 +491,9 @@ def load_suite(path: str | Path) -> Suite:
     """Parse, validate and expand a suite file; raises :class:`SuiteError` listing every problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SuiteError([f"{path}: no such suite file"]) from None
-    except yaml.YAMLError as e:
-        raise SuiteError([f"{path}: not valid YAML: {' '.join(str(e).split())}"]) from None
-    if not isinstance(raw, dict):
-        raise SuiteError([f"{path}: a suite must be a mapping of keys, got {type(raw).__name__}"])
-    raw = dict(raw)
+        raw = dict(read_yaml_mapping(path, "suite file"))
+    except YamlFileError as e:
+        raise SuiteError([str(e)]) from None
     if isinstance(raw.get("dataset"), str):
         raw["dataset"] = {"name": raw["dataset"]}
     errors: list[str] = []

@@ -28,7 +28,7 @@ class HParams(BaseModel):
     A field added after cells were hashed is declared with :func:`added_option`: at its default it is left out of
     the cell (:meth:`cell_dict`), so that a new option never changes the hash of a cell that does not use it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def cell_dict(self) -> dict:
         """The hyper-parameters as a cell holds and hashes them: every field, but added options at their default."""

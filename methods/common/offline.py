@@ -16,6 +16,8 @@ from typing import ClassVar
 
 import torch
 from pydantic import Field
+
+from harness.config.recipe import Seed
 from torch import nn
 
 from harness.config.cell import Cell
@@ -28,7 +30,7 @@ from methods.common.losses import distill_kl, soft_targets
 
 class TeacherParams(HParams):
     teacher_recipe: str | dict | None = None
-    teacher_seed: int | None = 0
+    teacher_seed: Seed | None = 0
     teacher_checkpoint: str | None = None
     teacher_sha256: str | None = None
     teacher_stop_epoch: int | None = Field(None, ge=1)
