@@ -181,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     from harness.data.datasets import DatasetError
     from harness.registry import UnknownName
     from harness.results.location import StorageError
-    from harness.results.store import CorruptRecord
     from harness.scheduling.runner import ResourceError
     from harness.suite.schema import SuiteError
     from harness.training.stages import StageError
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                "list": cmd_list}[args.command]
     try:
         return command(args)
-    except (SuiteError, DatasetError, UnknownName, CorruptRecord, StageError, ResourceError,
+    except (SuiteError, DatasetError, UnknownName, StageError, ResourceError,
             StorageError) as e:
         print(f"error: {e}" if not isinstance(e, SuiteError) else str(e), file=sys.stderr)
         return 2

@@ -30,3 +30,36 @@ def test_prune_removes_checkpoints_of_finished_cells_only(tmp_path):
     assert len(list(store.ray_dir.glob("*/aaaa*/progress.csv"))) == 2  # the history stays
     assert store.get("aaaa") == {"hash": "aaaa", "status": "ok"} and store.weights_path("aaaa").is_file()
     assert store.prune_checkpoints(["aaaa"]) == (0, 0)
+
+
+def test_a_damaged_record_is_moved_aside_in_one_line_and_reads_as_missing(tmp_path):
+    said = []
+    store = ResultStore(tmp_path, on_damage=said.append)
+    damaged = {"garbage": b"\x00\x01not json", "list": b"[1, 2]", "fields": b'{"hash": "c"}',
+               "other": b'{"hash": "zzzz", "status": "ok"}', "truncated": b'{"hash": "t", "sta'}
+    for name, content in damaged.items():
+        (tmp_path / "cells").mkdir(exist_ok=True)
+        (tmp_path / "cells" / f"{name}.json").write_bytes(content)
+        assert store.get(name) is None
+        kept = list((tmp_path / "cells").glob(f"{name}.json.damaged-*"))
+        assert len(kept) == 1 and kept[0].read_bytes() == content  # kept, never deleted
+        assert not (tmp_path / "cells" / f"{name}.json").exists() and store.get(name) is None
+    assert len(said) == 5 and all("\n" not in line and "the cell runs again" in line for line in said)
+    assert "not a JSON object" in said[1] and "no status" in said[2] and "another cell" in said[3]
+    store.put({"hash": "garbage", "status": "ok"})  # the cell's next result is stored as usual
+    assert store.get("garbage") == {"hash": "garbage", "status": "ok"}
+
+
+def test_weights_that_are_not_the_recorded_file_are_moved_aside(tmp_path):
+    from harness.results.weights import file_sha256
+
+    said = []
+    store = ResultStore(tmp_path, on_damage=said.append)
+    store.weights_path("aaaa").parent.mkdir(parents=True)
+    store.weights_path("aaaa").write_bytes(b"the networks")
+    store.put({"hash": "aaaa", "status": "ok", "weights": {"sha256": file_sha256(store.weights_path("aaaa"))}})
+    assert store.weights_intact("aaaa") and not said
+    store.weights_path("aaaa").write_bytes(b"the netw")  # truncated
+    assert not store.weights_intact("aaaa") and not store.has_weights("aaaa")
+    assert len(said) == 1 and "damaged weights" in said[0] and "the stage runs again" in said[0]
+    assert [p.read_bytes() for p in (tmp_path / "weights").glob("aaaa.pt.damaged-*")] == [b"the netw"]

@@ -165,6 +165,16 @@ class Location:
             return
         self.write_bytes(relative, Path(local).read_bytes())
 
+    def move_aside(self, relative: str) -> str:
+        """Rename ``relative`` to ``relative.damaged-<UTC time>`` (kept for whoever wants to look, never read
+        again); returns the new relative path."""
+        import datetime as dt
+
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        target = f"{relative}.damaged-{stamp}"
+        self.fs.move(self.path(relative), self.path(target))
+        return target
+
     def delete_dir(self, relative: str) -> None:
         _quietly(self.fs.delete_dir, self.path(relative))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,16 +16,20 @@ from harness.config.cell import Cell
 from harness.results.location import Entry, Location
 
 
-class CorruptRecord(ValueError):
-    """A result record that is not valid JSON (a disk problem or a hand edit)."""
+REQUIRED = ("hash", "status")  # what every record has, finished or failed
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class ResultStore:
     """Records (``cells/<hash>.json``), weights (``weights/<hash>.pt``) and Ray's trial folders (``ray/``) under
     one root: a folder, or a URI such as ``s3://bucket/suite-results`` (see ``harness.results.location``)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, on_damage=_say):
         self.location = Location(root)
+        self.on_damage = on_damage  # told, in one line, of each damaged file moved aside
         self.uri = self.location.uri  # what a trial is given to open the same store
         # the local folder (None for a remote store): tests and tools that look at files directly
         self.root = self.location.local
@@ -36,14 +41,25 @@ class ResultStore:
         return f"cells/{cell_hash}.json"
 
     def get(self, cell_hash: str) -> dict | None:
-        data = self.location.read_bytes(self.record_path(cell_hash))
+        """The cell's record; None when there is none.  A damaged record (not JSON, not an object, missing its
+        hash or status, another cell's) is moved aside, reported in one line, and reads as None: the cell runs
+        again."""
+        path = self.record_path(cell_hash)
+        data = self.location.read_bytes(path)
         if data is None:
             return None
         try:
-            return json.loads(data)
+            record = json.loads(data)
+            problem = ("not a JSON object" if not isinstance(record, dict) else
+                       f"no {', '.join(k for k in REQUIRED if k not in record)}" if any(k not in record for k in REQUIRED)
+                       else f"the record of another cell ({record['hash']!r})" if record["hash"] != cell_hash else None)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CorruptRecord(f"{self.uri}/{self.record_path(cell_hash)}: corrupt result record ({e}); delete it "
-                                "to run the cell again") from None
+            problem = f"not JSON ({str(e)[:80]})"
+        if problem is None:
+            return record
+        aside = self.location.move_aside(path)
+        self.on_damage(f"{self.uri}/{path}: damaged result record ({problem}); moved to {aside}, the cell runs again")
+        return None
 
     def is_finished(self, cell: Cell) -> bool:
         record = self.get(cell.hash)
@@ -83,6 +99,23 @@ class ResultStore:
 
     def has_weights(self, cell_hash: str) -> bool:
         return self.location.is_file(self.weights_relative(cell_hash))
+
+    def weights_intact(self, cell_hash: str) -> bool:
+        """Whether a finished cell's weights are there and are the file its record names (SHA-256, in a local
+        store; a remote one is trusted for being there).  A file that is not is moved aside, reported in one line,
+        and reads as missing: the stage is trained again rather than failing every cell that loads it."""
+        from harness.results.weights import file_sha256
+
+        relative = self.weights_relative(cell_hash)
+        if not self.has_weights(cell_hash):
+            return False
+        expected = ((self.get(cell_hash) or {}).get("weights") or {}).get("sha256")
+        if self.root is None or expected is None or file_sha256(self.weights_path(cell_hash)) == expected:
+            return True
+        aside = self.location.move_aside(relative)
+        self.on_damage(f"{self.uri}/{relative}: damaged weights (SHA-256 differs from the record's); moved to "
+                       f"{aside}, the stage runs again")
+        return False
 
     def weights_file(self, cell_hash: str) -> Path:
         """A local file holding a finished cell's networks, for the stages that load them (a teacher): the file

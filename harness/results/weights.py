@@ -41,9 +41,13 @@ def save_networks(path: Path, cell: Cell, networks: list[tuple[str, nn.Module]],
                     for key, module in (modules or {}).items()},
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(payload, tmp)
+        # into an open file, not a path: torch names the archive's folder after a path it is given (here the
+        # random temporary name), so the same networks would give files that differ byte for byte
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

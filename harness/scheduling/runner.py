@@ -128,7 +128,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     stage_hashes = {s.cell.hash for wave in plan for c in wave for s in stages_of(c).values() if s.cell}
 
     def done(cell: Cell) -> bool:  # a stage also needs its saved networks
-        return store.is_finished(cell) and (cell.hash not in stage_hashes or store.has_weights(cell.hash))
+        return store.is_finished(cell) and (cell.hash not in stage_hashes or store.weights_intact(cell.hash))
 
     everything = [c for wave in plan for c in wave]
     pending = [c for c in everything if not done(c)]

@@ -48,23 +48,24 @@ def load_checkpoint(source: Path | bytes, name: str | None = None) -> dict:
 
 def previous_checkpoints(store: ResultStore, cell_hash: str) -> list[tuple[str, object]]:
     """(name, loader) of this cell's checkpoints from earlier runs, newest first."""
-    return [(f"{store.uri}/{e.path}", lambda e=e: store.location.read_bytes(e.path))
+    return [(f"{store.uri}/{e.path}", lambda e=e: store.location.read_bytes(e.path), e.path)
             for e in store.checkpoints(cell_hash, CHECKPOINT_FILE)]
 
 
-def resume_state(trainer: Trainer, store: ResultStore, log, session_checkpoint=None) -> None:
+def resume_state(trainer: Trainer, store: ResultStore, log, session_checkpoint=None, lead: bool = True) -> None:
     """Load the session's own checkpoint (a retried trial, a restarted worker group), else the newest readable one
     an earlier run of the cell left in the store."""
     if session_checkpoint is not None:
         with session_checkpoint.as_directory() as folder:
             own = Path(folder) / CHECKPOINT_FILE
-            candidates = [(str(own), lambda: own), *previous_checkpoints(store, trainer.cell.hash)]
-            return _load_first(trainer, candidates, log)
-    _load_first(trainer, previous_checkpoints(store, trainer.cell.hash), log)
+            candidates = [(str(own), lambda: own, None), *previous_checkpoints(store, trainer.cell.hash)]
+            return _load_first(trainer, store, candidates, log, lead)
+    _load_first(trainer, store, previous_checkpoints(store, trainer.cell.hash), log, lead)
 
 
-def _load_first(trainer: Trainer, candidates: list[tuple[str, object]], log) -> None:
-    for name, read in candidates:
+def _load_first(trainer: Trainer, store: ResultStore, candidates: list[tuple], log, lead: bool = True) -> None:
+    """Resume from the first readable candidate; an unreadable one in the store is moved aside (kept)."""
+    for name, read, relative in candidates:
         try:
             source = read()
             if source is None:
@@ -73,7 +74,9 @@ def _load_first(trainer: Trainer, candidates: list[tuple[str, object]], log) -> 
             log(f"resumed {trainer.cell.describe()} from epoch {trainer.epoch} ({name})")
             return
         except (CorruptCheckpoint, ValueError, KeyError) as e:
-            log(f"skipping checkpoint: {e}")
+            damaged = isinstance(e, CorruptCheckpoint) and relative and lead  # one worker moves it
+            aside = f"; moved to {store.location.move_aside(relative)}" if damaged else ""
+            log(f"skipping checkpoint: {str(e)[:300]}{aside}")
 
 
 @contextlib.contextmanager
@@ -126,7 +129,7 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
         trainer = Trainer(cell, runtime, replicas)
         # of one GPU, for the index's rates: every worker's share
         record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus * replicas.world}
-        resume_state(trainer, store, print if lead else (lambda line: None), session_checkpoint)
+        resume_state(trainer, store, print if lead else (lambda line: None), session_checkpoint, lead)
         replicas.broadcast(trainer.method.modules)
         summary = trainer.run(on_epoch=report)
         if not lead:
