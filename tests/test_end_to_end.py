@@ -95,6 +95,8 @@ def test_failing_cell_is_recorded_and_retried(tmp_path):
         assert record["status"] == "failed" and record["error"].startswith("NonFiniteLoss: cell ")
         assert "in epoch 1" in record["error"] and "traceback" in record
         assert "1 cell(s) failed (recorded with their error, retried on the next run)" in out
+        # one line on the console: the traceback is in the record, not printed by Tune
+        assert "Traceback" not in out and out.count("FAILED ind") == 1, out
     md = (reports / "tiny.md").read_text()
     (row,) = [line for line in md.splitlines() if line.startswith("| cifar_resnet8+cifar_resnet8")]
     assert [c.strip() for c in row.strip("|").split("|")][1:] == ["—"] * 4

@@ -21,6 +21,9 @@ RAY_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 QUIET_LOGGERS = ("ray.train", "ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
+# On the driver: Tune logs every failed trial's traceback ("Trial task failed ...") and a summary of the trials that
+# did not complete; our progress callback prints one line per failure, and the traceback is in the cell's record
+DRIVER_QUIET_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
 
 
 def setup_worker() -> None:
@@ -109,9 +112,11 @@ def _progress_callback(total: int, store: ResultStore):
             cell = Cell.from_dict(trial.config["cell"])
             record = store.get(cell.hash)
             if record is None:  # the worker died before it could write its own failure record
+                where = getattr(trial, "error_file", None)
                 store.put({"hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(),
                            "seed": cell.seed, "status": "failed",
-                           "error": f"trial {trial.trial_id} ended with an error before recording it"})
+                           "error": f"trial {trial.trial_id} ended with an error before recording it"
+                                    + (f" (Ray's account: {where})" if where else "")})
                 record = store.get(cell.hash)
             _say(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
 
@@ -212,6 +217,8 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
 
     global _progress_log
     _progress_log = log
+    for name in DRIVER_QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tuner = tune.Tuner(
