@@ -101,3 +101,24 @@ def test_failing_cell_is_recorded_and_retried(tmp_path):
     (row,) = [line for line in md.splitlines() if line.startswith("| cifar_resnet8+cifar_resnet8")]
     assert [c.strip() for c in row.strip("|").split("|")][1:] == ["—"] * 4
     assert "0 of 1 finished" in md
+
+
+def test_two_runs_of_one_suite_on_one_store_train_each_cell_once(tmp_path):
+    """Started together on one results folder: every cell trained by one of them (a lock per cell), the other
+    waits and finds it finished; both end well, every record whole."""
+    from harness.suite.schema import load_suite
+
+    suite = tiny_suite_dict(seeds=[0, 1])
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    cells = load_suite(path).cells
+    results = tmp_path / "results"
+    runs = [harness_run(path, results, tmp_path / f"reports{i}") for i in range(2)]
+    outs = [run.communicate(timeout=400)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    final = records(results)
+    assert len(final) == 4 and all(r["status"] == "ok" for r in final.values())
+    for cell in cells:  # the epoch lines of a cell appear in the run that trained it, and only there
+        trained = [out.count(f"] {cell.describe()} epoch 1/2") for out in outs]
+        assert sorted(trained) == [0, 1], (cell.describe(), trained)
+    assert any("by another run" in out for out in outs), outs  # they did meet on a cell

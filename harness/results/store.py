@@ -6,6 +6,7 @@ every suite that contains the same cell.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -86,6 +87,28 @@ class ResultStore:
     def record_entries(self) -> list[Entry]:
         """Every record file of the store (with its modification time)."""
         return [e for e in self.location.entries("cells") if e.path.endswith(".json") and not e.is_dir]
+
+    @contextlib.contextmanager
+    def cell_lock(self, cell_hash: str, on_wait=_say):
+        """Held while a cell trains, so that two runs sharing the store (two ``harness run`` of one suite, or two
+        suites with a cell in common) never train it twice: the second waits, then finds it finished.  Local and
+        mounted stores only (``locks/<hash>.lock``); an object store has no locks."""
+        if self.root is None:
+            yield
+            return
+        import filelock
+
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(self.root / "locks" / f"{cell_hash}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            on_wait(f"cell {cell_hash} is being trained by another run on {self.uri}; waiting for it")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     # --- weights -----------------------------------------------------------------------------------------
     def weights_relative(self, cell_hash: str) -> str:

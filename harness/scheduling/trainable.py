@@ -94,8 +94,20 @@ def train_cell(config: dict) -> None:
     from ray import tune
 
     parallel = config.get("parallel") or {}
-    if parallel.get("workers", 1) > 1:
-        return _train_data_parallel(config)
+    cell = Cell.from_dict(config["cell"])
+    store = ResultStore(config["results"])
+    with store.cell_lock(cell.hash):
+        if store.is_finished(cell) and store.has_weights(cell.hash):
+            print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
+            return
+        if parallel.get("workers", 1) > 1:
+            return _train_data_parallel(config)
+        _train_in_process(config, parallel)
+
+
+def _train_in_process(config: dict, parallel: dict) -> None:
+    from ray import tune
+
     required = tune.get_context().get_trial_resources().required_resources
     cpus, gpus = int(required.get("CPU", 1) or 1), float(required.get("GPU", 0) or 0)
 
