@@ -119,6 +119,7 @@ def cmd_run(args) -> int:
         raise SuiteError(problems)
     load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial
     store = ResultStore(args.results)
+    store.check_writable()
     runtime = Runtime(device=args.device, data_root=args.data_root, require_every_term=args.smoke)
     summary = run_suite(suite, store, runtime, address=args.address, dashboard=not args.no_dashboard,
                         num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures)

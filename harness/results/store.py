@@ -37,6 +37,20 @@ class ResultStore:
         self.cells_dir = self.root / "cells" if self.root else None
         self.ray_dir = self.root / "ray" if self.root else None
 
+    def check_writable(self) -> None:
+        """Write and remove a small file, before any trial starts: a read-only, missing or full store is one
+        line now rather than a traceback in every trial."""
+        from harness.results.location import StorageError
+
+        probe = f".write-probe-{os.getpid()}"
+        try:
+            self.location.write_bytes(probe, b"x" * 4096)
+            self.location.fs.delete_file(self.location.path(probe))
+        except (OSError, StorageError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(": ")[-1]
+            raise StorageError(f"--results {self.uri}: cannot write there ({reason}); fix its permissions or free "
+                               "space, or give another --results") from None
+
     # --- records -----------------------------------------------------------------------------------------
     def record_path(self, cell_hash: str) -> str:
         return f"cells/{cell_hash}.json"

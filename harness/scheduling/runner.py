@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 from harness.config.cell import Cell
 from harness.results.provenance import code_version
+from harness.results.location import StorageError
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 from harness.scheduling.trainable import trial_dirname
@@ -19,11 +20,22 @@ RAY_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the classic reporter prints nothing; our callback reports
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # a trial stopped while it was failing (the store refused a write) leaves an error nobody fetches; its line is ours
+    "RAY_IGNORE_UNHANDLED_ERRORS": "1",
 }
 QUIET_LOGGERS = ("ray.train", "ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
 # On the driver: Tune logs every failed trial's traceback ("Trial task failed ...") and a summary of the trials that
 # did not complete; our progress callback prints one line per failure, and the traceback is in the cell's record
-DRIVER_QUIET_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
+# and, where the store cannot take a write, Ray's syncer and experiment state log a traceback per attempt; the run
+# stops at the first such failure with one line of its own (StoreUnwritable)
+DRIVER_QUIET_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.train._internal.syncer",
+                        "ray.tune.execution.experiment_state", "ray.tune.analysis.experiment_analysis")
+
+
+class StoreUnwritable:
+    """Set by the progress callback when a trial failed and the store no longer takes a write; Tune's stopper."""
+
+    reason: str | None = None
 
 
 def setup_worker() -> None:
@@ -113,11 +125,15 @@ def _progress_callback(total: int, store: ResultStore):
             record = store.get(cell.hash)
             if record is None:  # the worker died before it could write its own failure record
                 where = getattr(trial, "error_file", None)
-                store.put({"hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(),
-                           "seed": cell.seed, "status": "failed",
-                           "error": f"trial {trial.trial_id} ended with an error before recording it"
-                                    + (f" (Ray's account: {where})" if where else "")})
-                record = store.get(cell.hash)
+                record = {"hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(),
+                          "seed": cell.seed, "status": "failed",
+                          "error": f"trial {trial.trial_id} ended with an error before recording it"
+                                   + (f" (Ray's account: {where})" if where else "")}
+                try:
+                    store.put(record)
+                except (OSError, StorageError) as e:  # a full or read-only store: say so, then stop the run
+                    record["error"] += f"; and it could not be recorded ({getattr(e, 'strerror', None) or e})"
+                    StoreUnwritable.reason = str(getattr(e, "strerror", None) or e)
             _say(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
 
     return Progress()
@@ -217,9 +233,19 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
 
     global _progress_log
     _progress_log = log
-    for name in DRIVER_QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for logger in DRIVER_QUIET_LOGGERS:
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
 
+    class StopWhenUnwritable(tune.Stopper):
+        """Ends the experiment once the store takes no more writes: every further trial would fail the same way."""
+
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return StoreUnwritable.reason is not None
+
+    StoreUnwritable.reason = None
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tuner = tune.Tuner(
         tune.with_resources(train_cell, resources),
@@ -237,6 +263,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
             name=f"{name}-{stamp}",
             **store.location.ray_storage("ray"),
             verbose=0,
+            stop=StopWhenUnwritable(),
             callbacks=[_progress_callback(len(cells), store)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -246,5 +273,12 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
         tuner.fit()  # Ctrl-C: Tune stops the trials and returns; a second Ctrl-C raises
     except KeyboardInterrupt:
         pass
-    finally:
-        _prune(store, cells, log)
+    except Exception:
+        if StoreUnwritable.reason is None:
+            raise
+    if StoreUnwritable.reason is not None:
+        finished = sum(1 for c in cells if store.is_finished(c))
+        raise StorageError(f"--results {store.uri}: stopped at the first write it refused ({StoreUnwritable.reason}); "
+                           f"{finished} cell(s) of this wave finished and are kept: free space or fix the store, "
+                           "then run the same command again")
+    _prune(store, cells, log)
