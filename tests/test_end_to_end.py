@@ -122,3 +122,36 @@ def test_two_runs_of_one_suite_on_one_store_train_each_cell_once(tmp_path):
         trained = [out.count(f"] {cell.describe()} epoch 1/2") for out in outs]
         assert sorted(trained) == [0, 1], (cell.describe(), trained)
     assert any("by another run" in out for out in outs), outs  # they did meet on a cell
+
+
+def test_the_ray_processes_a_killed_driver_left_are_stopped_by_the_next_run(tmp_path, monkeypatch):
+    from harness.scheduling.orphans import _alive, _workers_of
+
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
+    suite = tiny_suite_dict(seeds=[0, 1], methods=["ind"])
+    suite["recipe"] = {**suite["recipe"], "epochs": 6}
+    path = tmp_path / "orphans.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    first = harness_run(path, results, reports)
+    for line in first.stdout:  # training has started: Ray and its workers are up
+        if " epoch 1/6" in line:
+            break
+    state = tmp_path / "state" / "ray-local" / f"{first.pid}.json"
+    recorded = json.loads(state.read_text())["processes"]
+    assert len(recorded) >= 3  # gcs_server, raylet, ... of the local instance this driver started
+    os.kill(first.pid, signal.SIGKILL)  # the driver only
+    first.wait()
+    time.sleep(2)
+    raylet = next((pid, started) for pid, started, kind in recorded if kind == "raylet")
+    workers = _workers_of(*raylet)  # the trials that outlive their raylet
+    left = [(pid, started) for pid, started, _ in recorded if _alive(pid, started)] + workers
+    second = harness_run(path, results, reports)
+    out, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, out
+    assert not any(_alive(pid, started) for pid, started, _ in recorded) and not _workers_of(*raylet), out
+    if left:  # what Ray did not stop by itself, the second run did
+        assert re.search(r"stopped \d+ Ray process\(es\) left running by an earlier run", out), (left, out)
+    print(f"{len(left)} Ray processes (of {len(recorded)} recorded and {len(workers)} workers) outlived their driver")
+    assert not state.exists()
+    assert all(r["status"] == "ok" for r in records(results).values()) and len(records(results)) == 2

@@ -81,8 +81,12 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_g
     if address:
         context = ray.init(address=address, **kwargs)
     else:
+        from harness.scheduling.orphans import record_local_instance, stop_orphans
+
+        stop_orphans(log)  # what a killed earlier run left running on this machine, and only that
         context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
                            dashboard_host="127.0.0.1", **kwargs)
+        record_local_instance()
     resources = ray.cluster_resources()
     where = f"cluster at {address}" if address else "local Ray instance"
     log(f"{where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
