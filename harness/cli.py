@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-gpus", type=float, default=None, help="GPUs of the local Ray instance")
     run.add_argument("--data-root", default=None, help="folder with the datasets (default: $HARNESS_DATA_ROOT)")
     run.add_argument("--device", default="auto", help="auto (cuda when the trial has a GPU), cpu or cuda")
-    run.add_argument("--max-failures", type=int, default=0, help="Ray Tune retries of a failed trial")
+    run.add_argument("--max-failures", type=int, default=2,
+                     help="restarts of a trial whose worker or node was lost, each from its last checkpoint (default "
+                          "2); a cell that fails by itself (a NaN loss, a bad setting) is recorded and not retried")
     run.add_argument("--smoke", action="store_true",
                      help="scaled down: 2 epochs, 20 images per class, the embedded dataset if the suite's is absent")
 

@@ -155,3 +155,31 @@ def test_the_ray_processes_a_killed_driver_left_are_stopped_by_the_next_run(tmp_
     print(f"{len(left)} Ray processes (of {len(recorded)} recorded and {len(workers)} workers) outlived their driver")
     assert not state.exists()
     assert all(r["status"] == "ok" for r in records(results).values()) and len(records(results)) == 2
+
+
+def test_a_killed_trial_worker_resumes_from_its_checkpoint_by_default(tmp_path, monkeypatch):
+    from harness.scheduling.orphans import PROC, _workers_of
+
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
+    suite = tiny_suite_dict(seeds=[0], methods=["ind"])
+    suite["recipe"] = {**suite["recipe"], "epochs": 6}
+    path = tmp_path / "restart.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results = tmp_path / "results"
+    run = harness_run(path, results, tmp_path / "reports")  # no --max-failures: the default
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if " epoch 2/6" in line:
+            break
+    recorded = json.loads((tmp_path / "state" / "ray-local" / f"{run.pid}.json").read_text())["processes"]
+    raylet = next((pid, started) for pid, started, kind in recorded if kind == "raylet")
+    trial = [pid for pid in _workers_of(*raylet) if b"ImplicitFunc" in (PROC / str(pid) / "cmdline").read_bytes()]
+    assert len(trial) == 1, seen
+    os.kill(trial[0], signal.SIGKILL)
+    out = "".join(seen) + run.communicate(timeout=400)[0]
+    assert run.returncode == 0, out
+    (record,) = records(results).values()
+    assert record["status"] == "ok" and record["restarts"] == 1, out
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4, 5, 6]
+    assert "finished ind cifar_resnet8+cifar_resnet8 seed 0 after 1 restart(s)" in out

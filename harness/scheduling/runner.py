@@ -107,12 +107,15 @@ def _progress_callback(total: int, store: ResultStore):
     from ray import tune
 
     class Progress(tune.Callback):
-        """One line per reported epoch and per finished or failed trial, with the overall counts."""
+        """One line per reported epoch and per finished or failed trial, with the overall counts.  A cell that
+        fails by itself records why and ends its trial normally (so that Tune does not retry it): its record, not
+        the trial's status, says it failed."""
+
+        done = failed = 0
 
         def _counts(self, trials) -> str:
-            status = [t.status for t in trials]
-            return (f"[{status.count('TERMINATED')}/{total} done, {status.count('RUNNING')} running, "
-                    f"{status.count('ERROR')} failed]")
+            running = sum(1 for t in trials if t.status == "RUNNING")
+            return f"[{self.done}/{total} done, {running} running, {self.failed} failed]"
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             cell = Cell.from_dict(trial.config["cell"])
@@ -122,9 +125,18 @@ def _progress_callback(total: int, store: ResultStore):
                 f"{accs} ens {result['top1/ens']:.2f} ({result['images_per_s']:.0f} img/s)")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            _say(f"{self._counts(trials)} finished {Cell.from_dict(trial.config['cell']).describe()}")
+            cell = Cell.from_dict(trial.config["cell"])
+            record = store.get(cell.hash) or {}
+            if record.get("status") == "failed":
+                self.failed += 1
+                _say(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
+                return
+            self.done += 1
+            restarts = f" after {record['restarts']} restart(s)" if record.get("restarts") else ""
+            _say(f"{self._counts(trials)} finished {cell.describe()}{restarts}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            self.failed += 1
             cell = Cell.from_dict(trial.config["cell"])
             record = store.get(cell.hash)
             if record is None:  # the worker died before it could write its own failure record

@@ -147,12 +147,14 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
         if not lead:
             return
         relative, digest = store.save_weights(cell.hash, trainer.save_weights)
-        record.update(status="ok", history=trainer.history, **summary,
+        record.update(status="ok", history=trainer.history, restarts=trainer.restarts, **summary,
                       params=trainer.method.parameter_counts(), costs=trainer.costs(), stages=trainer.stage_provenance,
                       weights={"file": relative, "sha256": digest})
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        raise
+        if replicas.distributed:
+            raise  # Ray Train ends the worker group; the trial's driver finds the record
+        # otherwise the trial ends normally: recorded, it is not retried by Tune, since it would fail again
     finally:
         if "status" in record and lead:
             record["wall_time_s"] = round(time.time() - started, 2)
@@ -186,7 +188,13 @@ def _train_data_parallel(config: dict) -> None:
             logging_config=ray.train.LoggingConfig(log_level="ERROR"),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception:
+        record = store.get(cell.hash)
+        if record is None or record.get("status") != "failed":
+            raise  # a worker lost, not a failure of the cell's own: Tune may restart the trial
+        # the cell failed by itself (rank 0 recorded why): not retried
 
 
 def _worker_loop(config: dict) -> None:

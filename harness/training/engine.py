@@ -127,6 +127,7 @@ class Trainer:
         self.last_epoch = min(cell.stop_epoch or self.recipe.epochs, self.recipe.epochs)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
+        self.restarts = 0  # times training resumed from a checkpoint (a lost worker or node, an interrupted run)
 
     def _load_stage(self, name: str) -> list[torch.nn.Module]:
         """The networks of stage ``name`` (a teacher), frozen and on this trainer's device; recorded."""
@@ -188,6 +189,7 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "method": self.method.extra_state(),
             "torch_rng": torch.get_rng_state(),
+            "restarts": self.restarts,
             **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
         if self.device.type == "cuda":
@@ -209,6 +211,7 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.epoch, self.history = state["epoch"], state["history"]
+        self.restarts = state.get("restarts", 0) + 1
 
     def learning_rates(self) -> dict[str, float]:
         """The learning rate of every parameter group of every optimizer, as this epoch starts: ``lr/netk`` for the
