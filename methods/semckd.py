@@ -34,8 +34,9 @@ Choices (the authors' README runs ``-r 1 -a 1 -b 400``, T = 4):
 Stability, measured here and not resolved: at β = 400 the loss ran away in every run on this CPU machine.  With a
 WRN-40-2 teacher trained 10 epochs on the embedded data (77 % top-1; its raw stage outputs have mean squares 15
 and 12), a WRN-40-1 student went NaN within 12 steps at lr 0.1 and at lr 0.05 (batch 64), the SemCKD term
-starting at 3.5e3; β = 40 trains (suites/ackd_table2_demo.yaml).  Under ``--smoke`` a 2-epoch ResNet-110 teacher
-is at chance with eval-mode stage outputs of mean square 100–240, and its SemCKD students go NaN too.  The
+starting at 3.5e3; β = 40 trains (suites/ackd_table2_demo.yaml).  Under ``--smoke`` the students of a 2-epoch
+ResNet-110 teacher went NaN too until the feature stages followed RepDistiller's (2026-12-01); re-measured on
+2026-12-02, all 8 SemCKD smoke cells of ACKD Tables 2-5 (ResNet-110, WRN, MobileNetV2, ImageNet pairs) train.  The
 computation follows the authors' code term by term (above); whether β = 400 is stable with fully trained
 CIFAR-100 teachers (the authors' setting) could not be checked without a GPU.  The NaN guard stops such a cell with
 a one-line error, recorded as a failed cell.
