@@ -43,6 +43,7 @@ def setup_worker() -> None:
     from harness import _compat
 
     _compat.install()
+    _quiet_shutdown_in_callbacks()
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     # Ray Train: a line per report (a logger named by its file's path), and, without a dashboard, a warning every
@@ -51,6 +52,22 @@ def setup_worker() -> None:
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def _quiet_shutdown_in_callbacks() -> None:
+    """Ray stops an idle worker with SIGTERM, whose handler raises SystemExit; landing in a garbage-collector
+    callback, that is printed as an "Exception ignored" traceback on the driver's console at the end of a run.  Only
+    that case is silenced; any other unraisable exception is printed as before."""
+    import sys
+
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if unraisable.exc_type is SystemExit:
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 @dataclass
@@ -113,8 +130,8 @@ def _progress_callback(total: int, store: ResultStore):
 
         done = failed = 0
 
-        def _counts(self, trials) -> str:
-            running = sum(1 for t in trials if t.status == "RUNNING")
+        def _counts(self, trials, ending=None) -> str:
+            running = sum(1 for t in trials if t.status == "RUNNING" and t is not ending)  # not the one ending now
             return f"[{self.done}/{total} done, {running} running, {self.failed} failed]"
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -129,11 +146,11 @@ def _progress_callback(total: int, store: ResultStore):
             record = store.get(cell.hash) or {}
             if record.get("status") == "failed":
                 self.failed += 1
-                _say(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
+                _say(f"{self._counts(trials, trial)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
                 return
             self.done += 1
             restarts = f" after {record['restarts']} restart(s)" if record.get("restarts") else ""
-            _say(f"{self._counts(trials)} finished {cell.describe()}{restarts}")
+            _say(f"{self._counts(trials, trial)} finished {cell.describe()}{restarts}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.failed += 1
@@ -150,7 +167,7 @@ def _progress_callback(total: int, store: ResultStore):
                 except (OSError, StorageError) as e:  # a full or read-only store: say so, then stop the run
                     record["error"] += f"; and it could not be recorded ({getattr(e, 'strerror', None) or e})"
                     StoreUnwritable.reason = str(getattr(e, "strerror", None) or e)
-            _say(f"{self._counts(trials)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
+            _say(f"{self._counts(trials, trial)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
 
     return Progress()
 
