@@ -77,9 +77,7 @@ class Location:
         try:
             with self.fs.open_input_stream(self.path(relative)) as f:
                 return f.read()
-        except FileNotFoundError:
-            return None
-        except IsADirectoryError:
+        except (FileNotFoundError, IsADirectoryError):
             return None
         except OSError as e:
             if self.fs.get_file_info(self.path(relative)).type == pafs.FileType.NotFound:
@@ -92,12 +90,7 @@ class Location:
     def entries(self, folder: str, recursive: bool = False) -> list[Entry]:
         """What ``folder`` holds (nothing when it does not exist)."""
         selector = pafs.FileSelector(self.path(folder), allow_not_found=True, recursive=recursive)
-        out = []
-        for info in self.fs.get_file_info(selector):
-            relative = info.path[len(self.base):].lstrip("/")
-            mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
-            out.append(Entry(relative, mtime, info.size or 0, info.type == pafs.FileType.Directory))
-        return out
+        return [_entry(info, info.path[len(self.base):].lstrip("/")) for info in self.fs.get_file_info(selector)]
 
     def glob(self, pattern: str) -> list[Entry]:
         """Entries matching a ``/``-separated pattern of ``fnmatch`` components (``ray/*/*abc*/checkpoint_*``),
@@ -121,10 +114,7 @@ class Location:
 
     def _info(self, relative: str) -> Entry | None:
         info = self.fs.get_file_info(self.path(relative))
-        if info.type == pafs.FileType.NotFound:
-            return None
-        mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
-        return Entry(relative, mtime, info.size or 0, info.type == pafs.FileType.Directory)
+        return None if info.type == pafs.FileType.NotFound else _entry(info, relative)
 
     def download(self, relative: str, folder: Path) -> Path | None:
         """A local file with the contents of ``relative``: the file itself for a local store, else a copy in
@@ -186,6 +176,11 @@ class Location:
         return {"storage_path": self.path(relative), "storage_filesystem": self.fs}
 
 
+def _entry(info: pafs.FileInfo, relative: str) -> Entry:
+    mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+    return Entry(relative, mtime, info.size or 0, info.type == pafs.FileType.Directory)
+
+
 def _write_local(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -204,5 +199,5 @@ def _write_local(path: Path, data: bytes) -> None:
 def _quietly(call, *args) -> None:
     try:
         call(*args)
-    except (FileNotFoundError, OSError):
+    except OSError:  # not there (FileNotFoundError) or not removable: nothing to do
         pass

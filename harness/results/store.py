@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from harness.config.cell import Cell
-from harness.results.location import Entry, Location
+from harness.results.location import Entry, Location, StorageError
 
 
 REQUIRED = ("hash", "status")  # what every record has, finished or failed
@@ -40,8 +40,6 @@ class ResultStore:
     def check_writable(self) -> None:
         """Write and remove a small file, before any trial starts: a read-only, missing or full store is one
         line now rather than a traceback in every trial."""
-        from harness.results.location import StorageError
-
         probe = f".write-probe-{os.getpid()}"
         try:
             self.location.write_bytes(probe, b"x" * 4096)

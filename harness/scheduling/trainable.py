@@ -91,8 +91,6 @@ def train_cell(config: dict) -> None:
     """Tune entry point. ``config`` = {"cell": Cell.to_dict(), "runtime": {...}, "results": dir, "code": {...},
     "parallel": {"workers", "grad_accumulation", "cpu", "gpu", "max_failures"}}.  A cell on several workers runs
     as a Ray Train ``TorchTrainer`` launched from this trial (Ray's Train-inside-Tune pattern)."""
-    from ray import tune
-
     parallel = config.get("parallel") or {}
     cell = Cell.from_dict(config["cell"])
     store = ResultStore(config["results"])
@@ -101,7 +99,7 @@ def train_cell(config: dict) -> None:
             print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
             return
         if parallel.get("workers", 1) > 1:
-            return _train_data_parallel(config)
+            return _train_data_parallel(config, cell, store)
         _train_in_process(config, parallel)
 
 
@@ -162,7 +160,7 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
             store.put(record)
 
 
-def _train_data_parallel(config: dict) -> None:
+def _train_data_parallel(config: dict, cell: Cell, store: ResultStore) -> None:
     """The trial's driver: a TorchTrainer with one worker per share of the cell, its checkpoints under the result
     store's ``ray/train/<trial folder>`` (a re-run of the cell resumes there), metrics passed on to Tune."""
     import ray.train
@@ -170,8 +168,6 @@ def _train_data_parallel(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     parallel = config["parallel"]
-    cell = Cell.from_dict(config["cell"])
-    store = ResultStore(config["results"])
     resources = {"CPU": parallel.get("cpu", 1), **({"GPU": parallel["gpu"]} if parallel.get("gpu") else {})}
     trainer = TorchTrainer(
         _worker_loop,

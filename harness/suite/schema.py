@@ -323,12 +323,14 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None,
             errors.append(f"{where}.name: {registry.unknown_message(name)}")
             continue
         method_cls = registry.get(name)
-        if trained_alone is not False and (trained_alone is not True or not method_cls.trains_alone):
+        if not isinstance(trained_alone, bool):
+            errors.append(f"{where}.alone: {trained_alone!r} is not true or false")
+            continue
+        if trained_alone and not method_cls.trains_alone:
             alone_methods = ", ".join(n for n, m in registry.items() if m.trains_alone)
-            errors.append(f"{where}.alone: {trained_alone!r}; 'alone: true' trains each network of a group as a "
-                          f"cell of its own, which only methods whose networks learn from the labels alone "
-                          f"({alone_methods}) can; remove it" if trained_alone is True else
-                          f"{where}.alone: {trained_alone!r} is not true or false")
+            errors.append(f"{where}.alone: True; 'alone: true' trains each network of a group as a cell of its own, "
+                          f"which only methods whose networks learn from the labels alone ({alone_methods}) can; "
+                          "remove it")
             continue
         grid = _expand_hparam_grid(entry)
         for hparams in grid:
