@@ -63,3 +63,18 @@ def test_weights_that_are_not_the_recorded_file_are_moved_aside(tmp_path):
     assert not store.weights_intact("aaaa") and not store.has_weights("aaaa")
     assert len(said) == 1 and "damaged weights" in said[0] and "the stage runs again" in said[0]
     assert [p.read_bytes() for p in (tmp_path / "weights").glob("aaaa.pt.damaged-*")] == [b"the netw"]
+
+
+def test_weights_are_hashed_once_while_unchanged(tmp_path, monkeypatch):
+    from harness.results import weights
+    from harness.results.weights import file_sha256
+
+    store = ResultStore(tmp_path)
+    store.weights_path("aaaa").parent.mkdir(parents=True)
+    store.weights_path("aaaa").write_bytes(b"the networks")
+    store.put({"hash": "aaaa", "status": "ok", "weights": {"sha256": file_sha256(store.weights_path("aaaa"))}})
+    calls = []
+    monkeypatch.setattr(weights, "file_sha256", lambda path: calls.append(path) or file_sha256(path))
+    assert all(store.weights_intact("aaaa") for _ in range(5)) and len(calls) == 1
+    store.weights_path("aaaa").write_bytes(b"the netw")  # changed: hashed again, and found damaged
+    assert not store.weights_intact("aaaa") and len(calls) == 2

@@ -54,6 +54,8 @@ def measured_rate(store: ResultStore) -> dict | None:
     rates, gpus = [], set()
     for entry in store.record_entries():
         record = store.get(entry.path.rsplit("/", 1)[-1].removesuffix(".json"))
+        if record is None:  # damaged, and moved aside by get()
+            continue
         hardware, macs = record.get("hardware", {}), record.get("costs", {}).get("train_forward_macs_per_image")
         speeds = sorted(h["images_per_s"] for h in record.get("history", []) if h.get("images_per_s"))
         if record.get("status") != "ok" or not hardware.get("gpu") or not macs or not speeds:

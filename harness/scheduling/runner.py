@@ -309,9 +309,10 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
     except Exception:
         if StoreUnwritable.reason is None:
             raise
+    finally:
+        _prune(store, cells, log)  # on every way out, as before the store could refuse writes
     if StoreUnwritable.reason is not None:
         finished = sum(1 for c in cells if store.is_finished(c))
         raise StorageError(f"--results {store.uri}: stopped at the first write it refused ({StoreUnwritable.reason}); "
                            f"{finished} cell(s) of this wave finished and are kept: free space or fix the store, "
                            "then run the same command again")
-    _prune(store, cells, log)
