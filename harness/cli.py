@@ -68,6 +68,7 @@ def cmd_validate(args) -> int:
     from harness.reporting.index import ASSUMED_MACS_PER_S, measured_rate, suite_cost
     from harness.results.store import ResultStore
     from harness.suite.capacity import capacity_errors
+    from harness.suite.fit import fit_errors
     from harness.suite.schema import SuiteError, load_suite
 
     rate = measured_rate(ResultStore(args.results))
@@ -80,7 +81,7 @@ def cmd_validate(args) -> int:
             print(e, file=sys.stderr)
             status = 2
             continue
-        problems = capacity_errors(suite)
+        problems = fit_errors(suite) or capacity_errors(suite)  # memory of a batch the data cannot fill: noise
         if problems:
             print("\n".join(problems), file=sys.stderr)
             status = 2
@@ -109,6 +110,7 @@ def _cost_words(suite, cost: dict, rate: dict | None) -> str:
 def cmd_run(args) -> int:
     from harness.data.datasets import load_dataset
     from harness.suite.capacity import capacity_errors
+    from harness.suite.fit import fit_errors
     from harness.suite.schema import SuiteError
     from harness.reporting.report import write_report
     from harness.results.store import ResultStore
@@ -116,7 +118,7 @@ def cmd_run(args) -> int:
     from harness.training.engine import Runtime
 
     suite = _load(args)
-    problems = capacity_errors(suite)
+    problems = fit_errors(suite) or capacity_errors(suite)  # memory of a batch the data cannot fill: noise
     if problems:  # refused before Ray starts: such a trial would queue, allocate and die
         raise SuiteError(problems)
     load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial

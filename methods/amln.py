@@ -262,6 +262,10 @@ class AMLN(Method):
         if not (hp.use_adversarial or hp.use_feature):
             return modules
         feats = self._probe(peers)
+        for net, f in zip(self.ctx.group, feats):
+            if hp.blocks and hp.blocks > len(f.blocks):
+                raise ValueError(f"amln: blocks {hp.blocks} is more than the {len(f.blocks)} stages of {net} after its "
+                                 f"stem; valid: 1..{len(f.blocks)}")
         pairs = [(j, l) for j in range(len(peers)) for l in range(len(peers)) if j != l]
         maps = [self.block_maps(f) for f in feats]
         depth = {(j, l): min(len(maps[j]), len(maps[l])) for j, l in pairs}

@@ -1,5 +1,6 @@
 """Every shipped suite, mutated as a user's typo would (deleted keys, wrong types, out-of-range and non-finite
-numbers, unknown names, broken syntax, repeated keys, text that is not a suite): ``harness validate`` answers each
+numbers, unknown names, broken syntax, repeated keys, text that is not a suite, a batch larger than the data, a
+value naming a network no group has): ``harness validate`` answers each
 with exit code 2 and short lines naming the file, never a traceback and never "ok"."""
 import copy
 import random
@@ -57,6 +58,8 @@ STRUCTURED = {
     "temperature 0": lambda s: s["methods"].append({"name": "dml", "label": "t0", "temperature": 0}),
     "temperature -inf": lambda s: s["methods"].append({"name": "kd", "label": "tinf", "temperature": float("-inf")}),
     "negative loss weight": lambda s: s["methods"].append({"name": "dml", "label": "w", "kl_weight": -1}),
+    "batch beyond the data": lambda s: _recipe(s).update(batch_size=2_000_000),
+    "value net9": lambda s: s.setdefault("table", {}).setdefault("values", ["net1", "net2"]).append("net9"),
     "unknown preset": lambda s: s.update(recipe={"base": "tsb_cifarr"}),
     "preset is a list": lambda s: s.update(recipe={"base": ["tsb_cifar"]}),
     "recipes not a mapping": lambda s: s.update(recipes={"mine": [1, 2]}),

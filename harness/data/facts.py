@@ -12,6 +12,9 @@ DATASET_FACTS = {
     "fashion_mnist_mini": (3_000, (1, 28, 28), 10), "synthetic_cifar100": (5_000, (3, 32, 32), 100),
 }
 
+# images in the smallest training class, where classes differ (ImageNet's range from 732 to 1,300)
+FEWEST_PER_CLASS = {"imagenet": 732}
+
 
 def train_images(dataset: dict) -> int:
     """Training images of a cell's dataset entry (its ``train_per_class`` subset where it has one)."""
@@ -28,3 +31,10 @@ def network_input(dataset: dict, recipe: dict) -> tuple[tuple[int, int, int], in
     _, (chans, h, w), classes = DATASET_FACTS[dataset["name"]]
     side = (recipe.get("augment") or {}).get("train_size")
     return ((chans, side, side) if side else (chans, h, w)), classes
+
+
+def fewest_per_class(dataset: dict) -> int:
+    """Training images of the smallest class of a cell's dataset entry (after its ``train_per_class`` subset)."""
+    n, _, classes = DATASET_FACTS[dataset["name"]]
+    fewest = FEWEST_PER_CLASS.get(dataset["name"], n // classes)
+    return min(fewest, dataset["train_per_class"]) if dataset.get("train_per_class") else fewest

@@ -400,6 +400,12 @@ def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
         if size > 1 and key not in layout.rows + layout.columns:
             errors.append(f"table: the suite has {size} entries of {key!r} but the table has no place for them; "
                           f"add {key!r} to table.rows or table.columns")
+    widest = max(len(g) for g in spec.groups)
+    for i, value in enumerate(layout.values if "values" in layout.model_fields_set else []):
+        output = value.rpartition(":")[2]
+        if output.startswith("net") and output[3:].isdigit() and not 1 <= int(output[3:]) <= widest:
+            errors.append(f"table.values[{i}]: {value!r} names network {output[3:]} but the suite's groups have at most "
+                          f"{widest}; valid: net1..net{widest}, avg, ens or an output of a method")
     labels = [label for label, _, _, _ in methods]
     for label, values in layout.method_values.items():
         if label != "*" and label not in labels:
@@ -445,7 +451,23 @@ def _check_paper_table(spec: SuiteSpec, methods, errors: list[str]) -> None:
     from harness.papers.tables import load_paper_table
 
     labels = [label for label, _, _, _ in methods]
-    theirs = sorted({row["method"] for row in load_paper_table(ref.name)["rows"] if "method" in row})
+    rows = load_paper_table(ref.name)["rows"]
+    ours = sorted({model for group in spec.groups for model in group})
+    networks = sorted({name for row in rows for name in row.get("nets", [])})
+    for model, name in ref.nets.items():
+        if model not in ours:
+            errors.append(f"paper_table.nets.{model}: not a network of this suite's groups{did_you_mean(model, ours)}; "
+                          f"valid: {', '.join(ours)}")
+        if name not in networks:
+            errors.append(f"paper_table.nets.{model}: {name!r} is not a network of {ref.name}"
+                          f"{did_you_mean(name, networks)}; valid: {', '.join(networks)}")
+    for where, names in ([("group", ref.group)] if isinstance(ref.group, list) else
+                         [(f"group.{k}", v) for k, v in (ref.group or {}).items()]):
+        for name in names:
+            if name not in networks:
+                errors.append(f"paper_table.{where}: {name!r} is not a network of {ref.name}"
+                              f"{did_you_mean(name, networks)}; valid: {', '.join(networks)}")
+    theirs = sorted({row["method"] for row in rows if "method" in row})
     for field in ("methods", "eval", "value_keys", "match"):
         for label in getattr(ref, field):
             if label != "*" and label not in labels:
@@ -458,17 +480,22 @@ def _check_paper_table(spec: SuiteSpec, methods, errors: list[str]) -> None:
                               f"{did_you_mean(name, theirs)}; valid: {', '.join(theirs)}")
 
 
+def method_where(cell: Cell, raw_methods) -> str:
+    """The key path (``methods[i]``) of the suite entry a cell comes from; ``methods`` where none matches."""
+    for i, entry in enumerate(raw_methods):
+        name = entry if isinstance(entry, str) else entry.get("name")
+        label = None if isinstance(entry, str) else entry.get("label")
+        if cell.label in (label, name) or cell.label.startswith(f"{label or name}["):
+            return f"methods[{i}]"
+    return "methods"
+
+
 def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
     """Stages a method asks for must be definable (a known teacher recipe) and a checkpoint file must exist."""
     from harness.training.stages import StageError, stages_of
 
     def where(cell: Cell) -> str:
-        for i, entry in enumerate(raw_methods):
-            name = entry if isinstance(entry, str) else entry.get("name")
-            label = None if isinstance(entry, str) else entry.get("label")
-            if cell.label in (label, name) or cell.label.startswith(f"{label or name}["):
-                return f"methods[{i}]"
-        return "methods"
+        return method_where(cell, raw_methods)
 
     for cell in {c.hash: c for c in cells}.values():
         try:

@@ -1,0 +1,117 @@
+"""Whether each cell fits its data and its networks, checked by ``harness validate`` and before a run starts.
+
+A batch larger than the training set, a held-out split as large as a class, a crop padding wider than the image or
+a split point beyond a network's stages passes every field's own check and then fails, or silently misleads, inside
+a trial hours later.  The data's figures come from :mod:`harness.data.facts` (no file is read; a dataset the facts
+do not know, an ``imagefolder``, is checked by the run's pre-flight on its files), and every method is built on the
+meta device: nothing is allocated and nothing trains.  Each problem is one line naming the key to change."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import timm
+import torch
+
+from harness.config.cell import Cell
+from harness.data.facts import DATASET_FACTS, fewest_per_class, train_images
+from harness.suite.schema import Suite, method_where
+from harness.training.method import MethodContext, load_methods
+from harness.training.stages import stages_of, waves
+
+
+class _NeedsSavedModules(Exception):
+    """The method builds from a stage's saved modules (FT's paraphraser), which exist only after that stage ran."""
+
+
+def fit_errors(suite: Suite) -> list[str]:
+    """One line per mistake, for the first cell that shows it (cells alike share their line)."""
+    methods = load_methods()
+    lines: dict[str, None] = {}
+    built: set[tuple] = set()
+    entry = {c.hash: method_where(c, suite.spec.methods) for c in suite.cells}
+    for c in suite.cells:  # a stage (a teacher) is the business of the entry that asks for it
+        for stage in stages_of(c).values():
+            if stage.cell is not None:
+                entry.setdefault(stage.cell.hash, f"{entry[c.hash]}.teacher")
+    recipes = Counter(json.dumps(c.recipe, sort_keys=True) for c in suite.cells)
+    shared = recipes.most_common(1)[0][0]  # the suite's ``recipe`` (as --smoke scaled it), unless entries override it
+    said: set[str] = set()  # a mistake met again in another recipe (a teacher's, copied from the suite's) is one line
+    stage_cells = [c for wave in waves(suite.cells) for c in wave]
+    for cell in {c.hash: c for c in [*suite.cells, *stage_cells]}.values():
+        if cell.dataset["name"] not in DATASET_FACTS:
+            continue
+        method = methods.get(cell.method)
+        hp = method.HParams.model_validate(cell.hparams)
+        where = entry.get(cell.hash, "methods")
+        recipe_key = "recipe" if json.dumps(cell.recipe, sort_keys=True) == shared else f"{where}.recipe"
+        for line in _data_errors(cell, method.held_out_per_class(hp), where, recipe_key):
+            what = line.split(": ", 1)[1]
+            if what not in said:
+                said.add(what)
+                lines.setdefault(f"{suite.path}: {line}")
+        key = (cell.method, json.dumps(cell.hparams, sort_keys=True), cell.group, cell.dataset["name"],
+               (cell.recipe.get("augment") or {}).get("train_size"))
+        if key not in built:
+            built.add(key)
+            problem = _build_error(cell, method, hp)
+            if problem:
+                lines.setdefault(f"{suite.path}: {where}: {cell.method} cannot train {'+'.join(cell.group)}: {problem}")
+    return list(lines)
+
+
+def _data_errors(cell: Cell, held_out: int, where: str, recipe_key: str) -> list[str]:
+    name = cell.dataset["name"]
+    _, (_, height, width), classes = DATASET_FACTS[name]
+    subset = f" (dataset.train_per_class {cell.dataset['train_per_class']})" if cell.dataset.get("train_per_class") else ""
+    per_class = fewest_per_class(cell.dataset)
+    problems = []
+    if held_out and held_out >= per_class:
+        key = next((k for k, v in cell.hparams.items() if v == held_out), "held-out images per class")
+        problems.append(f"{where}.{key}: {cell.method} holds out {held_out} training images per class, but {name} has "
+                        f"{per_class} in its smallest class{subset}, leaving none to train on; valid: 1..{per_class - 1}")
+        return problems
+    images = train_images(cell.dataset) - held_out * classes
+    batch = cell.recipe["batch_size"]
+    if batch > images:
+        kept = f" after {cell.method}'s held-out split" if held_out else ""
+        problems.append(f"{recipe_key}.batch_size: {batch} is more than the {images} training images of {name}"
+                        f"{subset}{kept}, so an epoch would be a single short step; valid: 2..{images}")
+    augment = cell.recipe.get("augment") or {}
+    side = min(height, width)
+    for field in ("crop_padding", "cutout"):
+        if (augment.get(field) or 0) > side and not augment.get("train_size"):
+            problems.append(f"{recipe_key}.augment.{field}: {augment[field]} is more than the {side}-pixel side of "
+                            f"{name}'s images; valid: 0..{side}")
+    return problems
+
+
+def _build_error(cell: Cell, method, hp) -> str | None:
+    """Why the method cannot be built for the cell's networks and input (its own one-line ValueError), else None."""
+    _, (chans, height, width), classes = DATASET_FACTS[cell.dataset["name"]]
+    side = (cell.recipe.get("augment") or {}).get("train_size")
+    size = (side, side) if side else (height, width)
+    stages = stages_of(cell)
+
+    def create(name: str) -> torch.nn.Module:
+        return timm.create_model(name, num_classes=classes, in_chans=chans)
+
+    def load_stage(name: str) -> list[torch.nn.Module]:
+        stage = stages[name]
+        return [create(m).requires_grad_(False).eval() for m in (stage.models or stage.cell.group)]
+
+    def load_stage_modules(name: str) -> dict:
+        raise _NeedsSavedModules(name)
+
+    with torch.device("meta"):
+        ctx = MethodContext(group=cell.group, num_classes=classes, in_chans=chans, image_size=size, num_train=1000,
+                            epochs=cell.recipe["epochs"], steps_per_epoch=1, device=torch.device("meta"),
+                            create_model=create, batch_size=cell.recipe["batch_size"], load_stage=load_stage,
+                            load_stage_modules=load_stage_modules)
+        try:
+            method(hp, ctx)
+        except _NeedsSavedModules:
+            return None
+        except (ValueError, KeyError) as e:
+            return str(e.args[0] if e.args else e).splitlines()[0][:300]
+    return None
