@@ -108,9 +108,10 @@ def _cost_words(suite, cost: dict, rate: dict | None) -> str:
 
 
 def cmd_run(args) -> int:
-    from harness.data.datasets import load_dataset
+    from harness.results.data_keys import bind_data, dataset_loader
     from harness.suite.capacity import capacity_errors
     from harness.suite.fit import fit_errors
+    from harness.suite.preflight import input_errors
     from harness.suite.schema import SuiteError
     from harness.reporting.report import write_report
     from harness.results.store import ResultStore
@@ -121,8 +122,12 @@ def cmd_run(args) -> int:
     problems = fit_errors(suite) or capacity_errors(suite)  # memory of a batch the data cannot fill: noise
     if problems:  # refused before Ray starts: such a trial would queue, allocate and die
         raise SuiteError(problems)
-    load_dataset(suite.cells[0].dataset, args.data_root)  # fail here, in one line, not in every trial
     store = ResultStore(args.results)
+    data_of = dataset_loader(args.data_root)  # a missing dataset fails here, in one line, not in every trial
+    suite = bind_data(suite, store, data_of)
+    problems = input_errors(suite, data_of)
+    if problems:
+        raise SuiteError(problems)
     store.check_writable()
     runtime = Runtime(device=args.device, data_root=args.data_root, require_every_term=args.smoke)
     summary = run_suite(suite, store, runtime, address=args.address, dashboard=not args.no_dashboard,
@@ -143,8 +148,22 @@ def cmd_report(args) -> int:
     from harness.reporting.report import write_report
     from harness.results.store import ResultStore
 
-    write_report(_load(args), ResultStore(args.results), args.reports)
+    store = ResultStore(args.results)
+    write_report(_bound(_load(args), store, args), store, args.reports)
     return 0
+
+
+def _bound(suite, store, args):
+    """The suite's cells for the data here (the keys its run used); the plain keys where the data is not here."""
+    from harness.data.datasets import DatasetError
+    from harness.results.data_keys import bind_data, dataset_loader
+
+    try:
+        return bind_data(suite, store, dataset_loader(args.data_root), log=lambda line: print(line, file=sys.stderr))
+    except DatasetError as e:
+        print(f"{suite.path}: the data is not here ({str(e)[:200]}); showing the cells of the data first recorded",
+              file=sys.stderr)
+        return suite
 
 
 def _load(args):
@@ -159,8 +178,9 @@ def cmd_analyze(args) -> int:
     from harness.reporting.analysis import analyze_suite
     from harness.results.store import ResultStore
 
-    suite = _load(args)
-    frame = analyze_suite(suite, ResultStore(args.results), args.reports, args.data_root)
+    store = ResultStore(args.results)
+    suite = _bound(_load(args), store, args)
+    frame = analyze_suite(suite, store, args.reports, args.data_root)
     print(f"analysed {len(frame)} trial(s): {Path(args.reports) / (suite.name + '_analysis.md')}")
     return 0
 

@@ -8,8 +8,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 HASH_FORMAT = 1  # bump only when the meaning of an unchanged config changes
-# where data lives, citations, which epoch a report shows
-_NOT_HASHED = {"dataset": ("root", "download"), "recipe": ("source", "report_epoch")}
+# where data lives and the checksum of the copy there (a run keys other data apart with ``data``), citations, which
+# epoch a report shows
+_NOT_HASHED = {"dataset": ("root", "download", "fingerprint"), "recipe": ("source", "report_epoch")}
 
 
 # keys added after cells were hashed: at this value they are left out of the hash

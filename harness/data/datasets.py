@@ -464,11 +464,32 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     return files, labels, classes
 
 
-def _folder_dataset(name: str, train_dir: Path, test_dir: Path, mean, std) -> ImageData:
+def _folder_dataset(name: str, train_dir: Path, test_dir: Path, mean, std, size_check: int = 0) -> ImageData:
+    """``size_check``: up to this many files, every image's header is read, and a tree of one image size is served at
+    that size (no crop size needed); ImageNet's sizes differ, so it is not read there."""
     train_files, train_y, classes = scan_class_folders(train_dir)
     test_files, test_y, _ = scan_class_folders(test_dir, classes)
+    files = train_files + test_files
     return ImageData(name=name, train_x=train_files, train_y=train_y, test_x=test_files, test_y=test_y,
-                     num_classes=len(classes), mean=mean, std=std)
+                     num_classes=len(classes), mean=mean, std=std,
+                     native_size=_one_size(files) if len(files) <= size_check else None)
+
+
+def _one_size(files: list[str]) -> tuple[int, int] | None:
+    """(height, width) every image file shares (from its header alone), else None; an unreadable file is one line."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes = set()
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                sizes.add(image.size)
+        except (OSError, UnidentifiedImageError) as e:
+            raise DatasetError(f"{path}: not a readable image ({_one_line(e)})") from None
+        if len(sizes) > 1:
+            return None
+    (width, height), = sizes or {(0, 0)}
+    return (height, width) if sizes else None
 
 
 @DATASETS.register("imagenet")
@@ -496,4 +517,4 @@ def imagefolder(spec: dict, root: str | None) -> ImageData:
     if not (base / "train").is_dir():
         raise DatasetError(f"dataset imagefolder: no {base}/train (expected {base}/train/<class>/<images> and "
                            f"{base}/test/<class>/<images> or {base}/val/<class>/<images>)")
-    return _folder_dataset("imagefolder", base / "train", test, IMAGENET_MEAN, IMAGENET_STD)
+    return _folder_dataset("imagefolder", base / "train", test, IMAGENET_MEAN, IMAGENET_STD, size_check=200_000)

@@ -74,8 +74,8 @@ def build_inputs(data: ImageData, recipe: Recipe, seed: int, requested: str, vie
     side = augment.train_size or augment.test_crop
     size = (side, side) if side else data.image_size
     if size is None:
-        raise DatasetError(f"dataset {data.name}: images of different sizes need augment.train_size and "
-                           "augment.test_crop (e.g. 224) in the recipe")
+        raise DatasetError(f"dataset {data.name}: its image files are not all of one size, so the recipe must set "
+                           "augment.train_size and augment.test_crop (e.g. 224)")
     train_tf = image_transforms(augment, data.mean, data.std, size, train=True)
     test_tf = image_transforms(augment, data.mean, data.std, size, train=False)
     train = StandardBatches(ImageSet(train_x, train_y, train_tf, views), recipe.batch_size, seed, device,

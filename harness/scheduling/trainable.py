@@ -137,6 +137,7 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
         runtime = Runtime(**{**config.get("runtime", {}), "results": config["results"],
                              **({"device": device} if device else {})})
         trainer = Trainer(cell, runtime, replicas)
+        record["data"] = trainer.data_fingerprint
         # of one GPU, for the index's rates: every worker's share
         record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus * replicas.world}
         resume_state(trainer, store, print if lead else (lambda line: None), session_checkpoint, lead)

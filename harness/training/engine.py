@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -18,7 +19,8 @@ import harness.models  # noqa: F401  (registers the CIFAR networks in timm)
 from harness.config.cell import Cell
 from harness.config.recipe import Recipe, build_optimizer, build_scheduler, OptimizerSpec
 from harness.data.batches import Batch
-from harness.data.datasets import load_dataset
+from harness.data.datasets import DatasetError, load_dataset
+from harness.data.fingerprint import describe as describe_fingerprint, fingerprint
 from harness.data.inputs import build_inputs
 from harness.training.method import MethodContext, OptimGroup, Step, load_methods
 from harness.training.parallel import OneUpdateOfRunningStats, Replicas, SharedStep
@@ -80,6 +82,12 @@ class Trainer:
 
         data = load_dataset(cell.dataset, runtime.data_root)
         self.data = data
+        self.data_fingerprint = fingerprint(data)
+        expected = cell.dataset.get("fingerprint")
+        if expected and expected != self.data_fingerprint["checksum"]:
+            raise DatasetError(f"cell {cell.describe()}: the {data.name} data on {socket.gethostname()} "
+                               f"({describe_fingerprint(self.data_fingerprint)}) is not the driver's (checksum "
+                               f"{expected}); give every node the same copy (--data-root)")
         method_cls = load_methods().get(cell.method)
         hparams = method_cls.HParams.model_validate(cell.hparams)
         self.views = (len(cell.group) if method_cls.per_peer_views(hparams) or cell.dataset.get("views") == "per_peer"

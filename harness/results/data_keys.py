@@ -1,0 +1,70 @@
+"""Finished cells are reused only for the data they trained on.
+
+Before a run, each dataset entry of the suite is loaded once and fingerprinted (:mod:`harness.data.fingerprint`).
+Every cell's dataset entry then carries that fingerprint (``fingerprint``, not hashed: the trial checks that its
+own copy of the data matches the driver's).  Where a finished record under the cells' hashes (a cell or a teacher
+it needs) was trained on other data, this data's cells are keyed apart: ``data: d<checksum>`` enters their dataset
+entry and so their hash, the earlier results stay as they are, and the run says so in one line.  Data that no
+finished record contradicts keeps the plain hashes, so the hashes of unchanged data never move."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from functools import lru_cache
+from typing import Callable
+
+from harness.config.cell import Cell
+from harness.data.datasets import ImageData, load_dataset
+from harness.data.fingerprint import describe, fingerprint
+from harness.results.store import ResultStore
+from harness.suite.schema import Suite
+from harness.training.stages import waves
+
+
+def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageData], log=print) -> Suite:
+    """``suite`` with every cell's dataset entry bound to the data found here; ``data_of`` loads an entry."""
+    bound: dict[str, dict] = {}
+    everything = [c for wave in waves(suite.cells) for c in wave]
+    for key in dict.fromkeys(_key(c.dataset) for c in suite.cells):
+        entry = json.loads(key)
+        fp = fingerprint(data_of(entry))
+        cells = [c for c in everything if _key(c.dataset) == key]
+        other, unchecked = [], 0
+        for cell, record in _records(store, cells):
+            if record.get("status") != "ok":
+                continue
+            theirs = (record.get("data") or {}).get("checksum")
+            if theirs is None:
+                unchecked += 1
+            elif theirs != fp["checksum"]:
+                other.append((cell, record["data"]))
+        entry = {**entry, "fingerprint": fp["checksum"]}
+        if other:
+            entry["data"] = f"d{fp['checksum']}"
+            cell, theirs = other[0]
+            log(f"{suite.name}: the {entry['name']} data here ({describe(fp)}) is not what {len(other)} finished "
+                f"cell(s) trained on (e.g. {cell.describe()}: {describe(theirs)}); those results are kept, and the "
+                f"cells of this data are keyed apart (dataset data {entry['data']}), reused only on this data")
+        if unchecked:
+            log(f"{suite.name}: {unchecked} finished cell(s) were recorded before records held a data fingerprint "
+                "(2026-12-02): reused without that check")
+        bound[key] = entry
+    cells = [replace(c, dataset=bound[_key(c.dataset)]) for c in suite.cells]
+    return Suite(suite.spec, suite.path, cells, suite.scaled_down)
+
+
+def _key(dataset: dict) -> str:
+    return json.dumps({k: v for k, v in dataset.items() if k not in ("fingerprint", "data")}, sort_keys=True)
+
+
+def _records(store: ResultStore, cells: list[Cell]):
+    for cell in cells:
+        record = store.get(cell.hash)
+        if record is not None:
+            yield cell, record
+
+
+def dataset_loader(data_root: str | None) -> Callable[[dict], ImageData]:
+    """``load_dataset`` for this data root, each entry loaded once (the fingerprint and the pre-flight share it)."""
+    cached = lru_cache(maxsize=None)(lambda key: load_dataset(json.loads(key), data_root))
+    return lambda entry: cached(_key(entry))
