@@ -108,7 +108,7 @@ def _cost_words(suite, cost: dict, rate: dict | None) -> str:
 
 
 def cmd_run(args) -> int:
-    from harness.results.data_keys import bind_data, dataset_loader
+    from harness.scheduling.data_keys import bind_data, dataset_loader
     from harness.suite.capacity import capacity_errors
     from harness.suite.fit import fit_errors
     from harness.suite.preflight import input_errors
@@ -156,7 +156,7 @@ def cmd_report(args) -> int:
 def _bound(suite, store, args):
     """The suite's cells for the data here (the keys its run used); the plain keys where the data is not here."""
     from harness.data.datasets import DatasetError
-    from harness.results.data_keys import bind_data, dataset_loader
+    from harness.scheduling.data_keys import bind_data, dataset_loader
 
     try:
         return bind_data(suite, store, dataset_loader(args.data_root), log=lambda line: print(line, file=sys.stderr))

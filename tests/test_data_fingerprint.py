@@ -96,7 +96,8 @@ def test_a_finished_cell_is_reused_only_on_its_own_data(tmp_path, monkeypatch):
 
     out = run(tmp_path / "a")
     first = ResultStore(results).get(plain.hash)
-    assert first["status"] == "ok" and first["data"] == fingerprint(load_dataset({"name": "cifar10"}, str(tmp_path / "a")))
+    assert first["status"] == "ok"
+    assert first["data"] == fingerprint(load_dataset({"name": "cifar10"}, str(tmp_path / "a")))
     assert first["data"]["train"] == {"images": 40, "per_class": 4}
 
     out = run(tmp_path / "b")  # one pixel differs: not reused, trained under its own key, the first kept
@@ -108,6 +109,10 @@ def test_a_finished_cell_is_reused_only_on_its_own_data(tmp_path, monkeypatch):
     (other,) = [r for h, r in found.items() if h != plain.hash]
     assert other["status"] == "ok" and other["data"]["checksum"] != first["data"]["checksum"]
     assert other["cell"]["dataset"]["data"] == f"d{other['data']['checksum']}"
+    (data_line,) = [line for line in (tmp_path / "reports" / "tiny.md").read_text().splitlines()
+                    if line.startswith("- Data: ")]
+    assert f"checksum {other['data']['checksum']}, 40 training images (4 per class)" in data_line
+    assert f"so these cells are keyed apart (d{other['data']['checksum']})" in data_line
 
     assert "1 finished already, 0 to run" in run(tmp_path / "b")  # each data finds its own result
     out = run(tmp_path / "a")

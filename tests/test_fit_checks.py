@@ -66,9 +66,10 @@ def test_a_value_the_data_or_networks_cannot_take_is_one_line(name, tmp_path, ca
 
 
 def test_the_same_values_within_bounds_are_accepted(tmp_path, capsys):
-    """The bounds above are the edges: a batch of all 1000 images, padding of the full side, 3 AMLN blocks, a held-out split leaving 70 images
-    for a batch of 64."""
-    for change in (_recipe(batch_size=1000), _recipe(augment={"crop_padding": 28}), _method({"name": "amln", "blocks": 3}),
+    """The bounds above are the edges: a batch of all 1000 images, padding of the full side, 3 AMLN blocks, a
+    held-out split leaving 70 images for a batch of 64."""
+    for change in (_recipe(batch_size=1000), _recipe(augment={"crop_padding": 28}),
+                   _method({"name": "amln", "blocks": 3}),
                    _method({"name": "kdcl", "target": "general", "val_per_class": 93})):
         path = _quickstart(tmp_path, change)
         assert main(["validate", str(path), "--results", str(tmp_path / "none")]) == 0, capsys.readouterr().err

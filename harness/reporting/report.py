@@ -14,6 +14,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
+from harness.data.fingerprint import describe as describe_fingerprint
 from harness.papers.tables import load_paper_table, paper_lookup
 from harness.reporting.frames import COST_VALUES, epoch_text, report_cells, stage_value_cells, trial_frame
 from harness.results.store import ResultStore
@@ -209,6 +210,8 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
     hardware = sorted({f"{h.get('gpu') or h.get('cpu')} ({h.get('device')}, {h.get('torch_threads')} threads)"
                        + _parallel_text(r.get("parallel") or {}) for r in records if (h := r.get("hardware"))})
     epochs = sorted({r.get("epochs") for r in records})
+    data = sorted({describe_fingerprint(r["data"]) for r in records if r.get("data")})
+    keyed_apart = sorted({c.dataset["data"] for c in suite.cells if c.dataset.get("data")})
     by_recipe: dict[str, list[str]] = {}  # a method may train under its own paper's recipe
     for cell in suite.cells:
         labels = by_recipe.setdefault(json.dumps(cell.recipe, sort_keys=True), [])
@@ -220,6 +223,7 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
     sources = [json.loads(r).get("source", "") for r in by_recipe]
     n_min, n_max = table.n_range()
     return {"code": codes, "packages": packages, "hardware": hardware, "epochs": epochs, "recipe": recipe_text,
+            "data": data, "unfingerprinted": sum(not r.get("data") for r in records), "keyed_apart": keyed_apart,
             "source": "; ".join(s for s in dict.fromkeys(sources) if s), "n_min": n_min, "n_max": n_max, "records": len(records),
             "cells": len({c.hash for c in suite.cells}), "results": store.uri}
 

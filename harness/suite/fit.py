@@ -63,13 +63,15 @@ def fit_errors(suite: Suite) -> list[str]:
 def _data_errors(cell: Cell, held_out: int, where: str, recipe_key: str) -> list[str]:
     name = cell.dataset["name"]
     _, (_, height, width), classes = DATASET_FACTS[name]
-    subset = f" (dataset.train_per_class {cell.dataset['train_per_class']})" if cell.dataset.get("train_per_class") else ""
+    per = cell.dataset.get("train_per_class")
+    subset = f" (dataset.train_per_class {per})" if per else ""
     per_class = fewest_per_class(cell.dataset)
     problems = []
     if held_out and held_out >= per_class:
         key = next((k for k, v in cell.hparams.items() if v == held_out), "held-out images per class")
         problems.append(f"{where}.{key}: {cell.method} holds out {held_out} training images per class, but {name} has "
-                        f"{per_class} in its smallest class{subset}, leaving none to train on; valid: 1..{per_class - 1}")
+                        f"{per_class} in its smallest class{subset}, leaving none to train on; "
+                        f"valid: 1..{per_class - 1}")
         return problems
     images = train_images(cell.dataset) - held_out * classes
     batch = cell.recipe["batch_size"]
