@@ -79,3 +79,22 @@ def test_two_workers_on_two_nodes_equal_one_process_and_survive_losing_a_node(cl
     assert new["status"] == "ok" and [h["epoch"] for h in new["history"]] == list(range(1, EPOCHS + 1))
     resumed = re.findall(r"resumed .* from epoch (\d+)", out)  # Ray Train restarted the workers, from a checkpoint
     assert resumed and int(resumed[-1]) >= 1, out
+
+
+def test_a_data_parallel_cell_that_fails_by_itself_is_recorded_once_per_run(cluster, tmp_path):
+    """A diverging cell on 2 workers: its rank 0 records the failure with the attempt's id, the trial ends without
+    Tune's retries (one FAILED line, exit 1); the next run tries it again, and its record names the new attempt, so
+    a failure left by an earlier run is never taken for this one's (a lost worker is retried)."""
+    cluster, _ = cluster
+    spec = suite([0], workers=2, cpu_per_worker=1)
+    spec["recipe"] = dict(spec["recipe"], epochs=2, optimizer={"name": "sgd", "lr": 1.0e12})
+    (tmp_path / "nan.yaml").write_text(yaml.safe_dump(spec))
+    attempts = []
+    for _ in range(2):
+        proc = run(cluster, tmp_path / "nan.yaml", tmp_path / "nan")
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 1 and out.count("FAILED dml") == 1 and "Traceback" not in out, out
+        (record,) = records(tmp_path / "nan")
+        assert record["status"] == "failed" and record["error"].startswith("NonFiniteLoss"), record.get("error")
+        attempts.append(record["attempt"])
+    assert attempts[0] != attempts[1] and all(len(a) == 32 for a in attempts)

@@ -6,13 +6,15 @@ that an earlier run of the same cell left in the result store's Tune folders.
 from __future__ import annotations
 
 import contextlib
-import io
 import datetime as dt
+import io
+import logging
 import os
 import re
 import tempfile
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 import torch
@@ -129,6 +131,7 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
         "code": config.get("code", {}), "packages": package_versions(),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "trial": trial,
+        **({"attempt": config["attempt"]} if config.get("attempt") else {}),
         "parallel": {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
                      "images_per_pass": cell.recipe["batch_size"] // replicas.parts},
     }
@@ -170,9 +173,10 @@ def _train_data_parallel(config: dict, cell: Cell, store: ResultStore) -> None:
 
     parallel = config["parallel"]
     resources = {"CPU": parallel.get("cpu", 1), **({"GPU": parallel["gpu"]} if parallel.get("gpu") else {})}
+    attempt = uuid.uuid4().hex  # names this attempt's record: an earlier run's failed record is not this failure
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config=config,
+        train_loop_config={**config, "attempt": attempt},
         scaling_config=ray.train.ScalingConfig(num_workers=parallel["workers"], use_gpu=bool(parallel.get("gpu")),
                                                resources_per_worker=resources, placement_strategy="SPREAD"),
         run_config=ray.train.RunConfig(
@@ -189,7 +193,7 @@ def _train_data_parallel(config: dict, cell: Cell, store: ResultStore) -> None:
         trainer.fit()
     except Exception:
         record = store.get(cell.hash)
-        if record is None or record.get("status") != "failed":
+        if record is None or record.get("status") != "failed" or record.get("attempt") != attempt:
             raise  # a worker lost, not a failure of the cell's own: Tune may restart the trial
         # the cell failed by itself (rank 0 recorded why): not retried
 
@@ -199,6 +203,9 @@ def _worker_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    # Ray Train logs a worker's exception with its traceback on the driver's console; the cell's own failure is
+    # already one FAILED line there, with the traceback in its record
+    logging.getLogger("ray.train.v2._internal.util").setLevel(logging.CRITICAL)
     context = ray.train.get_context()
     parallel = config["parallel"]
     replicas = Replicas(rank=context.get_world_rank(), world=context.get_world_size(),
