@@ -78,3 +78,29 @@ def test_weights_are_hashed_once_while_unchanged(tmp_path, monkeypatch):
     assert all(store.weights_intact("aaaa") for _ in range(5)) and len(calls) == 1
     store.weights_path("aaaa").write_bytes(b"the netw")  # changed: hashed again, and found damaged
     assert not store.weights_intact("aaaa") and len(calls) == 2
+
+
+def test_records_and_weights_are_readable_by_the_group_as_the_umask_allows(tmp_path):
+    """Written through a 0600 temporary file, a record or weights file gets the mode of any new file: 0644 under
+    umask 022, 0664 under a shared group's 002 (issue 18: records of a shared store were 0600)."""
+    import os
+
+    import torch
+
+    from harness.config.cell import Cell
+    from harness.results.weights import save_networks
+
+    cell = Cell(method="ind", hparams={}, group=("cifar_resnet8",), dataset={"name": "fashion_mnist_mini"},
+                recipe={"epochs": 1}, seed=0)
+    old = os.umask(0o022)
+    try:
+        for umask, mode in ((0o022, 0o644), (0o002, 0o664)):
+            os.umask(umask)
+            store = ResultStore(tmp_path / oct(umask))
+            store.put({"hash": "aaaa", "status": "ok"})
+            path = tmp_path / oct(umask) / "weights.pt"
+            save_networks(path, cell, [("cifar_resnet8", torch.nn.Linear(2, 2))], 10, 1)
+            assert oct(os.stat(store.location.local / store.record_path("aaaa")).st_mode & 0o777) == oct(mode)
+            assert oct(os.stat(path).st_mode & 0o777) == oct(mode)
+    finally:
+        os.umask(old)

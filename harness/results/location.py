@@ -181,10 +181,23 @@ def _entry(info: pafs.FileInfo, relative: str) -> Entry:
     return Entry(relative, mtime, info.size or 0, info.type == pafs.FileType.Directory)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def readable_as_umask_allows(fd: int) -> None:
+    """A temporary file is created 0600; the file it becomes gets the mode any new file gets (0644 or, under a
+    group's umask 002 on shared storage, 0664), so that a group's members can read the results."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
 def _write_local(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        readable_as_umask_allows(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

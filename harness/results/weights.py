@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from harness.config.cell import Cell
+from harness.results.location import readable_as_umask_allows
 WEIGHTS_FORMAT = 1
 
 
@@ -42,6 +43,7 @@ def save_networks(path: Path, cell: Cell, networks: list[tuple[str, nn.Module]],
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        readable_as_umask_allows(fd)
         # into an open file, not a path: torch names the archive's folder after a path it is given (here the
         # random temporary name), so the same networks would give files that differ byte for byte
         with os.fdopen(fd, "wb") as f:

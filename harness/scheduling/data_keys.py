@@ -41,10 +41,11 @@ def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageD
         entry = {**entry, "fingerprint": fp["checksum"]}
         if other:
             entry["data"] = f"d{fp['checksum']}"
-            cell, theirs = other[0]
+            more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+            names = ", ".join(c.describe() for c, _ in other[:3]) + more
             log(f"{suite.name}: the {entry['name']} data here ({describe(fp)}) is not what {len(other)} finished "
-                f"cell(s) trained on (e.g. {cell.describe()}: {describe(theirs)}); those results are kept, and the "
-                f"cells of this data are keyed apart (dataset data {entry['data']}), reused only on this data")
+                f"cell(s) trained on ({names}; {describe(other[0][1])}); those results are kept, and the cells of "
+                f"this data are keyed apart (dataset data {entry['data']}), reused only on this data")
         if unchecked:
             log(f"{suite.name}: {unchecked} finished cell(s) were recorded before records held a data fingerprint "
                 "(2026-12-02): reused without that check")
