@@ -19,12 +19,46 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
                    help=f"where reports are written (default: ./{DEFAULT_REPORTS})")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that suggests the flag a mistyped one was meant to be (``--num-cpu`` → ``--num-cpus``)."""
+
+    def error(self, message):
+        from harness.registry import did_you_mean
+
+        flags = _flags(self)
+        for word in message.split(": ", 1)[-1].split():
+            if word.startswith("--") and word not in flags:
+                message += did_you_mean(word.split("=")[0], flags).replace(" (", "; ", 1).rstrip(")")
+                break
+        super().error(message)
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of ``parser`` and of its sub-commands' parsers."""
+    out = []
+    for action in parser._actions:
+        out += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += [f for f in _flags(sub) if f not in out]
+    return out
+
+
+OVERRIDES_HELP = ("key=value changes to the suite file, validated like it and recorded with every trial, e.g. "
+                  "seeds=[0] recipe.epochs=5 methods=dml (a method label keeps that entry)")
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser("run", help="train every unfinished cell of a suite on Ray, then write its report")
     run.add_argument("suite")
+    _add_overrides(run)
     _add_store_args(run)
     run.add_argument("--address", default=None,
                      help="join this Ray cluster (default: $RAY_ADDRESS, else start a local instance)")
@@ -38,20 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
                           "2); a cell that fails by itself (a NaN loss, a bad setting) is recorded and not retried")
     run.add_argument("--smoke", action="store_true",
                      help="scaled down: 2 epochs, 20 images per class, the embedded dataset if the suite's is absent")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything a run checks, list the cells and stages it would train and their "
+                          "estimated cost, and train nothing")
 
     validate = sub.add_parser("validate", help="check suite files and count their cells")
-    validate.add_argument("suites", nargs="+")
+    validate.add_argument("suites", nargs="+", help="suite files, then any key=value overrides for all of them")
     validate.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
                           help="a store whose finished GPU trials give the rate of the cost estimate (default: results)")
 
     report = sub.add_parser("report", help="aggregate finished cells into Markdown and LaTeX tables")
     report.add_argument("suite")
+    _add_overrides(report)
     _add_store_args(report)
     report.add_argument("--smoke", action="store_true", help="the report of the suite's --smoke run")
     report.add_argument("--data-root", default=None, help="as given to 'harness run --smoke'")
 
     analyze = sub.add_parser("analyze", help="CKA and KL between each student and its teacher / proxy (ACKD Table 1)")
     analyze.add_argument("suite")
+    _add_overrides(analyze)
     _add_store_args(analyze)
     analyze.add_argument("--smoke", action="store_true", help="analyse the suite's --smoke run")
     analyze.add_argument("--data-root", default=None, help="where datasets live (as given to 'harness run')")
@@ -59,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--suites", default="suites", help="folder of suite files (default: suites)")
     index.add_argument("--results", default="results", help="results store whose status is shown (default: results)")
     index.add_argument("--out", default=None, help="file to write (default: <suites>/README.md)")
+    status = sub.add_parser("status", help="where a suite stands in a results store (finished, failed, training, "
+                                           "not started, time left), from its records: no Ray, nothing trains")
+    status.add_argument("suite")
+    _add_overrides(status)
+    status.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
+                        help=f"the results store (default: ./{DEFAULT_RESULTS})")
+    status.add_argument("--smoke", action="store_true", help="the suite's --smoke run")
+    status.add_argument("--data-root", default=None, help="as given to 'harness run'")
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
     return parser
@@ -74,9 +121,10 @@ def cmd_validate(args) -> int:
     rate = measured_rate(ResultStore(args.results))
     macs_per_s = rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S
     status = 0
-    for path in args.suites:
+    overrides = [a for a in args.suites if "=" in a and not Path(a).exists()]
+    for path in [a for a in args.suites if a not in overrides]:
         try:
-            suite = load_suite(path)
+            suite = load_suite(path, overrides)
         except SuiteError as e:
             print(e, file=sys.stderr)
             status = 2
@@ -108,26 +156,19 @@ def _cost_words(suite, cost: dict, rate: dict | None) -> str:
 
 
 def cmd_run(args) -> int:
-    from harness.scheduling.data_keys import bind_data, dataset_loader
-    from harness.suite.capacity import capacity_errors
-    from harness.suite.fit import fit_errors
-    from harness.suite.preflight import input_errors
-    from harness.suite.schema import SuiteError
+    from harness.api import prepare_run
     from harness.reporting.report import write_report
-    from harness.results.store import ResultStore
-    from harness.scheduling.runner import run_suite
+    from harness.scheduling.runner import dry_run_lines, run_suite
     from harness.training.engine import Runtime
 
-    suite = _load(args)
-    problems = fit_errors(suite) or capacity_errors(suite)  # memory of a batch the data cannot fill: noise
-    if problems:  # refused before Ray starts: such a trial would queue, allocate and die
-        raise SuiteError(problems)
-    store = ResultStore(args.results)
-    data_of = dataset_loader(args.data_root)  # a missing dataset fails here, in one line, not in every trial
-    suite = bind_data(suite, store, data_of)
-    problems = input_errors(suite, data_of)
-    if problems:
-        raise SuiteError(problems)
+    suite, store = prepare_run(_load(args), args.results, args.data_root)
+    if args.dry_run:
+        from harness.reporting.index import ASSUMED_MACS_PER_S, measured_rate, suite_cost
+
+        rate = measured_rate(store)
+        cost = _cost_words(suite, suite_cost(suite, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S), rate)
+        print("\n".join(dry_run_lines(suite, store)) + (f"\nwhole suite{cost.removeprefix(';')}" if cost else ""))
+        return 0
     store.check_writable()
     runtime = Runtime(device=args.device, data_root=args.data_root, require_every_term=args.smoke)
     summary = run_suite(suite, store, runtime, address=args.address, dashboard=not args.no_dashboard,
@@ -170,8 +211,17 @@ def _load(args):
     from harness.suite.schema import load_suite
     from harness.suite.smoke import smoke_suite
 
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, getattr(args, "overrides", []))
     return smoke_suite(suite, args.data_root) if args.smoke else suite
+
+
+def cmd_status(args) -> int:
+    from harness.reporting.status import status_lines
+    from harness.results.store import ResultStore
+
+    store = ResultStore(args.results)
+    print("\n".join(status_lines(_bound(_load(args), store, args), store)))
+    return 0
 
 
 def cmd_analyze(args) -> int:
@@ -212,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,
-               "list": cmd_list}[args.command]
+               "status": cmd_status, "list": cmd_list}[args.command]
     try:
         return command(args)
     except (SuiteError, DatasetError, UnknownName, StageError, ResourceError,

@@ -123,6 +123,20 @@ class ResultStore:
         finally:
             lock.release()
 
+    def is_training(self, cell_hash: str) -> bool:
+        """Whether a run holds the cell's lock now (it is training); False on an object store (no locks)."""
+        if self.root is None or not (self.root / "locks" / f"{cell_hash}.lock").exists():
+            return False
+        import filelock
+
+        lock = filelock.FileLock(self.root / "locks" / f"{cell_hash}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return True
+        lock.release()
+        return False
+
     # --- weights -----------------------------------------------------------------------------------------
     def weights_relative(self, cell_hash: str) -> str:
         return f"weights/{cell_hash}.pt"

@@ -51,7 +51,7 @@ def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageD
                 "(2026-12-02): reused without that check")
         bound[key] = entry
     cells = [replace(c, dataset=bound[_key(c.dataset)]) for c in suite.cells]
-    return Suite(suite.spec, suite.path, cells, suite.scaled_down)
+    return Suite(suite.spec, suite.path, cells, suite.scaled_down, suite.overrides)
 
 
 def _key(dataset: dict) -> str:

@@ -101,7 +101,9 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_g
         from harness.scheduling.orphans import record_local_instance, stop_orphans
 
         stop_orphans(log)  # what a killed earlier run left running on this machine, and only that
-        context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
+        # address "local": a new instance even where `ray start` left one on this machine (ray.init would join
+        # it, and then refuse num_cpus); joining a cluster is --address's business
+        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
                            dashboard_host="127.0.0.1", **kwargs)
         record_local_instance()
     resources = ray.cluster_resources()
@@ -172,6 +174,39 @@ def _progress_callback(total: int, store: ResultStore):
     return Progress()
 
 
+def _finished_test(plan: list[list[Cell]], store: ResultStore):
+    """Whether a cell of ``plan`` is finished: its record ok, and a stage's saved networks intact too."""
+    stage_hashes = {s.cell.hash for wave in plan for c in wave for s in stages_of(c).values() if s.cell}
+
+    def done(cell: Cell) -> bool:
+        return store.is_finished(cell) and (cell.hash not in stage_hashes or store.weights_intact(cell.hash))
+
+    return done
+
+
+def dry_run_lines(suite: Suite, store: ResultStore) -> list[str]:
+    """What ``harness run`` would train, wave by wave (teachers first), and what it would skip; trains nothing."""
+    cells = list({c.hash: c for c in suite.cells}.values())
+    plan = waves(cells)
+    done = _finished_test(plan, store)
+    everything = [c for wave in plan for c in wave]
+    pending = [c for c in everything if not done(c)]
+    extra = len(everything) - len(cells)
+    lines = [f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
+             f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.uri}); "
+             "dry run: nothing trains"]
+    for i, wave in enumerate(plan):
+        todo = [c for c in wave if not done(c)]
+        if not todo:
+            continue
+        if len(plan) > 1:
+            lines.append(f"stage {i + 1} of {len(plan)}: {len(todo)} cell(s)")
+        for cell in todo:
+            needs = [f"{name}: {s.describe()}" for name, s in stages_of(cell).items()]
+            lines.append(f"  {cell.describe()} [{cell.hash}]" + (f" after {'; '.join(needs)}" if needs else ""))
+    return lines
+
+
 def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), address: str | None = None,
               dashboard: bool = True, num_cpus: float | None = None, num_gpus: float | None = None,
               max_failures: int = 0, log=print) -> RunSummary:
@@ -179,11 +214,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     ``store``) are skipped, failed ones retried.  Stages run in waves, one Ray Tune experiment each."""
     cells = list({c.hash: c for c in suite.cells}.values())
     plan = waves(cells)
-    stage_hashes = {s.cell.hash for wave in plan for c in wave for s in stages_of(c).values() if s.cell}
-
-    def done(cell: Cell) -> bool:  # a stage also needs its saved networks
-        return store.is_finished(cell) and (cell.hash not in stage_hashes or store.weights_intact(cell.hash))
-
+    done = _finished_test(plan, store)
     everything = [c for wave in plan for c in wave]
     pending = [c for c in everything if not done(c)]
     extra = len(everything) - len(cells)
@@ -211,7 +242,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
         if len(plan) > 1:
             log(f"stage {i + 1} of {len(plan)}: {len(ready)} cell(s)")
         _fit(f"{suite.name}-stage{i + 1}" if len(plan) > 1 else suite.name, ready, store, runtime, resources,
-             parallel, max_failures, log)
+             parallel, max_failures, log, suite.overrides)
         if any(store.get(c.hash) is None for c in ready):
             break  # interrupted: nothing that depends on this wave may start
     records = {c.hash: store.get(c.hash) for c in pending}
@@ -258,7 +289,7 @@ def _stage_failed(cell: Cell, store: ResultStore) -> bool:
 
 
 def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, parallel: dict,
-         max_failures: int, log) -> None:
+         max_failures: int, log, overrides: list[str] = ()) -> None:
     """One Ray Tune experiment: a trial per cell; returns when all ended or after Ctrl-C."""
     from ray import tune
 
@@ -288,6 +319,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
             "results": store.uri,
             "code": code_version(),
             "parallel": parallel,
+            "overrides": list(overrides),  # the command line's key=value, into every record
         },
         tune_config=tune.TuneConfig(
             trial_dirname_creator=lambda trial: trial_dirname(Cell.from_dict(trial.config["cell"])),

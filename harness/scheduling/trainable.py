@@ -132,6 +132,7 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "trial": trial,
         **({"attempt": config["attempt"]} if config.get("attempt") else {}),
+        **({"overrides": config["overrides"]} if config.get("overrides") else {}),
         "parallel": {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
                      "images_per_pass": cell.recipe["batch_size"] // replicas.parts},
     }

@@ -19,6 +19,7 @@ from harness.config.yaml_file import YamlFileError, read_yaml_mapping, shorten
 from harness.data.datasets import DATASETS
 from harness.papers.tables import PAPER_TABLES
 from harness.registry import did_you_mean
+from harness.suite.overrides import OverrideError, apply_overrides
 from harness.training.method import load_methods
 
 AGGREGATES = ("median", "mean", "std", "min", "max", "n")
@@ -212,9 +213,11 @@ class SuiteSpec(Strict):
 class Suite:
     """A validated suite: its spec, where it came from, and the cells it expands to."""
 
-    def __init__(self, spec: SuiteSpec, path: Path, cells: list[Cell], scaled_down: list[str] | None = None):
+    def __init__(self, spec: SuiteSpec, path: Path, cells: list[Cell], scaled_down: list[str] | None = None,
+                 overrides: list[str] | None = None):
         self.spec, self.path, self.cells = spec, path, cells
         self.scaled_down = scaled_down or []  # how it is smaller than the paper's setting (see scaled_down_notes)
+        self.overrides = overrides or []  # key=value from the command line, applied to the file (suite/overrides.py)
 
     @property
     def name(self) -> str:
@@ -516,13 +519,14 @@ def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
                               "network (the harness's results/weights/<hash>.pt or a state_dict file)")
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Parse, validate and expand a suite file; raises :class:`SuiteError` listing every problem."""
+def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
+    """Parse, validate and expand a suite file, with command-line ``key=value`` overrides applied to it first;
+    raises :class:`SuiteError` listing every problem."""
     path = Path(path)
     try:
-        raw = dict(read_yaml_mapping(path, "suite file"))
-    except YamlFileError as e:
-        raise SuiteError([str(e)]) from None
+        raw = apply_overrides(dict(read_yaml_mapping(path, "suite file")), list(overrides))
+    except (YamlFileError, OverrideError) as e:
+        raise SuiteError([f"{path}: {e}" if isinstance(e, OverrideError) else str(e)]) from None
     if isinstance(raw.get("dataset"), str):
         raw["dataset"] = {"name": raw["dataset"]}
     errors: list[str] = []
@@ -563,7 +567,7 @@ def load_suite(path: str | Path) -> Suite:
         _check_stages(cells, spec.methods, errors)
     if errors:
         raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])
-    return Suite(spec, path, cells, scaled_down_notes(spec, raw_recipe, presets))
+    return Suite(spec, path, cells, scaled_down_notes(spec, raw_recipe, presets), list(overrides))
 
 
 def scaled_down_notes(spec: SuiteSpec, raw_recipe, presets: dict) -> list[str]:

@@ -72,7 +72,7 @@ def smoke_suite(suite: Suite, data_root: str | None = None) -> Suite:
     spec.name = f"{suite.name}_smoke"
     spec.seeds = spec.seeds[:1]
     spec.title = f"SMOKE RUN ({', '.join(notes)}), not a reproduction — {suite.spec.title or suite.name}"
-    return Suite(spec, suite.path, cells)
+    return Suite(spec, suite.path, cells, overrides=suite.overrides)
 
 
 def smoke_hparams(hparams: dict) -> dict:

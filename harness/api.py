@@ -1,0 +1,74 @@
+"""The harness from Python (a notebook, a script): the same steps as the ``harness`` command, without argv.
+
+    from harness import load_suite, run_suite, results_frame
+    suite = load_suite("suites/quickstart.yaml", "seeds=[0]", "recipe.epochs=3")
+    summary = run_suite(suite, results="results", reports="reports", num_cpus=2)
+    frame = results_frame(suite, results="results")   # one row per (finished cell, output), with its hash and seed
+
+Errors are the command's one-line ones: :class:`harness.suite.schema.SuiteError` (its ``lines``),
+``DatasetError``, ``StorageError`` and so on, raised instead of printed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_suite(path: str | Path, *overrides: str, smoke: bool = False, data_root: str | None = None):
+    """A validated suite with ``key=value`` overrides applied (``--smoke``'s scale-down if asked)."""
+    from harness.suite.schema import load_suite as load
+    from harness.suite.smoke import smoke_suite
+
+    suite = load(path, list(overrides))
+    return smoke_suite(suite, data_root) if smoke else suite
+
+
+def prepare_run(suite, results: str = "results", data_root: str | None = None, log=print):
+    """Every check a run makes before Ray starts (the data and networks fit, the resources, each cell's first
+    batch, the data bound to its records); returns (the suite bound to the data here, its store)."""
+    from harness.results.store import ResultStore
+    from harness.scheduling.data_keys import bind_data, dataset_loader
+    from harness.suite.capacity import capacity_errors
+    from harness.suite.fit import fit_errors
+    from harness.suite.preflight import input_errors
+    from harness.suite.schema import SuiteError
+
+    problems = fit_errors(suite) or capacity_errors(suite)  # memory of a batch the data cannot fill: noise
+    if problems:  # refused before Ray starts: such a trial would queue, allocate and die
+        raise SuiteError(problems)
+    store = ResultStore(results)
+    data_of = dataset_loader(data_root)  # a missing dataset fails here, in one line, not in every trial
+    suite = bind_data(suite, store, data_of, log)
+    problems = input_errors(suite, data_of)
+    if problems:
+        raise SuiteError(problems)
+    return suite, store
+
+
+def run_suite(suite, results: str = "results", reports: str | None = "reports", data_root: str | None = None,
+              device: str = "auto", address: str | None = None, dashboard: bool = False,
+              num_cpus: float | None = None, num_gpus: float | None = None, max_failures: int = 2,
+              smoke_checks: bool = False, log=print):
+    """Train the suite's unfinished cells on Ray (a local instance unless ``address``), write its report into
+    ``reports`` (None: no report) and return the run's summary (``finished``, ``failed``, ``unfinished``)."""
+    from harness.reporting.report import write_report
+    from harness.scheduling.runner import run_suite as run
+    from harness.training.engine import Runtime
+
+    suite, store = prepare_run(suite, results, data_root, log)
+    store.check_writable()
+    runtime = Runtime(device=device, data_root=data_root, require_every_term=smoke_checks)
+    summary = run(suite, store, runtime, address=address, dashboard=dashboard, num_cpus=num_cpus,
+                  num_gpus=num_gpus, max_failures=max_failures, log=log)
+    if reports is not None:
+        write_report(suite, store, reports, log=log)
+    return summary
+
+
+def results_frame(suite, results: str = "results", data_root: str | None = None, epoch: str | None = None):
+    """A pandas DataFrame of the suite's finished cells: one row per (cell, output) with its accuracy at ``epoch``
+    (the suite's first ``evaluation.epoch`` by default), method, group, seed, hash, code version and hardware."""
+    from harness.reporting.frames import trial_frame
+    from harness.results.store import ResultStore
+    from harness.scheduling.data_keys import bind_data, dataset_loader
+
+    store = ResultStore(results)
+    return trial_frame(bind_data(suite, store, dataset_loader(data_root), log=lambda line: None), store, epoch=epoch)
