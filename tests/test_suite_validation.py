@@ -163,3 +163,11 @@ def test_paper_table_settings_name_this_suites_labels_and_the_tables_methods(wri
     assert "paper_table.methods.ind: 'indd' is not a method of tsb_table1_cifar100 (did you mean 'ind'?)" in text
     assert "value_keys.*" not in text  # "*" stands for any label
     assert len(info.value.lines) == 3
+
+
+def test_a_top_level_mistake_does_not_hide_the_method_entries_own(write_suite):
+    """Every mistake of a file in one pass (issue 18): a bad seed used to stop validation before the methods."""
+    lines = errors_of(write_suite, tiny_suite_dict(seeds=[-1], methods=["ind", {"name": "dml", "temprature": 2}]))
+    assert len(lines) == 2, lines
+    assert "seeds[0]: Input should be greater than or equal to 0, got -1" in lines[0]
+    assert "methods[1].temprature: unknown key (did you mean 'temperature'?)" in lines[1]

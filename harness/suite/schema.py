@@ -544,6 +544,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
         spec = SuiteSpec.model_validate(raw)
     except ValidationError as e:
         errors.extend(_pydantic_lines(e))
+        if isinstance(raw.get("methods"), list):  # a mistake elsewhere must not hide the method entries' own
+            _method_entries(raw["methods"], errors, presets, set())
 
     cells: list[Cell] = []
     if spec is not None:
