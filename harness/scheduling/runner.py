@@ -122,6 +122,35 @@ def _say(line: str) -> None:
     _progress_log(line)
 
 
+def eta_text(trials) -> str:
+    """``, ETA 12 min`` for this experiment's trials (one wave of cells): the epochs each unfinished trial has left,
+    at its own measured time per epoch (a trial not started yet: the mean of those measured), divided by the trials
+    running at once; empty until an epoch has been measured."""
+    measured = {id(t): r["time_total_s"] / r["epoch"] for t in trials
+                if (r := getattr(t, "last_result", None) or {}).get("epoch") and r.get("time_total_s")}
+    if not measured:
+        return ""
+    mean = sum(measured.values()) / len(measured)
+    left = 0.0
+    for trial in trials:
+        if trial.status in ("TERMINATED", "ERROR"):
+            continue
+        cell = trial.config["cell"]
+        epochs = min(cell.get("stop_epoch") or cell["recipe"]["epochs"], cell["recipe"]["epochs"])
+        done = (getattr(trial, "last_result", None) or {}).get("epoch", 0)
+        left += max(epochs - done, 0) * measured.get(id(trial), mean)
+    seconds = left / max(1, sum(t.status == "RUNNING" for t in trials))
+    return f", ETA {_duration(seconds)}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _progress_callback(total: int, store: ResultStore):
     from ray import tune
 
@@ -134,7 +163,7 @@ def _progress_callback(total: int, store: ResultStore):
 
         def _counts(self, trials, ending=None) -> str:
             running = sum(1 for t in trials if t.status == "RUNNING" and t is not ending)  # not the one ending now
-            return f"[{self.done}/{total} done, {running} running, {self.failed} failed]"
+            return f"[{self.done}/{total} done, {running} running, {self.failed} failed{eta_text(trials)}]"
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             cell = Cell.from_dict(trial.config["cell"])
