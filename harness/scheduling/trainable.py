@@ -23,6 +23,7 @@ import harness  # noqa: F401  (torchvision shim before timm)
 from harness.config.cell import Cell
 from harness.results.provenance import hardware, package_versions
 from harness.results.store import ResultStore
+from harness.scheduling.metrics import EpochMetrics
 from harness.training.engine import Runtime, Trainer
 from harness.training.parallel import Replicas
 
@@ -146,7 +147,14 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
         record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus * replicas.world}
         resume_state(trainer, store, print if lead else (lambda line: None), session_checkpoint, lead)
         replicas.broadcast(trainer.method.modules)
-        summary = trainer.run(on_epoch=report)
+        exported = EpochMetrics(cell) if lead else None
+
+        def on_epoch(trainer: Trainer, metrics: dict) -> None:
+            if exported is not None:
+                exported.record(metrics)
+            report(trainer, metrics)
+
+        summary = trainer.run(on_epoch=on_epoch)
         if not lead:
             return
         relative, digest = store.save_weights(cell.hash, trainer.save_weights)
