@@ -481,3 +481,28 @@ def test_kdcl_table3_shows_one_and_clnn_with_top5_and_parameters(tmp_path, kind,
     table = build_table(suite, store)
     assert tuple(table.entries[((kind,), (v,))].paper for v in ("net1", "top5:net1", "params_m")) == paper
     assert table.entries[((kind,), ("params_m",))].ours == pytest.approx(30.5)
+
+
+def test_bold_only_where_the_best_stands_out_from_the_seeds(tmp_path, write_suite):
+    """Issue 18: Ind's 76.20 was bold over DML's 75.50 with a spread of 1.33.  A best within the larger standard
+    deviation over seeds of it and the runner-up is not bold (the notes say how many such comparisons); one that
+    beats it by more is."""
+    import statistics
+
+    from harness.reporting.report import render
+
+    suite = load_suite(write_suite(tiny_suite_dict(seeds=[0, 1, 2], table={"rows": ["group"],
+                                                   "columns": ["method", "value"], "values": ["net1", "net2"]})))
+    net1 = {"ind": [74.0, 76.2, 77.0], "dml": [75.5, 75.0, 76.0]}  # medians 76.2 / 75.5, sd 1.55 / 0.5
+    net2 = {"ind": [60.0, 60.5, 61.0], "dml": [65.0, 65.5, 66.0]}  # 60.5 / 65.5, sd 0.5 each: 5 points apart
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        store.put(fake_record(cell, net1[cell.label][cell.seed], net2[cell.label][cell.seed]))
+    table = build_table(suite, store)
+    row = ("cifar_resnet8+cifar_resnet8",)
+    assert table.best == {(row, ("dml", "net2"))}
+    assert table.entries[(row, ("ind", "net1"))].spread == pytest.approx(statistics.stdev(net1["ind"]))
+    assert table.within_spread == {(row, ("dml", "net1"))}
+    md = render(table, suite, store)["md"]
+    assert "1 comparison(s) have no bold: the best is within the seeds' standard deviation of the next" in md
+    assert "**65.50**" in md and "**76.20**" not in md

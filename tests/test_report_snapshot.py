@@ -14,7 +14,7 @@ from tests.conftest import tiny_suite_dict
 from tests.test_report import fake_record
 
 SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
-ACCS = {("ind", 0): (70.0, 68.5), ("ind", 1): (70.4, 69.1), ("dml", 0): (71.2, 70.0), ("dml", 1): (71.0, 70.6),
+ACCS = {("ind", 0): (70.0, 68.5), ("ind", 1): (70.4, 69.1), ("dml", 0): (72.9, 70.0), ("dml", 1): (72.7, 70.6),
         ("kdcl", 0): (71.9, 69.0), ("kdcl", 1): (70.1, 70.2)}
 
 
@@ -44,10 +44,12 @@ def test_report_matches_snapshot(rendered, ext):
 
 def test_best_method_is_bold_per_value(rendered):
     md = rendered["md"]
-    # net1 medians: ind 70.2, dml 71.1, kdcl 71.0 -> dml; ens: max(net1, net2)+1 per seed -> dml 72.1
-    assert "**71.10**" in md and "**70.30**" in md and "**72.10**" in md
-    assert md.count("**") == 2 * 4  # one best per value column: net1, net2, avg, ens
-    assert "\\textbf{71.10}" in rendered["tex"]
+    # net1 medians: ind 70.2, dml 72.8 (sd 0.14), kdcl 71.0 (sd 1.27) -> dml, by 1.8 > 1.27; avg: dml 71.55;
+    # ens, max(net1, net2) + 1 per seed: dml 73.8 over kdcl 72.05 (sd 1.2)
+    assert "**72.80**" in md and "**71.55**" in md and "**73.80**" in md
+    # net2: dml 70.3 over kdcl 69.6 (sd 0.85): within the spread, no bold
+    assert md.count("**") == 2 * 3 and "1 comparison(s) have no bold" in md
+    assert "\\textbf{72.80}" in rendered["tex"]
 
 
 @pytest.mark.skipif(not shutil.which("pdflatex"), reason="no TeX engine installed")

@@ -38,6 +38,7 @@ class Entry:
     n: int
     paper: float | None = None
     applicable: bool = True
+    spread: float | None = None  # standard deviation over the seeds (None: fewer than two)
     paper_mark: str = ""  # † the paper copied its number from elsewhere, ‡ rebuilt from garbled text (footnotes)
 
     @property
@@ -67,6 +68,7 @@ class Table:
     records: dict = field(default_factory=dict)  # the records read for it, by hash (read once per report)
     epoch_text: str = "last epoch"  # which epoch it shows, in words
     footnotes: dict = field(default_factory=dict)  # mark -> what it means here (the papers' copied numbers)
+    within_spread: set = field(default_factory=set)  # contests not bolded: the best within the seeds' spread
 
     def header(self) -> list[str]:
         return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
@@ -97,14 +99,17 @@ class Table:
 
 
 def best_entries(entries: dict, rows: list[tuple], columns: list[tuple], row_keys: list[str],
-                 column_keys: list[str], lower_is_better: bool, excluded: set[str]) -> set:
+                 column_keys: list[str], lower_is_better: bool, excluded: set[str]) -> tuple[set, set]:
     """The (row, column) keys holding the best of ours among entries that differ only in their method, as the
     papers bold the best method; ties are all bold; ``excluded`` ("method/value") never compete (a teacher), nor
-    do costs (parameters, multiply-adds)."""
+    do costs (parameters, multiply-adds).  The best is bold only where it stands out from the seeds: it beats the
+    runner-up by more than the larger of their standard deviations over seeds (where both have two seeds or
+    more; a single seed has no spread to compare with, and is bold as the papers bold)."""
     def where(r, c) -> dict:
         return {**dict(zip(row_keys, r)), **dict(zip(column_keys, c))}
 
     contests: dict[tuple, list] = {}
+    within: set = set()  # contests whose best did not stand out (their runner-up's key)
     for r in rows:
         for c in columns:
             w = where(r, c)
@@ -119,9 +124,16 @@ def best_entries(entries: dict, rows: list[tuple], columns: list[tuple], row_key
             continue
         top = (min if lower_is_better else max)(v for _, v in contenders)
         winners = {k for k, v in contenders if round(v, 2) == round(top, 2)}
-        if len(winners) < len(contenders):  # when every method ties, none is best
-            best |= winners
-    return best
+        if len(winners) == len(contenders):  # when every method ties, none is best
+            continue
+        rest = [(k, v) for k, v in contenders if k not in winners]
+        runner_key, runner = min(rest, key=lambda kv: abs(kv[1] - top))
+        spreads = [entries[k].spread for k in [*winners, runner_key]]
+        if all(s is not None for s in spreads) and abs(top - runner) <= max(spreads):
+            within.add(runner_key)  # within the seeds' spread: no method stands out
+            continue
+        best |= winners
+    return best, within
 
 
 def add_gains(stats: pd.Series, counts: pd.Series, gains: dict) -> tuple[pd.Series, pd.Series]:
@@ -155,6 +167,7 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
     grouped = trials.groupby(keys)[metric]
     stats = grouped.size() if how == "n" else grouped.agg(how)
     counts = grouped.size()
+    spreads = grouped.std()  # NaN where a value has one seed
     finished = set(trials[keys[:-1]].itertuples(index=False, name=None))
     stats, counts = add_gains(stats, counts, spec.table.gains)
     axis_values = {
@@ -176,8 +189,10 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
         for axis, choices in axis_values.items():  # an axis that is neither row nor column has one entry
             where.setdefault(axis, choices[0])
         key = tuple(where[k] for k in keys)
+        spread = spreads.get(key) if key in spreads.index else None
         entry = Entry(float(stats[key]) if key in stats.index else None, int(counts.get(key, 0)),
-                      applicable=key in stats.index or key[:-1] not in finished or key[1:] in stage_entries)
+                      applicable=key in stats.index or key[:-1] not in finished or key[1:] in stage_entries,
+                      spread=None if spread is None or pd.isna(spread) else float(spread))
         if paper is not None:
             ref = spec.paper_table
             entry.paper, row = paper_lookup(paper, ref.group_of(where["method"]) or groups[where["group"]],
@@ -194,10 +209,11 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
     title = f"{spec.title or spec.name} — {when}"
     if suite.scaled_down:
         title = f"SCALED DOWN ({', '.join(suite.scaled_down)}), not a reproduction — {title}"
-    best = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
-                        metric.endswith("_error"), set(spec.table.best_excludes)) if spec.table.bold_best else set()
+    best, within = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
+                                metric.endswith("_error"), set(spec.table.best_excludes)) \
+        if spec.table.bold_best else (set(), set())
     return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
-                 records, when, footnotes)
+                 records, when, footnotes, within)
 
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
