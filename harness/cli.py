@@ -1,4 +1,4 @@
-"""The ``harness`` command: run, validate, report, list."""
+"""The harness command: run a suite, check it, see where it stands, report and compare its results."""
 from __future__ import annotations
 
 import argparse
@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the results store (default: ./{DEFAULT_RESULTS})")
     status.add_argument("--smoke", action="store_true", help="the suite's --smoke run")
     status.add_argument("--data-root", default=None, help="as given to 'harness run'")
+    compare = sub.add_parser("compare", help="two result sets cell by cell: one suite in two stores, or two suites; "
+                                             "the per-seed difference B − A of every output")
+    compare.add_argument("suite", help="suite A")
+    compare.add_argument("other", nargs="?", default=None, help="suite B (default: suite A again)")
+    compare.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI", help="the store of A (default: "
+                         f"./{DEFAULT_RESULTS})")
+    compare.add_argument("--other-results", default=None, metavar="DIR|URI", help="the store of B (default: A's)")
+    compare.add_argument("--smoke", action="store_true", help="the suites' --smoke runs")
+    compare.add_argument("--data-root", default=None, help="as given to 'harness run'")
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
     return parser
@@ -224,6 +233,27 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import argparse as _argparse
+
+    from harness.reporting.compare import compare_frame, compare_text
+    from harness.results.store import ResultStore
+
+    a_store = ResultStore(args.results)
+    b_store = ResultStore(args.other_results or args.results)
+    a = _bound(_load(args), a_store, args)
+    b_args = _argparse.Namespace(**{**vars(args), "suite": args.other or args.suite})
+    b = _bound(_load(b_args), b_store, b_args)
+    if (args.other or args.suite) == args.suite and b_store.uri == a_store.uri:
+        print("compare: A and B are the same suite in the same store; give another suite or --other-results",
+              file=sys.stderr)
+        return 2
+    frame = compare_frame(a, a_store, b, b_store)
+    print(compare_text(frame, f"{a.path} in {a_store.uri}", f"{b.path} in {b_store.uri}",
+                       a.spec.evaluation.metric))
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from harness.reporting.analysis import analyze_suite
     from harness.results.store import ResultStore
@@ -262,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,
-               "status": cmd_status, "list": cmd_list}[args.command]
+               "status": cmd_status, "compare": cmd_compare, "list": cmd_list}[args.command]
     try:
         return command(args)
     except (SuiteError, DatasetError, UnknownName, StageError, ResourceError,
