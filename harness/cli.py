@@ -209,7 +209,8 @@ def _bound(suite, store, args):
     from harness.scheduling.data_keys import bind_data, dataset_loader
 
     try:
-        return bind_data(suite, store, dataset_loader(args.data_root), log=lambda line: print(line, file=sys.stderr))
+        return bind_data(suite, store, dataset_loader(args.data_root), log=lambda line: print(line, file=sys.stderr),
+                         say_unchecked=False)
     except DatasetError as e:
         print(f"{suite.path}: the data is not here ({str(e)[:200]}); showing the cells of the data first recorded",
               file=sys.stderr)

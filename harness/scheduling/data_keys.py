@@ -21,8 +21,10 @@ from harness.suite.schema import Suite
 from harness.training.stages import waves
 
 
-def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageData], log=print) -> Suite:
-    """``suite`` with every cell's dataset entry bound to the data found here; ``data_of`` loads an entry."""
+def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageData], log=print,
+              say_unchecked: bool = True) -> Suite:
+    """``suite`` with every cell's dataset entry bound to the data found here; ``data_of`` loads an entry.
+    ``say_unchecked``: say how many finished records hold no fingerprint (a run says it; a report need not)."""
     bound: dict[str, dict] = {}
     everything = [c for wave in waves(suite.cells) for c in wave]
     for key in dict.fromkeys(_key(c.dataset) for c in suite.cells):
@@ -46,7 +48,7 @@ def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageD
             log(f"{suite.name}: the {entry['name']} data here ({describe(fp)}) is not what {len(other)} finished "
                 f"cell(s) trained on ({names}; {describe(other[0][1])}); those results are kept, and the cells of "
                 f"this data are keyed apart (dataset data {entry['data']}), reused only on this data")
-        if unchecked:
+        if unchecked and say_unchecked:
             log(f"{suite.name}: {unchecked} finished cell(s) were recorded before records held a data fingerprint "
                 "(2026-12-02): reused without that check")
         bound[key] = entry
