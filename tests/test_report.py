@@ -506,3 +506,24 @@ def test_bold_only_where_the_best_stands_out_from_the_seeds(tmp_path, write_suit
     md = render(table, suite, store)["md"]
     assert "1 comparison(s) have no bold: the best is within the seeds' standard deviation of the next" in md
     assert "**65.50**" in md and "**76.20**" not in md
+
+
+def test_spread_and_n_beside_each_number_when_asked(tmp_path, write_suite):
+    """``evaluation: {spread: true}``: each number ± its standard deviation over seeds; n per cell where the cells'
+    n differ (a seed missing); a single seed has no spread."""
+    import statistics
+
+    from harness.reporting.report import render
+
+    raw = tiny_suite_dict(seeds=[0, 1, 2], evaluation={"spread": True},
+                          table={"rows": ["group"], "columns": ["method", "value"], "values": ["net1"]})
+    suite = load_suite(write_suite(raw))
+    net1 = {("ind", 0): 70.0, ("ind", 1): 72.0, ("ind", 2): 71.0, ("dml", 0): 73.0}
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        if (cell.label, cell.seed) in net1:
+            store.put(fake_record(cell, net1[(cell.label, cell.seed)], 50.0))
+    table = build_table(suite, store)
+    row = table.body("plain")[0]
+    assert row[1] == f"71.00 ± {statistics.stdev([70.0, 72.0, 71.0]):.2f} (n=3)" and row[2] == "73.00 (n=1)"
+    assert "71.00 $\\pm$ 1.00" in render(table, suite, store)["tex"]

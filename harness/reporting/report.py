@@ -45,8 +45,12 @@ class Entry:
     def delta(self) -> float | None:
         return None if self.ours is None or self.paper is None else self.ours - self.paper
 
-    def text(self, with_paper: bool) -> str:
+    def text(self, with_paper: bool, spread: bool = False, with_n: bool = False) -> str:
         ours = (MISSING if self.applicable else NOT_APPLICABLE) if self.ours is None else f"{self.ours:.2f}"
+        if self.ours is not None and spread and self.spread is not None:
+            ours += f" ± {self.spread:.2f}"
+        if self.ours is not None and with_n:
+            ours += f" (n={self.n})"
         if not with_paper:
             return ours
         paper = MISSING if self.paper is None else f"{self.paper:.2f}{self.paper_mark}"
@@ -69,14 +73,17 @@ class Table:
     epoch_text: str = "last epoch"  # which epoch it shows, in words
     footnotes: dict = field(default_factory=dict)  # mark -> what it means here (the papers' copied numbers)
     within_spread: set = field(default_factory=set)  # contests not bolded: the best within the seeds' spread
+    show_spread: bool = False  # ``evaluation.spread``: ± the standard deviation over seeds
 
     def header(self) -> list[str]:
         return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
 
     def body(self, style: str = "plain") -> list[list[str]]:
         """Cell texts; ``style`` "md" or "tex" marks the best values in bold (and escapes for LaTeX)."""
+        n_min, n_max = self.n_range()
+
         def cell(r, c) -> str:
-            text = self.entries[(r, c)].text(self.with_paper)
+            text = self.entries[(r, c)].text(self.with_paper, self.show_spread, self.show_spread and n_min != n_max)
             if style == "tex":
                 text = _latex_escape(text)
             if (r, c) in self.best and style != "plain":
@@ -213,7 +220,7 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
                                 metric.endswith("_error"), set(spec.table.best_excludes)) \
         if spec.table.bold_best else (set(), set())
     return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
-                 records, when, footnotes, within)
+                 records, when, footnotes, within, spec.evaluation.spread)
 
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
@@ -296,7 +303,8 @@ def _latex_escape(text) -> str:
     out = str(text)
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
                        ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("—", "--"), ("Δ", r"$\Delta$"),
-                       ("×", r"$\times$"), ("†", r"\textsuperscript{\dag}"), ("‡", r"\textsuperscript{\ddag}")):
+                       ("×", r"$\times$"), ("±", r"$\pm$"), ("†", r"\textsuperscript{\dag}"),
+                       ("‡", r"\textsuperscript{\ddag}")):
         out = out.replace(char, repl)
     return out
 

@@ -84,6 +84,7 @@ class Evaluation(Strict):
     epoch: Literal["paper", "last", "best"] | list[Literal["last", "best"]] = "paper"
     aggregate: Literal["median", "mean", "std", "min", "max", "n"] = "median"
     metric: Literal["top1", "top5", "top1_error", "top5_error"] = "top1"  # error = 100 − accuracy (ImageNet tables)
+    spread: bool = False  # each number ± its standard deviation over seeds (and its n where the cells' n differ)
 
     @field_validator("epoch")
     @classmethod
