@@ -5,6 +5,7 @@ import datetime as dt
 import logging
 import os
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from harness.config.cell import Cell
 from harness.results.provenance import code_version
@@ -213,17 +214,34 @@ def _finished_test(plan: list[list[Cell]], store: ResultStore):
     return done
 
 
-def dry_run_lines(suite: Suite, store: ResultStore) -> list[str]:
-    """What ``harness run`` would train, wave by wave (teachers first), and what it would skip; trains nothing."""
+@dataclass
+class Plan:
+    """A run's waves of cells (teachers first), which are finished, and its first line."""
+
+    waves: list[list[Cell]]
+    done: Callable[[Cell], bool]
+    everything: list[Cell]
+    pending: list[Cell]
+    headline: str
+
+
+def plan_of(suite: Suite, store: ResultStore) -> Plan:
     cells = list({c.hash: c for c in suite.cells}.values())
     plan = waves(cells)
     done = _finished_test(plan, store)
     everything = [c for wave in plan for c in wave]
     pending = [c for c in everything if not done(c)]
     extra = len(everything) - len(cells)
-    lines = [f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
-             f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.uri}); "
-             "dry run: nothing trains"]
+    headline = (f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
+                f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.uri})")
+    return Plan(plan, done, everything, pending, headline)
+
+
+def dry_run_lines(suite: Suite, store: ResultStore) -> list[str]:
+    """What ``harness run`` would train, wave by wave (teachers first), and what it would skip; trains nothing."""
+    planned = plan_of(suite, store)
+    plan, done = planned.waves, planned.done
+    lines = [f"{planned.headline}; dry run: nothing trains"]
     for i, wave in enumerate(plan):
         todo = [c for c in wave if not done(c)]
         if not todo:
@@ -241,14 +259,9 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
               max_failures: int = 0, log=print) -> RunSummary:
     """Run the suite's unfinished cells, after the stage cells (teachers) they need; finished cells (in
     ``store``) are skipped, failed ones retried.  Stages run in waves, one Ray Tune experiment each."""
-    cells = list({c.hash: c for c in suite.cells}.values())
-    plan = waves(cells)
-    done = _finished_test(plan, store)
-    everything = [c for wave in plan for c in wave]
-    pending = [c for c in everything if not done(c)]
-    extra = len(everything) - len(cells)
-    log(f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
-        f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.uri})")
+    planned = plan_of(suite, store)
+    plan, done, everything, pending = planned.waves, planned.done, planned.everything, planned.pending
+    log(planned.headline)
     todo = {c.hash for c in pending}
     _prune(store, [c for c in everything if c.hash not in todo], log)  # finished by an earlier, killed run
     if not pending:
