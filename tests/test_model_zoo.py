@@ -219,3 +219,16 @@ def test_mobilenetv2_stages_are_repdistillers_feature_list(name, width):
         final, feats = model.forward_intermediates(torch.randn(2, 3, 32, 32))
         torch.testing.assert_close(final, model.conv2(feats[-1]))
     assert final.shape[1] == model.num_features == (int(1280 * width) if width > 1 else 1280)
+
+
+def test_networks_are_displayed_by_their_papers_names():
+    from harness.models.zoo import display_name
+
+    shown = {m: display_name(m) for m in ("cifar_resnet32", "cifar_resnet8x4", "cifar_wrn_40_2", "cifar_vgg13",
+                                          "cifar_mobilenetv2_x0_5", "cifar_shufflenetv1", "resnet50",
+                                          "imagenet_mobilenetv2_120", "cifar_resnet110_bottleneck")}
+    assert shown == {"cifar_resnet32": "ResNet-32", "cifar_resnet8x4": "ResNet-8×4", "cifar_wrn_40_2": "WRN-40-2",
+                     "cifar_vgg13": "VGG-13", "cifar_mobilenetv2_x0_5": "MobileNetV2 ×0.5",
+                     "cifar_shufflenetv1": "ShuffleNetV1", "resnet50": "ResNet-50",
+                     "imagenet_mobilenetv2_120": "MobileNetV2 ×1.2",
+                     "cifar_resnet110_bottleneck": "cifar_resnet110_bottleneck"}  # no paper name: as it is

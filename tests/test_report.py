@@ -107,7 +107,7 @@ def test_rendered_files(filled, tmp_path):
     md, tex, csv = (paths[k].read_text() for k in ("md", "tex", "csv"))
     assert "| cifar_resnet8+cifar_resnet8 |" in md and "64.00" in md and "n = 2–3 seeds" in md
     assert "abc123" in md and "Test CPU" in md
-    assert r"\toprule" in tex and r"\multicolumn{4}{c}{ind}" in tex and r"cifar\_resnet8+cifar\_resnet8" in tex
+    assert r"\toprule" in tex and r"\multicolumn{4}{c}{ind}" in tex and "ResNet-8 + ResNet-8" in tex
     assert tex.count(r"\\") >= 3
     assert len(csv.strip().splitlines()) == 1 + 5 * 4  # header + 5 finished cells × 4 values
 

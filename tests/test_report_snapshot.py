@@ -60,3 +60,9 @@ def test_latex_compiles(rendered, tmp_path):
     run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:]
+
+
+def test_the_latex_names_networks_as_papers_do_and_typesets_minus_signs(rendered):
+    body = rendered["tex"].split("\\midrule", 1)[1]
+    assert body.lstrip().startswith("ResNet-32 + ResNet-32 &") and "cifar" not in body
+    assert "(71.15, $-$0.85)" in body and ", -0" not in body and "(68.99, +1.21)" in body

@@ -52,3 +52,20 @@ default_cfgs = generate_default_cfgs({
 def imagenet_mobilenetv2_120(pretrained: bool = False, **kwargs):
     """MobileNetV2 with width 1.2 and the standard depth (KDCL Table 4); timm has only mobilenetv2_120d."""
     return _gen_mobilenet_v2("imagenet_mobilenetv2_120", 1.2, pretrained=pretrained, **kwargs)
+
+
+def display_name(model: str) -> str:
+    """How the papers print a network (ResNet-32, WRN-16-2, MobileNetV2 ×0.5, ResNet-8×4, VGG-13, ShuffleNetV1),
+    for camera-ready tables; a name the table above does not know is left as it is."""
+    import re
+
+    paper = next((p for kind in PAPER_MODELS.values() for p, name in kind.items() if name == model), None)
+    if paper is None:
+        return model
+    patterns = ((r"resnet(\d+)x(\d+)", r"ResNet-\1×\2"), (r"resnet(\d+)", r"ResNet-\1"),
+                (r"wrn_(\d+)_(\d+)", r"WRN-\1-\2"), (r"mobilenetv2_x(\d)_(\d)", r"MobileNetV2 ×\1.\2"),
+                (r"mobilenetv2", "MobileNetV2"), (r"shufflenetv1", "ShuffleNetV1"), (r"vgg(\d+)", r"VGG-\1"))
+    for pattern, text in patterns:
+        if re.fullmatch(pattern, paper):
+            return re.sub(pattern, text, paper)
+    return model

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
 from harness.data.fingerprint import describe as describe_fingerprint
+from harness.models.zoo import display_name
 from harness.papers.tables import load_paper_table, paper_lookup
 from harness.reporting.frames import COST_VALUES, epoch_text, report_cells, stage_value_cells, trial_frame
 from harness.results.store import ResultStore
@@ -85,13 +87,17 @@ class Table:
         def cell(r, c) -> str:
             text = self.entries[(r, c)].text(self.with_paper, self.show_spread, self.show_spread and n_min != n_max)
             if style == "tex":
-                text = _latex_escape(text)
+                text = _latex_minus(_latex_escape(text))
             if (r, c) in self.best and style != "plain":
                 ours, _, rest = text.partition(" ")
                 text = (f"**{ours}**" if style == "md" else f"\\textbf{{{ours}}}") + (f" {rest}" if rest else "")
             return text
 
-        label = (lambda r: _latex_escape(" / ".join(map(str, r)))) if style == "tex" else (lambda r: " / ".join(map(str, r)))
+        def label(r) -> str:
+            if style != "tex":
+                return " / ".join(map(str, r))
+            return _latex_escape(" / ".join(paper_style(k, v) for k, v in zip(self.row_keys, r)))
+
         return [[label(r)] + [cell(r, c) for c in self.columns] for r in self.rows]
 
     def n_range(self) -> tuple[int, int]:
@@ -299,6 +305,18 @@ def _recipe_text(recipe: dict) -> str:
             + f", crop pad {recipe['augment']['crop_padding']}, flip {recipe['augment']['flip']}")
 
 
+def paper_style(axis: str, value) -> str:
+    """A table label as a paper prints it: a group's networks by their papers' names (ResNet-32 + ResNet-32)."""
+    if axis == "group":
+        return " + ".join(display_name(m) for m in str(value).split("+"))
+    return str(value)
+
+
+def _latex_minus(text: str) -> str:
+    """Typeset minus signs of numbers (−0.85, not a hyphen) in an escaped cell."""
+    return re.sub(r"(?<![\w$])-(?=\d)", "$-$", text)
+
+
 def _latex_escape(text) -> str:
     out = str(text)
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
@@ -315,7 +333,7 @@ def _latex_header_rows(table: Table) -> list[list[tuple[str, int]]]:
     for level in range(len(table.column_keys)):
         row: list[tuple[str, int]] = []
         for col in table.columns:
-            label = str(col[level])
+            label = paper_style(table.column_keys[level], col[level])
             prefix = col[:level + 1]
             if row and row[-1][2] == prefix:
                 row[-1] = (row[-1][0], row[-1][1] + 1, prefix)
