@@ -10,8 +10,8 @@ from harness.suite.schema import load_suite
 from tests.conftest import tiny_suite_dict
 from tests.test_report import fake_record
 
-# (method, seed) -> per epoch: (top1 of net1, loss terms); net2 is 5 points above net1, so the curve's output
-# (net1, the first of the table's values) is the one the figure must take
+# (method, seed) -> per epoch: (top1 of net1, loss terms); net2 is 5 points above net1, avg 2.5, ens 6: every
+# output the table shows is a curve of its own
 HISTORY = {
     ("ind", 0): [(10.0, {"ce/net1": 2.0, "ce/net2": 2.5}), (30.0, {"ce/net1": 1.5, "ce/net2": 1.0})],
     ("ind", 1): [(14.0, {"ce/net1": 2.2, "ce/net2": 2.1}), (20.0, {"ce/net1": 1.1, "ce/net2": 1.3})],
@@ -49,27 +49,36 @@ def with_history(tmp_path, write_suite):
 def test_curve_data_is_the_median_min_max_over_seeds(with_history):
     suite, store = with_history
     history = history_frame(suite, store.records(suite.cells))
-    assert set(history["output"]) == {"net1"} and len(history) == 2 * 3 * 2
-    curves = curve_frame(history).set_index(["method", "quantity", "epoch"])
+    assert set(history["output"]) == {"net1", "net2", "avg", "ens", ""}
+    # per cell and epoch: 4 outputs and the CE terms; DML also its other (KL) terms
+    assert len(history) == 3 * 2 * (4 + 1) + 3 * 2 * (4 + 2)
+    assert not ((history["method"] == "ind") & (history["quantity"] == "other")).any()  # Ind has no other term
+    curves = curve_frame(history).set_index(["method", "output", "quantity", "epoch"])
+    offsets = {"net1": 0.0, "net2": 5.0, "avg": 2.5, "ens": 6.0}
     for method in ("ind", "dml"):
         for epoch in (1, 2):
-            accs = [HISTORY[(method, s)][epoch - 1][0] for s in range(3)]
-            losses = [sum(HISTORY[(method, s)][epoch - 1][1].values()) for s in range(3)]
-            for quantity, ys in (("accuracy", accs), ("loss", losses)):
-                row = curves.loc[(method, quantity, epoch)]
+            terms = [HISTORY[(method, s)][epoch - 1][1] for s in range(3)]
+            expected = {(o, "accuracy"): [HISTORY[(method, s)][epoch - 1][0] + d for s in range(3)]
+                        for o, d in offsets.items()}
+            expected[("", "ce")] = [sum(v for k, v in t.items() if k.startswith("ce/")) for t in terms]
+            if method == "dml":
+                expected[("", "other")] = [sum(v for k, v in t.items() if not k.startswith("ce/")) for t in terms]
+            for (output, quantity), ys in expected.items():
+                row = curves.loc[(method, output, quantity, epoch)]
                 assert row["median"] == pytest.approx(sorted(ys)[1])
                 assert (row["min"], row["max"], row["n"]) == (pytest.approx(min(ys)), pytest.approx(max(ys)), 3)
-    # spelled out for one point: dml's epoch-1 losses 4.75, 6.0, 3.0 → median 4.75, band 3.0–6.0
-    row = curves.loc[("dml", "loss", 1)]
-    assert (row["median"], row["min"], row["max"]) == pytest.approx((4.75, 3.0, 6.0))
-    assert curves.loc[("ind", "accuracy", 2)]["median"] == 30.0  # of 30, 20, 40
+    # spelled out for one point: dml's epoch-1 CE 4.0, 5.0, 2.0 → median 4.0, band 2–5; its KL 0.75, 1.0, 1.0
+    assert tuple(curves.loc[("dml", "", "ce", 1)][["median", "min", "max"]]) == pytest.approx((4.0, 2.0, 5.0))
+    assert tuple(curves.loc[("dml", "", "other", 1)][["median", "min", "max"]]) == pytest.approx((1.0, 0.75, 1.0))
+    assert curves.loc[("ind", "net1", "accuracy", 2)]["median"] == 30.0  # of 30, 20, 40
 
 
 def test_error_metric_curves_are_100_minus_accuracy(with_history):
     suite, store = with_history
     suite.spec.evaluation.metric = "top1_error"
-    curves = curve_frame(history_frame(suite, store.records(suite.cells))).set_index(["method", "quantity", "epoch"])
-    assert curves.loc[("ind", "accuracy", 1)]["median"] == 100.0 - 12.0
+    curves = curve_frame(history_frame(suite, store.records(suite.cells))).set_index(
+        ["method", "output", "quantity", "epoch"])
+    assert curves.loc[("ind", "net1", "accuracy", 1)]["median"] == 100.0 - 12.0
 
 
 def test_curve_files_written_linked_and_byte_identical(with_history, tmp_path):
@@ -81,7 +90,7 @@ def test_curve_files_written_linked_and_byte_identical(with_history, tmp_path):
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and pdf.read_bytes().startswith(b"%PDF")
     md = paths["md"].read_text()
     assert "## Figures" in md and "![curves](tiny_curves.png)" in md and "(tiny_curves.pdf)" in md
-    assert "sum of all the loss terms" in md
+    assert "the cross-entropy terms" in md and "every output (net1, net2, avg, ens" in md
     assert not list(out.glob("tiny_sweep_*"))  # no grid in this suite
     first = png.read_bytes(), pdf.read_bytes()
     write_report(suite, store, out, log=lambda *_: None)

@@ -1,10 +1,11 @@
 """Figures beside a suite's report: per-epoch curves of every method, and the effect of a swept hyper-parameter.
 
-- ``<suite>_curves.png/.pdf``: for each peer group (one row of panels, as in TSB Fig. 5), the test accuracy and
-  the training loss of every method per epoch, from the records' ``history``: the median over seeds as a line,
-  the min–max over seeds as a band.  The accuracy is the suite's metric (``top1`` unless it says otherwise) of
-  the first output the table shows for the method (``net1`` in most tables); the loss is the sum of all the
-  ``loss/*`` terms a trial logged for that epoch (every peer's terms, and those of added modules).
+- ``<suite>_curves.png/.pdf``: for each peer group (one row of panels, as in TSB Fig. 5), per epoch and method,
+  from the records' ``history``: the test accuracy of every output the table shows for the method (the suite's
+  metric; net1, net2, avg, ens…, one line style each), the cross-entropy terms (``loss/ce/*``, summed: the one
+  loss every method has, so the methods compare) and, apart, every other term (distillation, adversarial, feature
+  terms, summed).  The median over seeds is a line (a marker per method, so that identical curves stay visible),
+  the min–max over seeds a band.
 - ``<suite>_sweep_<param>.png/.pdf``: for a method entry with a ``{grid: [...]}`` hyper-parameter (labels such
   as ``dml[temperature=3]``), the suite's aggregate over seeds of each table output against the swept value,
   one line per group and output (TSB Fig. 3's β, KDCL Table 9's λ); the band is the min–max over seeds.
@@ -28,7 +29,11 @@ from harness.reporting.frames import COST_VALUES, epoch_text, metric_value, tria
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 
-CURVE_KEYS = ["dataset", "group", "method", "quantity", "epoch"]
+CURVE_KEYS = ["dataset", "group", "method", "output", "quantity", "epoch"]
+QUANTITIES = (("accuracy", "test {metric} (%)"), ("ce", "cross-entropy terms"), ("other", "other loss terms"))
+LINE_STYLES = {"net1": "-", "net2": "--", "avg": "-.", "ens": ":"}  # netK beyond: the cycle below
+MORE_STYLES = ((0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (6, 2)))
+MARKERS = "osD^vP*Xph"
 SWEEP_AGGREGATES = ("median", "mean", "min", "max")  # "std" or "n" of a sweep point is no accuracy: median then
 STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
          "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.dpi": 100,
@@ -47,14 +52,12 @@ class Figure:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def curve_output(suite: Suite, label: str, history: list[dict]) -> str | None:
-    """The output whose accuracy a method's curve shows: the first the table shows for it that was evaluated."""
+def curve_outputs(suite: Suite, label: str, history: list[dict]) -> list[str]:
+    """The outputs whose accuracy a method's curves show: those the table shows for it that were evaluated."""
     table = suite.spec.table
     evaluated = {key.split("/", 1)[1] for row in history for key in row if key.startswith("top1/")}
-    for value in table.values:
-        if value in evaluated and table.shows({"method": label, "value": value}):
-            return value
-    return None
+    return [value for value in dict.fromkeys(table.values)
+            if value in evaluated and table.shows({"method": label, "value": value})]
 
 
 def _metric(row: dict, metric: str, output: str | None) -> float:
@@ -67,29 +70,40 @@ def _metric(row: dict, metric: str, output: str | None) -> float:
     return metric_value({base: row[key]}, metric)
 
 
+HISTORY_COLUMNS = ["dataset", "group", "method", "output", "seed", "epoch", "quantity", "y"]
+
+
 def history_frame(suite: Suite, records: dict[str, dict]) -> pd.DataFrame:
-    """One row per (finished cell, epoch): the test metric of the method's curve output and the summed loss."""
+    """Per (finished cell, epoch): one row per output with its test metric (quantity ``accuracy``), one with the
+    summed cross-entropy terms (``ce``) and one with every other loss term summed (``other``; absent where a
+    method has none), the losses with output ``""``."""
     metric = suite.spec.evaluation.metric
     rows = []
     for cell in suite.cells:
         record = records.get(cell.hash)
         if record is None or record.get("status") != "ok" or not record.get("history"):
             continue
-        output = curve_output(suite, cell.label, record["history"])
+        outputs = curve_outputs(suite, cell.label, record["history"])
+        where = {"dataset": cell.dataset["name"], "group": cell.row_name, "method": cell.label, "seed": cell.seed}
         for row in record["history"]:
-            losses = [v for k, v in row.items() if k.startswith("loss/")]
-            rows.append({"dataset": cell.dataset["name"], "group": cell.row_name, "method": cell.label,
-                         "output": output, "seed": cell.seed, "epoch": int(row["epoch"]),
-                         "accuracy": _metric(row, metric, output), "loss": sum(losses) if losses else math.nan})
-    return pd.DataFrame(rows, columns=["dataset", "group", "method", "output", "seed", "epoch", "accuracy", "loss"])
+            epoch = int(row["epoch"])
+            for output in outputs:
+                rows.append({**where, "output": output, "epoch": epoch, "quantity": "accuracy",
+                             "y": _metric(row, metric, output)})
+            terms = {k: v for k, v in row.items() if k.startswith("loss/")}
+            ce = [v for k, v in terms.items() if k.startswith("loss/ce/") or k == "loss/ce"]
+            other = [v for k, v in terms.items() if not (k.startswith("loss/ce/") or k == "loss/ce")]
+            for quantity, values in (("ce", ce), ("other", other)):
+                if values:
+                    rows.append({**where, "output": "", "epoch": epoch, "quantity": quantity, "y": sum(values)})
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def curve_frame(history: pd.DataFrame) -> pd.DataFrame:
-    """Median, min and max over seeds per (dataset, group, method, quantity, epoch); quantity = accuracy, loss.
+    """Median, min and max over seeds per (dataset, group, method, output, quantity, epoch).
 
     ``n`` counts the seeds that reached the epoch (a seed may stop earlier)."""
-    long = history.melt(id_vars=["dataset", "group", "method", "seed", "epoch"], value_vars=["accuracy", "loss"],
-                        var_name="quantity", value_name="y").dropna(subset=["y"])
+    long = history.dropna(subset=["y"])
     stats = long.groupby(CURVE_KEYS, sort=False)["y"].agg(["median", "min", "max", "count"]).reset_index()
     return stats.rename(columns={"count": "n"})  # in the suite's order of groups and methods
 
@@ -164,35 +178,51 @@ def _save(figure, out_dir: Path, stem: str) -> tuple[Path, Path]:
     return paths
 
 
+def _line_style(output: str, outputs: list[str]):
+    if output in LINE_STYLES:
+        return LINE_STYLES[output]
+    return MORE_STYLES[outputs.index(output) % len(MORE_STYLES)] if output in outputs else "-"
+
+
 def draw_curves(curves: pd.DataFrame, methods: list[str], metric: str, title: str):
-    """Rows of panels, one per (dataset, group): accuracy per epoch on the left, training loss on the right."""
+    """Rows of panels, one per (dataset, group): the accuracy of every output, the cross-entropy terms and the
+    other loss terms per epoch.  A method has one color and marker in every panel, an output one line style."""
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     panels = list(dict.fromkeys(zip(curves["dataset"], curves["group"])))
     several_datasets = len({d for d, _ in panels}) > 1
-    figure = _new_figure(11.0, 0.6 + 2.8 * len(panels))
-    axes = figure.subplots(len(panels), 2, squeeze=False)
-    colors, handles = _colors(methods), {}
-    quantities = (("accuracy", f"test {metric} (%)"), ("loss", "training loss (sum of terms)"))
+    quantities = [(q, label.format(metric=metric)) for q, label in QUANTITIES if (curves["quantity"] == q).any()]
+    figure = _new_figure(4.2 * len(quantities) + 2.0, 0.6 + 2.8 * len(panels))
+    axes = figure.subplots(len(panels), len(quantities), squeeze=False)
+    colors = _colors(methods)
+    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(methods)}
+    outputs = [o for o in dict.fromkeys(curves.loc[curves["quantity"] == "accuracy", "output"]) if o]
+    drawn_methods = []
     for (dataset, group), row in zip(panels, axes):
         where = f"{dataset} / {group}" if several_datasets else group
         for ax, (quantity, ylabel) in zip(row, quantities):
             data = curves[(curves["dataset"] == dataset) & (curves["group"] == group)
                           & (curves["quantity"] == quantity)]
             for method in methods:
-                line = data[data["method"] == method].sort_values("epoch", kind="stable")
-                if line.empty:
-                    continue
-                handles[method], = ax.plot(line["epoch"], line["median"], color=colors[method], label=method)
-                if (line["n"] > 1).any():
-                    ax.fill_between(line["epoch"], line["min"], line["max"], color=colors[method], alpha=0.2,
-                                    linewidth=0)
+                for output in dict.fromkeys(data.loc[data["method"] == method, "output"]):
+                    line = data[(data["method"] == method) & (data["output"] == output)].sort_values(
+                        "epoch", kind="stable")
+                    ax.plot(line["epoch"], line["median"], color=colors[method], marker=markers[method],
+                            markersize=3.5, markevery=max(1, len(line) // 8), linestyle=_line_style(output, outputs))
+                    if (line["n"] > 1).any():
+                        ax.fill_between(line["epoch"], line["min"], line["max"], color=colors[method], alpha=0.12,
+                                        linewidth=0)
+                    if method not in drawn_methods:
+                        drawn_methods.append(method)
             ax.set_title(where)
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    shown = [m for m in methods if m in handles]  # one legend: a method has one color in every panel
-    figure.legend([handles[m] for m in shown], shown, loc="outside right upper")
+    legend = [Line2D([], [], color=colors[m], marker=markers[m], markersize=3.5, label=m)
+              for m in methods if m in drawn_methods]
+    legend += [Line2D([], [], color="0.3", linestyle=_line_style(o, outputs), label=o) for o in outputs]
+    figure.legend(handles=legend, loc="outside right upper")  # one legend: methods by color, outputs by style
     figure.suptitle(textwrap.fill(title, 110))
     return figure
 
@@ -245,13 +275,15 @@ def write_figures(suite: Suite, store: ResultStore, out_dir: str | Path, trials:
         history = history_frame(suite, records)
         curves = curve_frame(history)
         if not curves.empty:
-            outputs = ", ".join(dict.fromkeys(history["output"].dropna()))
+            outputs = ", ".join(o for o in dict.fromkeys(history["output"].dropna()) if o)
             figure = draw_curves(curves, suite.labels(), metric, spec.title or spec.name)
             png, pdf = _save(figure, out_dir, f"{suite.name}_curves")
             figures.append(Figure(
-                "curves", f"Per-epoch test {metric} (of {outputs}) and training loss (the sum of all "
-                "the loss terms a trial logged, averaged over the epoch's batches), median over seeds with "
-                "the min–max band.", png, pdf))
+                "curves", f"Per-epoch test {metric} of every output ({outputs}; one line style each), the "
+                "cross-entropy terms (summed over the peers: the loss every method has) and, apart, all the other "
+                "loss terms a trial logged (distillation, adversarial, feature terms), each averaged over the "
+                "epoch's batches; median over seeds with the min–max band, one color and marker per method.",
+                png, pdf))
         if trials is None:
 
             trials = trial_frame(suite, store, records)
