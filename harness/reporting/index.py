@@ -91,13 +91,16 @@ def suite_cost(suite: Suite, macs_per_s: float = ASSUMED_MACS_PER_S) -> dict:
             "memory_gib": max(m.total_bytes for m in memory) / GIB if all(memory) else None}
 
 
-def suite_line(suite: Suite, store: ResultStore, macs_per_s: float = ASSUMED_MACS_PER_S) -> dict:
+def suite_line(suite: Suite, store: ResultStore, macs_per_s: float = ASSUMED_MACS_PER_S,
+               modified: dict[str, float] | None = None) -> dict:
+    """``modified``: the store's record files and their times, listed once for all suites (a bucket is slow to
+    list); listed here where not given."""
     everything = [c for wave in waves(suite.cells) for c in wave]
     stage_cells = len(everything) - len({c.hash for c in suite.cells})
     records = [store.get(c.hash) for c in everything]
     done = sum(1 for r in records if r and r.get("status") == "ok")
     failed = sum(1 for r in records if r and r.get("status") == "failed")
-    modified = {e.path: e.mtime for e in store.record_entries()}
+    modified = {e.path: e.mtime for e in store.record_entries()} if modified is None else modified
     times = [modified.get(store.record_path(c.hash), 0) for c, r in zip(everything, records) if r]
     last = dt.datetime.fromtimestamp(max(times)).strftime("%Y-%m-%d") if times else None
     return {
@@ -118,13 +121,14 @@ def build_index(suites_dir: str | Path, results: str | Path) -> tuple[list[dict]
     store = ResultStore(results)
     rate = measured_rate(store)
     lines, broken = [], []
+    modified = {e.path: e.mtime for e in store.record_entries()}
     for path in sorted(Path(suites_dir).glob("*.yaml")):
         try:
             suite = load_suite(path)
             problems = capacity_errors(suite)
             if problems:
                 raise SuiteError(problems)
-            lines.append(suite_line(suite, store, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S))
+            lines.append(suite_line(suite, store, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S, modified))
         except SuiteError as e:
             broken.append(f"{path.name}: {e.lines[0]}")
     covered = {line["table"] for line in lines}
