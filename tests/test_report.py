@@ -527,3 +527,17 @@ def test_spread_and_n_beside_each_number_when_asked(tmp_path, write_suite):
     row = table.body("plain")[0]
     assert row[1] == f"71.00 ± {statistics.stdev([70.0, 72.0, 71.0]):.2f} (n=3)" and row[2] == "73.00 (n=1)"
     assert "71.00 $\\pm$ 1.00" in render(table, suite, store)["tex"]
+
+
+def test_the_paper_delta_can_be_left_out_for_a_shorter_cell():
+    from harness.reporting.report import Entry
+
+    entry = Entry(70.0, 2, paper=71.25)
+    assert entry.text(True) == "70.00 (71.25, -1.25)" and entry.text(True, delta=False) == "70.00 (71.25)"
+    assert load_suite_dict_ok({"paper_delta": False})
+
+
+def load_suite_dict_ok(table: dict) -> bool:
+    from harness.suite.schema import Layout
+
+    return Layout.model_validate(table).paper_delta is False

@@ -52,14 +52,32 @@ def test_best_method_is_bold_per_value(rendered):
     assert "\\textbf{72.80}" in rendered["tex"]
 
 
-@pytest.mark.skipif(not shutil.which("pdflatex"), reason="no TeX engine installed")
-def test_latex_compiles(rendered, tmp_path):
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="no TeX engine installed (none is on the package index)")
+def test_latex_compiles_and_fits_the_page(rendered, tmp_path):
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + rendered["tex"]
-                   + "\n\\end{document}\n")
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n"
+                   + rendered["tex"] + "\n\\end{document}\n")
     run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:]
+    assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")
+
+
+def test_a_wide_table_is_scaled_to_the_text_width_and_a_narrow_one_is_not(rendered, tmp_path, write_suite):
+    """The snapshot's 12 columns of "ours (paper, Δ)" are wider than a page (estimated from its characters): a
+    table* scaled to the text width; one method's two numbers without the paper are not touched."""
+    from harness.reporting.report import TEXT_WIDTH_PT, latex_width
+
+    assert "\\resizebox{\\textwidth}{!}{%" in rendered["tex"] and "\\begin{table*}" in rendered["tex"]
+    raw = tiny_suite_dict(seeds=[0], methods=["ind"], table={"rows": ["group"], "columns": ["method", "value"],
+                                                             "values": ["net1", "net2"]})
+    suite = load_suite(write_suite(raw, "narrow.yaml"))
+    store = ResultStore(tmp_path / "narrow")
+    for cell in suite.cells:
+        store.put(fake_record(cell, 70.0, 69.0))
+    table = build_table(suite, store)
+    tex = render(table, suite, store)["tex"]
+    assert latex_width(table) < TEXT_WIDTH_PT and "resizebox" not in tex and "\\begin{table}[t]" in tex
 
 
 def test_the_latex_names_networks_as_papers_do_and_typesets_minus_signs(rendered):

@@ -47,7 +47,7 @@ class Entry:
     def delta(self) -> float | None:
         return None if self.ours is None or self.paper is None else self.ours - self.paper
 
-    def text(self, with_paper: bool, spread: bool = False, with_n: bool = False) -> str:
+    def text(self, with_paper: bool, spread: bool = False, with_n: bool = False, delta: bool = True) -> str:
         ours = (MISSING if self.applicable else NOT_APPLICABLE) if self.ours is None else f"{self.ours:.2f}"
         if self.ours is not None and spread and self.spread is not None:
             ours += f" ± {self.spread:.2f}"
@@ -56,8 +56,8 @@ class Entry:
         if not with_paper:
             return ours
         paper = MISSING if self.paper is None else f"{self.paper:.2f}{self.paper_mark}"
-        delta = "" if self.delta is None else f", {self.delta:+.2f}"
-        return f"{ours} ({paper}{delta})"
+        shown = "" if self.delta is None or not delta else f", {self.delta:+.2f}"
+        return f"{ours} ({paper}{shown})"
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Table:
     footnotes: dict = field(default_factory=dict)  # mark -> what it means here (the papers' copied numbers)
     within_spread: set = field(default_factory=set)  # contests not bolded: the best within the seeds' spread
     show_spread: bool = False  # ``evaluation.spread``: ± the standard deviation over seeds
+    paper_delta: bool = True  # ``table.paper_delta``: ours − paper beside the paper's number
 
     def header(self) -> list[str]:
         return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
@@ -85,7 +86,8 @@ class Table:
         n_min, n_max = self.n_range()
 
         def cell(r, c) -> str:
-            text = self.entries[(r, c)].text(self.with_paper, self.show_spread, self.show_spread and n_min != n_max)
+            text = self.entries[(r, c)].text(self.with_paper, self.show_spread, self.show_spread and n_min != n_max,
+                                             self.paper_delta)
             if style == "tex":
                 text = _latex_minus(_latex_escape(text))
             if (r, c) in self.best and style != "plain":
@@ -226,7 +228,7 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
                                 metric.endswith("_error"), set(spec.table.best_excludes)) \
         if spec.table.bold_best else (set(), set())
     return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
-                 records, when, footnotes, within, spec.evaluation.spread)
+                 records, when, footnotes, within, spec.evaluation.spread, spec.table.paper_delta)
 
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
@@ -343,6 +345,29 @@ def _latex_header_rows(table: Table) -> list[list[tuple[str, int]]]:
     return header
 
 
+TEXT_WIDTH_PT = 345.0  # LaTeX article's \textwidth at 10 pt: wider tables are scaled to fit
+CHAR_PT, COLUMN_GAP_PT = 5.0, 12.0  # a digit of a 10 pt font, and booktabs' space between columns
+
+
+def latex_width(table: Table) -> float:
+    """An estimate of the tabular's natural width in points (characters × a digit's width, plus column gaps)."""
+    body, header = table.body("plain"), _latex_header_rows(table)
+    widths = [max([len(" / ".join(table.row_keys))] + [len(row[0]) for row in body])]
+    for j, _ in enumerate(table.columns):
+        spans = [len(text) / span for level in header for text, span in _spread_over(level, j)]
+        widths.append(max([len(row[j + 1]) for row in body] + spans))
+    return sum(w * CHAR_PT + COLUMN_GAP_PT for w in widths)
+
+
+def _spread_over(level: list[tuple[str, int]], column: int):
+    """The header entry of ``level`` above ``column`` (index among the value columns)."""
+    start = 0
+    for text, span in level:
+        if start <= column < start + span:
+            yield text, span
+        start += span
+
+
 def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
     env = Environment(loader=FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
@@ -350,6 +375,8 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
     context = {
         "table": table, "suite": suite.spec, "prov": provenance(suite, store, table),
         "latex_body": table.body("tex"),
+        "latex_wide": latex_width(table) > TEXT_WIDTH_PT,
+        "resize_open": "\\resizebox{\\textwidth}{!}{%",  # in a variable: "{%" would open a Jinja tag
         "metric_text": METRIC_TEXT[suite.spec.evaluation.metric],
         "markdown_table": tabulate(table.body("md"), headers=table.header(), tablefmt="pipe", disable_numparse=True,
                                    colalign=["left"] + ["right"] * len(table.columns)),

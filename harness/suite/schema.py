@@ -125,6 +125,7 @@ class Layout(Strict):
     method_values: dict[str, list[str]] = {}
     gains: dict[str, Gain] = {}  # derived values by name, usable in ``values`` ({gain: {reference: ind, of: [avg]}})
     bold_best: bool = True  # the best method's value in bold, as the papers print it
+    paper_delta: bool = True  # beside the paper's number, ours − paper (false: "ours (paper)", a shorter cell)
     best_excludes: list[str] = []  # "method/value" entries that do not compete (ACKD Table 2's teacher: "ind/net1")
     # "method/value" entries that show a stage's own accuracy instead of the method's cell: {"ind/net1": teacher} puts
     # in the Teacher row the stage teacher the group's students learnt from (its own record, seed and hash)
