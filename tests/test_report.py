@@ -534,10 +534,6 @@ def test_the_paper_delta_can_be_left_out_for_a_shorter_cell():
 
     entry = Entry(70.0, 2, paper=71.25)
     assert entry.text(True) == "70.00 (71.25, -1.25)" and entry.text(True, delta=False) == "70.00 (71.25)"
-    assert load_suite_dict_ok({"paper_delta": False})
-
-
-def load_suite_dict_ok(table: dict) -> bool:
     from harness.suite.schema import Layout
 
-    return Layout.model_validate(table).paper_delta is False
+    assert Layout.model_validate({"paper_delta": False}).paper_delta is False and Layout().paper_delta is True
