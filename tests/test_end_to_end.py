@@ -174,8 +174,11 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_by_default(tmp_path, 
             break
     recorded = json.loads((tmp_path / "state" / "ray-local" / f"{run.pid}.json").read_text())["processes"]
     raylet = next((pid, started) for pid, started, kind in recorded if kind == "raylet")
-    trial = [pid for pid in _workers_of(*raylet) if b"ImplicitFunc" in (PROC / str(pid) / "cmdline").read_bytes()]
-    assert len(trial) == 1, seen
+    # the trial's actor: its process title is ray::CellTrial, or ray::ResourceTrainable.<method> (the class Tune's
+    # with_resources makes of it) while a method runs
+    titles = {pid: (PROC / str(pid) / "cmdline").read_bytes() for pid in _workers_of(*raylet)}
+    trial = [pid for pid, title in titles.items() if b"CellTrial" in title or b"ResourceTrainable" in title]
+    assert len(trial) == 1, (seen, titles)
     os.kill(trial[0], signal.SIGKILL)
     out = "".join(seen) + run.communicate(timeout=400)[0]
     assert run.returncode == 0, out

@@ -335,7 +335,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
     """One Ray Tune experiment: a trial per cell; returns when all ended or after Ctrl-C."""
     from ray import tune
 
-    from harness.scheduling.trainable import train_cell
+    from harness.scheduling.trainable import cell_trainable
 
     global _progress_log
     _progress_log = log
@@ -354,7 +354,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
     StoreUnwritable.reason = None
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tuner = tune.Tuner(
-        tune.with_resources(train_cell, resources),
+        tune.with_resources(cell_trainable(), resources),
         param_space={
             "cell": tune.grid_search([c.to_dict() for c in cells]),
             "runtime": asdict(runtime),

@@ -106,6 +106,21 @@ def train_cell(config: dict) -> None:
         _train_in_process(config, parallel)
 
 
+def cell_trainable():
+    """Tune's trainable of ``train_cell`` whose trial actors are named after their cell: the Ray dashboard's
+    Actors view (and ``ray list actors --detail``) shows an actor's ``repr``, which for a function trainable is
+    otherwise the function's name, the same for every trial."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class CellTrial(wrap_function(train_cell)):
+        def setup(self, config):
+            cell = Cell.from_dict(config["cell"])
+            self._name = f"{cell.suite}: {cell.describe()} [{cell.hash}]"
+            super().setup(config)
+
+    return CellTrial
+
+
 def _train_in_process(config: dict, parallel: dict) -> None:
     from ray import tune
 
