@@ -21,17 +21,24 @@ def load_suite(path: str | Path, *overrides: str, smoke: bool = False, data_root
     return smoke_suite(suite, data_root) if smoke else suite
 
 
+def suite_problems(suite) -> list[str]:
+    """What refuses a suite before any data is read: its cells against the data's facts and their networks, then
+    against the resources (a batch the data cannot fill would only add memory lines)."""
+    from harness.suite.capacity import capacity_errors
+    from harness.suite.fit import fit_errors
+
+    return fit_errors(suite) or capacity_errors(suite)
+
+
 def prepare_run(suite, results: str = "results", data_root: str | None = None, log=print):
     """Every check a run makes before Ray starts (the data and networks fit, the resources, each cell's first
     batch, the data bound to its records); returns (the suite bound to the data here, its store)."""
     from harness.results.store import ResultStore
     from harness.scheduling.data_keys import bind_data, dataset_loader
-    from harness.suite.capacity import capacity_errors
-    from harness.suite.fit import fit_errors
     from harness.suite.preflight import input_errors
     from harness.suite.schema import SuiteError
 
-    problems = fit_errors(suite) or capacity_errors(suite)  # memory of a batch the data cannot fill: noise
+    problems = suite_problems(suite)
     if problems:  # refused before Ray starts: such a trial would queue, allocate and die
         raise SuiteError(problems)
     store = ResultStore(results)

@@ -121,14 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
-    from harness.reporting.index import ASSUMED_MACS_PER_S, measured_rate, suite_cost
+    from harness.api import suite_problems
+    from harness.reporting.index import measured_rate
     from harness.results.store import ResultStore
-    from harness.suite.capacity import capacity_errors
-    from harness.suite.fit import fit_errors
     from harness.suite.schema import SuiteError, load_suite
 
     rate = measured_rate(ResultStore(args.results))
-    macs_per_s = rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S
     status = 0
     overrides = [a for a in args.suites if "=" in a and not Path(a).exists()]
     for path in [a for a in args.suites if a not in overrides]:
@@ -138,7 +136,7 @@ def cmd_validate(args) -> int:
             print(e, file=sys.stderr)
             status = 2
             continue
-        problems = fit_errors(suite) or capacity_errors(suite)  # memory of a batch the data cannot fill: noise
+        problems = suite_problems(suite)
         if problems:
             print("\n".join(problems), file=sys.stderr)
             status = 2
@@ -146,13 +144,16 @@ def cmd_validate(args) -> int:
         groups = {c.row_name for c in suite.cells}
         print(f"{path}: ok, {len({c.hash for c in suite.cells})} cells ({len(groups)} groups × "
               f"{len(suite.labels())} methods × {len(suite.spec.seeds)} seeds)"
-              + _cost_words(suite, suite_cost(suite, macs_per_s), rate))
+              + _cost_words(suite, rate))
     return status
 
 
-def _cost_words(suite, cost: dict, rate: dict | None) -> str:
+def _cost_words(suite, rate: dict | None) -> str:
     """``; est. 41 GPU-h (longest cell 2.1 h on 8 workers × 1 GPU), 13.2 GiB per worker``, from the measured rate
-    or the assumed one (it says which)."""
+    (``measured_rate`` of a store) or the assumed one (it says which)."""
+    from harness.reporting.index import ASSUMED_MACS_PER_S, suite_cost
+
+    cost = suite_cost(suite, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S)
     if cost["gpu_hours"] is None:
         return ""
     resources = suite.spec.resources
@@ -172,10 +173,9 @@ def cmd_run(args) -> int:
 
     suite, store = prepare_run(_load(args), args.results, args.data_root)
     if args.dry_run:
-        from harness.reporting.index import ASSUMED_MACS_PER_S, measured_rate, suite_cost
+        from harness.reporting.index import measured_rate
 
-        rate = measured_rate(store)
-        cost = _cost_words(suite, suite_cost(suite, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S), rate)
+        cost = _cost_words(suite, measured_rate(store))
         print("\n".join(dry_run_lines(suite, store)) + (f"\nwhole suite{cost.removeprefix(';')}" if cost else ""))
         return 0
     store.check_writable()

@@ -488,8 +488,10 @@ def _one_size(files: list[str]) -> tuple[int, int] | None:
             raise DatasetError(f"{path}: not a readable image ({_one_line(e)})") from None
         if len(sizes) > 1:
             return None
-    (width, height), = sizes or {(0, 0)}
-    return (height, width) if sizes else None
+    if not sizes:
+        return None
+    (width, height), = sizes
+    return height, width
 
 
 @DATASETS.register("imagenet")

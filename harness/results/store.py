@@ -111,8 +111,8 @@ class ResultStore:
             return
         import filelock
 
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(self.root / "locks" / f"{cell_hash}.lock")
+        self._lock_path(cell_hash).parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(self._lock_path(cell_hash))
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
@@ -123,13 +123,16 @@ class ResultStore:
         finally:
             lock.release()
 
+    def _lock_path(self, cell_hash: str) -> Path:
+        return self.root / "locks" / f"{cell_hash}.lock"
+
     def is_training(self, cell_hash: str) -> bool:
         """Whether a run holds the cell's lock now (it is training); False on an object store (no locks)."""
-        if self.root is None or not (self.root / "locks" / f"{cell_hash}.lock").exists():
+        if self.root is None or not self._lock_path(cell_hash).exists():
             return False
         import filelock
 
-        lock = filelock.FileLock(self.root / "locks" / f"{cell_hash}.lock")
+        lock = filelock.FileLock(self._lock_path(cell_hash))
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:

@@ -13,7 +13,6 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Callable
 
-from harness.config.cell import Cell
 from harness.data.datasets import ImageData, load_dataset
 from harness.data.fingerprint import describe, fingerprint
 from harness.results.store import ResultStore
@@ -32,8 +31,10 @@ def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageD
         fp = fingerprint(data_of(entry))
         cells = [c for c in everything if _key(c.dataset) == key]
         other, unchecked = [], 0
-        for cell, record in _records(store, cells):
-            if record.get("status") != "ok":
+        records = store.records(cells)
+        for cell in cells:
+            record = records.get(cell.hash)
+            if record is None or record.get("status") != "ok":
                 continue
             theirs = (record.get("data") or {}).get("checksum")
             if theirs is None:
@@ -58,13 +59,6 @@ def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageD
 
 def _key(dataset: dict) -> str:
     return json.dumps({k: v for k, v in dataset.items() if k not in ("fingerprint", "data")}, sort_keys=True)
-
-
-def _records(store: ResultStore, cells: list[Cell]):
-    for cell in cells:
-        record = store.get(cell.hash)
-        if record is not None:
-            yield cell, record
 
 
 def dataset_loader(data_root: str | None) -> Callable[[dict], ImageData]:

@@ -35,8 +35,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     out = copy.deepcopy(raw)
     for override in overrides:
         path, value = parse(override)
-        if path == ["methods"] and _selection(out.get("methods"), value) is not None:
-            out["methods"] = _selection(out["methods"], value)
+        picked = _selection(out.get("methods"), value) if path == ["methods"] else None
+        if picked is not None:
+            out["methods"] = picked
             continue
         node = out
         for i, part in enumerate(path[:-1]):
@@ -57,15 +58,14 @@ def _selection(methods, value) -> list | None:
     """The entries of ``methods`` that ``value`` names (a label or method name, or a list of them), in the order
     asked; None when ``value`` is not names (entries replace the list); a name the suite lacks is an error."""
     wanted = [value] if isinstance(value, str) else value
-    if not isinstance(methods, list) or not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
-        return None  # entries (mappings): they replace the list
+    if (not isinstance(methods, list) or not isinstance(wanted, list) or not wanted
+            or not all(isinstance(w, str) for w in wanted)):
+        return None  # entries (mappings), or nothing: they replace the list
 
     def names(entry) -> set:
         return {entry} if isinstance(entry, str) else {entry.get("label"), entry.get("name")} - {None}
 
     picked = [[e for e in methods if w in names(e)] for w in wanted]
-    if not wanted:
-        return None
     for w, found in zip(wanted, picked):
         if not found:
             known = sorted({n for e in methods for n in names(e)})

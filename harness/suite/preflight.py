@@ -30,7 +30,7 @@ def input_errors(suite: Suite, data_of: Callable[[dict], ImageData]) -> list[str
     for cell in {c.hash: c for wave in waves(suite.cells) for c in wave}.values():
         method = methods.get(cell.method)
         hp = method.HParams.model_validate(cell.hparams)
-        views = len(cell.group) if method.per_peer_views(hp) or cell.dataset.get("views") == "per_peer" else 1
+        views = method.views_of(hp, cell)
         held_out = method.held_out_per_class(hp)
         recipe = {**cell.recipe, "batch_size": min(cell.recipe["batch_size"], PROBE_BATCH)}
         key = json.dumps([cell.dataset, recipe.get("augment"), held_out, views], sort_keys=True)

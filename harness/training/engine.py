@@ -90,8 +90,7 @@ class Trainer:
                                f"{expected}); give every node the same copy (--data-root)")
         method_cls = load_methods().get(cell.method)
         hparams = method_cls.HParams.model_validate(cell.hparams)
-        self.views = (len(cell.group) if method_cls.per_peer_views(hparams) or cell.dataset.get("views") == "per_peer"
-                      else 1)
+        self.views = method_cls.views_of(hparams, cell)
         self.inputs = build_inputs(
             data, self.recipe, cell.seed, cell.dataset.get("pipeline", "auto"),
             views=self.views,

@@ -211,6 +211,12 @@ class Method:
         return False
 
     @classmethod
+    def views_of(cls, hp: HParams, cell) -> int:
+        """Random views of each batch's images the cell's inputs draw: one per peer where the method or the suite
+        (``dataset.views: per_peer``) asks for it, else one shared by every peer."""
+        return len(cell.group) if cls.per_peer_views(hp) or cell.dataset.get("views") == "per_peer" else 1
+
+    @classmethod
     def accumulates(cls, hp: HParams) -> bool:
         """True when gradients of several passes may add up before one update (``resources.grad_accumulation``):
         a step that updates once, after every forward pass.  A method whose step runs a forward pass after an
