@@ -30,6 +30,9 @@ PAPER_MARKS = (("copied_from", "†", "copied by the paper from {}"),
                ("reconstructed", "‡", "rebuilt from a garbled line of the paper (see the paper table's notes)"))
 MISSING = "—"  # no finished trial yet (not run, running or failed)
 NOT_APPLICABLE = "n/a"  # the cell's trials finished but the method has no such output (e.g. a teacher)
+# the parts of a cell that ``table.paper_layout: columns|rows`` puts side by side or one under the other
+OURS, PAPER, DELTA = "ours", "paper", "Δ"
+PART_AXIS = "source"  # the name of that extra axis in headers
 
 
 @dataclass
@@ -59,6 +62,14 @@ class Entry:
         shown = "" if self.delta is None or not delta else f", {self.delta:+.2f}"
         return f"{ours} ({paper}{shown})"
 
+    def part_text(self, part: str, spread: bool, with_n: bool) -> str:
+        """One part of the cell where the layout puts ours, the paper's and Δ apart."""
+        if part == PAPER:
+            return MISSING if self.paper is None else f"{self.paper:.2f}{self.paper_mark}"
+        if part == DELTA:
+            return MISSING if self.delta is None else f"{self.delta:+.2f}"
+        return self.text(False, spread, with_n)
+
 
 @dataclass
 class Table:
@@ -77,30 +88,52 @@ class Table:
     within_spread: set = field(default_factory=set)  # contests not bolded: the best within the seeds' spread
     show_spread: bool = False  # ``evaluation.spread``: ± the standard deviation over seeds
     paper_delta: bool = True  # ``table.paper_delta``: ours − paper beside the paper's number
+    paper_layout: str = "inline"  # ``table.paper_layout``: the paper's number in our cell, or its own column/row
+
+    def parts(self, side: str) -> tuple:
+        """The parts each row or column ("rows"/"columns") is split into: (None,) where a cell holds them all."""
+        if not self.with_paper or self.paper_layout != side:
+            return (None,)
+        return (OURS, PAPER, DELTA) if self.paper_delta else (OURS, PAPER)
+
+    def shown_columns(self) -> list[tuple]:
+        """The printed columns: each column key, with its part (ours, paper, Δ) appended in the columns layout."""
+        return [c + ((p,) if p else ()) for c in self.columns for p in self.parts("columns")]
+
+    def shown_column_keys(self) -> list[str]:
+        return self.column_keys + ([PART_AXIS] if self.parts("columns") != (None,) else [])
 
     def header(self) -> list[str]:
-        return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.columns]
+        return [" / ".join(self.row_keys)] + [" ".join(map(str, c)) for c in self.shown_columns()]
 
     def body(self, style: str = "plain") -> list[list[str]]:
         """Cell texts; ``style`` "md" or "tex" marks the best values in bold (and escapes for LaTeX)."""
         n_min, n_max = self.n_range()
+        split = self.parts("columns") != (None,)
 
-        def cell(r, c) -> str:
-            text = self.entries[(r, c)].text(self.with_paper, self.show_spread, self.show_spread and n_min != n_max,
-                                             self.paper_delta)
+        def cell(r, row_part, shown) -> str:
+            c, column_part = (shown[:-1], shown[-1]) if split else (shown, None)
+            part = row_part or column_part
+            entry, with_n = self.entries[(r, c)], self.show_spread and n_min != n_max
+            text = entry.text(self.with_paper, self.show_spread, with_n, self.paper_delta) if part is None \
+                else entry.part_text(part, self.show_spread, with_n)
             if style == "tex":
                 text = _latex_minus(_latex_escape(text))
-            if (r, c) in self.best and style != "plain":
+            if (r, c) in self.best and style != "plain" and part in (None, OURS):
                 ours, _, rest = text.partition(" ")
                 text = (f"**{ours}**" if style == "md" else f"\\textbf{{{ours}}}") + (f" {rest}" if rest else "")
             return text
 
-        def label(r) -> str:
+        def label(r, part) -> str:
+            if part not in (None, OURS):  # the paper's row under ours
+                return f"({'ours − paper' if part == DELTA else part})" if style != "tex" else \
+                    ("\\quad " + ("$\\Delta$" if part == DELTA else part))
             if style != "tex":
                 return " / ".join(map(str, r))
             return _latex_escape(" / ".join(paper_style(k, v) for k, v in zip(self.row_keys, r)))
 
-        return [[label(r)] + [cell(r, c) for c in self.columns] for r in self.rows]
+        return [[label(r, p)] + [cell(r, p, c) for c in self.shown_columns()]
+                for r in self.rows for p in self.parts("rows")]
 
     def n_range(self) -> tuple[int, int]:
         ns = [e.n for e in self.entries.values() if e.applicable]
@@ -227,8 +260,13 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
     best, within = best_entries(entries, rows, columns, spec.table.rows, spec.table.columns,
                                 metric.endswith("_error"), set(spec.table.best_excludes)) \
         if spec.table.bold_best else (set(), set())
-    return Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
-                 records, when, footnotes, within, spec.evaluation.spread, spec.table.paper_delta)
+    layout = spec.table.paper_layout
+    table = Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
+                  records, when, footnotes, within, spec.evaluation.spread, spec.table.paper_delta,
+                  "inline" if layout == "auto" else layout)
+    if layout == "auto" and table.with_paper and latex_width(table) > TEXT_WIDTH_PT:
+        table.paper_layout = "rows"
+    return table
 
 
 def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
@@ -324,7 +362,7 @@ def _latex_escape(text) -> str:
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
                        ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("—", "--"), ("Δ", r"$\Delta$"),
                        ("×", r"$\times$"), ("±", r"$\pm$"), ("†", r"\textsuperscript{\dag}"),
-                       ("‡", r"\textsuperscript{\ddag}")):
+                       ("‡", r"\textsuperscript{\ddag}"), ("−", "$-$")):
         out = out.replace(char, repl)
     return out
 
@@ -332,10 +370,11 @@ def _latex_escape(text) -> str:
 def _latex_header_rows(table: Table) -> list[list[tuple[str, int]]]:
     """Column header rows as (text, span) pairs: the outer keys span the inner ones (\\multicolumn)."""
     header = []
-    for level in range(len(table.column_keys)):
+    keys = table.shown_column_keys()
+    for level in range(len(keys)):
         row: list[tuple[str, int]] = []
-        for col in table.columns:
-            label = paper_style(table.column_keys[level], col[level])
+        for col in table.shown_columns():
+            label = paper_style(keys[level], col[level])
             prefix = col[:level + 1]
             if row and row[-1][2] == prefix:
                 row[-1] = (row[-1][0], row[-1][1] + 1, prefix)
@@ -353,7 +392,7 @@ def latex_width(table: Table) -> float:
     """An estimate of the tabular's natural width in points (characters × a digit's width, plus column gaps)."""
     body, header = table.body("plain"), _latex_header_rows(table)
     widths = [max([len(" / ".join(table.row_keys))] + [len(row[0]) for row in body])]
-    for j, _ in enumerate(table.columns):
+    for j, _ in enumerate(table.shown_columns()):
         spans = [len(text) / span for level in header for text, span in _spread_over(level, j)]
         widths.append(max([len(row[j + 1]) for row in body] + spans))
     return sum(w * CHAR_PT + COLUMN_GAP_PT for w in widths)
@@ -379,7 +418,7 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
         "resize_open": "\\resizebox{\\textwidth}{!}{%",  # in a variable: "{%" would open a Jinja tag
         "metric_text": METRIC_TEXT[suite.spec.evaluation.metric],
         "markdown_table": tabulate(table.body("md"), headers=table.header(), tablefmt="pipe", disable_numparse=True,
-                                   colalign=["left"] + ["right"] * len(table.columns)),
+                                   colalign=["left"] + ["right"] * len(table.shown_columns())),
         "latex_header": _latex_header_rows(table), "missing": MISSING, "not_applicable": NOT_APPLICABLE,
         "costs": {v: COST_VALUES[v][0] for v in suite.spec.table.values if v in COST_VALUES},
         "notes": notes(suite),

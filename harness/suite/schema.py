@@ -126,6 +126,10 @@ class Layout(Strict):
     gains: dict[str, Gain] = {}  # derived values by name, usable in ``values`` ({gain: {reference: ind, of: [avg]}})
     bold_best: bool = True  # the best method's value in bold, as the papers print it
     paper_delta: bool = True  # beside the paper's number, ours − paper (false: "ours (paper)", a shorter cell)
+    # where the paper's number goes: "inline" in our cell, "ours (paper, Δ)"; "columns": ours, paper (and Δ) in
+    # adjacent columns under each heading; "rows": a paper (and a Δ) row under each of ours, about half as wide;
+    # "auto": inline where the LaTeX fits a page's text width, else rows
+    paper_layout: Literal["auto", "inline", "columns", "rows"] = "auto"
     best_excludes: list[str] = []  # "method/value" entries that do not compete (ACKD Table 2's teacher: "ind/net1")
     # "method/value" entries that show a stage's own accuracy instead of the method's cell: {"ind/net1": teacher} puts
     # in the Teacher row the stage teacher the group's students learnt from (its own record, seed and hash)
