@@ -49,13 +49,14 @@ def dml_terms(logits: list[torch.Tensor], targets: list[torch.Tensor], y: torch.
 class DML(Method):
     HParams = DMLParams
     min_peers = 2
+    stackable = True
 
     def gate(self, step) -> float:
         """0 during the first ``warmup_epochs`` epochs (no step: 1)."""
         return warmup_gate(step, self.hp.warmup_epochs)
 
     def losses(self, batch, step):
-        logits = [peer(batch.view(k)) for k, peer in enumerate(self.peers)]
+        logits = self.peer_logits(batch)
         targets = [soft_targets(z, self.hp.temperature) for z in logits]
         terms = {}
         for k in range(len(logits)):

@@ -11,6 +11,7 @@ class Independent(Method):
     """Each network of the group learns only from the labels; the group's ensemble is still evaluated."""
 
     trains_alone = True
+    stackable = True
 
     def losses(self, batch, step):
-        return {f"ce/net{k + 1}": F.cross_entropy(peer(batch.view(k)), batch.y) for k, peer in enumerate(self.peers)}
+        return {f"ce/net{k + 1}": F.cross_entropy(z, batch.y) for k, z in enumerate(self.peer_logits(batch))}

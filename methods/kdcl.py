@@ -236,6 +236,7 @@ class KDCL(Method):
 
     HParams = KDCLParams
     min_peers = 2
+    stackable = True
 
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)
@@ -278,7 +279,7 @@ class KDCL(Method):
         return F.softmax(teacher / hp.temperature, dim=1)
 
     def losses(self, batch, step):
-        logits = [peer(batch.view(k)) for k, peer in enumerate(self.peers)]
+        logits = self.peer_logits(batch)
         target = self.soft_target(logits, batch.y)
         gate = warmup_gate(step, self.hp.warmup_epochs)
         terms = {}
@@ -299,7 +300,7 @@ class KDCL(Method):
         try:
             rows = []
             for batch in self.ctx.validation():
-                probs = [F.softmax(peer(batch.x).double(), dim=1) for peer in self.peers]
+                probs = [F.softmax(z.double(), dim=1) for z in self.forward_peers([batch.x] * len(self.peers))]
                 rows.append(torch.stack([p.gather(1, batch.y.view(-1, 1)).squeeze(1) for p in probs], 1) - 1)
         finally:
             self.modules.train(training)

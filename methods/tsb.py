@@ -129,6 +129,7 @@ class RowTable:
 class TSB(Method):
     HParams = TSBParams
     min_peers = 2
+    stackable = True
 
     def __init__(self, hp: TSBParams, ctx):
         super().__init__(hp, ctx)
@@ -200,7 +201,7 @@ class TSB(Method):
         hp = self.hp
         if step is not None:
             self.epoch = step.epoch
-        logits = [peer(batch.view(k)) for k, peer in enumerate(self.peers)]
+        logits = self.peer_logits(batch)
         probs = [F.softmax(z.detach().to(torch.promote_types(z.dtype, torch.float32)) / hp.temperature, dim=1)
                  for z in logits]
         ta = self._temporal_targets(batch.index, probs) if hp.use_ta else None

@@ -39,3 +39,40 @@ def test_trial_actors_are_named_after_their_cells(cluster_with_dashboard, tmp_pa
         ray.shutdown()
     for cell in cells:
         assert f"named: {cell.describe()} [{cell.hash}]" in names, names
+
+
+def test_a_suite_runs_as_a_ray_job(cluster_with_dashboard, tmp_path):
+    """``ray job submit -- harness run SUITE`` (the README's command) through the Jobs API of a real cluster: the
+    job joins the cluster through $RAY_ADDRESS, which Ray sets inside a job, finishes, and its records are in the
+    store; the job's logs carry the suite's progress lines."""
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from harness.results.store import ResultStore
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(tiny_suite_dict(name="job", seeds=[0], methods=["ind"])))
+    url = "http://" + cluster_with_dashboard.head_node.address_info["webui_url"]
+    entrypoint = (f"{sys.executable} -m harness.cli run {path} --results {tmp_path / 'r'} "
+                  f"--reports {tmp_path / 'rep'}")
+    deadline = time.monotonic() + 120
+    while True:  # the head's job agent comes up a few seconds after the node
+        try:
+            client = JobSubmissionClient(url)
+            job = client.submit_job(entrypoint=entrypoint)
+            break
+        except (RuntimeError, ConnectionError) as error:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no job agent on {url}: {error}") from error
+            time.sleep(2)
+    deadline = time.monotonic() + 400
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, client.get_job_logs(job)[-2000:]
+        time.sleep(2)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "cluster at" in logs, logs[-2000:]  # it joined the job's cluster, it did not start its own
+    cells = load_suite(path).cells
+    records = ResultStore(tmp_path / "r").records(cells)
+    assert {h: r["status"] for h, r in records.items()} == {c.hash: "ok" for c in cells}, records

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 from harness.config.cell import Cell
@@ -269,6 +269,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
 
     init_ray(address, dashboard, num_cpus, num_gpus, log)
     spec = suite.spec.resources
+    runtime = replace(runtime, stack_peers=spec.stack_peers, compile=spec.compile)
     parallel = {"workers": spec.workers, "grad_accumulation": spec.grad_accumulation, "cpu": spec.cpu,
                 "gpu": spec.gpu, "max_failures": max_failures}
     _check_resources(suite, {"cpu": spec.cpu * spec.workers, "gpu": spec.gpu * spec.workers})

@@ -60,6 +60,10 @@ class Resources(Strict):
     gpu_per_worker: NonNegativeFloat | None = None
     workers: PositiveInt = 1
     grad_accumulation: PositiveInt = 1
+    # the K peers of a cell as one grouped network (harness/models/stacked.py): the same arithmetic up to float
+    # rounding, fewer and larger kernels; torch.compile of each network.  Neither changes a cell's hash.
+    stack_peers: bool = False
+    compile: bool = False
     gpu_memory_gb: PositiveFloat = 80  # an assumption (an 80 GB A100/H100) where the suite does not say
 
     @model_validator(mode="after")
@@ -375,7 +379,7 @@ def _resolved_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict 
     return None
 
 
-def _check_groups(groups, methods, errors: list[str]) -> None:
+def _check_groups(groups, methods, errors: list[str], stack_peers: bool = False) -> None:
     import timm
 
     import harness.models  # noqa: F401
@@ -397,6 +401,27 @@ def _check_groups(groups, methods, errors: list[str]) -> None:
             problem = cls.group_error(cls.HParams.model_validate(hparams), tuple(group))
             if problem:
                 errors.append(f"groups[{i}]: method {label!r} cannot train {list(group)}: {problem}")
+            problem = stack_peers and cls.stack_error(cls.HParams.model_validate(hparams), tuple(group))
+            if problem:
+                errors.append(f"resources.stack_peers: groups[{i}] with method {label!r}: {problem}; "
+                              "set stack_peers: false")
+        if stack_peers and len(set(group)) == 1 and len(group) > 1 and timm.is_model(group[0]):
+            problem = _stacking_problem(group)
+            if problem:
+                errors.append(f"resources.stack_peers: groups[{i}]: {problem}; set stack_peers: false")
+
+
+def _stacking_problem(group) -> str | None:
+    """Why the group's networks cannot be stacked (a layer that mixes channels), tried on the CPU."""
+    import timm
+
+    from harness.models.stacked import StackedPeers, StackingError
+
+    try:
+        StackedPeers([timm.create_model(group[0]) for _ in group[:2]], name=group[0])
+    except StackingError as e:
+        return str(e).removesuffix("; train it without stack_peers")
+    return None
 
 
 def _check_layout(spec: SuiteSpec, methods, errors: list[str]) -> None:
@@ -559,7 +584,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
             errors.append(f"dataset.name: {DATASETS.unknown_message(spec.dataset.name)}")
         alone: set[str] = set()
         methods = _method_entries(spec.methods, errors, presets, alone)
-        _check_groups(spec.groups, methods, errors)
+        _check_groups(spec.groups, methods, errors, spec.resources.stack_peers)
         _check_layout(spec, methods, errors)
         _check_paper_table(spec, methods, errors)
         if recipe_dict is not None and not errors:

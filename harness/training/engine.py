@@ -46,6 +46,8 @@ class Runtime:
     results: str = "results"  # the result store, where the weights of earlier stages (teachers) are found
     # --smoke: a loss term that was zero on every step was never exercised (a warm-up longer than the run): fail
     require_every_term: bool = False
+    stack_peers: bool = False  # the peers as one grouped network (resources.stack_peers)
+    compile: bool = False  # torch.compile of each network's forward (resources.compile)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -57,6 +59,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def compile_networks(method) -> None:
+    """``torch.compile`` of each peer's forward (of the grouped network where stacked), in place: parameters and
+    state-dict keys stay those of the eager modules, so checkpoints and optimizers are unchanged."""
+    for network in ([method.peers.net] if method.stacked else list(method.peers)):
+        network.compile()  # shapes made dynamic after a first recompile (a last, smaller batch)
 
 
 def build_method_optimizer(recipe: Recipe, group: OptimGroup) -> torch.optim.Optimizer:
@@ -118,8 +127,12 @@ class Trainer:
                                  f"CUDA only), this worker is on {self.device}; set sync_bn: false")
             # the networks' batch-norm layers swapped in place; their parameters (and so the optimizers') are kept
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.modules)
+        if runtime.stack_peers:
+            self.method.stack_peers()
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.method.modules.to(self.device, memory_format=memory_format)
+        if runtime.compile:
+            compile_networks(self.method)
 
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.recipe.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.recipe.precision == "fp16" else None
@@ -197,6 +210,7 @@ class Trainer:
             "method": self.method.extra_state(),
             "torch_rng": torch.get_rng_state(),
             "restarts": self.restarts,
+            "stacked": self.method.stacked,  # the optimizers' state is per stacked tensor then
             **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
         if self.device.type == "cuda":
@@ -206,6 +220,11 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         if state.get("cell_hash") != self.cell.hash:
             raise ValueError(f"checkpoint belongs to cell {state.get('cell_hash')}, not {self.cell.hash}")
+        if bool(state.get("stacked", False)) != self.method.stacked:
+            said = "stacked" if state.get("stacked") else "separate"
+            raise ValueError(f"cell {self.cell.describe()}: its checkpoint was trained with {said} peers, this run "
+                             f"asks for resources.stack_peers: {str(self.method.stacked).lower()}; resume with the "
+                             "setting it started with")
         self.method.modules.load_state_dict(state["modules"])
         for name, optimizer in self.method.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from harness.data.batches import Batch
+from harness.models.stacked import StackedPeers, StackingError
 from harness.registry import Registry
 
 
@@ -111,6 +112,9 @@ class Method:
     # every network learns from the labels only, so each can be trained as a cell of its own (``alone: true`` in a
     # suite): one number per network, shared by every table that prints the same network under the same recipe
     trains_alone: ClassVar[bool] = False
+    # the method reaches its peers' training forward only through :meth:`forward_peers` (one call for all K), so
+    # the peers can be trained as one grouped network (``resources: {stack_peers: true}``, harness/models/stacked.py)
+    stackable: ClassVar[bool] = False
 
     def __init__(self, hp: HParams, ctx: MethodContext):
         self.hp = hp
@@ -125,12 +129,49 @@ class Method:
         return nn.ModuleDict({"peers": nn.ModuleList(self.ctx.create_model(name) for name in self.ctx.group)})
 
     @property
-    def peers(self) -> nn.ModuleList:
+    def peers(self) -> nn.ModuleList | StackedPeers:
         return self.modules["peers"]
+
+    @property
+    def stacked(self) -> bool:
+        return isinstance(self.modules["peers"], StackedPeers)
+
+    @classmethod
+    def stack_error(cls, hp: HParams, group: tuple[str, ...]) -> str | None:
+        """Why this method's peers cannot be trained as one grouped network; None if they can."""
+        if not cls.stackable:
+            return f"method {cls.name} reaches its peers one at a time (it is not stackable)"
+        if not cls.accumulates(hp):
+            return f"method {cls.name} updates its peers one after another with these settings"
+        if len(set(group)) != 1 or len(group) < 2:
+            return f"the group {'+'.join(group)} is not two or more networks of one architecture"
+        return None
+
+    def stack_peers(self) -> None:
+        """Replace the K peers by one :class:`StackedPeers` (before the optimizers are built); the state dict
+        keeps the K networks' keys, so checkpoints and weights read the same either way."""
+        error = self.stack_error(self.hp, self.ctx.group)
+        if error:
+            raise StackingError(f"stack_peers: {error}")
+        self.modules["peers"] = StackedPeers(list(self.peers), name="+".join(self.ctx.group))
+
+    def forward_peers(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every peer's logits, peer k on ``views[k]``: one pass of the grouped network where the peers are stacked."""
+        if self.stacked:
+            return self.peers(views)
+        return [peer(x) for peer, x in zip(self.peers, views)]
+
+    def peer_logits(self, batch: Batch) -> list[torch.Tensor]:
+        """Every peer's logits on its view of the batch (:meth:`forward_peers`)."""
+        return self.forward_peers([batch.view(k) for k in range(len(self.peers))])
 
     def optim_groups(self) -> dict[str, OptimGroup]:
         """One optimizer for everything: a parameter group per peer, one more for any extra modules."""
-        groups = [{"params": list(peer.parameters()), "model": name} for name, peer in zip(self.ctx.group, self.peers)]
+        if self.stacked:  # one group: the peers share an architecture, so their learning rate
+            groups = [{"params": list(self.peers.parameters()), "model": self.ctx.group[0]}]
+        else:
+            groups = [{"params": list(peer.parameters()), "model": name}
+                      for name, peer in zip(self.ctx.group, self.peers)]
         extra = [p for key, module in self.modules.items() if key != "peers" for p in module.parameters()]
         return {"peers": OptimGroup(groups + ([self.extra_group(extra)] if extra else []))}
 
@@ -174,7 +215,7 @@ class Method:
 
     def deployed_networks(self) -> list[tuple[str, nn.Module]]:
         """(timm name, network) of what is kept after training; saved so that later stages can load them."""
-        return list(zip(self.ctx.group, self.peers))
+        return list(zip(self.ctx.group, self.peers.unstack() if self.stacked else self.peers))
 
     def saved_modules(self) -> dict[str, nn.Module]:
         """Modules besides the deployed networks that later stages load (FT's paraphraser); none by default."""
@@ -263,7 +304,7 @@ class Method:
     # --- evaluation ------------------------------------------------------------------------------------
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every evaluated output: ``net1..netK`` for the peers, other names for extra outputs."""
-        return {f"net{i + 1}": peer(x) for i, peer in enumerate(self.peers)}
+        return {f"net{i + 1}": z for i, z in enumerate(self.forward_peers([x] * len(self.peers)))}
 
     def peer_outputs(self) -> list[str]:
         """Outputs averaged (as probabilities) into the ensemble ``ens``."""
