@@ -115,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--other-results", default=None, metavar="DIR|URI", help="the store of B (default: A's)")
     compare.add_argument("--smoke", action="store_true", help="the suites' --smoke runs")
     compare.add_argument("--data-root", default=None, help="as given to 'harness run'")
+    bench = sub.add_parser("bench", help="train a suite's first cells for a few steps in each mode (separate, "
+                                         "stacked peers, k cells packed per device): images/s, memory, and the "
+                                         "projected GPU-hours of the whole suite")
+    bench.add_argument("suite")
+    _add_overrides(bench)
+    bench.add_argument("--cells", type=int, default=1, help="how many of the suite's cells to measure (default 1)")
+    bench.add_argument("--steps", type=int, default=20, help="timed training steps per measurement (default 20)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    bench.add_argument("--packed", default="4,8", metavar="K,K",
+                       help="cells per device of the packed mode (default 4,8; 0 skips it)")
+    bench.add_argument("--modes", default="separate,stacked,packed", help="modes to measure (default: all)")
+    bench.add_argument("--devices", type=int, default=1, help="devices the suite's wall time is projected on")
+    bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda where there is one)")
+    bench.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
+                       help="the store the measurement is kept in, for 'harness index' and 'validate'")
+    bench.add_argument("--smoke", action="store_true", help="the suite's --smoke cells")
+    bench.add_argument("--data-root", default=None, help="as given to 'harness run'")
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
     return parser
@@ -144,7 +161,7 @@ def cmd_validate(args) -> int:
         groups = {c.row_name for c in suite.cells}
         print(f"{path}: ok, {len({c.hash for c in suite.cells})} cells ({len(groups)} groups × "
               f"{len(suite.labels())} methods × {len(suite.spec.seeds)} seeds)"
-              + _cost_words(suite, rate))
+              + _cost_words(suite, rate) + (f"; {suite.spec.resources.packing}" if suite.spec.resources.packing else ""))
     return status
 
 
@@ -160,7 +177,8 @@ def _cost_words(suite, rate: dict | None) -> str:
     on = f"{resources.workers} workers × {resources.gpu:g} GPU" if resources.workers > 1 else f"{resources.gpu:g} GPU"
     wall = f" (longest cell {cost['cell_wall_h']:.1f} h on {on})" if cost["cell_wall_h"] is not None else ""
     memory = f", {cost['memory_gib']:.1f} GiB per worker" if cost["memory_gib"] is not None else ""
-    source = f"measured rate of {rate['trials']} GPU trial(s)" if rate else "assumed GPU rate, see suites/README.md"
+    source = (f"measured rate of {rate['trials']} GPU trial(s)" if rate and rate["trials"] else
+              f"rate of `harness bench` on {rate['gpus'][0]}" if rate else "assumed GPU rate, see suites/README.md")
     hours = "<0.1" if cost["gpu_hours"] < 0.05 else f"{cost['gpu_hours']:.1f}"
     return f"; est. {hours} GPU-h{wall}{memory} ({source})"
 
@@ -255,6 +273,42 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from harness.reporting.bench import bench_table, save_bench
+    from harness.results.store import ResultStore
+    from harness.training.bench import MODES, measure_cell, measure_packed, stack_error
+    from harness.training.engine import Runtime
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    packed = [int(k) for k in args.packed.split(",") if k.strip() and int(k) > 0]
+    if unknown or args.cells < 1 or args.steps < 1:
+        print(f"bench: --modes takes {', '.join(MODES)}; --cells and --steps at least 1", file=sys.stderr)
+        return 2
+    store = ResultStore(args.results)
+    suite = _load(args)
+    runtime = Runtime(device=args.device, data_root=args.data_root, compile=suite.spec.resources.compile)
+    cells = list({c.hash: c for c in suite.cells}.values())[: args.cells]
+    measures = []
+    for cell in cells:
+        config = cell.to_dict()
+        for mode in modes:
+            if mode == "stacked" and stack_error(cell):
+                print(f"{cell.describe()}: not stacked: {stack_error(cell)}", file=sys.stderr)
+                continue
+            for k in (packed if mode == "packed" else [1]):
+                m = (measure_packed(config, runtime, args.steps, args.warmup, k) if mode == "packed" else
+                     measure_cell(config, runtime, args.steps, args.warmup, mode))
+                print(f"{m.mode}{f' ×{k}' if mode == 'packed' else ''} {m.cell}: "
+                      + (m.error or f"{m.images_per_s:,.0f} img/s per cell, {m.aggregate:,.0f} per device"),
+                      file=sys.stderr)
+                measures.append(m)
+    print(bench_table(suite, measures, args.devices))
+    device = runtime.torch_device()
+    print(f"kept in {store.uri}/{save_bench(store, suite, measures, str(device), args.steps)}")
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from harness.reporting.analysis import analyze_suite
     from harness.results.store import ResultStore
@@ -293,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,
-               "status": cmd_status, "compare": cmd_compare, "list": cmd_list}[args.command]
+               "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench, "list": cmd_list}[args.command]
     try:
         return command(args)
     except (SuiteError, DatasetError, UnknownName, StageError, ResourceError,

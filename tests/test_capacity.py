@@ -134,3 +134,21 @@ def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path):
     assert one[1] == pytest.approx(one[0], abs=0.05) and eight[1] == pytest.approx(eight[0] / 8, abs=0.05)
     assert (one[2], eight[2]) == ("1 GPU", "8 workers × 1 GPU")
     assert eight[3] == pytest.approx(one[3], rel=0.01)  # same images per pass: 2048 / 8 either way
+
+
+@pytest.mark.parametrize("group,batch,memory", [(["cifar_resnet32", "cifar_resnet32"], 64, 80),
+                                                 (["cifar_wrn_40_2", "cifar_wrn_40_2"], 1024, 24)])
+def test_gpu_auto_packs_as_many_cells_as_the_largest_estimate_allows(write_suite, group, batch, memory):
+    """``gpu: auto``: 1/k of a GPU per cell, k the copies of the largest cell (estimate × 1.25 + a 0.5 GiB CUDA
+    context) that fit the GPU's memory, at most 8; said in words by ``harness validate``."""
+    recipe = {**tiny_suite_dict()["recipe"], "batch_size": batch}
+    path = write_suite(tiny_suite_dict(dataset={"name": "cifar100"}, groups=[group], seeds=[0], recipe=recipe,
+                                       resources={"cpu": 1, "gpu": "auto", "gpu_memory_gb": memory}))
+    suite = load_suite(path)
+    largest = max(cell_memory(c).total_bytes for c in suite.cells) / GIB
+    k = max(1, min(8, int(memory // (largest * 1.25 + 0.5))))
+    assert suite.spec.resources.gpu == pytest.approx(1 / k)
+    assert f"gpu: auto → {k} cell(s) per {memory} GB GPU (largest cell {largest:.1f} GiB" in suite.spec.resources.packing
+    assert capacity_errors(suite) == []  # the share it chose fits
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "validate", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0 and f"gpu: auto → {k} cell(s)" in done.stdout, done.stderr

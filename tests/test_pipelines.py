@@ -76,3 +76,28 @@ def test_imagenet_transforms_and_fast_path_limits():
     train = image_transforms(augment, (0.5,) * 3, (0.25,) * 3, (16, 16), train=True)(img)
     test = image_transforms(augment, (0.5,) * 3, (0.25,) * 3, (16, 16), train=False)(img)
     assert train.shape == (3, 16, 16) and test.shape == (3, 16, 16)
+
+
+def test_standard_batches_do_not_depend_on_the_number_of_workers():
+    """Each image's augmentation comes from its own seed drawn in the main process: 0 workers and 2 persistent
+    workers give the same batches, epoch after epoch (and the global generator is left as it was)."""
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8), torch.arange(24) % 3
+    spec = AugmentSpec(crop_padding=2, flip=True, color_jitter=0.4, cutout=3)
+    tf = image_transforms(spec, (0.5,) * 3, (0.25,) * 3, (8, 8), train=True)
+
+    def epochs(workers):
+        batches = StandardBatches(ImageSet(images, labels, tf, views=2), 8, seed=3, device=torch.device("cpu"),
+                                  channels_last=False, workers=workers)
+        return [[(b.views[0].clone(), b.views[1].clone(), b.index.clone()) for b in batches.epoch(e)]
+                for e in range(2)]
+
+    state = torch.get_rng_state()
+    alone = epochs(0)
+    assert torch.equal(torch.get_rng_state(), state)
+    pooled = epochs(2)
+    for a_epoch, b_epoch in zip(alone, pooled):
+        for a, b in zip(a_epoch, b_epoch):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(alone[0][0][0], alone[1][0][0])  # epochs differ
+    assert not torch.equal(alone[0][0][0], alone[0][0][1])  # the two views differ

@@ -85,7 +85,8 @@ def image_transforms(augment: AugmentSpec, mean, std, size: tuple[int, int], tra
 
 class ImageSet(torch.utils.data.Dataset):
     """Item i → (``views`` transformed copies of image i, its label, i).  Images come from a uint8 tensor
-    (N, C, H, W) or from a list of file paths."""
+    (N, C, H, W) or from a list of file paths.  An item ``(i, seed)`` draws its augmentations from ``seed``, so
+    that they do not depend on which DataLoader worker, or how many, decode it."""
 
     def __init__(self, images, labels, transform, views: int = 1):
         self.images, self.labels, self.transform, self.views = images, labels, transform, views
@@ -101,9 +102,32 @@ class ImageSet(torch.utils.data.Dataset):
         with Image.open(item) as img:
             return img.convert("RGB")
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item):
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            torch.manual_seed(seed)  # torchvision's and our transforms draw from torch's global generator
         img = self.image(i)
         return tuple(self.transform(img) for _ in range(self.views)), int(self.labels[i]), i
+
+
+class SeededOrder(torch.utils.data.Sampler):
+    """The epoch's order of the images, each with its own augmentation seed, both from (seed, epoch); the
+    sampler runs in the main process, so persistent workers see every epoch's draws."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(2**62, (self.n,), generator=generator)
+        return iter(zip(order.tolist(), seeds.tolist()))
 
 
 def _collate(items) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -111,45 +135,65 @@ def _collate(items) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     return views, torch.tensor([item[1] for item in items]), torch.tensor([item[2] for item in items])
 
 
+MAX_LOADER_WORKERS = 8
+
+
+def loader_workers(cpus: int) -> int:
+    """DataLoader workers of a trial with ``cpus`` CPUs: all but one (the training loop's), at most 8."""
+    return max(0, min(int(cpus) - 1, MAX_LOADER_WORKERS))
+
+
 class StandardBatches:
-    """Shuffled training batches through a DataLoader; same interface as the fast path's TrainBatches."""
+    """Shuffled training batches through a DataLoader; same interface as the fast path's TrainBatches.
+
+    ``workers`` > 0 decode in that many persistent worker processes (kept across epochs), ``prefetch`` batches
+    ahead each, into pinned memory where the device is a GPU; the batches are the same for any number of workers.
+    """
+
+    PREFETCH = 4  # batches each worker decodes ahead
 
     def __init__(self, dataset: ImageSet, batch_size: int, seed: int, device, channels_last: bool,
                  workers: int = 0):
         self.dataset, self.batch_size, self.seed, self.device, self.workers = dataset, batch_size, seed, device, workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.y = torch.as_tensor(np.asarray(dataset.labels))
+        self._loaders: dict[bool, tuple[SeededOrder, torch.utils.data.DataLoader]] = {}
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.dataset), self.batch_size)
         return full + (rest > 1)
 
-    def _loader(self, generator: torch.Generator, shuffle: bool):
-        sampler = torch.utils.data.RandomSampler(self.dataset, generator=generator) if shuffle else None
-        return torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
-            collate_fn=_collate, generator=generator, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
+    def _loader(self, shuffle: bool) -> tuple[SeededOrder, torch.utils.data.DataLoader]:
+        if shuffle not in self._loaders:
+            order = SeededOrder(len(self.dataset), self.seed, shuffle)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_size=self.batch_size, sampler=order, num_workers=self.workers,
+                collate_fn=_collate, pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
+                prefetch_factor=self.PREFETCH if self.workers else None,
+            )
+            self._loaders[shuffle] = order, loader
+        return self._loaders[shuffle]
 
     def _to_device(self, views, y, index) -> Batch:
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format) for v in views]
-        return Batch(views=views, y=y.to(self.device), index=index.to(self.device))
+        return Batch(views=views, y=y.to(self.device, non_blocking=True), index=index.to(self.device))
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        generator = epoch_generator(self.seed, epoch)
-        if self.workers == 0:  # transforms draw from the global RNG: give them the epoch's stream
-            state = torch.get_rng_state()
-            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+    def _batches(self, shuffle: bool, epoch: int) -> Iterator[tuple]:
+        order, loader = self._loader(shuffle)
+        order.set_epoch(epoch)
+        state = torch.get_rng_state() if self.workers == 0 else None  # items reseed this process's generator
         try:
-            for views, y, index in self._loader(generator, shuffle=True):
-                if len(y) < 2:
-                    break  # a last batch of one image would break batch norm
-                yield self._to_device(views, y, index)
+            yield from loader
         finally:
-            if self.workers == 0:
+            if state is not None:
                 torch.set_rng_state(state)
 
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        for views, y, index in self._batches(True, epoch):
+            if len(y) < 2:
+                break  # a last batch of one image would break batch norm
+            yield self._to_device(views, y, index)
+
     def evaluate(self) -> Iterator[Batch]:
-        for views, y, index in self._loader(torch.Generator().manual_seed(0), shuffle=False):
+        for views, y, index in self._batches(False, 0):
             yield self._to_device(views, y, index)

@@ -25,6 +25,7 @@ from harness.training.stages import waves
 
 ASSUMED_MACS_PER_S = 4e12  # sustained multiply-adds per second of one GPU in training (an assumption, see above)
 TRAIN_PASSES = 3  # forward + backward ≈ 3 forward passes
+BENCH_DIR = "bench"  # where `harness bench` leaves its measurements in a results store
 
 # Paper tables that get no training suite, and why.
 NO_SUITE = {
@@ -63,9 +64,29 @@ def measured_rate(store: ResultStore) -> dict | None:
         rates.append(speeds[len(speeds) // 2] * TRAIN_PASSES * macs / (hardware.get("gpu_share") or 1.0))
         gpus.add(hardware["gpu"])
     if not rates:
-        return None
+        return bench_rate(store)
     rates.sort()
-    return {"macs_per_s": rates[len(rates) // 2], "gpus": sorted(gpus), "trials": len(rates)}
+    return {"macs_per_s": rates[len(rates) // 2], "gpus": sorted(gpus), "trials": len(rates),
+            "source": f"the median rate of {len(rates)} finished GPU trial(s) of the results store"}
+
+
+def bench_rate(store: ResultStore) -> dict | None:
+    """The rate of the newest ``harness bench`` of the store on a GPU (its ``separate`` mode: what a run does by
+    default), where the store has no finished GPU trial; None where it has no such bench either."""
+    import json
+
+    entries = sorted((e for e in store.location.entries(BENCH_DIR) if e.path.endswith(".json")),
+                     key=lambda e: e.mtime, reverse=True)
+    for entry in entries:
+        try:
+            bench = json.loads(store.location.read_bytes(entry.path) or b"{}")
+        except ValueError:
+            continue
+        gpu, rate = bench.get("hardware", {}).get("gpu"), bench.get("macs_per_s", {}).get("separate")
+        if gpu and rate:
+            return {"macs_per_s": rate, "gpus": [gpu], "trials": 0,
+                    "source": f"the rate `harness bench` measured on {gpu} ({bench.get('date', '?')})"}
+    return None
 
 
 def cell_gpu_hours(cell, macs_per_s: float = ASSUMED_MACS_PER_S) -> float:
@@ -162,8 +183,8 @@ def render_index(lines: list[dict], broken: list[str], missing: dict[str, str], 
                                 "est. GPU-h", "longest cell, h", "GiB/worker", "last run"], tablefmt="github",
                  disable_numparse=True), "",
         "GPU-hours are estimated: 3 × forward multiply-adds of every network per image and epoch, at "
-        + (f"{rate['macs_per_s'] / 1e12:.3g} T multiply-adds/s per GPU, the median rate of {rate['trials']} finished "
-           f"GPU trial(s) of the results store ({', '.join(rate['gpus'])}). " if rate else
+        + (f"{rate['macs_per_s'] / 1e12:.3g} T multiply-adds/s per GPU, {rate['source']} "
+           f"({', '.join(rate['gpus'])}). " if rate else
            f"an assumed {ASSUMED_MACS_PER_S / 1e12:g} T multiply-adds/s per GPU: the results store holds no finished "
            "GPU trial to measure it from (`harness index --results DIR` with one that does). ")
         + "Data loading, evaluation and methods' extra modules are not counted (see `harness/reporting/index.py`).", "",

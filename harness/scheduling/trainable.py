@@ -21,6 +21,7 @@ import torch
 
 import harness  # noqa: F401  (torchvision shim before timm)
 from harness.config.cell import Cell
+from harness.data.pipelines import loader_workers
 from harness.results.provenance import hardware, package_versions
 from harness.results.store import ResultStore
 from harness.scheduling.metrics import EpochMetrics
@@ -154,8 +155,9 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
     }
     lead = replicas.rank == 0
     try:
-        runtime = Runtime(**{**config.get("runtime", {}), "results": config["results"],
-                             **({"device": device} if device else {})})
+        given = config.get("runtime", {})
+        runtime = Runtime(**{**given, "results": config["results"], **({"device": device} if device else {}),
+                             "workers": given.get("workers") or loader_workers(cpus)})
         trainer = Trainer(cell, runtime, replicas)
         record["data"] = trainer.data_fingerprint
         # of one GPU, for the index's rates: every worker's share

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator,
@@ -55,7 +55,7 @@ class Resources(Strict):
     the memory of one of the cluster's GPUs, against which ``harness validate`` checks each cell's estimate."""
 
     cpu: PositiveFloat = 1
-    gpu: NonNegativeFloat = 0
+    gpu: NonNegativeFloat | Literal["auto"] = 0  # "auto": the share whose packing fits the largest cell's memory
     cpu_per_worker: PositiveFloat | None = None
     gpu_per_worker: NonNegativeFloat | None = None
     workers: PositiveInt = 1
@@ -65,6 +65,7 @@ class Resources(Strict):
     stack_peers: bool = False
     compile: bool = False
     gpu_memory_gb: PositiveFloat = 80  # an assumption (an 80 GB A100/H100) where the suite does not say
+    packing: ClassVar[str | None] = None  # how gpu: auto was resolved, in words (set on the instance by load_suite)
 
     @model_validator(mode="after")
     def _one_name_each(self):
@@ -600,7 +601,13 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
         _check_stages(cells, spec.methods, errors)
     if errors:
         raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])
-    return Suite(spec, path, cells, scaled_down_notes(spec, raw_recipe, presets), list(overrides))
+    suite = Suite(spec, path, cells, scaled_down_notes(spec, raw_recipe, presets), list(overrides))
+    if spec.resources.gpu == "auto":
+        from harness.suite.capacity import auto_gpu_share
+
+        spec.resources.gpu, packing = auto_gpu_share(suite)
+        object.__setattr__(spec.resources, "packing", packing)
+    return suite
 
 
 def scaled_down_notes(spec: SuiteSpec, raw_recipe, presets: dict) -> list[str]:

@@ -48,6 +48,7 @@ class Runtime:
     require_every_term: bool = False
     stack_peers: bool = False  # the peers as one grouped network (resources.stack_peers)
     compile: bool = False  # torch.compile of each network's forward (resources.compile)
+    cudnn_benchmark: bool = True  # cuDNN picks its fastest kernels for the shapes it sees (as the papers' code)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -127,6 +128,8 @@ class Trainer:
                                  f"CUDA only), this worker is on {self.device}; set sync_bn: false")
             # the networks' batch-norm layers swapped in place; their parameters (and so the optimizers') are kept
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.modules)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
         if runtime.stack_peers:
             self.method.stack_peers()
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
@@ -306,7 +309,7 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self) -> dict:
         """Top-1/top-5 (%) of every output, the mean of the peers ('avg') and their ensemble ('ens'); data-parallel
         workers each take every world-th test batch and add up their counts."""

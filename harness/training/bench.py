@@ -1,0 +1,113 @@
+"""``harness bench``: how fast a suite's cells train here, in each way a device can hold them.
+
+Modes: ``separate`` (one cell on the device, its peers as K networks: what ``harness run`` does by default),
+``stacked`` (the peers as one grouped network, ``resources.stack_peers``) and ``packed`` (``k`` cells training
+at once on the device, each in its own process, as Ray packs trials with fractional ``gpu`` resources).  Each
+measurement trains a cell's real method on its real input path for a fixed number of steps after a warm-up,
+and reads the clock once at the end (a CUDA device is synchronised first).
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from harness.config.cell import Cell
+from harness.training.engine import Runtime, Trainer
+from harness.training.method import Step, load_methods
+
+MODES = ("separate", "stacked", "packed")
+
+
+@dataclass
+class Measure:
+    mode: str
+    cell: str  # the cell's description
+    cells: int  # cells training at once on the device
+    images_per_s: float  # of one cell (images through every peer of it)
+    memory_bytes: int | None  # peak device memory (CUDA); None on a CPU
+    macs_per_image: float | None = None  # the cell's training forward multiply-adds per image
+    error: str | None = None
+
+    @property
+    def aggregate(self) -> float:
+        return self.images_per_s * self.cells
+
+
+def stack_error(cell: Cell) -> str | None:
+    """Why the cell's peers cannot be stacked (the method or the group), None if they can."""
+    cls = load_methods().get(cell.method)
+    return cls.stack_error(cls.HParams.model_validate(cell.hparams), tuple(cell.group))
+
+
+def _batches(trainer: Trainer):
+    epoch = 0
+    while True:
+        for batch in trainer.train_batches.epoch(epoch):
+            yield batch
+        epoch += 1
+
+
+def time_steps(trainer: Trainer, steps: int, warmup: int) -> float:
+    """Images per second of ``steps`` training steps after ``warmup`` (compilation, cudnn's autotuning)."""
+    trainer.method.modules.train()
+    trainer.method.on_epoch_start(0)
+    batches, n = _batches(trainer), len(trainer.train_batches)
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda *a: None)
+    images = 0
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(trainer.device)
+            start, images = time.perf_counter(), 0
+        batch = next(batches)
+        with trainer.autocast():
+            trainer.method.train_step(batch, Step(0, i % n, trainer.recipe.epochs, n, global_batch=len(batch)))
+        images += len(batch)
+    sync(trainer.device)
+    return images / (time.perf_counter() - start)
+
+
+def measure_cell(cell: dict, runtime: Runtime, steps: int, warmup: int, mode: str = "separate",
+                 cells: int = 1) -> Measure:
+    """Train ``cell`` (a cell dict) for ``steps`` timed steps in ``mode``; the memory its training needed."""
+    cell = Cell.from_dict(cell)
+    runtime = dataclasses.replace(runtime, stack_peers=mode == "stacked")
+    try:
+        trainer = Trainer(cell, runtime)
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+        rate = time_steps(trainer, steps, warmup)
+    except (ValueError, RuntimeError) as e:
+        return Measure(mode, cell.describe(), cells, 0.0, None, error=str(e).splitlines()[0][:300])
+    memory = torch.cuda.max_memory_allocated(trainer.device) if trainer.device.type == "cuda" else None
+    macs = trainer.costs().get("train_forward_macs_per_image")
+    return Measure(mode, cell.describe(), cells, rate, memory, macs)
+
+
+def _packed_worker(args) -> Measure:
+    cell, runtime, steps, warmup, k, threads, barrier = args
+    torch.set_num_threads(threads)
+    barrier.wait()  # every packed process starts its timed steps together
+    return measure_cell(cell, runtime, steps, warmup, "packed", k)
+
+
+def measure_packed(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int) -> Measure:
+    """``k`` copies of the cell training at once on the device, each in its own process with 1/k of the CPUs:
+    the rate of one of them (the slowest), so that ``aggregate`` is what the device delivers to k cells."""
+    threads = max(1, (os.cpu_count() or 1) // k)
+    context = mp.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(k)
+        with context.Pool(k) as pool:
+            results = pool.map(_packed_worker, [(cell, runtime, steps, warmup, k, threads, barrier)] * k)
+    failed = [r for r in results if r.error]
+    if failed:
+        return failed[0]
+    slowest = min(results, key=lambda r: r.images_per_s)
+    memory = [r.memory_bytes for r in results if r.memory_bytes is not None]
+    return Measure("packed", slowest.cell, k, slowest.images_per_s, sum(memory) if memory else None,
+                   slowest.macs_per_image)
