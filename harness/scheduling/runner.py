@@ -23,6 +23,8 @@ RAY_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # a trial stopped while it was failing (the store refused a write) leaves an error nobody fetches; its line is ours
     "RAY_IGNORE_UNHANDLED_ERRORS": "1",
+    # a data-parallel cell's Ray Train run, named after the cell, in the dashboard's Train view (off by default)
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
 }
 QUIET_LOGGERS = ("ray.train", "ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
 # On the driver: Tune logs every failed trial's traceback ("Trial task failed ...") and a summary of the trials that

@@ -73,23 +73,3 @@ def capacity_errors(suite: Suite) -> list[str]:
 def batch_desc(cell) -> str:
     return f"{cell.describe()} at batch {cell.recipe['batch_size']}"
 
-
-AUTO_HEADROOM = 1.25  # the estimate misses the allocator's fragmentation and cuDNN's workspaces
-CONTEXT_GIB = 0.5  # what each process's CUDA context takes before any tensor
-MAX_CELLS_PER_GPU = 8  # beyond this the host's CPUs, not the GPU, set the pace of small cells
-
-
-def auto_gpu_share(suite: Suite) -> tuple[float, str]:
-    """``resources: {gpu: auto}``: the share of a GPU each cell asks for, 1/k with k the cells of the suite's
-    largest estimate (with headroom and a CUDA context each) that fit in ``gpu_memory_gb``, at most 8; and the
-    reason in words.  One whole GPU where a cell's size is not known before its data is read."""
-    resources = suite.spec.resources
-    estimates = [cell_memory(c, resources.workers, resources.grad_accumulation)
-                 for c in {c.hash: c for wave in waves(suite.cells) for c in wave}.values()]
-    if not estimates or any(e is None for e in estimates):
-        return 1.0, "gpu: auto → 1 GPU per cell (the cells' sizes are known only once their data is read)"
-    largest = max(e.total_bytes for e in estimates) / GIB
-    per_cell = largest * AUTO_HEADROOM + CONTEXT_GIB
-    k = max(1, min(MAX_CELLS_PER_GPU, int(resources.gpu_memory_gb // per_cell)))
-    return 1.0 / k, (f"gpu: auto → {k} cell(s) per {resources.gpu_memory_gb:g} GB GPU (largest cell {largest:.1f} GiB "
-                     f"estimated, {per_cell:.1f} GiB with headroom and a CUDA context)")

@@ -122,6 +122,8 @@ class Trainer:
         ctx.load_stage = self._load_stage
         ctx.load_stage_modules = self._load_stage_modules
         self.method = method_cls(hparams, ctx)
+        if runtime.stack_peers:  # before SyncBatchNorm, which then spans the stacked K × C channels
+            self.method.stack_peers()
         if self.recipe.sync_bn and replicas.distributed:
             if self.device.type != "cuda":
                 raise ValueError(f"cell {cell.describe()}: recipe.sync_bn needs GPUs (torch's SyncBatchNorm runs on "
@@ -130,8 +132,6 @@ class Trainer:
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.modules)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
-        if runtime.stack_peers:
-            self.method.stack_peers()
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.method.modules.to(self.device, memory_format=memory_format)
         if runtime.compile:
