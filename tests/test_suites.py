@@ -67,7 +67,8 @@ def test_gpu_rate_measured_by_finished_gpu_trials(tmp_path, write_suite):
     put("d", None, 0.0, [50.0])  # a CPU trial
     put("e", "NVIDIA H200", 1.0, [5000.0], macs=None)  # an older record without costs
     rate = measured_rate(store)
-    assert rate == {"macs_per_s": pytest.approx(6e12), "gpus": ["NVIDIA H200"], "trials": 3}
+    assert rate == {"macs_per_s": pytest.approx(6e12), "gpus": ["NVIDIA H200"], "trials": 3,
+                    "source": "the median rate of 3 finished GPU trial(s) of the results store"}
     suite = load_suite(write_suite({"name": "est", "dataset": {"name": "cifar100"}, "groups": [["cifar_resnet20"] * 2],
                                     "methods": ["dml"], "seeds": [0], "recipe": {"base": "tsb_cifar", "epochs": 10}}))
     assumed, measured = suite_line(suite, store), suite_line(suite, store, rate["macs_per_s"])
