@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.config.cell import Cell
+from harness.data.datasets import DatasetError
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Step, load_methods
 
@@ -81,6 +82,8 @@ def measure_cell(cell: dict, runtime: Runtime, steps: int, warmup: int, mode: st
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
         rate = time_steps(trainer, steps, warmup)
+    except DatasetError:
+        raise  # the suite's data is not here: one line for the whole bench (harness.cli), not one per mode
     except (ValueError, RuntimeError) as e:
         return Measure(mode, cell.describe(), cells, 0.0, None, error=str(e).splitlines()[0][:300])
     memory = torch.cuda.max_memory_allocated(trainer.device) if trainer.device.type == "cuda" else None
