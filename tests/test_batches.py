@@ -73,3 +73,28 @@ def test_engine_holds_out_what_a_method_asks_for(monkeypatch):
     assert trainer.method.ctx.num_train == 40 and len(trainer.train_batches.y) == 40  # 6 per class - 2
     held = torch.cat([b.y for b in trainer.method.ctx.validation()])
     assert torch.bincount(held).tolist() == [2] * 10
+
+
+def test_an_epoch_drawn_up_front_is_the_batch_by_batch_stream():
+    """The fast path draws an epoch's random numbers before its first batch (one transfer to a GPU, no host sync
+    per batch); the batches are exactly those of drawing batch by batch, view by view (crop, flip, Cutout), so
+    results from before the change repeat bit for bit."""
+    from harness.data.batches import cutout, epoch_generator
+
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (70, 3, 12, 12), dtype=torch.uint8), torch.arange(70) % 7
+    normalize = Normalize((0.5,) * 3, (0.2,) * 3, torch.device("cpu"), False)
+    for views, size in [(1, 0), (2, 4)]:
+        batches = TrainBatches(x, y, 16, normalize, seed=5, crop_padding=2, flip=True, views=views, cutout=size)
+        for epoch in range(2):
+            generator = epoch_generator(5, epoch)
+            order = torch.randperm(70, generator=generator)
+            got = list(batches.epoch(epoch))
+            assert len(got) == 5  # 4 × 16 and a last batch of 6
+            for b, start in zip(got, range(0, 70, 16)):
+                index = order[start: start + 16]
+                assert torch.equal(b.index, index) and torch.equal(b.y, y[index])
+                for view in b.views:
+                    expected = normalize(random_crop_flip(x[index], 2, True, generator))
+                    expected = cutout(expected, size, generator) if size else expected
+                    assert torch.equal(view, expected)

@@ -52,34 +52,73 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``padding``, take a random crop of the original size, flip half of the images."""
+def draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator) -> list[torch.Tensor]:
+    """The random numbers of :func:`random_crop_flip` for ``n`` images: row and column offsets, flips."""
+    draws = []
+    if padding:
+        draws += [torch.randint(0, 2 * padding + 1, (n,), generator=generator),
+                  torch.randint(0, 2 * padding + 1, (n,), generator=generator)]
+    if flip:
+        draws.append((torch.rand(n, generator=generator) < 0.5).long())
+    return draws
+
+
+def apply_crop_flip(images: torch.Tensor, padding: int, flip: bool, draws: list[torch.Tensor]) -> torch.Tensor:
+    """Zero-pad by ``padding``, crop the original size at the drawn offsets, flip the drawn images."""
     n, c, h, w = images.shape
     out = images
+    draws = list(draws)
     if padding:
+        dy, dx = draws.pop(0), draws.pop(0)
         padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
         rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
         batch = torch.arange(n, device=images.device)[:, None, None, None]
         chans = torch.arange(c, device=images.device)[None, :, None, None]
         out = padded[batch, chans, rows, cols]
     if flip:
-        flipped = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        flipped = draws.pop(0).bool()
         out = torch.where(flipped[:, None, None, None], out.flip(3), out)
     return out
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``padding``, take a random crop of the original size, flip half of the images."""
+    draws = [d.to(images.device) for d in draw_crop_flip(len(images), padding, flip, generator)]
+    return apply_crop_flip(images, padding, flip, draws)
+
+
+def draw_cutout(n: int, h: int, w: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """The random numbers of :func:`cutout`: each square's centre."""
+    return [torch.randint(0, h, (n, 1), generator=generator), torch.randint(0, w, (n, 1), generator=generator)]
+
+
+def apply_cutout(images: torch.Tensor, size: int, draws: list[torch.Tensor]) -> torch.Tensor:
+    _, _, h, w = images.shape
+    cy, cx = draws[0] - size // 2, draws[1] - size // 2
+    rows, cols = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
+    in_rows = (rows >= cy) & (rows < cy + size)
+    in_cols = (cols >= cx) & (cols < cx + size)
+    return images.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """Zero a ``size``-sided square per image, centred uniformly in it and clipped at its border."""
     n, _, h, w = images.shape
-    cy = torch.randint(0, h, (n, 1), generator=generator).to(images.device) - size // 2
-    cx = torch.randint(0, w, (n, 1), generator=generator).to(images.device) - size // 2
-    rows, cols = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
-    in_rows = (rows >= cy) & (rows < cy + size)
-    in_cols = (cols >= cx) & (cols < cx + size)
-    return images.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
+    return apply_cutout(images, size, [d.to(images.device) for d in draw_cutout(n, h, w, generator)])
+
+
+def to_device_once(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Integer CPU tensors moved to ``device`` in one transfer, from pinned memory on a GPU, without a host sync."""
+    if device.type == "cpu" or not tensors:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    moved = flat.pin_memory().to(device, non_blocking=True)
+    out, start = [], 0
+    for t in tensors:
+        out.append(moved[start: start + t.numel()].view(t.shape))
+        start += t.numel()
+    return out
 
 
 class Normalize:
@@ -109,19 +148,32 @@ class TrainBatches:
         return full + (rest > 1)  # a last batch of one image would break batch norm: it is dropped
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The epoch's batches.  Every random number of the epoch is drawn first, on the CPU, in the order the
+        batches use them, and reaches the device in one transfer: augmenting a batch on a GPU then never waits
+        for a copy from the host."""
         generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(len(self.y), generator=generator)
+        _, _, h, w = self.x.shape
+        plan = []  # per batch: its indices, then per view the crop/flip draws and the cutout draws
         for start in range(0, len(order), self.batch_size):
             index = order[start: start + self.batch_size]
             if len(index) < 2:
                 break
-            device_index = index.to(self.x.device)
-            raw = self.x[device_index]
             views = []
             for _ in range(self.views):
-                view = self.normalize(random_crop_flip(raw, self.crop_padding, self.flip, generator))
-                views.append(cutout(view, self.cutout, generator) if self.cutout else view)
-            yield Batch(views=views, y=self.y[device_index], index=device_index)
+                crop = draw_crop_flip(len(index), self.crop_padding, self.flip, generator)
+                views.append((crop, draw_cutout(len(index), h, w, generator) if self.cutout else []))
+            plan.append((index, views))
+        flat = [t for index, views in plan for t in [index] + [d for crop, cut in views for d in crop + cut]]
+        moved = iter(to_device_once(flat, self.x.device))
+        for index, views in plan:
+            device_index = next(moved)
+            raw = self.x[device_index]
+            out = []
+            for crop, cut in views:
+                view = self.normalize(apply_crop_flip(raw, self.crop_padding, self.flip, [next(moved) for _ in crop]))
+                out.append(apply_cutout(view, self.cutout, [next(moved) for _ in cut]) if cut else view)
+            yield Batch(views=out, y=self.y[device_index], index=device_index)
 
 
 def eval_batches(x, y, batch_size: int, normalize: Normalize) -> Iterator[Batch]:
