@@ -281,10 +281,12 @@ def cmd_bench(args) -> int:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
-    packed = [int(k) for k in args.packed.split(",") if k.strip() and int(k) > 0]
-    if unknown or args.cells < 1 or args.steps < 1:
-        print(f"bench: --modes takes {', '.join(MODES)}; --cells and --steps at least 1", file=sys.stderr)
+    counts = [k.strip() for k in args.packed.split(",") if k.strip()]
+    if unknown or args.cells < 1 or args.steps < 1 or not all(k.isdigit() for k in counts):
+        print(f"bench: --modes takes {', '.join(MODES)}; --packed whole numbers (4,8); --cells and --steps at "
+              "least 1", file=sys.stderr)
         return 2
+    packed = [int(k) for k in counts if int(k) > 0]
     store = ResultStore(args.results)
     suite = _load(args)
     runtime = Runtime(device=args.device, data_root=args.data_root, compile=suite.spec.resources.compile)

@@ -45,3 +45,11 @@ def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path):
     rate = bench_rate(store)
     assert rate["macs_per_s"] == record["macs_per_s"]["separate"] and rate["gpus"] == ["NVIDIA H200"]
     assert "harness bench" in rate["source"]
+
+
+def test_bench_refuses_a_mistyped_mode_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "benchmarks/resnet32_pair.yaml", "--modes",
+                           "seperate"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("bench: --modes takes separate, stacked, packed; --packed whole numbers (4,8); "
+                                   "--cells and --steps at least 1")
