@@ -171,11 +171,13 @@ class StackedPeers(nn.Module):
                 peer[key] = part
         return out
 
-    def unstack(self) -> list[nn.Module]:
-        """K ordinary networks (copies) with the peers' current weights, on the stacked network's device."""
+    def unstack(self, start: int = 0, count: int | None = None) -> list[nn.Module]:
+        """K ordinary networks (copies) with the peers' current weights, on the stacked network's device (networks
+        ``start .. start + count`` only, where given)."""
         param = next(self.net.parameters())
         networks = []
-        for state in self.peer_state_dicts():
+        states = self.peer_state_dicts()
+        for state in states[start:start + (len(states) if count is None else count)]:
             net = copy.deepcopy(self._template[0])
             net.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
             networks.append(net.to(param.device).train(self.training))
@@ -239,3 +241,72 @@ class PeerOfStack:
 
     def parameters(self):
         raise TypeError("a stacked peer shares its parameters with the others; use the StackedPeers' parameters")
+
+
+class StackSlice(nn.Module):
+    """Networks ``start .. start + k`` of a :class:`StackedPeers` that several cells share (several seeds of one
+    cell, ``resources.stack_seeds``): what one cell's method holds as its ``peers``.
+
+    The shared network is run once per step for every cell (:class:`harness.training.bundle.SeedBundle`), which
+    hands each slice its logits with :meth:`prime`; the method's next ``forward`` on the very same view tensors
+    returns them.  A forward that was not primed runs the shared network in eval mode (a method's own evaluation
+    pass, KDCL-General's validation split), and is refused in train mode, where it would move the other cells'
+    batch-norm statistics.  The slice has no parameters of its own: the shared network is not its child module.
+    """
+
+    def __init__(self, stack: StackedPeers, start: int, k: int):
+        super().__init__()
+        if not 0 <= start < start + k <= stack.k:
+            raise ValueError(f"networks {start}..{start + k - 1} of a stack of {stack.k}")
+        self._stack = (stack,)  # a tuple: not a child module, not in this cell's state dict
+        self.start, self.k = start, k
+        self._primed: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    @property
+    def stack(self) -> StackedPeers:
+        return self._stack[0]
+
+    def prime(self, views: Sequence[torch.Tensor], logits: Sequence[torch.Tensor]) -> None:
+        """The logits this cell's networks gave on ``views`` in the shared pass; used once, by the next forward."""
+        self._primed = (list(views), list(logits))
+
+    def forward(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        views = list(views)
+        if len(views) != self.k:
+            raise ValueError(f"{self.k} stacked peers need {self.k} inputs, got {len(views)}")
+        primed, self._primed = self._primed, None
+        if primed is not None and len(primed[0]) == self.k and all(a is b for a, b in zip(primed[0], views)):
+            return primed[1]
+        if self.training or self.stack.training:
+            raise RuntimeError("a cell of stacked seeds ran its networks in training mode outside the shared pass; "
+                               "its method must reach them only through one peer_logits/forward_peers call per step")
+        full = [views[0]] * self.stack.k
+        full[self.start:self.start + self.k] = views
+        return self.stack(full)[self.start:self.start + self.k]
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __getitem__(self, k: int):
+        if not -self.k <= k < self.k:
+            raise IndexError(f"peer {k} of {self.k}")
+        slice_ = self
+
+        class _Peer:
+            def __call__(self, x):
+                return slice_([x] * slice_.k)[k % slice_.k]
+
+        return _Peer()
+
+    def __iter__(self):
+        return (self[k] for k in range(self.k))
+
+    def peer_state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        return self.stack.peer_state_dicts()[self.start:self.start + self.k]
+
+    def unstack(self) -> list[nn.Module]:
+        """This cell's k networks as ordinary (copied) networks with their current weights."""
+        return [net.train(self.training) for net in self.stack.unstack(self.start, self.k)]
+
+    def extra_repr(self) -> str:
+        return f"networks {self.start}..{self.start + self.k - 1} of {self.stack.k}"

@@ -63,6 +63,9 @@ class Resources(Strict):
     # the K peers of a cell as one grouped network (harness/models/stacked.py): the same arithmetic up to float
     # rounding, fewer and larger kernels; torch.compile of each network.  Neither changes a cell's hash.
     stack_peers: bool = False
+    # several seeds of a cell as one grouped network of every seed's peers (harness/training/bundle.py): one trial
+    # trains them all on its share; each seed keeps its own record.  Not with workers, grad_accumulation or fp16.
+    stack_seeds: bool = False
     compile: bool = False
     gpu_memory_gb: PositiveFloat = 80  # an assumption (an 80 GB A100/H100) where the suite does not say
     packing: ClassVar[str | None] = None  # how gpu: auto was resolved, in words (set on the instance by load_suite)
@@ -380,7 +383,7 @@ def _resolved_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict 
     return None
 
 
-def _check_groups(groups, methods, errors: list[str], stack_peers: bool = False) -> None:
+def _check_groups(groups, methods, errors: list[str], stack_peers: bool = False, stack_seeds: bool = False) -> None:
     import timm
 
     import harness.models  # noqa: F401
@@ -406,10 +409,25 @@ def _check_groups(groups, methods, errors: list[str], stack_peers: bool = False)
             if problem:
                 errors.append(f"resources.stack_peers: groups[{i}] with method {label!r}: {problem}; "
                               "set stack_peers: false")
-        if stack_peers and len(set(group)) == 1 and len(group) > 1 and timm.is_model(group[0]):
-            problem = _stacking_problem(group)
+            problem = stack_seeds and cls.seed_stack_error(cls.HParams.model_validate(hparams), tuple(group))
             if problem:
-                errors.append(f"resources.stack_peers: groups[{i}]: {problem}; set stack_peers: false")
+                errors.append(f"resources.stack_seeds: groups[{i}] with method {label!r}: {problem}; "
+                              "set stack_seeds: false")
+        for key, wanted, size in (("stack_peers", stack_peers, 2), ("stack_seeds", stack_seeds, 1)):
+            if wanted and len(set(group)) == 1 and len(group) >= size and timm.is_model(group[0]):
+                problem = _stacking_problem(group)
+                if problem:
+                    errors.append(f"resources.{key}: groups[{i}]: {problem}; set {key}: false")
+
+
+def _check_seed_stacking(resources: Resources, errors: list[str]) -> None:
+    """Stacked seeds train in one process on one device, with one update per step."""
+    if not resources.stack_seeds:
+        return
+    for key in ("workers", "grad_accumulation"):
+        if getattr(resources, key) > 1:
+            errors.append(f"resources.stack_seeds: {key} {getattr(resources, key)}: stacked seeds train in one "
+                          f"process with one update per step; set {key}: 1 or stack_seeds: false")
 
 
 def _stacking_problem(group) -> str | None:
@@ -419,7 +437,7 @@ def _stacking_problem(group) -> str | None:
     from harness.models.stacked import StackedPeers, StackingError
 
     try:
-        StackedPeers([timm.create_model(group[0]) for _ in group[:2]], name=group[0])
+        StackedPeers([timm.create_model(group[0]) for _ in range(2)], name=group[0])
     except StackingError as e:
         return str(e).removesuffix("; train it without stack_peers")
     return None
@@ -585,7 +603,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
             errors.append(f"dataset.name: {DATASETS.unknown_message(spec.dataset.name)}")
         alone: set[str] = set()
         methods = _method_entries(spec.methods, errors, presets, alone)
-        _check_groups(spec.groups, methods, errors, spec.resources.stack_peers)
+        _check_groups(spec.groups, methods, errors, spec.resources.stack_peers, spec.resources.stack_seeds)
+        _check_seed_stacking(spec.resources, errors)
         _check_layout(spec, methods, errors)
         _check_paper_table(spec, methods, errors)
         if recipe_dict is not None and not errors:
@@ -599,6 +618,9 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
                 else:
                     cells.append(Cell(group=tuple(group), **common))
         _check_stages(cells, spec.methods, errors)
+        if spec.resources.stack_seeds and any(c.recipe.get("precision") == "fp16" for c in cells):
+            errors.append("resources.stack_seeds: a recipe trains in fp16, whose loss scale would be shared by "
+                          "every seed; use precision: bf16 (or fp32), or set stack_seeds: false")
     if errors:
         raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])
     suite = Suite(spec, path, cells, scaled_down_notes(spec, raw_recipe, presets), list(overrides))

@@ -84,15 +84,18 @@ def build_method_optimizer(recipe: Recipe, group: OptimGroup) -> torch.optim.Opt
 class Trainer:
     """Builds a cell's data, method, optimizers and schedules; ``run`` trains it to the recipe's end."""
 
-    def __init__(self, cell: Cell, runtime: Runtime = Runtime(), replicas: Replicas = Replicas()):
+    def __init__(self, cell: Cell, runtime: Runtime = Runtime(), replicas: Replicas = Replicas(), data=None,
+                 data_fingerprint: dict | None = None):
+        """``data`` (with its ``data_fingerprint``): the cell's dataset, already loaded (several seeds of a cell
+        trained together load it once)."""
         self.cell, self.runtime, self.replicas = cell, runtime, replicas
         self.recipe = Recipe.model_validate(cell.recipe)
         self.device = runtime.torch_device()
         seed_everything(cell.seed)
 
-        data = load_dataset(cell.dataset, runtime.data_root)
+        data = data if data is not None else load_dataset(cell.dataset, runtime.data_root)
         self.data = data
-        self.data_fingerprint = fingerprint(data)
+        self.data_fingerprint = data_fingerprint or fingerprint(data)
         expected = cell.dataset.get("fingerprint")
         if expected and expected != self.data_fingerprint["checksum"]:
             raise DatasetError(f"cell {cell.describe()}: the {data.name} data on {socket.gethostname()} "
@@ -294,14 +297,19 @@ class Trainer:
         seconds = time.perf_counter() - start
         losses = {f"loss/{name}": float(total) / steps for name, total in self.replicas.mean(sums, self.device).items()}
         self.replicas.average_buffers(self.method.modules)
+        self.check_finite(losses, epoch)
+        return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses,
+                **self.method.epoch_metrics()}
+
+    def check_finite(self, losses: dict[str, float], epoch: int) -> None:
+        """Raise :class:`NonFiniteLoss`, naming the cell, the term and the epoch, where an epoch's mean loss is not
+        finite."""
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise NonFiniteLoss(
                 f"cell {self.cell.hash} ({self.cell.describe()}): {bad[0]} is {losses[bad[0]]} in epoch "
                 f"{epoch + 1}; lower the learning rate or check the method's hyper-parameters"
             )
-        return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses,
-                **self.method.epoch_metrics()}
 
     def autocast(self):
         """The recipe's precision for the networks' forward passes (losses are computed in fp32 regardless)."""
@@ -315,22 +323,31 @@ class Trainer:
         workers each take every world-th test batch and add up their counts."""
         self.method.modules.eval()
         correct: dict[str, torch.Tensor] = {}
-        peers = self.method.peer_outputs()
         n = 0
         for b, batch in enumerate(self.inputs.test()):
             if b % self.replicas.world != self.replicas.rank:
                 continue
             n += len(batch)
-            with self.autocast():
-                outputs = self.method.predict(batch.x)
-            probs = {k: F.softmax(outputs[k].float(), dim=1) for k in peers}
-            outputs["ens"] = torch.stack([probs[k] for k in peers]).mean(0)
-            for name, scores in outputs.items():
-                top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
-                hits = top5 == batch.y[:, None]
-                counts = torch.stack([hits[:, 0].sum(), hits.any(1).sum()])
-                correct[name] = correct.get(name, 0) + counts
+            self.count_hits(batch, correct)
         correct, n = self.replicas.sum_counts(correct, n, self.device)
+        return self.accuracies(correct, n)
+
+    def count_hits(self, batch: Batch, correct: dict[str, torch.Tensor]) -> None:
+        """Add one test batch's top-1 and top-5 hits of every output (and the ensemble) to ``correct``."""
+        peers = self.method.peer_outputs()
+        with self.autocast():
+            outputs = self.method.predict(batch.x)
+        probs = {k: F.softmax(outputs[k].float(), dim=1) for k in peers}
+        outputs["ens"] = torch.stack([probs[k] for k in peers]).mean(0)
+        for name, scores in outputs.items():
+            top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+            hits = top5 == batch.y[:, None]
+            counts = torch.stack([hits[:, 0].sum(), hits.any(1).sum()])
+            correct[name] = correct.get(name, 0) + counts
+
+    def accuracies(self, correct: dict[str, torch.Tensor], n: int) -> dict:
+        """Top-1/top-5 (%) of every output from its hits on ``n`` test images, and the peers' mean ('avg')."""
+        peers = self.method.peer_outputs()
         metrics = {}
         for name, counts in correct.items():
             metrics[f"top1/{name}"], metrics[f"top5/{name}"] = (100.0 * c / n for c in counts.tolist())

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from harness.data.batches import Batch
-from harness.models.stacked import StackedPeers, StackingError
+from harness.models.stacked import StackedPeers, StackingError, StackSlice
 from harness.registry import Registry
 
 
@@ -134,7 +134,8 @@ class Method:
 
     @property
     def stacked(self) -> bool:
-        return isinstance(self.modules["peers"], StackedPeers)
+        """The peers are one grouped network: this cell's own, or a slice of one shared by several seeds."""
+        return isinstance(self.modules["peers"], (StackedPeers, StackSlice))
 
     @classmethod
     def stack_error(cls, hp: HParams, group: tuple[str, ...]) -> str | None:
@@ -145,6 +146,18 @@ class Method:
             return f"method {cls.name} updates its peers one after another with these settings"
         if len(set(group)) != 1 or len(group) < 2:
             return f"the group {'+'.join(group)} is not two or more networks of one architecture"
+        return None
+
+    @classmethod
+    def seed_stack_error(cls, hp: HParams, group: tuple[str, ...]) -> str | None:
+        """Why several seeds of this cell cannot be trained as one grouped network (``resources.stack_seeds``);
+        None if they can.  Unlike :meth:`stack_error`, one network per cell is enough: the seeds make the stack."""
+        if not cls.stackable:
+            return f"method {cls.name} reaches its peers one at a time (it is not stackable)"
+        if not cls.accumulates(hp):
+            return f"method {cls.name} updates its peers one after another with these settings"
+        if len(set(group)) != 1:
+            return f"the group {'+'.join(group)} mixes architectures; only networks of one architecture stack"
         return None
 
     def stack_peers(self) -> None:
@@ -161,9 +174,13 @@ class Method:
             return self.peers(views)
         return [peer(x) for peer, x in zip(self.peers, views)]
 
+    def training_views(self, batch: Batch) -> list[torch.Tensor]:
+        """The input of every peer in a training step, in the order of :meth:`forward_peers`."""
+        return [batch.view(k) for k in range(len(self.peers))]
+
     def peer_logits(self, batch: Batch) -> list[torch.Tensor]:
         """Every peer's logits on its view of the batch (:meth:`forward_peers`)."""
-        return self.forward_peers([batch.view(k) for k in range(len(self.peers))])
+        return self.forward_peers(self.training_views(batch))
 
     def optim_groups(self) -> dict[str, OptimGroup]:
         """One optimizer for everything: a parameter group per peer, one more for any extra modules."""

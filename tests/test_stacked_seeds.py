@@ -1,0 +1,133 @@
+"""Several seeds of one cell trained as one grouped network (``resources.stack_seeds``, issue 19): a bundle's first
+step equals each seed's own first step for ind, dml, kdcl and tsb; a bundle runs to its end, resumes from its
+checkpoint, fails a NaN seed alone, and ``harness validate`` refuses what cannot stack in one line each."""
+import math
+
+import pytest
+import torch
+
+from harness.config.cell import Cell
+from harness.suite.schema import SuiteError, load_suite
+from harness.training.bundle import SeedBundle
+from harness.training.engine import Runtime, Trainer
+from harness.training.method import Step
+
+from conftest import tiny_suite_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = Runtime(device="cpu", channels_last=False)
+
+
+def seed_cells(write_suite, method, seeds=(0, 1, 2), group=("cifar_resnet8", "cifar_resnet8"), **overrides):
+    suite = tiny_suite_dict(dataset={"name": "fashion_mnist_mini", "train_per_class": 12, "test_per_class": 10},
+                            methods=[method], seeds=list(seeds), groups=[list(group)], **overrides)
+    return [Cell.from_dict(c.to_dict()) for c in load_suite(write_suite(suite)).cells]
+
+
+@pytest.mark.parametrize("method", ["ind", {"name": "dml", "temperature": 2},
+                                    {"name": "kdcl", "target": "general", "val_per_class": 2},
+                                    {"name": "tsb", "warmup_epochs": 0}], ids=["ind", "dml", "kdcl", "tsb"])
+def test_a_bundle_steps_every_seed_as_it_steps_alone(write_suite, method):
+    """Terms and every weight and BN statistic after one step (the recipe's SGD with momentum and weight decay)
+    equal each seed's own separate step, to float tolerance; the seeds really differ from one another."""
+    cells = seed_cells(write_suite, method)
+    bundle = SeedBundle(cells, CPU)
+    bundle.stack.train()
+    batches = {}
+    for s, trainer in enumerate(bundle.trainers):
+        trainer.method.modules.train()
+        trainer.method.on_epoch_start(0)
+        batches[s] = next(iter(trainer.train_batches.epoch(0)))
+    stacked_terms = bundle.train_step(batches, Step(0, 0, bundle.recipe.epochs, bundle.steps))
+    after = bundle.stack.peer_state_dicts()
+    k = len(cells[0].group)
+    for s, cell in enumerate(cells):
+        alone = Trainer(cell, CPU)
+        alone.method.modules.train()
+        alone.method.on_epoch_start(0)
+        batch = next(iter(alone.train_batches.epoch(0)))
+        terms = alone.method.train_step(batch, Step(0, 0, alone.recipe.epochs, len(alone.train_batches)))
+        assert set(terms) == set(stacked_terms[s]) and len(terms) >= 2
+        for name, value in terms.items():
+            torch.testing.assert_close(stacked_terms[s][name], value, rtol=1e-5, atol=1e-7, msg=f"seed {s} {name}")
+        for j, peer in enumerate(alone.method.peers):
+            for name, value in peer.state_dict().items():
+                torch.testing.assert_close(after[s * k + j][name], value, rtol=1e-4, atol=1e-6,
+                                           msg=f"seed {s} net{j + 1} {name}")
+    first = [stacked_terms[s]["ce/net1"] for s in range(len(cells))]
+    assert len({float(v) for v in first}) == len(cells), "the seeds trained on the same batch and weights"
+
+
+def test_a_bundle_runs_to_its_end_and_resumes_from_its_checkpoint(write_suite):
+    cells = seed_cells(write_suite, {"name": "dml", "temperature": 2}, seeds=(0, 1))
+    whole = SeedBundle(cells, CPU)
+    summaries = whole.run()
+    assert set(summaries) == {c.hash for c in cells} and not whole.failed
+    assert all(s["epochs"] == whole.recipe.epochs for s in summaries.values())
+    # each seed's saved networks are ordinary ones that predict what the bundle predicts
+    trainer = whole.trainers[1]
+    networks = trainer.method.deployed_networks()
+    assert [name for name, _ in networks] == list(cells[1].group)
+    assert all(type(net).__name__ == "CifarResNet" for _, net in networks)
+    whole.stack.eval()
+    trainer.method.modules.eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        logits = trainer.method.predict(x)  # not primed: the shared network's own eval pass
+        for j, (_, net) in enumerate(networks):
+            torch.testing.assert_close(net.eval()(x), logits[f"net{j + 1}"], rtol=1e-4, atol=1e-5)
+
+    # stop after epoch 1, resume a new bundle from the checkpoint: the same histories as the uninterrupted run
+    first = SeedBundle(cells, CPU)
+    first.last_epoch = 1
+    first.run()
+    state = first.state_dict()
+    again = SeedBundle(cells, CPU)
+    again.load_state_dict(state)
+    assert again.epoch == 1 and again.restarts == 1
+    again.run()
+    for a, b in zip(whole.trainers, again.trainers):
+        assert [h["epoch"] for h in b.history] == [h["epoch"] for h in a.history]
+        for ha, hb in zip(a.history, b.history):
+            assert hb["top1/ens"] == pytest.approx(ha["top1/ens"], abs=1e-6)
+            assert hb["loss/ce/net1"] == pytest.approx(ha["loss/ce/net1"], rel=1e-4)
+
+    # a checkpoint of another set of seeds, or of one cell alone, is refused in one line
+    other = SeedBundle(cells[:1] + seed_cells(write_suite, {"name": "dml", "temperature": 2}, seeds=(5,)), CPU)
+    with pytest.raises(ValueError, match="checkpoint of the stacked seeds .* the bundle starts over"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="checkpoint of one cell trained alone"):
+        again.load_state_dict(Trainer(cells[0], CPU).state_dict())
+
+
+def test_a_seed_whose_loss_is_nan_fails_alone(write_suite):
+    cells = seed_cells(write_suite, "ind", seeds=(0, 1))
+    bundle = SeedBundle(cells, CPU)
+    with torch.no_grad():  # seed 1's first network is broken; seed 0 shares the grouped layers with it
+        weight = bundle.stack.net.conv1.weight  # (networks × out channels, ...): network k's block of rows
+        rows = weight.shape[0] // bundle.stack.k
+        weight[bundle.k * rows:(bundle.k + 1) * rows].fill_(float("nan"))
+    summaries = bundle.run()
+    assert list(summaries) == [cells[0].hash]
+    assert "NonFiniteLoss" in bundle.failed[cells[1].hash] and "ce/net1 is nan in epoch 1" in bundle.failed[cells[1].hash]
+    assert all(math.isfinite(h["loss/ce/net1"]) for h in bundle.trainers[0].history)
+    assert len(bundle.trainers[0].history) == bundle.recipe.epochs
+
+
+def test_validate_refuses_what_cannot_stack_seeds(write_suite):
+    suite = tiny_suite_dict(methods=["ind", {"name": "dml", "update": "sequential"}, "afd"],
+                            groups=[["cifar_resnet8", "cifar_resnet8"], ["cifar_resnet8", "cifar_resnet14"],
+                                    ["cifar_shufflenetv1"]],
+                            resources={"cpu": 1, "stack_seeds": True, "grad_accumulation": 2})
+    with pytest.raises(SuiteError) as caught:
+        load_suite(write_suite(suite))
+    text = "\n".join(caught.value.lines)
+    assert "resources.stack_seeds: groups[0] with method 'dml': method dml updates its peers one after another" in text
+    assert "resources.stack_seeds: groups[0] with method 'afd': method afd reaches its peers one at a time" in text
+    assert "cifar_resnet8+cifar_resnet14 mixes architectures" in text
+    assert "resources.stack_seeds: groups[2]: cifar_shufflenetv1: CifarShuffleNetV1 cannot be stacked" in text
+    assert "resources.stack_seeds: grad_accumulation 2" in text
+    assert "groups[0] with method 'ind'" not in text
+    # one network per cell is enough where the seeds make the stack
+    load_suite(write_suite(tiny_suite_dict(methods=["ind"], groups=[["cifar_resnet8"]],
+                                           resources={"cpu": 1, "stack_seeds": True})))
