@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     bench.add_argument("--packed", default="4,8", metavar="K,K",
                        help="cells per device of the packed mode (default 4,8; 0 skips it)")
-    bench.add_argument("--modes", default="separate,stacked,packed", help="modes to measure (default: all)")
+    bench.add_argument("--seeds", default="4", metavar="K,K",
+                       help="seeds of a cell stacked into one network in the seeds mode (default 4; 0 skips it)")
+    bench.add_argument("--modes", default="separate,stacked,packed,seeds", help="modes to measure (default: all)")
     bench.add_argument("--devices", type=int, default=1, help="devices the suite's wall time is projected on")
     bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda where there is one)")
     bench.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
@@ -276,17 +278,22 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from harness.reporting.bench import bench_table, save_bench
     from harness.results.store import ResultStore
-    from harness.training.bench import MODES, measure_cell, measure_packed, stack_error
+    from harness.training.bench import MODES, measure_cell, measure_packed, measure_seeds, seed_stack_error, \
+        stack_error
     from harness.training.engine import Runtime
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     counts = [k.strip() for k in args.packed.split(",") if k.strip()]
-    if unknown or args.cells < 1 or args.steps < 1 or not all(k.isdigit() for k in counts):
-        print(f"bench: --modes takes {', '.join(MODES)}; --packed whole numbers (4,8); --cells and --steps at "
-              "least 1", file=sys.stderr)
+    seed_counts = [k.strip() for k in args.seeds.split(",") if k.strip()]
+    if (unknown or args.cells < 1 or args.steps < 1 or not all(k.isdigit() for k in counts + seed_counts)
+            or any(k == "1" for k in seed_counts)):
+        print(f"bench: --modes takes {', '.join(MODES)}; --packed whole numbers (4,8); --seeds whole numbers from 2 "
+              "(4,8); --cells and --steps at least 1", file=sys.stderr)
         return 2
     packed = [int(k) for k in counts if int(k) > 0]
+    seeds = [int(k) for k in seed_counts if int(k) > 0]
+    measure = {"packed": measure_packed, "seeds": measure_seeds}
     store = ResultStore(args.results)
     suite = _load(args)
     runtime = Runtime(device=args.device, data_root=args.data_root, compile=suite.spec.resources.compile)
@@ -295,13 +302,15 @@ def cmd_bench(args) -> int:
     for cell in cells:
         config = cell.to_dict()
         for mode in modes:
-            if mode == "stacked" and stack_error(cell):
-                print(f"{cell.describe()}: not stacked: {stack_error(cell)}", file=sys.stderr)
+            refused = {"stacked": stack_error, "seeds": seed_stack_error}.get(mode, lambda c: None)(cell)
+            if refused:
+                print(f"{cell.describe()}: not {'stacked' if mode == 'stacked' else 'seed-stacked'}: {refused}",
+                      file=sys.stderr)
                 continue
-            for k in (packed if mode == "packed" else [1]):
-                m = (measure_packed(config, runtime, args.steps, args.warmup, k) if mode == "packed" else
+            for k in {"packed": packed, "seeds": seeds}.get(mode, [1]):
+                m = (measure[mode](config, runtime, args.steps, args.warmup, k) if mode in measure else
                      measure_cell(config, runtime, args.steps, args.warmup, mode))
-                print(f"{m.mode}{f' ×{k}' if mode == 'packed' else ''} {m.cell}: "
+                print(f"{m.mode}{f' ×{k}' if mode in measure else ''} {m.cell}: "
                       + (m.error or f"{m.images_per_s:,.0f} img/s per cell, {m.aggregate:,.0f} per device"),
                       file=sys.stderr)
                 measures.append(m)

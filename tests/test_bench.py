@@ -19,23 +19,25 @@ def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path):
         name="bench", dataset={"name": "synthetic_cifar100", "train_per_class": 1, "test_per_class": 1},
         methods=["ind", {"name": "dml", "update": "sequential"}], seeds=[0])))
     done = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(suite), "--cells", "2", "--steps", "2",
-                           "--warmup", "1", "--packed", "2", "--device", "cpu", "--results", str(tmp_path / "r")],
+                           "--warmup", "1", "--packed", "2", "--seeds", "2", "--device", "cpu", "--results", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    # the ind cell in all three modes; the sequential DML cell is not stacked, and says why
-    assert "method dml updates its peers one after another" in done.stderr
+    # the ind cell in all four modes; the sequential DML cell is not stacked (peers or seeds), and says why
+    assert done.stderr.count("method dml updates its peers one after another") == 2
     rows = [line for line in out.splitlines() if line.startswith("| ") and "img/s" not in line]
     modes = [r.split("|")[1].strip() for r in rows]
     assert modes.count("separate") == 2 + 1 and modes.count("stacked") == 1 + 1 and modes.count("packed ×2") == 2 + 1
+    assert modes.count("seeds ×2") == 1 + 1
     assert "suite device-hours" in out and "× separate" in out
     assert out.strip().splitlines()[-1].startswith("kept in ")
     [kept] = (tmp_path / "r" / "bench").glob("*.json")
     record = json.loads(kept.read_text())
-    assert set(record["macs_per_s"]) == {"separate", "stacked", "packed ×2"}
+    assert set(record["macs_per_s"]) == {"separate", "stacked", "packed ×2", "seeds ×2"}
     assert all(v > 0 for v in record["macs_per_s"].values())
     per_cell = {(m["mode"], m["cells"]): m for m in record["measures"] if m["cell"].startswith("ind")}
     assert per_cell[("packed", 2)]["aggregate"] == 2 * per_cell[("packed", 2)]["images_per_s"]
+    assert per_cell[("seeds", 2)]["aggregate"] == 2 * per_cell[("seeds", 2)]["images_per_s"] > 0
     # a CPU bench is no GPU rate: the index keeps its assumed rate
     store = ResultStore(tmp_path / "r")
     assert measured_rate(store) is None
@@ -51,5 +53,5 @@ def test_bench_refuses_a_mistyped_mode_in_one_line():
     done = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "benchmarks/resnet32_pair.yaml", "--modes",
                            "seperate"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == ("bench: --modes takes separate, stacked, packed; --packed whole numbers (4,8); "
-                                   "--cells and --steps at least 1")
+    assert done.stderr.strip() == ("bench: --modes takes separate, stacked, packed, seeds; --packed whole numbers "
+                                   "(4,8); --seeds whole numbers from 2 (4,8); --cells and --steps at least 1")

@@ -32,12 +32,8 @@ def test_a_bundle_steps_every_seed_as_it_steps_alone(write_suite, method):
     equal each seed's own separate step, to float tolerance; the seeds really differ from one another."""
     cells = seed_cells(write_suite, method)
     bundle = SeedBundle(cells, CPU)
-    bundle.stack.train()
-    batches = {}
-    for s, trainer in enumerate(bundle.trainers):
-        trainer.method.modules.train()
-        trainer.method.on_epoch_start(0)
-        batches[s] = next(iter(trainer.train_batches.epoch(0)))
+    bundle.start_epoch(0)
+    batches = {s: next(iter(trainer.train_batches.epoch(0))) for s, trainer in enumerate(bundle.trainers)}
     stacked_terms = bundle.train_step(batches, Step(0, 0, bundle.recipe.epochs, bundle.steps))
     after = bundle.stack.peer_state_dicts()
     k = len(cells[0].group)
@@ -131,3 +127,36 @@ def test_validate_refuses_what_cannot_stack_seeds(write_suite):
     # one network per cell is enough where the seeds make the stack
     load_suite(write_suite(tiny_suite_dict(methods=["ind"], groups=[["cifar_resnet8"]],
                                            resources={"cpu": 1, "stack_seeds": True})))
+
+
+def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_path):
+    """``harness run`` with stack_seeds: two bundles of three seeds, six ok records with their own weights, each
+    saying it was stacked; a second run finds every cell finished."""
+    import yaml
+
+    from tests.test_end_to_end import harness_run, records
+
+    suite = tiny_suite_dict(seeds=[0, 1, 2], resources={"cpu": 1, "stack_seeds": True})
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    run = harness_run(path, results, reports)
+    out, _ = run.communicate(timeout=400)
+    assert run.returncode == 0, out
+    assert "stack_seeds: 6 cells train as 2 bundle(s) of seeds, one trial each" in out
+    assert "ind cifar_resnet8+cifar_resnet8 seed 0 (and seeds 1, 2, stacked) epoch 2/2" in out
+    assert "[6/6 done, 0 running, 0 failed" in out and out.count("finished ") >= 6
+    final = records(results)
+    assert len(final) == 6 and all(r["status"] == "ok" for r in final.values())
+    for record in final.values():
+        assert record["parallel"]["stacked_seeds"] == 3 and record["hardware"]["gpu_share"] == 0
+        assert record["params"]["deployed"] == record["params"]["peers"] > 0
+        assert (results / record["weights"]["file"]).is_file() and len(record["history"]) == 2
+    trials = {r["trial"] for r in final.values()}
+    assert len(trials) == 2  # one trial per bundle
+    for method in ("ind", "dml"):
+        accs = {r["last"]["net1"]["top1"] for r in final.values() if r["cell"]["method"] == method}
+        assert len(accs) > 1, "the seeds of a bundle trained identically"
+    again = harness_run(path, results, reports)
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and "6 finished already, 0 to run" in out

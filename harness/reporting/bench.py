@@ -17,7 +17,7 @@ from harness.training.bench import Measure
 
 
 def mode_label(m: Measure) -> str:
-    return f"packed ×{m.cells}" if m.mode == "packed" else m.mode
+    return f"{m.mode} ×{m.cells}" if m.mode in ("packed", "seeds") else m.mode
 
 
 def rates(measures: list[Measure]) -> dict[str, float]:

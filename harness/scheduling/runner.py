@@ -154,7 +154,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _progress_callback(total: int, store: ResultStore):
+def _progress_callback(total: int, store: ResultStore, bundles: dict | None = None):
     from ray import tune
 
     class Progress(tune.Callback):
@@ -164,44 +164,56 @@ def _progress_callback(total: int, store: ResultStore):
 
         done = failed = 0
 
+        @staticmethod
+        def _cells(trial) -> list[Cell]:
+            """The trial's cells: its own, or every seed it trains stacked (``resources.stack_seeds``)."""
+            cell = trial.config["cell"]
+            return [Cell.from_dict(c) for c in (bundles or {}).get(Cell.from_dict(cell).hash, [cell])]
+
         def _counts(self, trials, ending=None) -> str:
-            running = sum(1 for t in trials if t.status == "RUNNING" and t is not ending)  # not the one ending now
+            # cells, not trials (a trial trains several seeds where they are stacked); not the one ending now
+            running = sum(len(self._cells(t)) for t in trials if t.status == "RUNNING" and t is not ending)
             return f"[{self.done}/{total} done, {running} running, {self.failed} failed{eta_text(trials)}]"
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            cell = Cell.from_dict(trial.config["cell"])
+            cells = self._cells(trial)
+            cell = cells[0]
             peers = [k.split("/", 1)[1] for k in result if k.startswith("top1/") and k[5:8] == "net"]
             accs = " ".join(f"{p} {result[f'top1/{p}']:.2f}" for p in peers)
-            _say(f"{self._counts(trials)} {cell.describe()} epoch {result['epoch']}/{cell.recipe['epochs']}: "
+            others = (f" (and seeds {', '.join(str(c.seed) for c in cells[1:])}, stacked)" if len(cells) > 1
+                      else "")
+            _say(f"{self._counts(trials)} {cell.describe()}{others} epoch {result['epoch']}/{cell.recipe['epochs']}: "
                 f"{accs} ens {result['top1/ens']:.2f} ({result['images_per_s']:.0f} img/s)")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            cell = Cell.from_dict(trial.config["cell"])
-            record = store.get(cell.hash) or {}
-            if record.get("status") == "failed":
-                self.failed += 1
-                _say(f"{self._counts(trials, trial)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
-                return
-            self.done += 1
-            restarts = f" after {record['restarts']} restart(s)" if record.get("restarts") else ""
-            _say(f"{self._counts(trials, trial)} finished {cell.describe()}{restarts}")
+            for cell in self._cells(trial):
+                record = store.get(cell.hash) or {}
+                if record.get("status") == "failed":
+                    self.failed += 1
+                    _say(f"{self._counts(trials, trial)} FAILED {cell.describe()}: "
+                         f"{record.get('error', 'unknown error')}")
+                    continue
+                self.done += 1
+                restarts = f" after {record['restarts']} restart(s)" if record.get("restarts") else ""
+                _say(f"{self._counts(trials, trial)} finished {cell.describe()}{restarts}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.failed += 1
-            cell = Cell.from_dict(trial.config["cell"])
-            record = store.get(cell.hash)
-            if record is None:  # the worker died before it could write its own failure record
-                where = getattr(trial, "error_file", None)
-                record = {"hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(),
-                          "seed": cell.seed, "status": "failed",
-                          "error": f"trial {trial.trial_id} ended with an error before recording it"
-                                   + (f" (Ray's account: {where})" if where else "")}
-                try:
-                    store.put(record)
-                except (OSError, StorageError) as e:  # a full or read-only store: say so, then stop the run
-                    record["error"] += f"; and it could not be recorded ({getattr(e, 'strerror', None) or e})"
-                    StoreUnwritable.reason = str(getattr(e, "strerror", None) or e)
-            _say(f"{self._counts(trials, trial)} FAILED {cell.describe()}: {record.get('error', 'unknown error')}")
+            for cell in self._cells(trial):
+                self.failed += 1
+                record = store.get(cell.hash)
+                if record is None:  # the worker died before it could write its own failure record
+                    where = getattr(trial, "error_file", None)
+                    record = {"hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(),
+                              "seed": cell.seed, "status": "failed",
+                              "error": f"trial {trial.trial_id} ended with an error before recording it"
+                                       + (f" (Ray's account: {where})" if where else "")}
+                    try:
+                        store.put(record)
+                    except (OSError, StorageError) as e:  # a full or read-only store: say so, then stop the run
+                        record["error"] += f"; and it could not be recorded ({getattr(e, 'strerror', None) or e})"
+                        StoreUnwritable.reason = str(getattr(e, "strerror", None) or e)
+                _say(f"{self._counts(trials, trial)} FAILED {cell.describe()}: "
+                     f"{record.get('error', 'unknown error')}")
 
     return Progress()
 
@@ -253,6 +265,12 @@ def dry_run_lines(suite: Suite, store: ResultStore) -> list[str]:
         for cell in todo:
             needs = [f"{name}: {s.describe()}" for name, s in stages_of(cell).items()]
             lines.append(f"  {cell.describe()} [{cell.hash}]" + (f" after {'; '.join(needs)}" if needs else ""))
+        if suite.spec.resources.stack_seeds:
+            from harness.training.bundle import seed_bundles
+
+            bundles = seed_bundles(todo)
+            lines.append(f"  stack_seeds: these {len(todo)} cell(s) train as {len(bundles)} trial(s) "
+                         f"({sum(len(b) > 1 for b in bundles)} of them several seeds stacked)")
     return lines
 
 
@@ -287,7 +305,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
         if len(plan) > 1:
             log(f"stage {i + 1} of {len(plan)}: {len(ready)} cell(s)")
         _fit(f"{suite.name}-stage{i + 1}" if len(plan) > 1 else suite.name, ready, store, runtime, resources,
-             parallel, max_failures, log, suite.overrides)
+             parallel, max_failures, log, suite.overrides, stack_seeds=spec.stack_seeds)
         if any(store.get(c.hash) is None for c in ready):
             break  # interrupted: nothing that depends on this wave may start
     records = {c.hash: store.get(c.hash) for c in pending}
@@ -334,9 +352,12 @@ def _stage_failed(cell: Cell, store: ResultStore) -> bool:
 
 
 def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, parallel: dict,
-         max_failures: int, log, overrides: list[str] = ()) -> None:
-    """One Ray Tune experiment: a trial per cell; returns when all ended or after Ctrl-C."""
+         max_failures: int, log, overrides: list[str] = (), stack_seeds: bool = False) -> None:
+    """One Ray Tune experiment: a trial per cell (per bundle of seeds where they are stacked); returns when all
+    ended or after Ctrl-C."""
     from ray import tune
+
+    from harness.training.bundle import seed_bundles
 
     from harness.scheduling.trainable import cell_trainable
 
@@ -356,10 +377,16 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
 
     StoreUnwritable.reason = None
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    groups = seed_bundles(cells) if stack_seeds else [[c] for c in cells]
+    bundles = {g[0].hash: [c.to_dict() for c in g] for g in groups if len(g) > 1}
+    if bundles:
+        log(f"stack_seeds: {sum(len(b) for b in bundles.values())} cells train as {len(bundles)} bundle(s) of "
+            f"seeds, one trial each")
     tuner = tune.Tuner(
         tune.with_resources(cell_trainable(), resources),
         param_space={
-            "cell": tune.grid_search([c.to_dict() for c in cells]),
+            "cell": tune.grid_search([g[0].to_dict() for g in groups]),
+            "bundles": bundles,  # first cell's hash -> every cell its trial trains (resources.stack_seeds)
             "runtime": asdict(runtime),
             "results": store.uri,
             "code": code_version(),
@@ -374,7 +401,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
             **store.location.ray_storage("ray"),
             verbose=0,
             stop=StopWhenUnwritable(),
-            callbacks=[_progress_callback(len(cells), store)],
+            callbacks=[_progress_callback(len(cells), store, bundles)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),

@@ -98,6 +98,9 @@ def train_cell(config: dict) -> None:
     parallel = config.get("parallel") or {}
     cell = Cell.from_dict(config["cell"])
     store = ResultStore(config["results"])
+    bundle = [Cell.from_dict(c) for c in (config.get("bundles") or {}).get(cell.hash, [])]
+    if len(bundle) > 1:
+        return _train_bundle_trial(config, bundle, store)
     with store.cell_lock(cell.hash):
         if store.is_finished(cell) and store.has_weights(cell.hash):
             print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
@@ -143,22 +146,11 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
     store = ResultStore(config["results"])
     torch.set_num_threads(max(cpus, 1))
     started = time.time()
-    record = {
-        "hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(), "seed": cell.seed,
-        "code": config.get("code", {}), "packages": package_versions(),
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "trial": trial,
-        **({"attempt": config["attempt"]} if config.get("attempt") else {}),
-        **({"overrides": config["overrides"]} if config.get("overrides") else {}),
-        "parallel": {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
-                     "images_per_pass": cell.recipe["batch_size"] // replicas.parts},
-    }
+    record = _new_record(cell, config, trial, {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
+                                               "images_per_pass": cell.recipe["batch_size"] // replicas.parts})
     lead = replicas.rank == 0
     try:
-        given = config.get("runtime", {})
-        runtime = Runtime(**{**given, "results": config["results"], **({"device": device} if device else {}),
-                             "workers": given.get("workers") or loader_workers(cpus)})
-        trainer = Trainer(cell, runtime, replicas)
+        trainer = Trainer(cell, _runtime(config, cpus, device), replicas)
         record["data"] = trainer.data_fingerprint
         # of one GPU, for the index's rates: every worker's share
         record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus * replicas.world}
@@ -185,9 +177,105 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
         # otherwise the trial ends normally: recorded, it is not retried by Tune, since it would fail again
     finally:
         if "status" in record and lead:
-            record["wall_time_s"] = round(time.time() - started, 2)
-            record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            store.put(record)
+            store.put(_finish(record, started))
+
+
+def _new_record(cell: Cell, config: dict, trial: str, parallel: dict) -> dict:
+    """What a cell's record holds from the start: the cell, its code and packages, the trial and how it ran."""
+    return {
+        "hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(), "seed": cell.seed,
+        "code": config.get("code", {}), "packages": package_versions(),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "trial": trial,
+        **({"attempt": config["attempt"]} if config.get("attempt") else {}),
+        **({"overrides": config["overrides"]} if config.get("overrides") else {}),
+        "parallel": parallel,
+    }
+
+
+def _runtime(config: dict, cpus: int, device: str | None = None) -> Runtime:
+    given = config.get("runtime", {})
+    return Runtime(**{**given, "results": config["results"], **({"device": device} if device else {}),
+                      "workers": given.get("workers") or loader_workers(cpus)})
+
+
+def _finish(record: dict, started: float) -> dict:
+    record["wall_time_s"] = round(time.time() - started, 2)
+    record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+def _train_bundle_trial(config: dict, cells: list[Cell], store: ResultStore) -> None:
+    """One trial for several seeds of a cell (``resources.stack_seeds``): each seed's lock held while they train;
+    seeds another run finished meanwhile are left out, and a single seed left trains as a cell of its own."""
+    from ray import tune
+
+    with contextlib.ExitStack() as locks:
+        for cell in sorted(cells, key=lambda c: c.hash):  # one order everywhere: two runs never deadlock
+            locks.enter_context(store.cell_lock(cell.hash))
+        todo = [c for c in cells if not (store.is_finished(c) and store.has_weights(c.hash))]
+        for cell in cells:
+            if cell not in todo:
+                print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
+        if len(todo) == 1:
+            return _train_in_process({**config, "cell": todo[0].to_dict()}, config.get("parallel") or {})
+        if not todo:
+            return
+        required = tune.get_context().get_trial_resources().required_resources
+        cpus, gpus = int(required.get("CPU", 1) or 1), float(required.get("GPU", 0) or 0)
+
+        def report(bundle, metrics: dict) -> None:
+            with saved_state(bundle) as folder:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+        _train_bundle(config, todo, cpus, gpus, tune.get_context().get_trial_name(), tune.get_checkpoint(), report)
+
+
+def _train_bundle(config: dict, cells: list[Cell], cpus: int, gpus: float, trial: str, session_checkpoint,
+                  report) -> None:
+    """Train several seeds of a cell as one grouped network, report every epoch, store each seed's weights and
+    record; a seed that fails (a NaN loss) is recorded failed while the others go on."""
+    from harness.training.bundle import SeedBundle
+
+    store = ResultStore(config["results"])
+    torch.set_num_threads(max(cpus, 1))
+    started = time.time()
+    parallel = {"workers": 1, "grad_accumulation": 1, "images_per_pass": cells[0].recipe["batch_size"],
+                "stacked_seeds": len(cells)}
+    records = {c.hash: _new_record(c, config, trial, dict(parallel)) for c in cells}
+    try:
+        bundle = SeedBundle(cells, _runtime(config, cpus))
+        for cell, trainer in zip(cells, bundle.trainers):
+            # the device is shared by the seeds: each one's share, for the index's rates
+            records[cell.hash].update(data=trainer.data_fingerprint,
+                                      hardware={**hardware(str(bundle.device)), "gpu_share": gpus / len(cells)})
+        resume_state(bundle, store, print, session_checkpoint)
+        exported = [EpochMetrics(cell) for cell in cells]
+
+        def on_epoch(bundle, metrics: dict) -> None:
+            for gauges, trainer in zip(exported, bundle.trainers):
+                if trainer.cell.hash not in bundle.failed and trainer.epoch == bundle.epoch:
+                    gauges.record(trainer.history[-1])
+            report(bundle, metrics)
+
+        summaries = bundle.run(on_epoch=on_epoch)
+        for s, (cell, trainer) in enumerate(zip(cells, bundle.trainers)):
+            record = records[cell.hash]
+            if cell.hash in bundle.failed:
+                record.update(status="failed", error=bundle.failed[cell.hash], history=trainer.history)
+                continue
+            relative, digest = store.save_weights(cell.hash, trainer.save_weights)
+            record.update(status="ok", history=trainer.history, restarts=bundle.restarts, **summaries[cell.hash],
+                          params=bundle.parameter_counts[s], costs=bundle.costs[s], stages=trainer.stage_provenance,
+                          weights={"file": relative, "sha256": digest})
+    except Exception as e:
+        for record in records.values():
+            if "status" not in record:
+                record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    finally:
+        for record in records.values():
+            if "status" in record:
+                store.put(_finish(record, started))
 
 
 def _train_data_parallel(config: dict, cell: Cell, store: ResultStore) -> None:

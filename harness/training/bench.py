@@ -1,8 +1,9 @@
 """``harness bench``: how fast a suite's cells train here, in each way a device can hold them.
 
 Modes: ``separate`` (one cell on the device, its peers as K networks: what ``harness run`` does by default),
-``stacked`` (the peers as one grouped network, ``resources.stack_peers``) and ``packed`` (``k`` cells training
-at once on the device, each in its own process, as Ray packs trials with fractional ``gpu`` resources).  Each
+``stacked`` (the peers as one grouped network, ``resources.stack_peers``), ``packed`` (``k`` cells training
+at once on the device, each in its own process, as Ray packs trials with fractional ``gpu`` resources) and
+``seeds`` (``k`` seeds of the cell as one grouped network of all their peers, ``resources.stack_seeds``).  Each
 measurement trains a cell's real method on its real input path for a fixed number of steps after a warm-up,
 and reads the clock once at the end (a CUDA device is synchronised first).
 """
@@ -21,7 +22,7 @@ from harness.data.datasets import DatasetError
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Step, load_methods
 
-MODES = ("separate", "stacked", "packed")
+MODES = ("separate", "stacked", "packed", "seeds")
 
 
 @dataclass
@@ -45,6 +46,13 @@ def stack_error(cell: Cell) -> str | None:
     return cls.stack_error(cls.HParams.model_validate(cell.hparams), tuple(cell.group))
 
 
+def seed_stack_error(cell: Cell) -> str | None:
+    """Why several seeds of the cell cannot be stacked (the method, the group or its precision), None if they can."""
+    from harness.training.bundle import bundle_error
+
+    return bundle_error([cell, dataclasses.replace(cell, seed=cell.seed + 1)])
+
+
 def _batches(trainer: Trainer):
     epoch = 0
     while True:
@@ -53,23 +61,33 @@ def _batches(trainer: Trainer):
         epoch += 1
 
 
-def time_steps(trainer: Trainer, steps: int, warmup: int) -> float:
-    """Images per second of ``steps`` training steps after ``warmup`` (compilation, cudnn's autotuning)."""
-    trainer.method.modules.train()
-    trainer.method.on_epoch_start(0)
-    batches, n = _batches(trainer), len(trainer.train_batches)
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda *a: None)
+def timed(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Images per second of ``steps`` calls of ``step(i)`` (one training step; returns its images) after ``warmup``
+    (compilation, cudnn's autotuning)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
     images = 0
     for i in range(warmup + steps):
         if i == warmup:
-            sync(trainer.device)
+            sync(device)
             start, images = time.perf_counter(), 0
+        images += step(i)
+    sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def time_steps(trainer: Trainer, steps: int, warmup: int) -> float:
+    """Images per second of ``steps`` training steps of one cell after ``warmup``."""
+    trainer.method.modules.train()
+    trainer.method.on_epoch_start(0)
+    batches, n = _batches(trainer), len(trainer.train_batches)
+
+    def step(i: int) -> int:
         batch = next(batches)
         with trainer.autocast():
             trainer.method.train_step(batch, Step(0, i % n, trainer.recipe.epochs, n, global_batch=len(batch)))
-        images += len(batch)
-    sync(trainer.device)
-    return images / (time.perf_counter() - start)
+        return len(batch)
+
+    return timed(step, steps, warmup, trainer.device)
 
 
 def measure_cell(cell: dict, runtime: Runtime, steps: int, warmup: int, mode: str = "separate",
@@ -114,3 +132,31 @@ def measure_packed(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int
     memory = [r.memory_bytes for r in results if r.memory_bytes is not None]
     return Measure("packed", slowest.cell, k, slowest.images_per_s, sum(memory) if memory else None,
                    slowest.macs_per_image)
+
+
+def measure_seeds(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int) -> Measure:
+    """``k`` seeds of ``cell`` (its seed, +1, ...) trained as one bundle (harness/training/bundle.py): the rate of
+    one of them, so that ``aggregate`` is what the device delivers to the k cells."""
+    from harness.training.bundle import SeedBundle
+
+    base = Cell.from_dict(cell)
+    cells = [dataclasses.replace(base, seed=base.seed + i) for i in range(k)]
+    try:
+        bundle = SeedBundle(cells, runtime)
+        if bundle.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(bundle.device)
+        bundle.start_epoch(0)
+        streams = [_batches(t) for t in bundle.trainers]
+
+        def step(i: int) -> int:
+            batches = {s: next(stream) for s, stream in enumerate(streams)}
+            bundle.train_step(batches, Step(0, i % bundle.steps, bundle.recipe.epochs, bundle.steps))
+            return len(batches[0])
+
+        rate = timed(step, steps, warmup, bundle.device)
+    except DatasetError:
+        raise
+    except (ValueError, RuntimeError) as e:
+        return Measure("seeds", base.describe(), k, 0.0, None, error=str(e).splitlines()[0][:300])
+    memory = torch.cuda.max_memory_allocated(bundle.device) if bundle.device.type == "cuda" else None
+    return Measure("seeds", base.describe(), k, rate, memory, bundle.costs[0].get("train_forward_macs_per_image"))

@@ -134,15 +134,19 @@ class SeedBundle:
         self.scheduler.step()
         return {s: {name: value.detach() for name, value in t.items()} for s, t in terms.items()}
 
+    def start_epoch(self, epoch: int) -> None:
+        """Every network in training mode, and each live seed's method's per-epoch hook."""
+        self.stack.train()
+        for s in self.alive:
+            self.trainers[s].method.modules.train()
+            self.trainers[s].method.on_epoch_start(epoch)
+
     # --- one epoch -----------------------------------------------------------------------------------------
     def train_epoch(self) -> dict[int, dict]:
         """One epoch of every live seed; each seed's metrics, by its index (a seed whose loss was not finite is
         failed and left out)."""
         epoch, alive = self.epoch, self.alive
-        self.stack.train()
-        for s in alive:
-            self.trainers[s].method.modules.train()
-            self.trainers[s].method.on_epoch_start(epoch)
+        self.start_epoch(epoch)
         lrs = self.trainers[alive[0]].learning_rates()
         streams = {s: iter(self.trainers[s].train_batches.epoch(epoch)) for s in alive}
         sums: dict[int, dict[str, torch.Tensor]] = {s: {} for s in alive}
@@ -252,3 +256,18 @@ class SeedBundle:
         self.restarts = state.get("restarts", 0) + 1
         for trainer in self.trainers:
             trainer.restarts = self.restarts
+
+
+def seed_bundles(cells: list[Cell]) -> list[list[Cell]]:
+    """The cells grouped into bundles of one cell under several seeds (in the cells' order); a cell that cannot
+    be bundled, or has no other seed here, is a bundle of one."""
+    import json
+
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        key = json.dumps({k: v for k, v in cell.to_dict().items() if k != "seed"}, sort_keys=True)
+        groups.setdefault(key, []).append(cell)
+    out = []
+    for group in groups.values():
+        out += [group] if len(group) > 1 and bundle_error(group) is None else [[c] for c in group]
+    return out

@@ -224,6 +224,9 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if "bundle" in state:
+            raise ValueError(f"checkpoint of the stacked seeds {', '.join(state['bundle'])}, not of cell "
+                             f"{self.cell.describe()} alone; it starts over")
         if state.get("cell_hash") != self.cell.hash:
             raise ValueError(f"checkpoint belongs to cell {state.get('cell_hash')}, not {self.cell.hash}")
         if bool(state.get("stacked", False)) != self.method.stacked:
