@@ -94,6 +94,8 @@ def test_a_bundle_runs_to_its_end_and_resumes_from_its_checkpoint(write_suite):
         other.load_state_dict(state)
     with pytest.raises(ValueError, match="checkpoint of one cell trained alone"):
         again.load_state_dict(Trainer(cells[0], CPU).state_dict())
+    with pytest.raises(ValueError, match="checkpoint of the stacked seeds .*, not of cell .* alone; it starts over"):
+        Trainer(cells[0], CPU).load_state_dict(state)  # the cell trained by itself later (its other seed finished)
 
 
 def test_a_seed_whose_loss_is_nan_fails_alone(write_suite):
@@ -160,3 +162,26 @@ def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_
     again = harness_run(path, results, reports)
     out, _ = again.communicate(timeout=120)
     assert again.returncode == 0 and "6 finished already, 0 to run" in out
+
+
+def test_gpu_auto_and_the_memory_check_count_every_stacked_seed(write_suite):
+    """A trial of stacked seeds holds all of them: ``gpu: auto`` packs by the bundle's memory, and a share too small
+    for the bundle is refused in one line."""
+    from harness.suite.capacity import capacity_errors
+    from harness.training.memory import GIB, cell_memory
+
+    recipe = {**tiny_suite_dict()["recipe"], "batch_size": 1024}
+    suite = load_suite(write_suite(tiny_suite_dict(
+        dataset={"name": "cifar100"}, groups=[["cifar_wrn_40_2", "cifar_wrn_40_2"]], methods=["ind"],
+        seeds=[0, 1, 2], recipe=recipe, resources={"cpu": 1, "gpu": "auto", "gpu_memory_gb": 80, "stack_seeds": True})))
+    largest = max(cell_memory(c).total_bytes for c in suite.cells) / GIB
+    k = max(1, min(8, int(80 // (3 * largest * 1.25 + 0.5))))
+    alone = max(1, min(8, int(80 // (largest * 1.25 + 0.5))))
+    assert k < alone and suite.spec.resources.gpu == pytest.approx(1 / k)
+    assert f"gpu: auto → {k} trial(s) of 3 stacked seeds per 80 GB GPU" in suite.spec.resources.packing
+    assert capacity_errors(suite) == []
+    small = load_suite(write_suite(tiny_suite_dict(
+        dataset={"name": "cifar100"}, groups=[["cifar_wrn_40_2", "cifar_wrn_40_2"]], methods=["ind"],
+        seeds=[0, 1, 2], recipe=recipe, resources={"cpu": 1, "gpu": 1, "gpu_memory_gb": largest * 2, "stack_seeds": True})))
+    [line] = capacity_errors(small)
+    assert "resources.stack_seeds: 3 seeds of ind cifar_wrn_40_2+cifar_wrn_40_2 seed 0 at batch 1024 share a trial" in line

@@ -32,6 +32,12 @@ def capacity_errors(suite: Suite) -> list[str]:
         problems.setdefault(key, []).append(cell)
     lines = []
     asked = resources.gpu * resources.gpu_memory_gb * GIB
+    stacked: dict[str, int] = {}  # cell hash -> the seeds its trial trains (resources.stack_seeds)
+    if resources.stack_seeds:
+        from harness.training.bundle import seed_bundles
+
+        for bundle in seed_bundles(list({c.hash: c for c in suite.cells}.values())):
+            stacked.update({c.hash: len(bundle) for c in bundle})
     for key, cells in problems.items():
         cell = cells[0]
         if key[0] == "accumulation":
@@ -53,6 +59,13 @@ def capacity_errors(suite: Suite) -> list[str]:
                 f"whose product divides {key[1]}")
             continue
         estimate = cell_memory(cell, resources.workers, resources.grad_accumulation)
+        seeds = stacked.get(cell.hash, 1)
+        if estimate is not None and seeds > 1 and estimate.total_bytes * seeds > asked:
+            lines.append(f"{suite.path}: resources.stack_seeds: {seeds} seeds of {batch_desc(cell)} share a trial and "
+                         f"need an estimated {estimate.total_bytes * seeds / GIB:.1f} GiB together, but a trial has "
+                         f"{asked / GIB:.0f} GiB (gpu {resources.gpu:g} × gpu_memory_gb "
+                         f"{resources.gpu_memory_gb:g}); ask for more gpu, or set stack_seeds: false")
+            continue
         if estimate is None or estimate.total_bytes <= asked:
             continue
         per_image = estimate.activation_bytes / estimate.micro_batch

@@ -21,7 +21,14 @@ def auto_gpu_share(cells: list[Cell], resources) -> tuple[float, str]:
     if not estimates or any(e is None for e in estimates):
         return 1.0, "gpu: auto → 1 GPU per cell (the cells' sizes are known only once their data is read)"
     largest = max(e.total_bytes for e in estimates) / GIB
-    per_cell = largest * AUTO_HEADROOM + CONTEXT_GIB
+    stacked = 1
+    if getattr(resources, "stack_seeds", False):  # a trial holds every seed of its cell
+        from harness.training.bundle import seed_bundles
+
+        stacked = max(len(b) for b in seed_bundles(list({c.hash: c for c in cells}.values())))
+    per_cell = largest * stacked * AUTO_HEADROOM + CONTEXT_GIB
     k = max(1, min(MAX_CELLS_PER_GPU, int(resources.gpu_memory_gb // per_cell)))
-    return 1.0 / k, (f"gpu: auto → {k} cell(s) per {resources.gpu_memory_gb:g} GB GPU (largest cell {largest:.1f} GiB "
-                     f"estimated, {per_cell:.1f} GiB with headroom and a CUDA context)")
+    what = "cell(s)" if stacked == 1 else f"trial(s) of {stacked} stacked seeds"
+    return 1.0 / k, (f"gpu: auto → {k} {what} per {resources.gpu_memory_gb:g} GB GPU "
+                     f"(largest cell {largest:.1f} GiB estimated, {per_cell:.1f} GiB with headroom and a CUDA context"
+                     f"{' per trial' if stacked > 1 else ''})")
