@@ -1,6 +1,7 @@
 """Several seeds of one cell trained as one grouped network (``resources.stack_seeds``, issue 19): a bundle's first
 step equals each seed's own first step for ind, dml, kdcl and tsb; a bundle runs to its end, resumes from its
 checkpoint, fails a NaN seed alone, and ``harness validate`` refuses what cannot stack in one line each."""
+import copy
 import math
 
 import pytest
@@ -185,3 +186,36 @@ def test_gpu_auto_and_the_memory_check_count_every_stacked_seed(write_suite):
         seeds=[0, 1, 2], recipe=recipe, resources={"cpu": 1, "gpu": 1, "gpu_memory_gb": largest * 2, "stack_seeds": True})))
     [line] = capacity_errors(small)
     assert "resources.stack_seeds: 3 seeds of ind cifar_wrn_40_2+cifar_wrn_40_2 seed 0 at batch 1024 share a trial" in line
+
+
+def test_a_slice_is_one_cell_of_the_stack_and_refuses_a_training_pass_of_its_own():
+    """Each cell reaches its own networks of the shared stack (logits and features, in eval mode); in training mode
+    only the primed logits of the shared pass are given, since a pass of its own would move the other cells' BN
+    statistics."""
+    import timm
+
+    import harness.models  # noqa: F401
+    from harness.models.adapter import extract
+    from harness.models.stacked import StackedPeers, StackSlice
+
+    torch.manual_seed(0)
+    separate = [timm.create_model("cifar_resnet8", num_classes=10) for _ in range(4)]
+    stack = StackedPeers([copy.deepcopy(m) for m in separate]).eval()
+    second = StackSlice(stack, 2, 2).eval()
+    x = [torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)]
+    with torch.no_grad():
+        for model, v, z, feats in zip(separate[2:], x, second(x), second.features(x)):
+            torch.testing.assert_close(z, model.eval()(v), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(feats.embedding, extract(model, v).embedding, rtol=1e-4, atol=1e-5)
+        assert [len(second), len(list(second))] == [2, 2]
+        for net, model in zip(second.unstack(), separate[2:]):
+            torch.testing.assert_close(net(x[0]), model(x[0]), rtol=1e-4, atol=1e-5)
+    stack.train(), second.train()
+    primed = [torch.zeros(3, 10), torch.ones(3, 10)]
+    second.prime(x, primed)
+    assert all(a is b for a, b in zip(second(x), primed))
+    with pytest.raises(RuntimeError, match="outside the shared pass"):
+        second(x)  # the primed logits are used once
+    second.prime(x, primed)
+    with pytest.raises(RuntimeError, match="outside the shared pass"):
+        second([x[0].clone(), x[1]])  # not the views it was primed with

@@ -12,7 +12,7 @@ from harness.results.provenance import code_version
 from harness.results.location import StorageError
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
-from harness.scheduling.trainable import trial_dirname
+from harness.scheduling.trainable import stacked_cells, trial_dirname
 from harness.training.engine import Runtime
 from harness.training.stages import stages_of, waves
 
@@ -167,8 +167,7 @@ def _progress_callback(total: int, store: ResultStore, bundles: dict | None = No
         @staticmethod
         def _cells(trial) -> list[Cell]:
             """The trial's cells: its own, or every seed it trains stacked (``resources.stack_seeds``)."""
-            cell = trial.config["cell"]
-            return [Cell.from_dict(c) for c in (bundles or {}).get(Cell.from_dict(cell).hash, [cell])]
+            return stacked_cells(trial.config["cell"], bundles)
 
         def _counts(self, trials, ending=None) -> str:
             # cells, not trials (a trial trains several seeds where they are stacked); not the one ending now
@@ -378,7 +377,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
     StoreUnwritable.reason = None
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     groups = seed_bundles(cells) if stack_seeds else [[c] for c in cells]
-    bundles = {g[0].hash: [c.to_dict() for c in g] for g in groups if len(g) > 1}
+    bundles = {g[0].hash: [c.seed for c in g] for g in groups if len(g) > 1}
     if bundles:
         log(f"stack_seeds: {sum(len(b) for b in bundles.values())} cells train as {len(bundles)} bundle(s) of "
             f"seeds, one trial each")
@@ -386,7 +385,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
         tune.with_resources(cell_trainable(), resources),
         param_space={
             "cell": tune.grid_search([g[0].to_dict() for g in groups]),
-            "bundles": bundles,  # first cell's hash -> every cell its trial trains (resources.stack_seeds)
+            "bundles": bundles,  # first cell's hash -> the seeds its trial trains (resources.stack_seeds)
             "runtime": asdict(runtime),
             "results": store.uri,
             "code": code_version(),

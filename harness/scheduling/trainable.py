@@ -6,6 +6,7 @@ that an earlier run of the same cell left in the result store's Tune folders.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import logging
@@ -98,7 +99,7 @@ def train_cell(config: dict) -> None:
     parallel = config.get("parallel") or {}
     cell = Cell.from_dict(config["cell"])
     store = ResultStore(config["results"])
-    bundle = [Cell.from_dict(c) for c in (config.get("bundles") or {}).get(cell.hash, [])]
+    bundle = stacked_cells(config["cell"], config.get("bundles"))
     if len(bundle) > 1:
         return _train_bundle_trial(config, bundle, store)
     with store.cell_lock(cell.hash):
@@ -108,6 +109,13 @@ def train_cell(config: dict) -> None:
         if parallel.get("workers", 1) > 1:
             return _train_data_parallel(config, cell, store)
         _train_in_process(config, parallel)
+
+
+def stacked_cells(cell: dict, bundles: dict | None) -> list[Cell]:
+    """The cells a trial trains: its own cell, or, where its seeds are stacked (``resources.stack_seeds``), that
+    cell under each seed of its bundle (``bundles``: first cell's hash -> seeds; the cells differ in seed only)."""
+    first = Cell.from_dict(cell)
+    return [dataclasses.replace(first, seed=seed) for seed in (bundles or {}).get(first.hash, [first.seed])]
 
 
 def cell_trainable():
