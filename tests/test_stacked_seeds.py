@@ -99,6 +99,23 @@ def test_a_bundle_runs_to_its_end_and_resumes_from_its_checkpoint(write_suite):
         Trainer(cells[0], CPU).load_state_dict(state)  # the cell trained by itself later (its other seed finished)
 
 
+def test_kdcl_general_bundles_validate_each_seed_on_its_own_split(write_suite):
+    """KDCL-General's weights come from an eval pass of each seed's networks on its own held-out split at every
+    epoch's start: through the shared stack, in eval mode, as the seed's separate run computes them."""
+    cells = seed_cells(write_suite, {"name": "kdcl", "target": "general", "val_per_class": 2}, seeds=(0, 1))
+    bundle = SeedBundle(cells, CPU)
+    bundle.run()
+    assert not bundle.failed
+    for cell, trainer in zip(cells, bundle.trainers):
+        alone = Trainer(cell, CPU)
+        alone.method.modules.load_state_dict(trainer.method.modules.state_dict() | {
+            f"peers.{j}.{key}": value for j, state in enumerate(trainer.method.peers.peer_state_dicts())
+            for key, value in state.items()})
+        expected = alone.method.validation_errors()
+        torch.testing.assert_close(trainer.method.validation_errors(), expected, rtol=1e-4, atol=1e-6)
+        assert "general/w/net1" in trainer.history[-1]
+
+
 def test_a_seed_whose_loss_is_nan_fails_alone(write_suite):
     cells = seed_cells(write_suite, "ind", seeds=(0, 1))
     bundle = SeedBundle(cells, CPU)
@@ -210,7 +227,12 @@ def test_a_slice_is_one_cell_of_the_stack_and_refuses_a_training_pass_of_its_own
         assert [len(second), len(list(second))] == [2, 2]
         for net, model in zip(second.unstack(), separate[2:]):
             torch.testing.assert_close(net(x[0]), model(x[0]), rtol=1e-4, atol=1e-5)
-    stack.train(), second.train()
+    stack.train()  # a method's own eval pass mid-epoch (KDCL-General's validation split): the stack is left as it was
+    before = copy.deepcopy(stack.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(second(x)[0], separate[2](x[0]), rtol=1e-4, atol=1e-5)
+    assert stack.training and all(torch.equal(v, before[key]) for key, v in stack.state_dict().items())
+    second.train()
     primed = [torch.zeros(3, 10), torch.ones(3, 10)]
     second.prime(x, primed)
     assert all(a is b for a, b in zip(second(x), primed))

@@ -277,20 +277,26 @@ class StackSlice(nn.Module):
         primed, self._primed = self._primed, None
         if primed is not None and len(primed[0]) == self.k and all(a is b for a, b in zip(primed[0], views)):
             return primed[1]
-        return self.stack(self._full(views))[self.start:self.start + self.k]
+        return self._own_pass(self.stack, views)
 
-    def _full(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Inputs for every network of the shared stack: this cell's views in its slots, its first view elsewhere."""
-        if self.training or self.stack.training:
+    def _own_pass(self, run, views: list[torch.Tensor]) -> list:
+        """``run`` (the stack's forward or features) on every network of the shared stack, in eval mode, with this
+        cell's views in its slots and its first view elsewhere; this cell's part of the result."""
+        if self.training:
             raise RuntimeError("a cell of stacked seeds ran its networks in training mode outside the shared pass; "
                                "its method must reach them only through one peer_logits/forward_peers call per step")
         full = [views[0]] * self.stack.k
         full[self.start:self.start + self.k] = views
-        return full
+        training = self.stack.training
+        self.stack.eval()  # the others' batch-norm statistics stay as they are (a method's eval pass mid-epoch)
+        try:
+            return run(full)[self.start:self.start + self.k]
+        finally:
+            self.stack.train(training)
 
     def features(self, views: Sequence[torch.Tensor]) -> list[Features]:
         """This cell's networks' :class:`Features` (eval mode only: one pass of the whole shared stack)."""
-        return self.stack.features(self._full(list(views)))[self.start:self.start + self.k]
+        return self._own_pass(self.stack.features, list(views))
 
     def __len__(self) -> int:
         return self.k
