@@ -177,6 +177,8 @@ def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_
     for method in ("ind", "dml"):
         accs = {r["last"]["net1"]["top1"] for r in final.values() if r["cell"]["method"] == method}
         assert len(accs) > 1, "the seeds of a bundle trained identically"
+    md = (reports / "tiny.md").read_text()  # the report says how its trials ran
+    assert "3 seeds stacked in one network" in md
     again = harness_run(path, results, reports)
     out, _ = again.communicate(timeout=120)
     assert again.returncode == 0 and "6 finished already, 0 to run" in out

@@ -298,11 +298,14 @@ def provenance(suite: Suite, store: ResultStore, table: Table) -> dict:
 
 
 def _parallel_text(parallel: dict) -> str:
-    """How a trial split its batches, where it did: workers, accumulated passes, images per pass."""
+    """How a trial split its batches, where it did: workers, accumulated passes, images per pass; and the seeds it
+    trained stacked into one network (``resources.stack_seeds``)."""
     workers, passes = parallel.get("workers", 1), parallel.get("grad_accumulation", 1)
+    seeds = parallel.get("stacked_seeds", 1)
+    stacked = f", {seeds} seeds stacked in one network" if seeds > 1 else ""
     if workers * passes == 1:
-        return ""
-    return f" × {workers} worker(s), {passes} pass(es) each of {parallel.get('images_per_pass')} images"
+        return stacked
+    return f" × {workers} worker(s), {passes} pass(es) each of {parallel.get('images_per_pass')} images{stacked}"
 
 
 def notes(suite: Suite) -> dict:
