@@ -60,7 +60,23 @@ def load_dataset(spec: dict, data_root: str | None = None) -> ImageData:
             x, y = balanced_subset(getattr(data, f"{split}_x"), getattr(data, f"{split}_y"), spec[key])
             setattr(data, f"{split}_x", x)
             setattr(data, f"{split}_y", y)
+    if spec.get("label_noise"):
+        data.train_y = symmetric_label_noise(data.train_y, spec["label_noise"], data.num_classes)
     return data
+
+
+LABEL_NOISE_SEED = 0  # one draw of the noisy labels for every cell and seed: the seeds compare on the same data
+
+
+def symmetric_label_noise(y, rate: float, num_classes: int, seed: int = LABEL_NOISE_SEED):
+    """Each label replaced, with probability ``rate``, by a class drawn uniformly from all classes (so it stays
+    right with probability 1/C): the "symmetric" noise of the noisy-label literature.  Returns new labels of the
+    same type; the draw depends only on ``seed`` and the number of labels."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).clone()
+    flip = torch.rand(len(labels), generator=generator) < rate
+    labels[flip] = torch.randint(0, num_classes, (int(flip.sum()),), generator=generator).to(labels.dtype)
+    return labels if isinstance(y, torch.Tensor) else labels.numpy()
 
 
 def balanced_subset(x, y, per_class: int):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import yaml
-from pydantic import (BaseModel, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator,
+from pydantic import (BaseModel, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator,
                       model_validator)
 
 from harness.config.cell import Cell, hashed_recipe
@@ -44,6 +44,9 @@ class DatasetSpec(Strict):
     views: Literal["shared", "per_peer"] = "shared"  # per_peer: each peer its own random view (KDCL's ICL)
     train_per_class: PositiveInt | None = None
     test_per_class: PositiveInt | None = None
+    # symmetric label noise on the training labels: each replaced, with this probability, by a class drawn uniformly
+    # (one fixed draw, the same for every cell and seed); the test labels stay clean.  Hashed only where set.
+    label_noise: float | None = Field(None, ge=0.0, lt=1.0)
 
 
 class Resources(Strict):
