@@ -13,6 +13,7 @@ from harness.results.location import StorageError
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 from harness.scheduling.trainable import stacked_cells, trial_dirname
+from harness.training.bundle import seed_bundles
 from harness.training.engine import Runtime
 from harness.training.stages import stages_of, waves
 
@@ -265,8 +266,6 @@ def dry_run_lines(suite: Suite, store: ResultStore) -> list[str]:
             needs = [f"{name}: {s.describe()}" for name, s in stages_of(cell).items()]
             lines.append(f"  {cell.describe()} [{cell.hash}]" + (f" after {'; '.join(needs)}" if needs else ""))
         if suite.spec.resources.stack_seeds:
-            from harness.training.bundle import seed_bundles
-
             bundles = seed_bundles(todo)
             lines.append(f"  stack_seeds: these {len(todo)} cell(s) train as {len(bundles)} trial(s) "
                          f"({sum(len(b) > 1 for b in bundles)} of them several seeds stacked)")
@@ -355,8 +354,6 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
     """One Ray Tune experiment: a trial per cell (per bundle of seeds where they are stacked); returns when all
     ended or after Ctrl-C."""
     from ray import tune
-
-    from harness.training.bundle import seed_bundles
 
     from harness.scheduling.trainable import cell_trainable
 

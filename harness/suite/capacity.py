@@ -34,10 +34,9 @@ def capacity_errors(suite: Suite) -> list[str]:
     asked = resources.gpu * resources.gpu_memory_gb * GIB
     stacked: dict[str, int] = {}  # cell hash -> the seeds its trial trains (resources.stack_seeds)
     if resources.stack_seeds:
-        from harness.training.bundle import seed_bundles
+        from harness.training.bundle import stacked_seed_counts
 
-        for bundle in seed_bundles(list({c.hash: c for c in suite.cells}.values())):
-            stacked.update({c.hash: len(bundle) for c in bundle})
+        stacked = stacked_seed_counts(suite.cells)
     for key, cells in problems.items():
         cell = cells[0]
         if key[0] == "accumulation":

@@ -23,9 +23,9 @@ def auto_gpu_share(cells: list[Cell], resources) -> tuple[float, str]:
     largest = max(e.total_bytes for e in estimates) / GIB
     stacked = 1
     if getattr(resources, "stack_seeds", False):  # a trial holds every seed of its cell
-        from harness.training.bundle import seed_bundles
+        from harness.training.bundle import stacked_seed_counts
 
-        stacked = max(len(b) for b in seed_bundles(list({c.hash: c for c in cells}.values())))
+        stacked = max(stacked_seed_counts(cells).values())
     per_cell = largest * stacked * AUTO_HEADROOM + CONTEXT_GIB
     k = max(1, min(MAX_CELLS_PER_GPU, int(resources.gpu_memory_gb // per_cell)))
     what = "cell(s)" if stacked == 1 else f"trial(s) of {stacked} stacked seeds"
