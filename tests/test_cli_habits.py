@@ -68,7 +68,7 @@ def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path):
 
     assert status(*overrides) == [f"quickstart: 1 of 1 cells finished, 0 training, 0 failed, 0 not started "
                                   f"(results in {results})"]
-    lines = status()  # the suite as its file says: its cells are others (3 epochs, 100 images per class)
+    lines = status()  # the suite as its file says: its cells are others (30 epochs, 30 images per class)
     assert lines[0].startswith("quickstart: 0 of 6 cells finished, 0 training, 0 failed, 6 not started"), lines
     assert len(lines) == 7 and all(line.startswith("  not started: ") for line in lines[1:])
 

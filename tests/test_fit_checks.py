@@ -16,6 +16,7 @@ SUITES = Path(__file__).parents[1] / "suites"
 
 def _quickstart(tmp_path, change) -> Path:
     suite = yaml.safe_load((SUITES / "quickstart.yaml").read_text())
+    suite["dataset"] = {"name": "fashion_mnist_mini", "train_per_class": 100, "test_per_class": 100}  # clean, even
     change(suite)
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
@@ -30,7 +31,8 @@ def _method(entry):
     return lambda s: s["methods"].__setitem__(1, entry)
 
 
-# name -> (change to the quickstart suite, words its one line must hold); its data: 100 images per class × 10, 28×28
+# name -> (change to the quickstart suite, words its one line must hold); its data here: 100 clean images per class
+# × 10, 28×28
 CASES = {
     "batch beyond the data": (_recipe(batch_size=1001), ["recipe.batch_size: 1001", "1000 training images",
                                                          "valid: 2..1000"]),
