@@ -287,7 +287,10 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
 
     init_ray(address, dashboard, num_cpus, num_gpus, log)
     spec = suite.spec.resources
-    runtime = replace(runtime, stack_peers=spec.stack_peers, compile=spec.compile)
+    # the data root is resolved here, on the driver: a trial on another node (or on a Ray instance started before
+    # this run) sees its raylet's environment, not this process's $HARNESS_DATA_ROOT
+    runtime = replace(runtime, stack_peers=spec.stack_peers, compile=spec.compile,
+                      data_root=runtime.data_root or os.environ.get("HARNESS_DATA_ROOT"))
     parallel = {"workers": spec.workers, "grad_accumulation": spec.grad_accumulation, "cpu": spec.cpu,
                 "gpu": spec.gpu, "max_failures": max_failures}
     _check_resources(suite, {"cpu": spec.cpu * spec.workers, "gpu": spec.gpu * spec.workers})
