@@ -1,3 +1,20 @@
+"""Fixtures shared by every test module.  Shared constants and functions live in ``tests/helpers.py`` (imported as
+``tests.helpers``); this file is pytest's, never imported by a test.
+
+Ray is expensive to start on this 2-core machine (4-6 s for ``ray.init``, about 90 s of fixed cost for a Ray Train
+run), so the tests share it:
+
+- ``ray_address``: one local Ray instance (2 CPUs, no dashboard, like ``harness run --num-cpus 2``) that the
+  ``harness run`` subprocesses of the ``e2e`` tests join through ``$RAY_ADDRESS``.  Tests whose subject is a run's own
+  Ray start and stop (a driver killed with SIGKILL and its orphans, Ctrl-C and resume) start their own instead.
+- ``ray_cluster``: one two-node cluster (a head of 3 CPUs with its dashboard, and a second node of 1 CPU), shared
+  by the ``cluster`` tests: the multi-node, dashboard, Ray Jobs, metrics and Ray Train tests.  A test that kills its
+  second node gets a new one before the next test.
+
+Under pytest-xdist (``-n 2 --dist loadgroup``, the default in pyproject.toml) each worker would have its own instances:
+the tests that share them are one group, run on one worker (``ray_group`` below), which stops its local instance when
+it gets to the cluster (and starts it again if a later test asks for it).
+"""
 import os
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -8,26 +25,104 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-TINY_RECIPE = {
-    "epochs": 2, "batch_size": 32,
-    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
-    "schedule": {"name": "cosine"}, "augment": {"crop_padding": 2, "flip": True},
-}
+# the markers, registered in pyproject.toml:
+#   e2e      runs the `harness` CLI with Ray (the shared local instance, or its own)
+#   cluster  needs the shared two-node cluster
+#   slow     takes more than about 10 s of this machine without being e2e or cluster (kept out of the inner loop)
 
 
-def tiny_suite_dict(**overrides) -> dict:
-    """A suite small enough to train in seconds: ResNet-8 pair, 20 images per class, 2 epochs."""
-    suite = {
-        "name": "tiny",
-        "dataset": {"name": "fashion_mnist_mini", "train_per_class": 10, "test_per_class": 10},
-        "groups": [["cifar_resnet8", "cifar_resnet8"]],
-        "methods": ["ind", {"name": "dml", "temperature": 2}],
-        "seeds": [0, 1],
-        "recipe": TINY_RECIPE,
-        "resources": {"cpu": 1},
-    }
-    suite.update(overrides)
-    return suite
+# The tests that start or join Ray, in two pytest-xdist groups that each run one test after the other on one worker:
+# ``ray`` (the session's local instance, then its cluster) first in the order of collection, so that it starts at once
+# and runs beside the tests that run in process on the other worker; ``ray-own`` (each run starts its own Ray) last,
+# taken by the first worker that is free.  Measured here, two groups at once on two cores slowed each test of both
+# about twofold, so only the short ``ray-own`` group ever overlaps the long one, and only at the end.
+ORDER = {"ray": 0, None: 1, "ray-own": 2}
+
+
+def ray_group(item) -> str | None:
+    """``ray``: joins the session's local instance (``ray_address``, marked e2e) or its cluster (``ray_cluster``,
+    marked cluster); ``ray-own``: an e2e test whose runs start (and lose) their own Ray instance; None: in process."""
+    fixtures = getattr(item, "fixturenames", ())
+    if "ray_cluster" in fixtures or item.get_closest_marker("cluster"):
+        item.add_marker(pytest.mark.cluster)
+        return "ray"
+    if "ray_address" in fixtures:
+        item.add_marker(pytest.mark.e2e)
+        return "ray"
+    return "ray-own" if item.get_closest_marker("e2e") else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects and before pytest-xdist groups
+def pytest_collection_modifyitems(config, items):
+    """A test that asks for a shared Ray instance is marked by it (``e2e`` or ``cluster``), so that ``-m "not e2e and
+    not cluster"`` never starts one; each test that starts or joins Ray is put in its group, the cluster tests last of
+    theirs (the local instance is stopped when the cluster starts)."""
+    groups = {}
+    for item in items:
+        group = groups[item] = ray_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: (ORDER[groups[item]], item.get_closest_marker("cluster") is not None))
+
+
+class RayInstances:
+    """The Ray instances the tests share, started on first use, at most one at a time, stopped at the end."""
+
+    def __init__(self):
+        self.local = self.cluster = self.second = None
+
+    def local_address(self) -> str:
+        from ray.cluster_utils import Cluster
+
+        self._stop_cluster()
+        if self.local is None:
+            self.local = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+            self.local.wait_for_nodes()
+        return self.local.address
+
+    def two_nodes(self):
+        from ray.cluster_utils import Cluster
+
+        if self.local is not None:
+            self.local.shutdown()
+            self.local = None
+        if self.cluster is None:
+            self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True})
+        if self.second is None or self.second not in self.cluster.worker_nodes:
+            self.second = self.cluster.add_node(num_cpus=1)
+        self.cluster.wait_for_nodes()
+        return self.cluster, self.second
+
+    def _stop_cluster(self):
+        if self.cluster is not None:
+            self.cluster.shutdown()
+            self.cluster = self.second = None
+
+    def close(self):
+        self._stop_cluster()
+        if self.local is not None:
+            self.local.shutdown()
+            self.local = None
+
+
+@pytest.fixture(scope="session")
+def ray_instances():
+    instances = RayInstances()
+    yield instances
+    instances.close()
+
+
+@pytest.fixture
+def ray_address(ray_instances) -> str:
+    """The address of the session's local Ray instance (2 CPUs); ``harness_run(..., address=ray_address)``."""
+    return ray_instances.local_address()
+
+
+@pytest.fixture
+def ray_cluster(ray_instances):
+    """``(cluster, second_node)``: the session's two-node cluster, its second node alive (added again if a test
+    removed it)."""
+    return ray_instances.two_nodes()
 
 
 @pytest.fixture

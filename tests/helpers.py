@@ -1,5 +1,14 @@
-"""Test doubles shared by method tests."""
+"""What the tests share: tiny suites, running the CLI as a user does, fake records, and the test doubles and
+independent (NumPy) formulas of the method tests.  Test modules import it as ``tests.helpers``, never each other."""
 from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -7,6 +16,77 @@ from torch import nn
 
 from harness.data.batches import Batch
 from harness.training.method import MethodContext
+
+TINY_RECIPE = {
+    "epochs": 2, "batch_size": 32,
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
+    "schedule": {"name": "cosine"}, "augment": {"crop_padding": 2, "flip": True},
+}
+
+
+def tiny_suite_dict(**overrides) -> dict:
+    """A suite small enough to train in seconds: ResNet-8 pair, 20 images per class, 2 epochs."""
+    suite = {
+        "name": "tiny",
+        "dataset": {"name": "fashion_mnist_mini", "train_per_class": 10, "test_per_class": 10},
+        "groups": [["cifar_resnet8", "cifar_resnet8"]],
+        "methods": ["ind", {"name": "dml", "temperature": 2}],
+        "seeds": [0, 1],
+        "recipe": TINY_RECIPE,
+        "resources": {"cpu": 1},
+    }
+    suite.update(overrides)
+    return suite
+
+
+TINY_DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
+
+
+def tiny_cell(method="dml", seed=0, **recipe):
+    """A DML (or ``method``) cell of a ResNet-8 pair on 6 images per class: the tiny recipe, ``recipe`` changed."""
+    from harness.config.cell import Cell
+
+    return Cell(method=method, hparams={"temperature": 2.0} if method == "dml" else {},
+                group=("cifar_resnet8", "cifar_resnet8"), dataset=TINY_DATA, recipe={**TINY_RECIPE, **recipe},
+                seed=seed)
+
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+
+
+def harness_env(address: str | None = None) -> dict:
+    """The environment of a ``harness`` subprocess: it joins the Ray instance at ``address`` (through $RAY_ADDRESS,
+    as a Ray job does), or starts its own local instance when ``address`` is None."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    if address:
+        env["RAY_ADDRESS"] = address
+    return env
+
+
+def harness_run(suite, results, reports, *extra, address: str | None = None, **popen) -> subprocess.Popen:
+    """``harness run SUITE`` as a user types it, its output merged into ``stdout``.  Tests pass the address of the
+    session's shared Ray instance (the ``ray_address`` fixture); those whose subject is a run's own Ray start and
+    stop (a killed driver and its orphans, Ctrl-C) pass none, and the run starts its own local instance."""
+    cmd = HARNESS + ["run", str(suite), "--results", str(results), "--reports", str(reports), "--no-dashboard",
+                     "--num-cpus", "2", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=harness_env(address), **popen)
+
+
+def records(results: Path) -> dict[str, dict]:
+    """The result records of a local results folder, by cell hash."""
+    return {p.stem: json.loads(p.read_text()) for p in (Path(results) / "cells").glob("*.json")}
+
+
+def fake_record(cell, net1, net2, status="ok"):
+    """A finished record of ``cell`` with the given last-epoch accuracies (the report's tests fill stores with it)."""
+    values = {"net1": net1, "net2": net2, "avg": (net1 + net2) / 2, "ens": max(net1, net2) + 1}
+    last = {k: {"top1": v, "top5": 99.0} for k, v in values.items()}
+    best = {k: {"top1": v + 0.5, "top5": 99.0, "epoch": 1} for k, v in values.items()}
+    return {"hash": cell.hash, "cell": cell.to_dict(), "status": status, "last": last, "best": best,
+            "epochs": 2, "code": {"git_sha": "abc123", "dirty": False}, "packages": {"torch": "2.13.0+cpu"},
+            "hardware": {"cpu": "Test CPU", "device": "cpu", "torch_threads": 1}, "trial": "t"}
 
 
 class FixedLogits(nn.Module):
@@ -50,7 +130,7 @@ def np_kl(target_logits, student_logits, t):
     return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
 
 
-def train_stages(cell, results_dir) -> "Runtime":
+def train_stages(cell, results_dir):
     """Train (in this process, without Ray) every stage ``cell`` needs and save their networks under
     ``results_dir`` as the trainable does; returns the Runtime that lets a Trainer of ``cell`` find them."""
     from harness.results.store import ResultStore
@@ -132,3 +212,165 @@ def timm_context(group, classes: int, size: int | tuple[int, int], in_chans: int
         image_size=(size, size) if isinstance(size, int) else tuple(size), num_train=num_train, epochs=epochs,
         steps_per_epoch=1, device=torch.device("cpu"),
         create_model=lambda name: timm.create_model(name, num_classes=classes, in_chans=in_chans), **extra)
+
+
+# --- CRD's references (explicit loops) ----------------------------------------------------------------------------
+
+def np_nce(scores, n_data, eps=1e-7):
+    """CRD's Eq. 18 by explicit loops: −(1/B) Σ_i [log P(D=1|pos) + Σ_j log P(D=0|neg_j)]."""
+    scores = np.asarray(scores, dtype=np.float64)
+    b, m = scores.shape[0], scores.shape[1] - 1
+    noise = m / n_data
+    total = 0.0
+    for i in range(b):
+        total += math.log(scores[i, 0] / (scores[i, 0] + noise + eps))
+        for j in range(1, m + 1):
+            total += math.log(noise / (scores[i, j] + noise + eps))
+    return -total / b
+
+
+def np_normalise(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.sqrt((x * x).sum(axis=1, keepdims=True))
+
+
+def np_scores(anchor, memory, index, tau):
+    """exp(⟨memory[index_ij], anchor_i⟩ / τ) (B, m + 1), and Z = N · their mean."""
+    anchor, memory = np.asarray(anchor, np.float64), np.asarray(memory, np.float64)
+    raw = np.array([[math.exp(float(memory[j] @ anchor[i]) / tau) for j in row] for i, row in enumerate(index)])
+    return raw, len(memory) * raw.mean()
+
+
+# --- feature losses' references (explicit loops) ----------------------------------------------------------------
+
+def np_common(s, t):
+    h, w = min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3])
+    return np_adaptive_pool(s, h, w), np_adaptive_pool(t, h, w)
+
+
+def np_hint(s, t):
+    total, n = 0.0, 0
+    for v_s, v_t in zip(np.ravel(s), np.ravel(t)):
+        total += (v_s - v_t) ** 2
+        n += 1
+    return total / n
+
+
+def np_attention(f, p=2.0):
+    b, c, h, w = f.shape
+    out = np.zeros((b, h * w))
+    for n in range(b):
+        for pos in range(h * w):
+            out[n, pos] = sum(f[n, ch].ravel()[pos] ** p for ch in range(c)) / c
+        out[n] /= max(math.sqrt(sum(v * v for v in out[n])), 1e-12)
+    return out
+
+
+def np_at(s_maps, t_maps, p=2.0):
+    total = 0.0
+    for s, t in zip(s_maps, t_maps):
+        s, t = np_common(s, t)
+        a_s, a_t = np_attention(s, p), np_attention(t, p)
+        total += sum((x - y) ** 2 for x, y in zip(a_s.ravel(), a_t.ravel())) / a_s.size
+    return total
+
+
+def np_channel_vectors(f):
+    b, c = f.shape[:2]
+    v = f.reshape(b, c, -1).copy()
+    for n in range(b):
+        for ch in range(c):
+            v[n, ch] /= max(math.sqrt(sum(x * x for x in v[n, ch])), 1e-12)
+    return v
+
+
+def np_poly_mean(a, b):
+    vals = [float(np.dot(a[n, i], b[n, j])) ** 2 for n in range(a.shape[0]) for i in range(a.shape[1])
+            for j in range(b.shape[1])]
+    return sum(vals) / len(vals)
+
+
+def np_nst(s_maps, t_maps):
+    total = 0.0
+    for s, t in zip(s_maps, t_maps):
+        s, t = np_common(s, t)
+        s, t = np_channel_vectors(s), np_channel_vectors(t)
+        total += np_poly_mean(t, t) + np_poly_mean(s, s) - 2 * np_poly_mean(s, t)
+    return total
+
+
+def np_sp(s, t):
+    b = s.shape[0]
+    s, t = s.reshape(b, -1), t.reshape(b, -1)
+
+    def gram(f):
+        g = np.array([[sum(f[i, d] * f[j, d] for d in range(f.shape[1])) for j in range(b)] for i in range(b)])
+        for i in range(b):
+            g[i] /= max(math.sqrt(sum(x * x for x in g[i])), 1e-12)
+        return g
+
+    gs, gt = gram(s), gram(t)
+    return sum((gt[i, j] - gs[i, j]) ** 2 for i in range(b) for j in range(b)) / (b * b)
+
+
+def np_smooth_l1(x, y):
+    diffs = [abs(a - c) for a, c in zip(np.ravel(x), np.ravel(y))]
+    return sum(0.5 * d * d if d < 1 else d - 0.5 for d in diffs) / len(diffs)
+
+
+def np_rkd_parts(s, t):
+    def distances(e):
+        n = len(e)
+        d = np.zeros((n, n))
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    d[i, j] = math.sqrt(sum((e[i, k] - e[j, k]) ** 2 for k in range(e.shape[1])))
+        positive = [v for v in d.ravel() if v > 0]
+        return d / (sum(positive) / len(positive))
+
+    def angles(e):
+        n = len(e)
+        a = np.zeros((n, n, n))
+        for i in range(n):
+            for j in range(n):
+                for k in range(n):
+                    u, v = e[j] - e[i], e[k] - e[i]
+                    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+                    a[i, j, k] = 0.0 if nu == 0 or nv == 0 else float(np.dot(u, v)) / (nu * nv)
+        return a
+
+    return np_smooth_l1(distances(s), distances(t)), np_smooth_l1(angles(s), angles(t))
+
+
+def np_pkt(s, t, eps=1e-7):
+    def conditional(e):
+        n = len(e)
+        unit = [e[i] / (math.sqrt(sum(x * x for x in e[i])) + eps) for i in range(n)]
+        k = np.array([[(float(np.dot(unit[i], unit[j])) + 1) / 2 for j in range(n)] for i in range(n)])
+        return np.array([k[i] / k[i].sum() for i in range(n)])
+
+    ps, pt = conditional(s), conditional(t)
+    n = len(s)
+    return sum(pt[i, j] * math.log((pt[i, j] + eps) / (ps[i, j] + eps)) for i in range(n) for j in range(n)) / n**2
+
+
+# --- CIFAR files in their real on-disk format -------------------------------------------------------------------
+
+def write_batch(path, n, label_key=b"labels", seed=0, classes=10):
+    """A pickled CIFAR batch as the 'python version' holds it: bytes keys, (N, 3072) uint8, channel-major."""
+    rng = np.random.default_rng(seed)
+    batch = {b"batch_label": b"test batch", b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             label_key: [int(v) for v in (np.arange(n) + seed) % classes],
+             b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+    if label_key == b"fine_labels":
+        batch[b"coarse_labels"] = [0] * n
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    return batch
+
+
+def write_cifar10(folder, batches=2, n=20, n_test=10):
+    written = [write_batch(folder / f"data_batch_{i}", n, seed=i) for i in range(1, batches + 1)]
+    return written, write_batch(folder / "test_batch", n_test, seed=7)

@@ -50,6 +50,7 @@ def build_on_meta(cell, size, classes):
         return cls(cls.HParams.model_validate(cell.hparams), ctx)
 
 
+@pytest.mark.slow
 def test_no_method_adds_modules_out_of_proportion():
     """(A method that adds no module on its first pair, a parameter-free loss, is not built again on the others.)"""
     worst, too_big, adds_nothing = {}, [], set()

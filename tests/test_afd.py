@@ -14,8 +14,7 @@ from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
 from methods.afd import (Discriminator, adversarial_lr_factor, lsgan_discriminator_loss, lsgan_generator_loss,
                          ring_sources)
-from tests.conftest import TINY_RECIPE
-from tests.helpers import changed_params, np_ce, np_kl, param_snapshot, random_batch, timm_context
+from tests.helpers import changed_params, np_ce, np_kl, param_snapshot, random_batch, timm_context, TINY_RECIPE
 
 R8 = "cifar_resnet8"
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 4, "test_per_class": 2}

@@ -8,8 +8,7 @@ import pytest
 from harness.reporting.report import build_table
 from harness.results.store import ResultStore
 from harness.suite.schema import SuiteError, load_suite
-from tests.conftest import tiny_suite_dict
-from tests.test_report import fake_record
+from tests.helpers import fake_record, tiny_suite_dict
 
 GROUPS = [["cifar_resnet8", "cifar_resnet14"], ["cifar_resnet14", "cifar_resnet14"]]
 

@@ -10,8 +10,7 @@ from harness.reporting.analysis import compare, linear_cka, mean_kl
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
 from harness.training.engine import Trainer
-from tests.conftest import TINY_RECIPE, tiny_suite_dict
-from tests.helpers import np_kl, train_stages
+from tests.helpers import np_kl, TINY_RECIPE, tiny_suite_dict, train_stages
 
 
 def cka_by_gram_matrices(x, y):

@@ -65,7 +65,7 @@ def test_validation_split_is_balanced_seeded_and_disjoint():
 def test_engine_holds_out_what_a_method_asks_for(monkeypatch):
     from harness.training.engine import Trainer
     from harness.training.method import load_methods
-    from tests.test_engine import tiny_cell
+    from tests.helpers import tiny_cell
 
     dml = load_methods().get("dml")
     monkeypatch.setattr(dml, "held_out_per_class", classmethod(lambda cls, hp: 2))

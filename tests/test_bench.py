@@ -5,14 +5,15 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from harness.reporting.index import bench_rate, measured_rate
 from harness.results.store import ResultStore
+from tests.helpers import tiny_suite_dict
 
-from conftest import tiny_suite_dict
 
-
+@pytest.mark.slow
 def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path):
     suite = tmp_path / "bench.yaml"
     suite.write_text(yaml.safe_dump(tiny_suite_dict(

@@ -14,7 +14,7 @@ from harness.suite.schema import Resources, SuiteError, load_suite
 from harness.suite.smoke import smoke_suite
 from harness.training.memory import GIB, _network_figures, cell_memory
 
-from conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 
 def saved_bytes_on_cpu(model: str, images: int) -> int:
@@ -84,6 +84,7 @@ def test_a_batch_that_does_not_split_evenly_is_refused(write_suite):
     assert len(lines) == 1 and "(2048) does not split into workers × grad_accumulation = 3 × 1 equal parts" in lines[0]
 
 
+@pytest.mark.slow
 def test_validate_and_run_refuse_it_before_ray_starts(write_suite, tmp_path):
     path = kdcl_like(write_suite, cpu=8, gpu=1)
     for command in (["validate", str(path)], ["run", str(path), "--results", str(tmp_path / "r")]):
@@ -101,6 +102,7 @@ def test_resources_per_worker_names_and_their_conflicts():
         Resources(cpu=1, cpu_per_worker=2)
 
 
+@pytest.mark.slow
 def test_every_shipped_suite_fits_what_it_asks_for():
     from pathlib import Path
 
@@ -114,6 +116,7 @@ def test_smoke_runs_one_worker(write_suite):
     assert "1 worker in place of 8 × 1" in suite.spec.title
 
 
+@pytest.mark.slow
 def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path):
     """The same cell on 8 workers: the same GPU-hours, an eighth of the wall time, an eighth of the activations."""
     import re

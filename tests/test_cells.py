@@ -4,7 +4,7 @@ import sys
 
 from harness.config.cell import Cell
 from harness.suite.schema import load_suite
-from tests.conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 
 def test_grid_is_groups_x_methods_x_seeds(write_suite):

@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.suite.schema import SuiteError, load_suite
-from tests.test_end_to_end import HARNESS
+from tests.helpers import HARNESS, harness_env
 
 QUICKSTART = "suites/quickstart.yaml"
 
@@ -39,7 +39,7 @@ def test_a_mistyped_flag_is_answered_with_the_flag_meant(capsys):
     assert "unrecognized arguments: --no-dashbord; did you mean '--no-dashboard'?" in capsys.readouterr().err
 
 
-def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path):
+def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path, ray_address):
     results, reports = tmp_path / "results", tmp_path / "reports"
     overrides = ["seeds=[0]", "methods=ind", "recipe.epochs=1", "dataset.train_per_class=10"]
     dry = subprocess.run(HARNESS + ["run", QUICKSTART, *overrides, "--dry-run", "--results", str(results)],
@@ -54,7 +54,7 @@ def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path):
     suite_file = QUICKSTART
     proc = subprocess.Popen(HARNESS + ["run", suite_file, *overrides, "--results", str(results), "--reports",
                                        str(reports), "--no-dashboard", "--num-cpus", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=harness_env(ray_address))
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     (record,) = [json.loads(p.read_text()) for p in (results / "cells").glob("*.json")]

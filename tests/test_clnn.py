@@ -12,8 +12,7 @@ from harness.config.cell import Cell
 from harness.training.engine import Trainer
 from harness.training.method import load_methods
 from methods.clnn import clnn_terms, peer_targets
-from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, np_softmax, timm_context
+from tests.helpers import np_ce, np_kl, np_softmax, timm_context, TINY_RECIPE
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 Z = [[[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]],

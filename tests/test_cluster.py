@@ -1,7 +1,11 @@
-"""A real two-node Ray cluster on this machine (a head and a second node, each a raylet with its own CPUs, from
-Ray's own ``ray.cluster_utils.Cluster``): a cell on 2 workers × 1 CPU trains through Ray Train (DDP over gloo),
-equals the same cell accumulating two passes in one process, and survives the loss of the second node mid-run
-(Ray Train restarts its workers on what is left, from the last checkpoint) without losing a finished cell."""
+"""A real two-node Ray cluster on this machine (the session's ``ray_cluster``: a head and a second node, each a raylet
+with its own CPUs, from Ray's own ``ray.cluster_utils.Cluster``): a cell on 2 workers × 1 CPU trains through Ray
+Train (DDP over gloo), equals the same cell accumulating two passes in one process, appears as a named run in the
+dashboard's Train view, and survives the loss of the second node mid-run (Ray Train restarts its workers on what is
+left, from the last checkpoint) without losing a finished cell.
+
+A Ray Train run costs about a minute of fixed time here, so the data-parallel cell trains once per session
+(``dp_run``) and the tests that read it share it."""
 import json
 import re
 import subprocess
@@ -10,8 +14,10 @@ import time
 import pytest
 import yaml
 
-from conftest import TINY_RECIPE
-from tests.test_end_to_end import HARNESS
+from harness.suite.schema import load_suite
+from tests.helpers import HARNESS, TINY_RECIPE
+
+pytestmark = pytest.mark.cluster
 
 EPOCHS = 6
 
@@ -24,17 +30,6 @@ def suite(seeds, **resources) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
-    second = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster, second
-    cluster.shutdown()
-
-
 def run(cluster, path, results, *extra, **popen):
     command = HARNESS + ["run", str(path), "--results", str(results), "--reports", str(results / "reports"),
                          "--address", cluster.address, "--no-dashboard", *extra]
@@ -45,25 +40,37 @@ def records(results) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((results / "cells").glob("*.json"))]
 
 
-def test_two_workers_on_two_nodes_equal_one_process_and_survive_losing_a_node(cluster, tmp_path):
-    cluster, second = cluster
+@pytest.fixture(scope="module")
+def dp_run(ray_instances, tmp_path_factory):
+    """The data-parallel cell (seed 0) trained on the cluster by ``harness run``: ``(folder, record)``."""
+    cluster, _ = ray_instances.two_nodes()
+    folder = tmp_path_factory.mktemp("cluster")
+    (folder / "dp.yaml").write_text(yaml.safe_dump(suite([0], workers=2, cpu_per_worker=1)))
+    done = run(cluster, folder / "dp.yaml", folder / "dp")
+    out, _ = done.communicate(timeout=600)
+    assert done.returncode == 0, out
+    (record,) = records(folder / "dp")
+    return folder, record
+
+
+def test_two_workers_on_two_nodes_equal_one_process_and_survive_losing_a_node(ray_cluster, dp_run, tmp_path):
+    cluster, second = ray_cluster
+    folder, dp = dp_run
     # 1. the data-parallel cell on the cluster, and the same cell accumulating its two parts in one process
-    (tmp_path / "dp.yaml").write_text(yaml.safe_dump(suite([0], workers=2, cpu_per_worker=1)))
     (tmp_path / "acc.yaml").write_text(yaml.safe_dump(suite([0], cpu=1, grad_accumulation=2)))
-    for name in ("dp", "acc"):
-        done = run(cluster, tmp_path / f"{name}.yaml", tmp_path / name)
-        out, _ = done.communicate(timeout=600)
-        assert done.returncode == 0, out
-    (dp,), (acc,) = records(tmp_path / "dp"), records(tmp_path / "acc")
+    done = run(cluster, tmp_path / "acc.yaml", tmp_path / "acc")
+    out, _ = done.communicate(timeout=600)
+    assert done.returncode == 0, out
+    (acc,) = records(tmp_path / "acc")
     assert dp["hash"] == acc["hash"] and dp["parallel"]["workers"] == 2 and acc["parallel"]["grad_accumulation"] == 2
     for a, b in zip(dp["history"], acc["history"]):
         for key in (k for k in b if k.startswith(("top1/", "loss/"))):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["epoch"], key)
 
     # 2. a second cell on the same store; the second node dies while it trains
-    (tmp_path / "dp.yaml").write_text(yaml.safe_dump(suite([0, 1], workers=2, cpu_per_worker=1)))
-    finished_before = (tmp_path / "dp" / "cells" / f"{dp['hash']}.json").stat().st_mtime_ns
-    job = run(cluster, tmp_path / "dp.yaml", tmp_path / "dp", "--max-failures", "2")
+    (folder / "dp.yaml").write_text(yaml.safe_dump(suite([0, 1], workers=2, cpu_per_worker=1)))
+    finished_before = (folder / "dp" / "cells" / f"{dp['hash']}.json").stat().st_mtime_ns
+    job = run(cluster, folder / "dp.yaml", folder / "dp", "--max-failures", "2")
     lines, killed = [], False
     for line in job.stdout:
         lines.append(line)
@@ -74,18 +81,40 @@ def test_two_workers_on_two_nodes_equal_one_process_and_survive_losing_a_node(cl
     out = "".join(lines)
     assert killed and job.returncode == 0, out
     assert "1 finished already, 1 to run" in out
-    assert (tmp_path / "dp" / "cells" / f"{dp['hash']}.json").stat().st_mtime_ns == finished_before
-    new = next(r for r in records(tmp_path / "dp") if r["hash"] != dp["hash"])
+    assert (folder / "dp" / "cells" / f"{dp['hash']}.json").stat().st_mtime_ns == finished_before
+    new = next(r for r in records(folder / "dp") if r["hash"] != dp["hash"])
     assert new["status"] == "ok" and [h["epoch"] for h in new["history"]] == list(range(1, EPOCHS + 1))
     resumed = re.findall(r"resumed .* from epoch (\d+)", out)  # Ray Train restarted the workers, from a checkpoint
     assert resumed and int(resumed[-1]) >= 1, out
 
 
-def test_a_data_parallel_cell_that_fails_by_itself_is_recorded_once_per_run(cluster, tmp_path):
+def test_a_data_parallel_cell_is_a_named_run_in_the_train_view(ray_cluster, dp_run):
+    """A cell on 2 Ray Train workers appears in the dashboard's Train view (the dashboard's own
+    ``/api/train/v2/runs/v1``, which its Train page reads) as a run named after the cell, finished."""
+    import urllib.request
+
+    from harness.scheduling.trainable import trial_dirname
+
+    cluster, _ = ray_cluster
+    folder, _ = dp_run
+    (cell,) = load_suite(folder / "dp.yaml", ["seeds=[0]"]).cells
+    url = f"http://{cluster.head_node.address_info['webui_url']}/api/train/v2/runs/v1"
+    deadline = time.monotonic() + 60
+    while True:  # the state actor's last update may land a moment after the run ends
+        with urllib.request.urlopen(url, timeout=30) as response:
+            runs = json.loads(response.read())["train_runs"]
+        named = [r for r in runs if r["name"] == trial_dirname(cell)]
+        if (named and named[0]["status"] == "FINISHED") or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert [r["status"] for r in named] == ["FINISHED"], [(r["name"], r["status"]) for r in runs]
+
+
+def test_a_data_parallel_cell_that_fails_by_itself_is_recorded_once_per_run(ray_cluster, tmp_path):
     """A diverging cell on 2 workers: its rank 0 records the failure with the attempt's id, the trial ends without
     Tune's retries (one FAILED line, exit 1); the next run tries it again, and its record names the new attempt, so
     a failure left by an earlier run is never taken for this one's (a lost worker is retried)."""
-    cluster, _ = cluster
+    cluster, _ = ray_cluster
     spec = suite([0], workers=2, cpu_per_worker=1)
     spec["recipe"] = dict(spec["recipe"], epochs=2, optimizer={"name": "sgd", "lr": 1.0e12})
     (tmp_path / "nan.yaml").write_text(yaml.safe_dump(spec))

@@ -5,8 +5,7 @@ import yaml
 from harness.cli import main
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
-from tests.conftest import tiny_suite_dict
-from tests.test_report import fake_record
+from tests.helpers import fake_record, tiny_suite_dict
 
 
 def test_one_suite_in_two_stores_seed_by_seed(tmp_path, capsys):

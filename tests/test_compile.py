@@ -9,9 +9,10 @@ from harness.suite.schema import load_suite
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Step
 
-from conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 
+@pytest.mark.slow
 def test_compiled_and_eager_steps_agree(write_suite):
     suite = tiny_suite_dict(dataset={"name": "fashion_mnist_mini", "train_per_class": 4, "test_per_class": 2},
                             methods=[{"name": "dml", "temperature": 2}], seeds=[0],

@@ -18,37 +18,12 @@ from harness.training.method import Step, load_methods
 from methods.common.contrastive import (Embed, MemoryBank, NegativeSampler, bank_bytes, clamp_negatives,
                                         contrast_scores, momentum_update, nce_loss)
 from methods.dml_crd import reader_slot
-from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, random_batch, timm_context
+from tests.helpers import np_ce, np_kl, np_nce, np_normalise, np_scores, random_batch, timm_context, TINY_RECIPE
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 
 
 # --- numpy references -------------------------------------------------------------------------------------------
-
-def np_nce(scores, n_data, eps=1e-7):
-    """CRD's Eq. 18 by explicit loops: −(1/B) Σ_i [log P(D=1|pos) + Σ_j log P(D=0|neg_j)]."""
-    scores = np.asarray(scores, dtype=np.float64)
-    b, m = scores.shape[0], scores.shape[1] - 1
-    noise = m / n_data
-    total = 0.0
-    for i in range(b):
-        total += math.log(scores[i, 0] / (scores[i, 0] + noise + eps))
-        for j in range(1, m + 1):
-            total += math.log(noise / (scores[i, j] + noise + eps))
-    return -total / b
-
-
-def np_normalise(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.sqrt((x * x).sum(axis=1, keepdims=True))
-
-
-def np_scores(anchor, memory, index, tau):
-    """exp(⟨memory[index_ij], anchor_i⟩ / τ) (B, m + 1), and Z = N · their mean."""
-    anchor, memory = np.asarray(anchor, np.float64), np.asarray(memory, np.float64)
-    raw = np.array([[math.exp(float(memory[j] @ anchor[i]) / tau) for j in row] for i, row in enumerate(index)])
-    return raw, len(memory) * raw.mean()
 
 
 # --- the pieces -------------------------------------------------------------------------------------------------

@@ -12,8 +12,7 @@ import torch
 
 from harness.models import adapter
 from harness.training.method import MethodContext, Step, load_methods
-from tests.helpers import np_ce, np_kl, random_batch
-from tests.test_crd import np_nce, np_normalise, np_scores
+from tests.helpers import np_ce, np_kl, np_nce, np_normalise, np_scores, random_batch
 
 STUDENT, TEACHER = "cifar_resnet8", "cifar_wrn_16_2"  # embeddings of 64 and 128 dimensions
 FIXED_INDEX = torch.tensor([[2, 0, 4, 11, 9], [7, 3, 1, 6, 11], [5, 8, 6, 1, 0], [10, 4, 9, 3, 0]])
@@ -155,7 +154,7 @@ def test_optimizer_group_and_parameter_counts():
 def test_end_to_end_resume_restores_banks_and_label_table(tmp_path):
     from harness.config.cell import Cell
     from harness.training.engine import Trainer
-    from tests.conftest import TINY_RECIPE
+    from tests.helpers import TINY_RECIPE
     from tests.helpers import train_stages
 
     cell = Cell(method="crd", hparams={}, group=("cifar_resnet8", "cifar_resnet8"),

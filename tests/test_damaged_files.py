@@ -6,29 +6,28 @@ import yaml
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
 from harness.training.stages import stages_of
-from tests.conftest import tiny_suite_dict
-from tests.test_end_to_end import harness_run
+from tests.helpers import harness_run, tiny_suite_dict
 
 
-def run(path, results, reports) -> str:
-    proc = harness_run(path, results, reports)
+def run(path, results, reports, address) -> str:
+    proc = harness_run(path, results, reports, address=address)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     return out
 
 
-def test_deleted_truncated_and_garbage_files_are_retrained(tmp_path):
+def test_deleted_truncated_and_garbage_files_are_retrained(tmp_path, ray_address):
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(tiny_suite_dict(seeds=[0], methods=["kd"])))
     (student,) = load_suite(path).cells
     teacher = stages_of(student)["teacher"].cell
     results, reports = tmp_path / "results", tmp_path / "reports"
     store = ResultStore(results)
-    run(path, results, reports)
+    run(path, results, reports, ray_address)
     first = store.get(teacher.hash)["weights"]["sha256"]
 
     store.weights_path(teacher.hash).unlink()  # deleted: trained again, bit for bit
-    out = run(path, results, reports)
+    out = run(path, results, reports, ray_address)
     assert "1 finished already, 1 to run" in out
     assert store.get(teacher.hash)["weights"]["sha256"] == first
     assert ResultStore(results).weights_intact(teacher.hash)
@@ -36,7 +35,7 @@ def test_deleted_truncated_and_garbage_files_are_retrained(tmp_path):
     weights = store.weights_path(teacher.hash)
     weights.write_bytes(weights.read_bytes()[:5000])  # truncated
     (results / "cells" / f"{student.hash}.json").write_text("[garbage")
-    out = run(path, results, reports)
+    out = run(path, results, reports, ray_address)
     damaged = [line for line in out.splitlines() if "damaged" in line]
     assert len(damaged) == 2, out
     assert any("damaged weights" in line and "the stage runs again" in line for line in damaged)

@@ -1,6 +1,7 @@
 """Each trial is visible by name in the Ray dashboard (issue 18): its actor's repr, which the dashboard's Actors
 view and ``ray list actors --detail`` show, names the suite, the cell and its hash; read back through Ray's state
-API from a real cluster with its dashboard, after a ``harness run --address`` of a tiny suite."""
+API from a real cluster with its dashboard (the session's ``ray_cluster``), after a ``harness run --address`` of a tiny
+suite.  That a data-parallel cell is a named run of the Train view is tested in ``test_cluster.py``, on its run."""
 import subprocess
 import sys
 
@@ -8,23 +9,16 @@ import pytest
 import yaml
 
 from harness.suite.schema import load_suite
-from tests.conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
+
+pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture
-def cluster_with_dashboard():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True})
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
-
-
-def test_trial_actors_are_named_after_their_cells(cluster_with_dashboard, tmp_path):
+def test_trial_actors_are_named_after_their_cells(ray_cluster, tmp_path):
     import ray
     from ray.util.state import list_actors
 
+    cluster_with_dashboard, _ = ray_cluster
     path = tmp_path / "named.yaml"
     path.write_text(yaml.safe_dump(tiny_suite_dict(name="named", seeds=[0], methods=["ind", "dml"])))
     cells = load_suite(path).cells
@@ -41,7 +35,7 @@ def test_trial_actors_are_named_after_their_cells(cluster_with_dashboard, tmp_pa
         assert f"named: {cell.describe()} [{cell.hash}]" in names, names
 
 
-def test_a_suite_runs_as_a_ray_job(cluster_with_dashboard, tmp_path):
+def test_a_suite_runs_as_a_ray_job(ray_cluster, tmp_path):
     """``ray job submit -- harness run SUITE`` (the README's command) through the Jobs API of a real cluster: the
     job joins the cluster through $RAY_ADDRESS, which Ray sets inside a job, finishes, and its records are in the
     store; the job's logs carry the suite's progress lines."""
@@ -51,6 +45,7 @@ def test_a_suite_runs_as_a_ray_job(cluster_with_dashboard, tmp_path):
 
     from harness.results.store import ResultStore
 
+    cluster_with_dashboard, _ = ray_cluster
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(tiny_suite_dict(name="job", seeds=[0], methods=["ind"])))
     url = "http://" + cluster_with_dashboard.head_node.address_info["webui_url"]
@@ -76,41 +71,3 @@ def test_a_suite_runs_as_a_ray_job(cluster_with_dashboard, tmp_path):
     cells = load_suite(path).cells
     records = ResultStore(tmp_path / "r").records(cells)
     assert {h: r["status"] for h, r in records.items()} == {c.hash: "ok" for c in cells}, records
-
-
-def test_a_data_parallel_cell_is_a_named_run_in_the_train_view(tmp_path):
-    """A cell on 2 Ray Train workers appears in the dashboard's Train view (the dashboard's own
-    ``/api/train/v2/runs/v1``, which its Train page reads) as a run named after the cell, finished."""
-    import json
-    import time
-    import urllib.request
-
-    from ray.cluster_utils import Cluster
-
-    from harness.scheduling.trainable import trial_dirname
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True})
-    try:
-        cluster.wait_for_nodes()
-        path = tmp_path / "dp.yaml"
-        suite = tiny_suite_dict(name="dp", seeds=[0], methods=["ind"],
-                                resources={"workers": 2, "cpu_per_worker": 1})
-        suite["recipe"] = {**suite["recipe"], "epochs": 1}
-        path.write_text(yaml.safe_dump(suite))
-        [cell] = load_suite(path).cells
-        done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(tmp_path / "r"),
-                               "--reports", str(tmp_path / "rep"), "--address", cluster.address],
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        url = f"http://{cluster.head_node.address_info['webui_url']}/api/train/v2/runs/v1"
-        deadline = time.monotonic() + 60
-        while True:  # the state actor's last update may land a moment after the run ends
-            with urllib.request.urlopen(url, timeout=30) as response:
-                runs = json.loads(response.read())["train_runs"]
-            named = [r for r in runs if r["name"] == trial_dirname(cell)]
-            if (named and named[0]["status"] == "FINISHED") or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        assert [r["status"] for r in named] == ["FINISHED"], [(r["name"], r["status"]) for r in runs]
-    finally:
-        cluster.shutdown()

@@ -20,7 +20,7 @@ from harness.training.engine import Runtime, Trainer
 from harness.training.method import Method, OptimGroup
 from harness.training.parallel import Replicas, SharedStep
 
-from conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 RUNTIME = Runtime(device="cpu", channels_last=False)
 
@@ -63,6 +63,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_two_workers_update_as_one_process_accumulating_their_parts(write_suite, tmp_path):
     grid = cells(write_suite, tmp_path)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from harness.data.datasets import DatasetError, load_dataset
+from tests.helpers import write_batch, write_cifar10
 
 
 def one_line_error(spec, root, *needles):
@@ -22,23 +23,6 @@ def one_line_error(spec, root, *needles):
 
 
 # ---------------------------------------------------------------------------------------------------- CIFAR
-def write_batch(path, n, label_key=b"labels", seed=0, classes=10):
-    """A pickled CIFAR batch as the 'python version' holds it: bytes keys, (N, 3072) uint8, channel-major."""
-    rng = np.random.default_rng(seed)
-    batch = {b"batch_label": b"test batch", b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             label_key: [int(v) for v in (np.arange(n) + seed) % classes],
-             b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
-    if label_key == b"fine_labels":
-        batch[b"coarse_labels"] = [0] * n
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
-    return batch
-
-
-def write_cifar10(folder, batches=2, n=20, n_test=10):
-    written = [write_batch(folder / f"data_batch_{i}", n, seed=i) for i in range(1, batches + 1)]
-    return written, write_batch(folder / "test_batch", n_test, seed=7)
 
 
 def test_cifar10_from_the_data_root(tmp_path):

@@ -1,30 +1,18 @@
-"""Real Ray, real training, on CPU: a tiny suite is run, killed with SIGKILL mid-way, resumed, and reported."""
+"""Real Ray, real training, on CPU: a tiny suite is run, killed with SIGKILL mid-way, resumed, and reported.  The
+tests of a killed driver or trial (and the orphans it leaves) start their own Ray instance, since a run's own Ray
+start and stop is their subject; the others join the session's shared instance."""
 import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import tiny_suite_dict
+from tests.helpers import harness_run, records, tiny_suite_dict
 
-HARNESS = [sys.executable, "-m", "harness.cli"]
-
-
-def harness_run(suite, results, reports, **popen):
-    cmd = HARNESS + ["run", str(suite), "--results", str(results), "--reports", str(reports), "--no-dashboard",
-                     "--num-cpus", "2"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
-
-
-def records(results: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in (results / "cells").glob("*.json")}
-
+pytestmark = pytest.mark.e2e
 
 def test_run_kill_resume_report(tmp_path):
     suite = tiny_suite_dict(seeds=[0, 1, 2], dataset={"name": "fashion_mnist_mini", "train_per_class": 30,
@@ -79,7 +67,7 @@ def test_run_kill_resume_report(tmp_path):
     assert third.returncode == 0 and "6 finished already, 0 to run" in out
 
 
-def test_failing_cell_is_recorded_and_retried(tmp_path):
+def test_failing_cell_is_recorded_and_retried(tmp_path, ray_address):
     """A cell whose loss diverges fails in its trial; the failure is stored with its error and run again."""
     suite = tiny_suite_dict(seeds=[0], methods=["ind"])
     suite["recipe"] = {**suite["recipe"], "optimizer": {"name": "sgd", "lr": 1.0e12}}
@@ -87,7 +75,7 @@ def test_failing_cell_is_recorded_and_retried(tmp_path):
     path.write_text(yaml.safe_dump(suite))
     results, reports = tmp_path / "results", tmp_path / "reports"
     for attempt in range(2):
-        proc = harness_run(path, results, reports)
+        proc = harness_run(path, results, reports, address=ray_address)
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 1, out
         assert "1 cells, 0 finished already, 1 to run" in out  # a failed cell is tried again
@@ -103,7 +91,7 @@ def test_failing_cell_is_recorded_and_retried(tmp_path):
     assert "0 of 1 finished" in md
 
 
-def test_two_runs_of_one_suite_on_one_store_train_each_cell_once(tmp_path):
+def test_two_runs_of_one_suite_on_one_store_train_each_cell_once(tmp_path, ray_address):
     """Started together on one results folder: every cell trained by one of them (a lock per cell), the other
     waits and finds it finished; both end well, every record whole."""
     from harness.suite.schema import load_suite
@@ -113,7 +101,7 @@ def test_two_runs_of_one_suite_on_one_store_train_each_cell_once(tmp_path):
     path.write_text(yaml.safe_dump(suite))
     cells = load_suite(path).cells
     results = tmp_path / "results"
-    runs = [harness_run(path, results, tmp_path / f"reports{i}") for i in range(2)]
+    runs = [harness_run(path, results, tmp_path / f"reports{i}", address=ray_address) for i in range(2)]
     outs = [run.communicate(timeout=400)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outs
     final = records(results)

@@ -5,14 +5,9 @@ import torch
 from harness.config.cell import Cell
 from harness.scheduling.trainable import CorruptCheckpoint, load_checkpoint
 from harness.training.engine import NonFiniteLoss, Trainer
-from tests.conftest import TINY_RECIPE
+from tests.helpers import tiny_cell, TINY_RECIPE
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
-
-
-def tiny_cell(method="dml", seed=0, **recipe) -> Cell:
-    return Cell(method=method, hparams={"temperature": 2.0} if method == "dml" else {},
-                group=("cifar_resnet8", "cifar_resnet8"), dataset=DATA, recipe={**TINY_RECIPE, **recipe}, seed=seed)
 
 
 def weights(trainer: Trainer) -> torch.Tensor:
@@ -99,7 +94,7 @@ def test_cli_names_the_missing_dataset(tmp_path, write_suite):
     import subprocess
     import sys
 
-    from tests.conftest import tiny_suite_dict
+    from tests.helpers import tiny_suite_dict
 
     path = write_suite(tiny_suite_dict(dataset={"name": "cifar100"}))
     out = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--data-root", str(tmp_path),

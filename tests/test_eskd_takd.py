@@ -12,8 +12,7 @@ from harness.training.engine import Trainer
 from harness.training.method import load_methods
 from harness.training.stages import stages_of, waves
 from methods.eskd import compressed_recipe
-from tests.conftest import TINY_RECIPE, tiny_suite_dict
-from tests.helpers import train_stages
+from tests.helpers import TINY_RECIPE, tiny_suite_dict, train_stages
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 PAPER_RECIPE = {**TINY_RECIPE, "epochs": 200, "schedule": {"name": "multistep", "milestones": [100, 150]}}

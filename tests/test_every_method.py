@@ -17,8 +17,7 @@ from harness.models.costs import flops
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Method, load_methods
 from methods.common.offline import OfflineMethod
-from tests.conftest import TINY_RECIPE
-from tests.helpers import train_stages
+from tests.helpers import TINY_RECIPE, train_stages
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 # Outputs beyond net1..netK and ens that a method evaluates with its default hyper-parameters.

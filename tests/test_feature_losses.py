@@ -10,7 +10,7 @@ from torch import nn
 
 from methods.common.feature_losses import (ConvRegressor, at_loss, attention_map, hint_loss, nst_loss,
                                            pairwise_distances, pkt_loss, rkd_loss, sp_loss)
-from tests.helpers import np_adaptive_pool, tt
+from tests.helpers import np_adaptive_pool, np_at, np_attention, np_hint, np_nst, np_pkt, np_rkd_parts, np_sp, tt
 
 RNG = np.random.default_rng(0)
 S_MAPS = [RNG.normal(size=(3, 4, 4, 4)), RNG.normal(size=(3, 5, 2, 2))]
@@ -20,117 +20,6 @@ T_VEC = RNG.normal(size=(5, 3)) * 2.0 + 0.5
 
 
 # --- independent numpy references (explicit loops) ----------------------------------------------------------------
-
-def np_common(s, t):
-    h, w = min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3])
-    return np_adaptive_pool(s, h, w), np_adaptive_pool(t, h, w)
-
-
-def np_hint(s, t):
-    total, n = 0.0, 0
-    for v_s, v_t in zip(np.ravel(s), np.ravel(t)):
-        total += (v_s - v_t) ** 2
-        n += 1
-    return total / n
-
-
-def np_attention(f, p=2.0):
-    b, c, h, w = f.shape
-    out = np.zeros((b, h * w))
-    for n in range(b):
-        for pos in range(h * w):
-            out[n, pos] = sum(f[n, ch].ravel()[pos] ** p for ch in range(c)) / c
-        out[n] /= max(math.sqrt(sum(v * v for v in out[n])), 1e-12)
-    return out
-
-
-def np_at(s_maps, t_maps, p=2.0):
-    total = 0.0
-    for s, t in zip(s_maps, t_maps):
-        s, t = np_common(s, t)
-        a_s, a_t = np_attention(s, p), np_attention(t, p)
-        total += sum((x - y) ** 2 for x, y in zip(a_s.ravel(), a_t.ravel())) / a_s.size
-    return total
-
-
-def np_channel_vectors(f):
-    b, c = f.shape[:2]
-    v = f.reshape(b, c, -1).copy()
-    for n in range(b):
-        for ch in range(c):
-            v[n, ch] /= max(math.sqrt(sum(x * x for x in v[n, ch])), 1e-12)
-    return v
-
-
-def np_poly_mean(a, b):
-    vals = [float(np.dot(a[n, i], b[n, j])) ** 2 for n in range(a.shape[0]) for i in range(a.shape[1])
-            for j in range(b.shape[1])]
-    return sum(vals) / len(vals)
-
-
-def np_nst(s_maps, t_maps):
-    total = 0.0
-    for s, t in zip(s_maps, t_maps):
-        s, t = np_common(s, t)
-        s, t = np_channel_vectors(s), np_channel_vectors(t)
-        total += np_poly_mean(t, t) + np_poly_mean(s, s) - 2 * np_poly_mean(s, t)
-    return total
-
-
-def np_sp(s, t):
-    b = s.shape[0]
-    s, t = s.reshape(b, -1), t.reshape(b, -1)
-
-    def gram(f):
-        g = np.array([[sum(f[i, d] * f[j, d] for d in range(f.shape[1])) for j in range(b)] for i in range(b)])
-        for i in range(b):
-            g[i] /= max(math.sqrt(sum(x * x for x in g[i])), 1e-12)
-        return g
-
-    gs, gt = gram(s), gram(t)
-    return sum((gt[i, j] - gs[i, j]) ** 2 for i in range(b) for j in range(b)) / (b * b)
-
-
-def np_smooth_l1(x, y):
-    diffs = [abs(a - c) for a, c in zip(np.ravel(x), np.ravel(y))]
-    return sum(0.5 * d * d if d < 1 else d - 0.5 for d in diffs) / len(diffs)
-
-
-def np_rkd_parts(s, t):
-    def distances(e):
-        n = len(e)
-        d = np.zeros((n, n))
-        for i in range(n):
-            for j in range(n):
-                if i != j:
-                    d[i, j] = math.sqrt(sum((e[i, k] - e[j, k]) ** 2 for k in range(e.shape[1])))
-        positive = [v for v in d.ravel() if v > 0]
-        return d / (sum(positive) / len(positive))
-
-    def angles(e):
-        n = len(e)
-        a = np.zeros((n, n, n))
-        for i in range(n):
-            for j in range(n):
-                for k in range(n):
-                    u, v = e[j] - e[i], e[k] - e[i]
-                    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
-                    a[i, j, k] = 0.0 if nu == 0 or nv == 0 else float(np.dot(u, v)) / (nu * nv)
-        return a
-
-    return np_smooth_l1(distances(s), distances(t)), np_smooth_l1(angles(s), angles(t))
-
-
-def np_pkt(s, t, eps=1e-7):
-    def conditional(e):
-        n = len(e)
-        unit = [e[i] / (math.sqrt(sum(x * x for x in e[i])) + eps) for i in range(n)]
-        k = np.array([[(float(np.dot(unit[i], unit[j])) + 1) / 2 for j in range(n)] for i in range(n)])
-        return np.array([k[i] / k[i].sum() for i in range(n)])
-
-    ps, pt = conditional(s), conditional(t)
-    n = len(s)
-    return sum(pt[i, j] * math.log((pt[i, j] + eps) / (ps[i, j] + eps)) for i in range(n) for j in range(n)) / n**2
 
 
 # --- golden values -------------------------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from harness.config.cell import Cell
 from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
 from methods.ffl import FusionModule, ffl_terms, rampup_weight
-from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, np_softmax, random_batch, timm_context
+from tests.helpers import np_ce, np_kl, np_softmax, random_batch, timm_context, TINY_RECIPE
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 Z2 = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]

@@ -7,8 +7,7 @@ from harness.reporting.frames import trial_frame
 from harness.reporting.report import write_report
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
-from tests.conftest import tiny_suite_dict
-from tests.test_report import fake_record
+from tests.helpers import fake_record, tiny_suite_dict
 
 # (method, seed) -> per epoch: (top1 of net1, loss terms); net2 is 5 points above net1, avg 2.5, ens 6: every
 # output the table shows is a curve of its own

@@ -101,6 +101,7 @@ def test_paper_table_networks_must_be_the_suites_and_the_tables(tmp_path, capsys
     assert "paper_table.nets.resnet_9: not a network of this suite's groups" in lines[1], lines
 
 
+@pytest.mark.slow
 def test_no_shipped_suite_is_refused():
     refused = {p.stem: fit_errors(load_suite(p)) for p in sorted(SUITES.glob("*.yaml"))}
     assert not {k: v for k, v in refused.items() if v}

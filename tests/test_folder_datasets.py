@@ -7,7 +7,7 @@ from PIL import Image
 from harness.config.cell import Cell
 from harness.data.datasets import DatasetError, load_dataset
 from harness.training.engine import Trainer
-from tests.conftest import TINY_RECIPE
+from tests.helpers import TINY_RECIPE
 
 
 def write_tree(base, split, classes, per_class, size=(20, 24), fmt="JPEG"):

@@ -16,8 +16,7 @@ from harness.training.engine import Trainer
 from harness.training.method import Step
 from harness.training.stages import stages_of, waves
 from methods.common.factor_transfer import Paraphraser, Translator, factor, factor_loss, reconstruction_loss
-from tests.conftest import TINY_RECIPE
-from tests.helpers import np_adaptive_pool, np_conv_same, np_kl, np_softmax, train_stages, tt
+from tests.helpers import np_adaptive_pool, np_conv_same, np_kl, np_softmax, TINY_RECIPE, train_stages, tt
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 RNG = np.random.default_rng(7)

@@ -6,11 +6,11 @@ import signal
 import statistics
 import time
 
+import pytest
 import yaml
 
 from harness.suite.schema import load_suite
-from tests.conftest import tiny_suite_dict
-from tests.test_end_to_end import harness_run, records
+from tests.helpers import harness_run, records, tiny_suite_dict
 
 
 def _interrupt_when(results, at_least: int, proc) -> str:
@@ -25,6 +25,7 @@ def _interrupt_when(results, at_least: int, proc) -> str:
     return out
 
 
+@pytest.mark.e2e  # its own Ray instance: Ctrl-C reaches the driver's process group, the Ray it started included
 def test_a_run_resumed_after_two_ctrl_c_ends_with_a_complete_report(tmp_path):
     suite = tiny_suite_dict(seeds=[0, 1, 2], dataset={"name": "fashion_mnist_mini", "train_per_class": 20,
                                                        "test_per_class": 10})

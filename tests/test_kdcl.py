@@ -12,8 +12,7 @@ from harness.training.engine import Trainer
 from harness.training.method import load_methods
 from methods.kdcl import (error_covariance, linear_weights, minlogit_target, naive_target, project_simplex,
                           simplex_weights, weights_from_c)
-from tests.conftest import TINY_RECIPE
-from tests.helpers import fixed_batch, fixed_context, np_ce, np_softmax
+from tests.helpers import fixed_batch, fixed_context, np_ce, np_softmax, TINY_RECIPE
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -1.0, 0.5]]
 Z2 = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1], [0.2, 0.4, 2.0]]

@@ -7,7 +7,7 @@ import torch
 from harness.data.datasets import load_dataset, symmetric_label_noise
 from harness.suite.schema import SuiteError, load_suite
 
-from conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 
 def test_symmetric_noise_flips_the_expected_share_to_uniform_classes():

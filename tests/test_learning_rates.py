@@ -9,8 +9,7 @@ from harness.config.cell import Cell
 from harness.config.recipe import Recipe
 from harness.training.engine import Trainer, build_method_optimizer
 from harness.training.method import load_methods
-from tests.conftest import TINY_RECIPE
-from tests.helpers import timm_context
+from tests.helpers import timm_context, TINY_RECIPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

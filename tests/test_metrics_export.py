@@ -8,16 +8,22 @@ import pytest
 from harness.config.cell import Cell
 
 
+pytestmark = pytest.mark.cluster
+
+
 @pytest.fixture
-def local_ray():
+def metrics_ports(ray_cluster):
+    """This process joined to the session's cluster; the metrics ports of its nodes (the gauges are read where the
+    task runs, on either node)."""
     import ray
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
-    yield ray._private.worker.global_worker.node.metrics_export_port
+    cluster, second = ray_cluster
+    ray.init(address=cluster.address, logging_level="ERROR")
+    yield [node.metrics_export_port for node in (cluster.head_node, second)]
     ray.shutdown()
 
 
-def test_a_trials_epoch_metrics_are_scraped_from_the_nodes_metrics_port(local_ray):
+def test_a_trials_epoch_metrics_are_scraped_from_the_nodes_metrics_port(metrics_ports):
     import ray
 
     cell = Cell(method="dml", hparams={}, group=("cifar_resnet8", "cifar_resnet8"), dataset={"name": "x"},
@@ -34,12 +40,16 @@ def test_a_trials_epoch_metrics_are_scraped_from_the_nodes_metrics_port(local_ra
     running = trial.remote()
     deadline, lines = time.time() + 60, []
     while time.time() < deadline and not lines:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{local_ray}/metrics", timeout=5).read().decode()
-        lines = [line for line in text.splitlines() if line.startswith("ray_harness_top1{")]
+        text = "\n".join(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                         for port in metrics_ports)
+        # this trial's lines: the session's cluster may still export the gauges of other tests' trials
+        lines = [line for line in text.splitlines()
+                 if line.startswith("ray_harness_top1{") and f'cell="{cell.hash}"' in line]
         time.sleep(1)
     ray.cancel(running, force=True)
     assert lines, "no harness gauge exported within 60 s"
-    text = "\n".join(line for line in text.splitlines() if line.startswith("ray_harness_"))
+    text = "\n".join(line for line in text.splitlines()
+                     if line.startswith("ray_harness_") and f'cell="{cell.hash}"' in line)
     net1 = next(line for line in lines if 'output="net1"' in line)
     for tag in ('suite="quickstart"', f'cell="{cell.hash}"', 'method="DML"', 'seed="3"',
                 'group="cifar_resnet8+cifar_resnet8"'):

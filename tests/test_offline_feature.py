@@ -15,9 +15,7 @@ from harness.models import adapter
 from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
 from methods.common.offline_feature import VIDRegressor, cc_loss, vid_loss
-from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, random_batch, timm_context, train_stages
-from tests.test_feature_losses import np_at, np_common, np_sp
+from tests.helpers import np_at, np_ce, np_common, np_kl, np_sp, random_batch, timm_context, TINY_RECIPE, train_stages
 
 METHODS = ["at", "at_kd", "sp", "cc", "vid"]
 TERM = {"at": "at", "at_kd": "at", "sp": "sp", "cc": "cc", "vid": "vid"}

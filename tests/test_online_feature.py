@@ -14,9 +14,7 @@ from harness.models import adapter
 from harness.training.engine import Trainer
 from harness.training.method import Step, load_methods
 from methods.common.online_feature import pair_key
-from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, random_batch, timm_context
-from tests.test_feature_losses import np_at, np_hint, np_nst, np_pkt, np_rkd_parts, np_sp
+from tests.helpers import np_at, np_ce, np_hint, np_kl, np_nst, np_pkt, np_rkd_parts, np_sp, random_batch, timm_context, TINY_RECIPE
 
 METHODS = ["dml_fitnet", "dml_at", "dml_nst", "dml_sp", "dml_rkd", "dml_pkt"]
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}

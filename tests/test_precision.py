@@ -13,7 +13,7 @@ from methods.afd import lsgan_discriminator_loss
 from methods.common.contrastive import nce_loss
 from methods.common.losses import distill_kl, soft_targets
 
-from conftest import TINY_RECIPE, tiny_suite_dict
+from tests.helpers import TINY_RECIPE, tiny_suite_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -98,7 +98,7 @@ def test_lr_scaling_rules():
 def test_engine_uses_peer_lr_and_scaling():
     from harness.config.cell import Cell
     from harness.training.engine import Trainer
-    from tests.conftest import TINY_RECIPE
+    from tests.helpers import TINY_RECIPE
 
     recipe = {**TINY_RECIPE, "batch_size": 16, "lr_scaling": "linear", "reference_batch_size": 32,
               "peer_lr": {"cifar_resnet14": 0.2}, "schedule": {"name": "constant"}}

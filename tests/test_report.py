@@ -6,20 +6,11 @@ import pytest
 from harness.reporting.report import build_table, write_report
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
-from tests.conftest import TINY_RECIPE as TINY_RECIPE_FOR_GAINS, tiny_suite_dict
+from tests.helpers import TINY_RECIPE as TINY_RECIPE_FOR_GAINS, fake_record, tiny_suite_dict
 
 # (method, seed) -> net1, net2 last-epoch top-1
 ACCS = {("ind", 0): (60.0, 62.0), ("ind", 1): (64.0, 61.0), ("ind", 2): (70.0, 50.0),
         ("dml", 0): (66.0, 65.0), ("dml", 1): (63.0, 69.0)}  # dml seed 2 has no record: missing
-
-
-def fake_record(cell, net1, net2, status="ok"):
-    values = {"net1": net1, "net2": net2, "avg": (net1 + net2) / 2, "ens": max(net1, net2) + 1}
-    last = {k: {"top1": v, "top5": 99.0} for k, v in values.items()}
-    best = {k: {"top1": v + 0.5, "top5": 99.0, "epoch": 1} for k, v in values.items()}
-    return {"hash": cell.hash, "cell": cell.to_dict(), "status": status, "last": last, "best": best,
-            "epochs": 2, "code": {"git_sha": "abc123", "dirty": False}, "packages": {"torch": "2.13.0+cpu"},
-            "hardware": {"cpu": "Test CPU", "device": "cpu", "torch_threads": 1}, "trial": "t"}
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import pytest
 from harness.reporting.report import build_table, render
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
-from tests.conftest import tiny_suite_dict
-from tests.test_report import fake_record
+from tests.helpers import fake_record, tiny_suite_dict
 
 SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
 ACCS = {("ind", 0): (70.0, 68.5), ("ind", 1): (70.4, 69.1), ("dml", 0): (72.9, 70.0), ("dml", 1): (72.7, 70.6),

@@ -10,8 +10,7 @@ from harness.config.cell import Cell
 from harness.training.engine import Trainer
 from harness.training.method import Step
 from methods.semckd import CrossLayerAttention, inferred_batch_size, semckd_loss
-from tests.conftest import TINY_RECIPE
-from tests.helpers import np_adaptive_pool, np_conv_same, train_stages, tt
+from tests.helpers import np_adaptive_pool, np_conv_same, TINY_RECIPE, train_stages, tt
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 RNG = np.random.default_rng(3)

@@ -2,7 +2,7 @@
 from harness.suite.schema import load_suite
 from harness.suite.smoke import smoke_suite
 from harness.training.engine import Trainer
-from tests.conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 
 def test_smoke_of_a_cifar_suite_without_cifar(write_suite, monkeypatch):
@@ -42,11 +42,11 @@ def test_smoke_teachers_follow_the_smoke_recipe(write_suite):
     assert teacher.recipe["epochs"] == 2 and teacher.stop_epoch == 1
 
 
-def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path):
+def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path, ray_address):
     """--smoke trains a GPU suite on the CPU; a full run says in one line why it cannot start, instead of waiting."""
     import subprocess
 
-    from tests.test_end_to_end import HARNESS
+    from tests.helpers import HARNESS, harness_env
 
     path = write_suite(tiny_suite_dict(resources={"cpu": 4, "gpu": 0.5}))
     resources = smoke_suite(load_suite(path)).spec.resources
@@ -54,7 +54,7 @@ def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path):
     path = write_suite(tiny_suite_dict(resources={"cpu": 1, "gpu": 0.5}))
     run = subprocess.run(HARNESS + ["run", str(path), "--results", str(tmp_path / "r"), "--reports",
                                     str(tmp_path / "rep"), "--no-dashboard", "--num-cpus", "1"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=harness_env(ray_address))
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].endswith(
         "resources.gpu: a trial needs 0.5 GPU(s) but the Ray cluster has 0; run on a machine or cluster that has "

@@ -16,7 +16,7 @@ from harness.suite.schema import SuiteError, load_suite
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Step
 
-from conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,15 +41,23 @@ def test_forward_backward_and_sgd_step_equal_separate_networks():
     sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
     opts = [torch.optim.SGD(m.parameters(), **sgd) for m in separate]
     opt = torch.optim.SGD(stacked.parameters(), **sgd)
+    # the separate networks are the reference, computed without oneDNN: on some CPUs (an AMD EPYC without AVX-512,
+    # measured) its convolution backward of the second step differs from PyTorch's own kernels by up to 5e-4, while
+    # the grouped convolution and PyTorch's kernels agree to 1e-7
+    def reference():
+        return torch.backends.mkldnn.flags(enabled=False)
+
     for _ in range(2):  # the second step uses the momentum of the first
-        logits = [m(v) for m, v in zip(separate, x)]
+        with reference():
+            logits = [m(v) for m, v in zip(separate, x)]
         stacked_logits = stacked(x)
         for a, b in zip(logits, stacked_logits):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
         for o in opts:
             o.zero_grad()
         opt.zero_grad()
-        sum(torch.nn.functional.cross_entropy(z, y) * (k + 1) for k, z in enumerate(logits)).backward()
+        with reference():
+            sum(torch.nn.functional.cross_entropy(z, y) * (k + 1) for k, z in enumerate(logits)).backward()
         sum(torch.nn.functional.cross_entropy(z, y) * (k + 1) for k, z in enumerate(stacked_logits)).backward()
         for model, grads in zip(separate, peer_grads(stacked)):
             for name, p in model.named_parameters():

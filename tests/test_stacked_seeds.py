@@ -13,7 +13,7 @@ from harness.training.bundle import SeedBundle
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Step
 
-from conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = Runtime(device="cpu", channels_last=False)
@@ -149,18 +149,18 @@ def test_validate_refuses_what_cannot_stack_seeds(write_suite):
                                            resources={"cpu": 1, "stack_seeds": True})))
 
 
-def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_path):
+def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_path, ray_address):
     """``harness run`` with stack_seeds: two bundles of three seeds, six ok records with their own weights, each
     saying it was stacked; a second run finds every cell finished."""
     import yaml
 
-    from tests.test_end_to_end import harness_run, records
+    from tests.helpers import harness_run, records
 
     suite = tiny_suite_dict(seeds=[0, 1, 2], resources={"cpu": 1, "stack_seeds": True})
     path = tmp_path / "seeds.yaml"
     path.write_text(yaml.safe_dump(suite))
     results, reports = tmp_path / "results", tmp_path / "reports"
-    run = harness_run(path, results, reports)
+    run = harness_run(path, results, reports, address=ray_address)
     out, _ = run.communicate(timeout=400)
     assert run.returncode == 0, out
     assert "stack_seeds: 6 cells train as 2 bundle(s) of seeds, one trial each" in out
@@ -179,7 +179,7 @@ def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_
         assert len(accs) > 1, "the seeds of a bundle trained identically"
     md = (reports / "tiny.md").read_text()  # the report says how its trials ran
     assert "3 seeds stacked in one network" in md
-    again = harness_run(path, results, reports)
+    again = harness_run(path, results, reports, address=ray_address)
     out, _ = again.communicate(timeout=120)
     assert again.returncode == 0 and "6 finished already, 0 to run" in out
 

@@ -2,7 +2,7 @@
 import pytest
 
 from harness.suite.schema import SuiteError, load_suite
-from tests.conftest import tiny_suite_dict
+from tests.helpers import tiny_suite_dict
 
 
 def errors_of(write_suite, suite) -> list[str]:

@@ -10,8 +10,7 @@ from harness.data.batches import Batch
 from harness.scheduling.trainable import load_checkpoint
 from harness.training.engine import Trainer
 from harness.training.method import MethodContext, Step, load_methods
-from tests.conftest import TINY_RECIPE
-from tests.helpers import np_ce, np_kl, np_softmax
+from tests.helpers import np_ce, np_kl, np_softmax, TINY_RECIPE
 
 Z1 = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
 Z2 = [[1.0, 1.5, 0.0], [-0.5, 2.0, 0.1]]

@@ -16,8 +16,7 @@ from harness.cli import main
 from harness.results.location import Location, StorageError
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
-from tests.conftest import tiny_suite_dict
-from tests.test_end_to_end import harness_run
+from tests.helpers import harness_run, tiny_suite_dict
 
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -112,6 +111,7 @@ def test_unusable_uris_are_one_line(s3_endpoint, capsys, write_suite):
     assert len(err.splitlines()) == 1 and "nosuchscheme://x/y: not a storage URI" in err
 
 
+@pytest.mark.e2e  # its own Ray instance: the first run is killed with the Ray it started
 def test_a_suite_runs_resumes_and_reports_on_s3(s3_endpoint, tmp_path):
     """``harness run --results s3://…``: a teacher stage and its student (weights uploaded, then downloaded by the
     student's trial), killed mid-run and resumed from the checkpoint Ray left in the bucket."""
