@@ -25,12 +25,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-# the markers, registered in pyproject.toml:
-#   e2e      runs the `harness` CLI with Ray (the shared local instance, or its own)
-#   cluster  needs the shared two-node cluster
-#   slow     takes more than about 10 s of this machine without being e2e or cluster (kept out of the inner loop)
-
-
 # The tests that start or join Ray, in two pytest-xdist groups that each run one test after the other on one worker:
 # ``ray`` (the session's local instance, then its cluster) first in the order of collection, so that it starts at once
 # and runs beside the tests that run in process on the other worker; ``ray-own`` (each run starts its own Ray) last,
@@ -40,14 +34,10 @@ ORDER = {"ray": 0, None: 1, "ray-own": 2}
 
 
 def ray_group(item) -> str | None:
-    """``ray``: joins the session's local instance (``ray_address``, marked e2e) or its cluster (``ray_cluster``,
-    marked cluster); ``ray-own``: an e2e test whose runs start (and lose) their own Ray instance; None: in process."""
+    """``ray``: joins the session's local instance (``ray_address``) or its cluster (``ray_cluster``); ``ray-own``: an
+    e2e test whose runs start (and lose) their own Ray instance; None: in process."""
     fixtures = getattr(item, "fixturenames", ())
-    if "ray_cluster" in fixtures or item.get_closest_marker("cluster"):
-        item.add_marker(pytest.mark.cluster)
-        return "ray"
-    if "ray_address" in fixtures:
-        item.add_marker(pytest.mark.e2e)
+    if "ray_cluster" in fixtures or "ray_address" in fixtures or item.get_closest_marker("cluster"):
         return "ray"
     return "ray-own" if item.get_closest_marker("e2e") else None
 
@@ -59,6 +49,11 @@ def pytest_collection_modifyitems(config, items):
     theirs (the local instance is stopped when the cluster starts)."""
     groups = {}
     for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "ray_cluster" in fixtures and not item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.cluster)
+        elif "ray_address" in fixtures and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.e2e)
         group = groups[item] = ray_group(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
@@ -74,7 +69,7 @@ class RayInstances:
     def local_address(self) -> str:
         from ray.cluster_utils import Cluster
 
-        self._stop_cluster()
+        self._stop("cluster")
         if self.local is None:
             self.local = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
             self.local.wait_for_nodes()
@@ -83,9 +78,7 @@ class RayInstances:
     def two_nodes(self):
         from ray.cluster_utils import Cluster
 
-        if self.local is not None:
-            self.local.shutdown()
-            self.local = None
+        self._stop("local")
         if self.cluster is None:
             self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True})
         if self.second is None or self.second not in self.cluster.worker_nodes:
@@ -93,16 +86,17 @@ class RayInstances:
         self.cluster.wait_for_nodes()
         return self.cluster, self.second
 
-    def _stop_cluster(self):
-        if self.cluster is not None:
-            self.cluster.shutdown()
-            self.cluster = self.second = None
+    def _stop(self, which: str) -> None:
+        instance = getattr(self, which)
+        if instance is not None:
+            instance.shutdown()
+            setattr(self, which, None)
+            if which == "cluster":
+                self.second = None
 
     def close(self):
-        self._stop_cluster()
-        if self.local is not None:
-            self.local.shutdown()
-            self.local = None
+        self._stop("cluster")
+        self._stop("local")
 
 
 @pytest.fixture(scope="session")

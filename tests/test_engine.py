@@ -5,9 +5,7 @@ import torch
 from harness.config.cell import Cell
 from harness.scheduling.trainable import CorruptCheckpoint, load_checkpoint
 from harness.training.engine import NonFiniteLoss, Trainer
-from tests.helpers import tiny_cell, TINY_RECIPE
-
-DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
+from tests.helpers import TINY_DATA, tiny_cell
 
 
 def weights(trainer: Trainer) -> torch.Tensor:
@@ -82,7 +80,7 @@ def test_ind_trains_each_peer_on_its_own_labels_only():
 
 def test_per_peer_views_chosen_in_the_dataset_spec():
     cell = tiny_cell()
-    per_peer = Cell(**{**cell.to_dict(), "group": cell.group, "dataset": {**DATA, "views": "per_peer"}})
+    per_peer = Cell(**{**cell.to_dict(), "group": cell.group, "dataset": {**TINY_DATA, "views": "per_peer"}})
     assert per_peer.hash != cell.hash
     trainer = Trainer(per_peer)
     batch = next(iter(trainer.train_batches.epoch(0)))

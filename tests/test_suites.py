@@ -88,7 +88,6 @@ def smoke_cells(path) -> int:
 SMOKE_CELLS = 4
 
 
-@pytest.mark.e2e
 def test_rotating_smoke_run(tmp_path, ray_address):
     """One small suite per day runs as a user would (`harness run --smoke`): every report cell filled."""
     import subprocess
