@@ -70,8 +70,10 @@ def main() -> None:
     print(f"{'K':>3} {'precision':>9} {'compiled':>8} {'separate img/s':>15} {'stacked img/s':>14} {'stacked/sep':>11}")
     for k in [int(v) for v in args.peers.split(",")]:
         torch.manual_seed(0)
-        nets = [timm.create_model(args.model, num_classes=100).to(device, memory_format=fmt) for _ in range(k)]
+        nets = [timm.create_model(args.model, num_classes=100) for _ in range(k)]
+        # stacked on the CPU, as the engine does (the grouped network is built there), then moved
         stacked = StackedPeers(copy.deepcopy(nets)).to(device, memory_format=fmt)
+        nets = [n.to(device, memory_format=fmt) for n in nets]
         for precision in args.precisions.split(","):
             for compiled in ([False, True] if args.compile else [False]):
                 sep_nets, stack = copy.deepcopy(nets), copy.deepcopy(stacked)
