@@ -42,6 +42,13 @@ def ray_group(item) -> str | None:
     return "ray-own" if item.get_closest_marker("e2e") else None
 
 
+def pytest_configure(config):
+    """Each of several pytest-xdist workers computes on one thread: two workers of torch's default two threads on two
+    cores slowed the tests in process by about a third (threads waiting on each other); one test alone keeps two."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        torch.set_num_threads(1)
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m selects and before pytest-xdist groups
 def pytest_collection_modifyitems(config, items):
     """A test that asks for a shared Ray instance is marked by it (``e2e`` or ``cluster``), so that ``-m "not e2e and

@@ -7,6 +7,7 @@ do not know, an ``imagefolder``, is checked by the run's pre-flight on its files
 meta device: nothing is allocated and nothing trains.  Each problem is one line naming the key to change."""
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 
@@ -32,6 +33,11 @@ class _SkipInit(TorchFunctionMode):
         if func in self.FILLS and args and getattr(args[0], "is_meta", False):
             return args[0]
         return func(*args, **(kwargs or {}))
+
+
+# the networks built so far on the meta device (they hold no memory), copied for each method that asks: building one
+# costs about ten times copying it, and a suite (every shipped suite, in the tests) asks for the same few many times
+_META_NETWORKS: dict[tuple, torch.nn.Module] = {}
 
 
 class _NeedsSavedModules(Exception):
@@ -110,7 +116,10 @@ def _build_error(cell: Cell, method, hp) -> str | None:
     stages = stages_of(cell)
 
     def create(name: str) -> torch.nn.Module:
-        return timm.create_model(name, num_classes=classes, in_chans=chans)
+        key = (name, classes, chans)
+        if key not in _META_NETWORKS:
+            _META_NETWORKS[key] = timm.create_model(name, num_classes=classes, in_chans=chans)
+        return copy.deepcopy(_META_NETWORKS[key])  # a method may change its networks (split, wrap, freeze)
 
     def load_stage(name: str) -> list[torch.nn.Module]:
         stage = stages[name]
