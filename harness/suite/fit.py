@@ -38,6 +38,7 @@ class _SkipInit(TorchFunctionMode):
 # the networks built so far on the meta device (they hold no memory), copied for each method that asks: building one
 # costs about ten times copying it, and a suite (every shipped suite, in the tests) asks for the same few many times
 _META_NETWORKS: dict[tuple, torch.nn.Module] = {}
+_BUILD_ERRORS: dict[tuple, str | None] = {}  # _build_error's answers
 
 
 class _NeedsSavedModules(Exception):
@@ -109,11 +110,22 @@ def _data_errors(cell: Cell, held_out: int, where: str, recipe_key: str) -> list
 
 
 def _build_error(cell: Cell, method, hp) -> str | None:
-    """Why the method cannot be built for the cell's networks and input (its own one-line ValueError), else None."""
-    _, (chans, height, width), classes = DATASET_FACTS[cell.dataset["name"]]
+    """Why the method cannot be built for the cell's networks and input (its own one-line ValueError), else None;
+    answered once per process for each set of what it reads (a suite validated again, or another suite asking the
+    same, costs nothing)."""
     side = (cell.recipe.get("augment") or {}).get("train_size")
-    size = (side, side) if side else (height, width)
     stages = stages_of(cell)
+    key = (method, json.dumps(cell.hparams, sort_keys=True), tuple(cell.group), cell.dataset["name"], side,
+           cell.recipe["epochs"], cell.recipe["batch_size"],
+           tuple((name, tuple(s.models or (s.cell.group if s.cell else ()))) for name, s in sorted(stages.items())))
+    if key not in _BUILD_ERRORS:
+        _BUILD_ERRORS[key] = _build(cell, method, hp, side, stages)
+    return _BUILD_ERRORS[key]
+
+
+def _build(cell: Cell, method, hp, side: int | None, stages: dict) -> str | None:
+    _, (chans, height, width), classes = DATASET_FACTS[cell.dataset["name"]]
+    size = (side, side) if side else (height, width)
 
     def create(name: str) -> torch.nn.Module:
         key = (name, classes, chans)
