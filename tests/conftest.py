@@ -16,6 +16,7 @@ the tests that share them are one group, run on one worker (``ray_group`` below)
 it gets to the cluster (and starts it again if a later test asks for it).
 """
 import os
+import socket
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,6 +68,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: (ORDER[groups[item]], item.get_closest_marker("cluster") is not None))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def own_ports(dashboard: bool = False) -> dict:
+    """Ports of a shared node's own, not Ray's fixed defaults: a node whose dashboard agent finds its default port
+    (52365) held, by another test's Ray instance or one still stopping, starts without the agent's HTTP server, and
+    the cluster then refuses Ray Jobs ("No available agent to submit job")."""
+    return {"dashboard_agent_listen_port": free_port(), **({"dashboard_port": free_port()} if dashboard else {})}
+
+
 class RayInstances:
     """The Ray instances the tests share, started on first use, at most one at a time, stopped at the end."""
 
@@ -78,7 +92,8 @@ class RayInstances:
 
         self._stop("cluster")
         if self.local is None:
-            self.local = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+            self.local = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
+                                                                        **own_ports()})
             self.local.wait_for_nodes()
         return self.local.address
 
@@ -87,9 +102,10 @@ class RayInstances:
 
         self._stop("local")
         if self.cluster is None:
-            self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True})
+            self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": True,
+                                                                          **own_ports(dashboard=True)})
         if self.second is None or self.second not in self.cluster.worker_nodes:
-            self.second = self.cluster.add_node(num_cpus=1)
+            self.second = self.cluster.add_node(num_cpus=1, **own_ports())
         self.cluster.wait_for_nodes()
         return self.cluster, self.second
 
