@@ -55,6 +55,8 @@ def test_a_store_that_fills_up_mid_run_stops_without_a_traceback(small_filesyste
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 2, out
     assert "Traceback" not in out, out
+    # it stops at the first trial that fails (Tune would retry it, and the others, against a full store)
+    assert "resumed" not in out and "FAILED" not in out, out
     # one line says why it stopped (a retried trial's own log line may still arrive after it)
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: --results {results}: stopped at the first write it "

@@ -41,14 +41,20 @@ class ResultStore:
     def check_writable(self) -> None:
         """Write and remove a small file, before any trial starts: a read-only, missing or full store is one
         line now rather than a traceback in every trial."""
+        reason = self.unwritable()
+        if reason:
+            raise StorageError(f"--results {self.uri}: cannot write there ({reason}); fix its permissions or free "
+                               "space, or give another --results")
+
+    def unwritable(self) -> str | None:
+        """Why a small file cannot be written and removed here ("No space left on device"), or None."""
         probe = f".write-probe-{os.getpid()}"
         try:
             self.location.write_bytes(probe, b"x" * 4096)
             self.location.fs.delete_file(self.location.path(probe))
         except (OSError, StorageError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(": ")[-1]
-            raise StorageError(f"--results {self.uri}: cannot write there ({reason}); fix its permissions or free "
-                               "space, or give another --results") from None
+            return e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(": ")[-1]
+        return None
 
     # --- records -----------------------------------------------------------------------------------------
     def record_path(self, cell_hash: str) -> str:

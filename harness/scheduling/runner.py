@@ -197,6 +197,13 @@ def _progress_callback(total: int, store: ResultStore, bundles: dict | None = No
                 restarts = f" after {record['restarts']} restart(s)" if record.get("restarts") else ""
                 _say(f"{self._counts(trials, trial)} finished {cell.describe()}{restarts}")
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            """A trial failed and Tune is about to retry it: where the store takes no more writes, the retry and
+            every other trial would fail the same way, so the run stops now rather than after every retry."""
+            reason = store.unwritable()
+            if reason:
+                StoreUnwritable.reason = reason
+
         def on_trial_error(self, iteration, trials, trial, **info):
             for cell in self._cells(trial):
                 self.failed += 1
