@@ -19,7 +19,7 @@ from tests.helpers import HARNESS, TINY_RECIPE
 
 pytestmark = pytest.mark.cluster
 
-EPOCHS = 6
+EPOCHS = 4  # the node is killed after epoch 2: two epochs left to resume into
 
 
 def suite(seeds, **resources) -> dict:
