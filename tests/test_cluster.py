@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -119,10 +120,19 @@ def test_a_data_parallel_cell_that_fails_by_itself_is_recorded_once_per_run(ray_
     spec["recipe"] = dict(spec["recipe"], epochs=2, optimizer={"name": "sgd", "lr": 1.0e12})
     (tmp_path / "nan.yaml").write_text(yaml.safe_dump(spec))
     attempts = []
+    train_logs = Path(cluster.head_node.get_session_dir_path()) / "logs" / "train"
+
+    def workers_started() -> int:  # Ray Train writes a log per worker it starts, on the head
+        return len(list(train_logs.glob("ray-train-app-worker-*.log")))
+
     for _ in range(2):
+        before = workers_started()
         proc = run(cluster, tmp_path / "nan.yaml", tmp_path / "nan")
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 1 and out.count("FAILED dml") == 1 and "Traceback" not in out, out
+        # one worker group of 2, not retried by Ray Train (max_failures 2 would start it 3 times): it would diverge
+        # again, and a group of 8 GPU workers takes minutes to start
+        assert workers_started() - before == 2
         (record,) = records(tmp_path / "nan")
         assert record["status"] == "failed" and record["error"].startswith("NonFiniteLoss"), record.get("error")
         attempts.append(record["attempt"])

@@ -26,7 +26,7 @@ from harness.data.pipelines import loader_workers
 from harness.results.provenance import hardware, package_versions
 from harness.results.store import ResultStore
 from harness.scheduling.metrics import EpochMetrics
-from harness.training.engine import Runtime, Trainer
+from harness.training.engine import NonFiniteLoss, Runtime, Trainer
 from harness.training.parallel import Replicas
 
 CHECKPOINT_FILE = "state.pt"
@@ -180,9 +180,12 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
                       weights={"file": relative, "sha256": digest})
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        if replicas.distributed:
+        if replicas.distributed and not isinstance(e, NonFiniteLoss):
             raise  # Ray Train ends the worker group; the trial's driver finds the record
-        # otherwise the trial ends normally: recorded, it is not retried by Tune, since it would fail again
+        # otherwise the trial ends normally: recorded, it is not retried (by Tune, or by Ray Train, which would
+        # restart the whole worker group max_failures times), since it would fail again.  A non-finite loss is
+        # raised by every rank at the same step (the losses are averaged across ranks before the check), so no
+        # rank is left waiting in a collective when all of them return
     finally:
         if "status" in record and lead:
             store.put(_finish(record, started))
