@@ -1,10 +1,11 @@
-"""Real Ray, real training, on CPU: a tiny suite is run, killed with SIGKILL mid-way, resumed, and reported.  The
-tests of a killed driver or trial (and the orphans it leaves) start their own Ray instance, since a run's own Ray
-start and stop is their subject; the others join the session's shared instance."""
+"""Real Ray, real training, on CPU: a tiny suite is run, stopped with Ctrl-C, run again and killed with SIGKILL, resumed
+and reported.  The tests of an interrupted driver or a killed trial (and the orphans they leave) start their own Ray
+instance, since a run's own Ray start and stop is their subject; the others join the session's shared instance."""
 import json
 import os
 import re
 import signal
+import statistics
 import time
 
 import pytest
@@ -14,34 +15,69 @@ from tests.helpers import harness_run, records, tiny_suite_dict
 
 pytestmark = pytest.mark.e2e
 
-def test_run_kill_resume_report(tmp_path):
-    suite = tiny_suite_dict(seeds=[0, 1, 2], dataset={"name": "fashion_mnist_mini", "train_per_class": 30,
+def _wait_until_finished(results, at_least: int, proc) -> dict[str, dict]:
+    """The finished records, once at least ``at_least`` cells finished (the run must still be going)."""
+    deadline = time.time() + 300
+    while len(done := {h: r for h, r in records(results).items() if r.get("status") == "ok"}) < at_least:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"fewer than {at_least} cell(s) finished in 5 minutes"
+        time.sleep(0.2)
+    return done
+
+
+def test_a_run_stopped_by_ctrl_c_then_killed_resumes_to_a_complete_report(tmp_path, monkeypatch):
+    """The interruptions a user meets, one after the other on one results folder (issue 17), each run starting its
+    own Ray instance as ``harness run`` does on a workstation: Ctrl-C (SIGINT to the driver's process group, as a
+    terminal sends it) once a cell finished; the same command again, its driver killed with SIGKILL once one more
+    finished, which leaves its Ray processes running; the same command again, which stops those, trains only what is
+    left and reports every cell with the median of the records' own accuracies; once more, which trains nothing."""
+    from harness.scheduling.orphans import _alive, _workers_of
+    from harness.suite.schema import load_suite
+
+    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
+    suite = tiny_suite_dict(seeds=[0, 1, 2], dataset={"name": "fashion_mnist_mini", "train_per_class": 20,
                                                        "test_per_class": 10})
-    suite["recipe"] = {**suite["recipe"], "epochs": 3}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(suite))
+    cells = load_suite(path).cells
     results, reports = tmp_path / "results", tmp_path / "reports"
 
+    # 1. Ctrl-C once a cell finished: the run says how to resume and exits 130
     first = harness_run(path, results, reports, start_new_session=True)
-    deadline = time.time() + 300
-    while not any(r.get("status") == "ok" for r in records(results).values()) if (results / "cells").exists() else True:
-        assert first.poll() is None, first.stdout.read()
-        assert time.time() < deadline, "no cell finished in 5 minutes"
-        time.sleep(0.2)
-    os.kill(first.pid, signal.SIGKILL)  # the driver only: its Ray workers are left to die on their own
-    first.wait()
-    done_at_kill = {h: r for h, r in records(results).items() if r["status"] == "ok"}
-    assert 0 < len(done_at_kill) < 6, "the kill must land in the middle of the run"
-    mtimes = {h: (results / "cells" / f"{h}.json").stat().st_mtime_ns for h in done_at_kill}
+    _wait_until_finished(results, 1, first)
+    os.killpg(first.pid, signal.SIGINT)
+    out, _ = first.communicate(timeout=200)
+    after_ctrl_c = {h: r for h, r in records(results).items() if r["status"] == "ok"}
+    assert len(after_ctrl_c) < 6, "the Ctrl-C must land in the middle of the run"
+    assert first.returncode == 130, out
+    assert "run the same command again to resume" in out and "Traceback" not in out, out
 
-    second = harness_run(path, results, reports)
-    out, _ = second.communicate(timeout=400)
-    assert second.returncode == 0, out
+    # 2. the same command, its driver killed with SIGKILL once one more cell finished: its Ray is left running
+    second = harness_run(path, results, reports, start_new_session=True)
+    _wait_until_finished(results, len(after_ctrl_c) + 1, second)
+    state = tmp_path / "state" / "ray-local" / f"{second.pid}.json"
+    recorded = json.loads(state.read_text())["processes"]
+    assert len(recorded) >= 3  # gcs_server, raylet, ... of the local instance this driver started
+    os.kill(second.pid, signal.SIGKILL)  # the driver only
+    second.wait()
+    done_at_kill = {h: r for h, r in records(results).items() if r["status"] == "ok"}
+    assert len(after_ctrl_c) < len(done_at_kill) < 6, "the kill must land in the middle of the run"
+    mtimes = {h: (results / "cells" / f"{h}.json").stat().st_mtime_ns for h in done_at_kill}
+    raylet = next((pid, started) for pid, started, kind in recorded if kind == "raylet")
+
+    # 3. the same command: it stops what the killed driver left, trains what is left, reports every cell
+    third = harness_run(path, results, reports)
+    out, _ = third.communicate(timeout=400)
+    assert third.returncode == 0, out
+    # none survives the third run's start (those still alive then were stopped by it; some die by themselves
+    # meanwhile, so whether it had any to stop varies from run to run)
+    assert not any(_alive(pid, started) for pid, started, _ in recorded) and not _workers_of(*raylet), out
+    assert not state.exists()
     # A trial already in flight may still finish after its driver died: it is kept, not rerun, too.
     skipped, to_run = map(int, re.search(r"6 cells, (\d+) finished already, (\d+) to run", out).groups())
     assert skipped >= len(done_at_kill) and to_run >= 1 and skipped + to_run == 6
     final = records(results)
-    assert len(final) == 6 and all(r["status"] == "ok" for r in final.values())
+    assert len(final) == len(cells) == 6 and all(r["status"] == "ok" for r in final.values())
     # Checkpoints exist to resume unfinished cells: none is left once every cell is finished (the killed run's too)
     assert "checkpoint(s) of finished cells" in out
     assert not list((results / "ray").glob("*/*/checkpoint_*")) and list((results / "ray").glob("*/*/progress.csv"))
@@ -49,22 +85,24 @@ def test_run_kill_resume_report(tmp_path):
         assert (results / "cells" / f"{h}.json").stat().st_mtime_ns == mtimes[h]
         assert final[h]["finished"] == record["finished"]
     for record in final.values():
-        assert record["epochs"] == 3 and len(record["history"]) == 3
+        assert record["epochs"] == 2 and len(record["history"]) == 2
         assert record["code"]["git_sha"] and record["packages"]["torch"].startswith("2.13")
         assert record["hardware"]["device"] == "cpu"
         assert record["params"]["deployed"] == record["params"]["peers"] > 0 and record["params"]["added_total"] == 0
 
     md = (reports / "tiny.md").read_text()
-    table_rows = [line for line in md.splitlines() if line.startswith("| cifar_resnet8+cifar_resnet8")]
-    assert len(table_rows) == 1 and "—" not in table_rows[0]
-    cells = [c.strip() for c in table_rows[0].strip("|").split("|")][1:]
-    assert len(cells) == 8 and all(0.0 <= float(c.strip("*")) <= 100.0 for c in cells)
-    assert "n = 3 seeds" in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| cifar_resnet8+cifar_resnet8")]
+    shown = [c.strip().strip("*") for c in row.strip("|").split("|")][1:]
+    assert "—" not in shown and len(shown) == 8 and all(0.0 <= float(c) <= 100.0 for c in shown)
+    assert "n = 3 seeds" in md and "Cells: 6 of 6 finished" in md, md
+    # the table's numbers are the records' own: Ind's net1 is the median of its three seeds' last net1
+    ind = [final[c.hash] for c in cells if c.method == "ind"]
+    assert abs(float(shown[0]) - statistics.median(r["last"]["net1"]["top1"] for r in ind)) < 0.01, (shown, row)
     assert (reports / "tiny.tex").read_text().count(r"\midrule") == 1
 
-    third = harness_run(path, results, reports)  # everything finished: nothing runs, the report is rewritten
-    out, _ = third.communicate(timeout=120)
-    assert third.returncode == 0 and "6 finished already, 0 to run" in out
+    fourth = harness_run(path, results, reports)  # everything finished: nothing runs, the report is rewritten
+    out, _ = fourth.communicate(timeout=120)
+    assert fourth.returncode == 0 and "6 finished already, 0 to run" in out
 
 
 def test_failing_cell_is_recorded_and_retried(tmp_path, ray_address):
@@ -110,39 +148,6 @@ def test_two_runs_of_one_suite_on_one_store_train_each_cell_once(tmp_path, ray_a
         trained = [out.count(f"] {cell.describe()} epoch 1/2") for out in outs]
         assert sorted(trained) == [0, 1], (cell.describe(), trained)
     assert any("by another run" in out for out in outs), outs  # they did meet on a cell
-
-
-def test_the_ray_processes_a_killed_driver_left_are_stopped_by_the_next_run(tmp_path, monkeypatch):
-    from harness.scheduling.orphans import _alive, _workers_of
-
-    monkeypatch.setenv("HARNESS_STATE_DIR", str(tmp_path / "state"))
-    suite = tiny_suite_dict(seeds=[0, 1], methods=["ind"])
-    suite["recipe"] = {**suite["recipe"], "epochs": 6}
-    path = tmp_path / "orphans.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    results, reports = tmp_path / "results", tmp_path / "reports"
-    first = harness_run(path, results, reports)
-    for line in first.stdout:  # training has started: Ray and its workers are up
-        if " epoch 1/6" in line:
-            break
-    state = tmp_path / "state" / "ray-local" / f"{first.pid}.json"
-    recorded = json.loads(state.read_text())["processes"]
-    assert len(recorded) >= 3  # gcs_server, raylet, ... of the local instance this driver started
-    os.kill(first.pid, signal.SIGKILL)  # the driver only
-    first.wait()
-    time.sleep(2)
-    raylet = next((pid, started) for pid, started, kind in recorded if kind == "raylet")
-    workers = _workers_of(*raylet)  # the trials that outlive their raylet
-    left = [(pid, started) for pid, started, _ in recorded if _alive(pid, started)] + workers
-    second = harness_run(path, results, reports)
-    out, _ = second.communicate(timeout=400)
-    assert second.returncode == 0, out
-    # none survives the second run's start (those still alive then were stopped by it; some die by themselves
-    # meanwhile, so whether it had any to stop varies from run to run)
-    assert not any(_alive(pid, started) for pid, started, _ in recorded) and not _workers_of(*raylet), out
-    print(f"{len(left)} Ray processes (of {len(recorded)} recorded and {len(workers)} workers) outlived their driver")
-    assert not state.exists()
-    assert all(r["status"] == "ok" for r in records(results).values()) and len(records(results)) == 2
 
 
 def test_a_killed_trial_worker_resumes_from_its_checkpoint_by_default(tmp_path, monkeypatch):
