@@ -4,9 +4,11 @@
 Ray is expensive to start on this 2-core machine (4-6 s for ``ray.init``, about 90 s of fixed cost for a Ray Train
 run), so the tests share it:
 
-- ``ray_address``: one local Ray instance (2 CPUs, no dashboard, like ``harness run --num-cpus 2``) that the
-  ``harness run`` subprocesses of the ``e2e`` tests join through ``$RAY_ADDRESS``.  Tests whose subject is a run's own
-  Ray start and stop (a driver killed with SIGKILL and its orphans, Ctrl-C and resume) start their own instead.
+- ``ray_address``: one local Ray instance (2 CPUs, no dashboard, like ``harness run --num-cpus 2``) that the ``e2e``
+  tests' runs join: ``harness run`` subprocesses through ``$RAY_ADDRESS`` where the process is the subject (its
+  console, two runs at once), else the CLI's own ``main`` in the test's process (``helpers.harness_main``: 5-6 s of
+  imports and teardown less per run).  Tests whose subject is a run's own Ray start and stop (a driver killed with
+  SIGKILL and its orphans, Ctrl-C and resume) start their own instead.
 - ``ray_cluster``: one two-node cluster (a head of 3 CPUs with its dashboard, and a second node of 1 CPU), shared
   by the ``cluster`` tests: the multi-node, dashboard, Ray Jobs, metrics and Ray Train tests.  A test that kills its
   second node gets a new one before the next test.
@@ -110,8 +112,12 @@ class RayInstances:
         return self.cluster, self.second
 
     def _stop(self, which: str) -> None:
+        import ray
+
         instance = getattr(self, which)
         if instance is not None:
+            if ray.is_initialized():  # a run in this process left its driver connected: Ray refuses to stop the node
+                ray.shutdown()
             instance.shutdown()
             setattr(self, which, None)
             if which == "cluster":

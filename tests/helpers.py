@@ -74,6 +74,28 @@ def harness_run(suite, results, reports, *extra, address: str | None = None, **p
                             env=harness_env(address), **popen)
 
 
+def harness_main(capfd, *argv: str, address: str) -> tuple[int, str]:
+    """``harness ARGV`` through the CLI's own ``main`` in this process, joined to the session's shared Ray instance at
+    ``address``: its exit code and everything it printed (``capfd``: the file descriptors, so Ray's and Tune's own
+    lines too).  What a subprocess of it would do, less its 5-6 s of imports and teardown on this 2-core machine;
+    for the tests whose subject is what a run does to its results, not how its process starts, ends or is killed.
+    Ray is disconnected after, as a process that ends would be."""
+    import ray
+
+    from harness.cli import main
+
+    capfd.readouterr()  # only this command's output
+    try:
+        code = main([*map(str, argv), "--address", address, "--no-dashboard", "--num-cpus", "2"])
+    except SystemExit as e:
+        code = e.code
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    out, err = capfd.readouterr()
+    return code, out + err
+
+
 def records(results: Path) -> dict[str, dict]:
     """The result records of a local results folder, by cell hash."""
     return {p.stem: json.loads(p.read_text()) for p in (Path(results) / "cells").glob("*.json")}

@@ -2,30 +2,28 @@
 memory and the suite's projection; the measurement is kept in the store, and a GPU machine's measurement is the
 rate ``harness index`` and ``validate`` estimate with where the store has no finished GPU trial."""
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 
+from harness.cli import main
 from harness.reporting.index import bench_rate, measured_rate
 from harness.results.store import ResultStore
 from tests.helpers import tiny_suite_dict
 
 
 @pytest.mark.slow
-def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path):
+def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path, capfd):
     suite = tmp_path / "bench.yaml"
     suite.write_text(yaml.safe_dump(tiny_suite_dict(
         name="bench", dataset={"name": "synthetic_cifar100", "train_per_class": 1, "test_per_class": 1},
         methods=["ind", {"name": "dml", "update": "sequential"}], seeds=[0])))
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(suite), "--cells", "2", "--steps", "2",
-                           "--warmup", "1", "--packed", "2", "--seeds", "2", "--device", "cpu", "--results", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    code = main(["bench", str(suite), "--cells", "2", "--steps", "2", "--warmup", "1", "--packed", "2", "--seeds", "2",
+                 "--device", "cpu", "--results", str(tmp_path / "r")])
+    out, err = capfd.readouterr()
+    assert code == 0, err[-3000:]
     # the ind cell in all four modes; the sequential DML cell is not stacked (peers or seeds), and says why
-    assert done.stderr.count("method dml updates its peers one after another") == 2
+    assert err.count("method dml updates its peers one after another") == 2
     rows = [line for line in out.splitlines() if line.startswith("| ") and "img/s" not in line]
     modes = [r.split("|")[1].strip() for r in rows]
     assert modes.count("separate") == 2 + 1 and modes.count("stacked") == 1 + 1 and modes.count("packed ×2") == 2 + 1
@@ -50,9 +48,9 @@ def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path):
     assert "harness bench" in rate["source"]
 
 
-def test_bench_refuses_a_mistyped_mode_in_one_line():
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "benchmarks/resnet32_pair.yaml", "--modes",
-                           "seperate"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == ("bench: --modes takes separate, stacked, packed, seeds; --packed whole numbers "
+def test_bench_refuses_a_mistyped_mode_in_one_line(capfd):
+    assert main(["bench", "benchmarks/resnet32_pair.yaml", "--modes", "seperate"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip() == ("bench: --modes takes separate, stacked, packed, seeds; --packed whole numbers "
                                    "(4,8); --seeds whole numbers from 2 (4,8); --cells and --steps at least 1")

@@ -1,16 +1,13 @@
 """A cell that cannot fit the GPU memory its resources ask for is refused before any trial starts (one line:
 the cell, the estimate, what was asked, how to fix it); the estimate is what autograd really keeps."""
-import subprocess
-import sys
-
 import pytest
 import timm
 import torch
-import yaml
 
+from harness.cli import main
 from harness.config.cell import Cell
 from harness.suite.capacity import capacity_errors
-from harness.suite.schema import Resources, SuiteError, load_suite
+from harness.suite.schema import Resources, load_suite
 from harness.suite.smoke import smoke_suite
 from harness.training.memory import GIB, _network_figures, cell_memory
 
@@ -85,14 +82,16 @@ def test_a_batch_that_does_not_split_evenly_is_refused(write_suite):
 
 
 @pytest.mark.slow
-def test_validate_and_run_refuse_it_before_ray_starts(write_suite, tmp_path):
+def test_validate_and_run_refuse_it_before_ray_starts(write_suite, tmp_path, capfd):
+    import ray
+
     path = kdcl_like(write_suite, cpu=8, gpu=1)
     for command in (["validate", str(path)], ["run", str(path), "--results", str(tmp_path / "r")]):
-        done = subprocess.run([sys.executable, "-m", "harness.cli", *command], capture_output=True, text=True)
-        assert done.returncode == 2, done.stderr
-        errors = [l for l in done.stderr.splitlines() if l.strip() and "Warning" not in l]
-        assert len(errors) == 1 and "needs an estimated" in errors[0] and "Traceback" not in done.stderr
-    assert not (tmp_path / "r").exists()  # refused before anything was written or started
+        assert main(command) == 2
+        err = capfd.readouterr().err
+        errors = [line for line in err.splitlines() if line.strip() and "Warning" not in line]
+        assert len(errors) == 1 and "needs an estimated" in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "r").exists() and not ray.is_initialized()  # refused before anything was written or started
 
 
 def test_resources_per_worker_names_and_their_conflicts():
@@ -117,7 +116,7 @@ def test_smoke_runs_one_worker(write_suite):
 
 
 @pytest.mark.slow
-def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path):
+def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path, capfd):
     """The same cell on 8 workers: the same GPU-hours, an eighth of the wall time, an eighth of the activations."""
     import re
 
@@ -125,8 +124,9 @@ def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path):
 
     def validate(**resources):
         path = kdcl_like(write_suite, **resources)
-        out = subprocess.run([sys.executable, "-m", "harness.cli", "validate", str(path), "--results",
-                              str(tmp_path / "none")], capture_output=True, text=True).stdout
+        capfd.readouterr()
+        assert main(["validate", str(path), "--results", str(tmp_path / "none")]) == 0
+        out = capfd.readouterr().out
         found = re.search(r"est\. ([\d.]+) GPU-h \(longest cell ([\d.]+) h on (.*?)\), ([\d.]+) GiB per worker", out)
         assert found, out
         return float(found[1]), float(found[2]), found[3], float(found[4]), load_suite(path)
@@ -141,7 +141,7 @@ def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path):
 
 @pytest.mark.parametrize("group,batch,memory", [(["cifar_resnet32", "cifar_resnet32"], 64, 80),
                                                  (["cifar_wrn_40_2", "cifar_wrn_40_2"], 1024, 24)])
-def test_gpu_auto_packs_as_many_cells_as_the_largest_estimate_allows(write_suite, group, batch, memory):
+def test_gpu_auto_packs_as_many_cells_as_the_largest_estimate_allows(write_suite, group, batch, memory, capfd):
     """``gpu: auto``: 1/k of a GPU per cell, k the copies of the largest cell (estimate × 1.25 + a 0.5 GiB CUDA
     context) that fit the GPU's memory, at most 8; said in words by ``harness validate``."""
     recipe = {**tiny_suite_dict()["recipe"], "batch_size": batch}
@@ -153,5 +153,7 @@ def test_gpu_auto_packs_as_many_cells_as_the_largest_estimate_allows(write_suite
     assert suite.spec.resources.gpu == pytest.approx(1 / k)
     assert f"gpu: auto → {k} cell(s) per {memory} GB GPU (largest cell {largest:.1f} GiB" in suite.spec.resources.packing
     assert capacity_errors(suite) == []  # the share it chose fits
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "validate", str(path)], capture_output=True, text=True)
-    assert done.returncode == 0 and f"gpu: auto → {k} cell(s)" in done.stdout, done.stderr
+    capfd.readouterr()
+    assert main(["validate", str(path)]) == 0
+    out, err = capfd.readouterr()
+    assert f"gpu: auto → {k} cell(s)" in out, err

@@ -6,17 +6,15 @@ import yaml
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
 from harness.training.stages import stages_of
-from tests.helpers import harness_run, tiny_suite_dict
+from tests.helpers import harness_main, tiny_suite_dict
 
 
-def run(path, results, reports, address) -> str:
-    proc = harness_run(path, results, reports, address=address)
-    out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, out
-    return out
+def test_deleted_truncated_and_garbage_files_are_retrained(tmp_path, ray_address, capfd):
+    def run(path, results, reports, address) -> str:
+        code, out = harness_main(capfd, "run", path, "--results", results, "--reports", reports, address=address)
+        assert code == 0, out
+        return out
 
-
-def test_deleted_truncated_and_garbage_files_are_retrained(tmp_path, ray_address):
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(tiny_suite_dict(seeds=[0], methods=["kd"])))
     (student,) = load_suite(path).cells

@@ -12,7 +12,7 @@ from harness.data.datasets import load_dataset
 from harness.data.fingerprint import fingerprint
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
-from tests.helpers import harness_run, records, TINY_RECIPE, tiny_suite_dict, write_cifar10
+from tests.helpers import harness_main, harness_run, records, TINY_RECIPE, tiny_suite_dict, write_cifar10
 
 
 def test_the_fingerprint_follows_the_content_and_the_class_sizes():
@@ -71,14 +71,14 @@ def _copy_with_one_pixel_changed(source, target):
     batch_file.write_bytes(pickle.dumps(batch, protocol=2))
 
 
-def _run(path, tmp_path, address) -> str:
-    proc = harness_run(path, tmp_path / "results", tmp_path / "reports", address=address)
-    out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, out
+def _run(capfd, path, tmp_path, address) -> str:
+    code, out = harness_main(capfd, "run", path, "--results", tmp_path / "results", "--reports", tmp_path / "reports",
+                             address=address)
+    assert code == 0, out
     return out
 
 
-def test_a_finished_cell_is_reused_only_on_its_own_data(tmp_path, monkeypatch, ray_address):
+def test_a_finished_cell_is_reused_only_on_its_own_data(tmp_path, monkeypatch, ray_address, capfd):
     write_cifar10(tmp_path / "a" / "cifar-10-batches-py", batches=2, n=20, n_test=10)
     _copy_with_one_pixel_changed(tmp_path / "a", tmp_path / "b")
     suite = tiny_suite_dict(dataset={"name": "cifar10"}, methods=["ind"], seeds=[0],
@@ -90,7 +90,7 @@ def test_a_finished_cell_is_reused_only_on_its_own_data(tmp_path, monkeypatch, r
 
     def run(root) -> str:
         monkeypatch.setenv("HARNESS_DATA_ROOT", str(root))
-        return _run(path, tmp_path, ray_address)
+        return _run(capfd, path, tmp_path, ray_address)
 
     out = run(tmp_path / "a")
     first = ResultStore(results).get(plain.hash)

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from tests.helpers import harness_run, records, tiny_suite_dict
+from tests.helpers import harness_main, harness_run, records, tiny_suite_dict
 
 pytestmark = pytest.mark.e2e
 
@@ -105,7 +105,7 @@ def test_a_run_stopped_by_ctrl_c_then_killed_resumes_to_a_complete_report(tmp_pa
     assert fourth.returncode == 0 and "6 finished already, 0 to run" in out
 
 
-def test_failing_cell_is_recorded_and_retried(tmp_path, ray_address):
+def test_failing_cell_is_recorded_and_retried(tmp_path, ray_address, capfd):
     """A cell whose loss diverges fails in its trial; the failure is stored with its error and run again."""
     suite = tiny_suite_dict(seeds=[0], methods=["ind"])
     suite["recipe"] = {**suite["recipe"], "optimizer": {"name": "sgd", "lr": 1.0e12}}
@@ -113,9 +113,8 @@ def test_failing_cell_is_recorded_and_retried(tmp_path, ray_address):
     path.write_text(yaml.safe_dump(suite))
     results, reports = tmp_path / "results", tmp_path / "reports"
     for attempt in range(2):
-        proc = harness_run(path, results, reports, address=ray_address)
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 1, out
+        code, out = harness_main(capfd, "run", path, "--results", results, "--reports", reports, address=ray_address)
+        assert code == 1, out
         assert "1 cells, 0 finished already, 1 to run" in out  # a failed cell is tried again
         (record,) = records(results).values()
         assert record["status"] == "failed" and record["error"].startswith("NonFiniteLoss: cell ")

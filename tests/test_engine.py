@@ -88,17 +88,13 @@ def test_per_peer_views_chosen_in_the_dataset_spec():
     assert len(next(iter(Trainer(cell).train_batches.epoch(0))).views) == 1
 
 
-def test_cli_names_the_missing_dataset(tmp_path, write_suite):
-    import subprocess
-    import sys
-
+def test_cli_names_the_missing_dataset(tmp_path, write_suite, capfd):
+    from harness.cli import main
     from tests.helpers import tiny_suite_dict
 
     path = write_suite(tiny_suite_dict(dataset={"name": "cifar100"}))
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--data-root", str(tmp_path),
-                          "--results", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
+    assert main(["run", str(path), "--data-root", str(tmp_path), "--results", str(tmp_path / "r")]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "dataset cifar100" in lines[0] and str(tmp_path) in lines[0]
 
 

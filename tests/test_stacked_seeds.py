@@ -149,20 +149,19 @@ def test_validate_refuses_what_cannot_stack_seeds(write_suite):
                                            resources={"cpu": 1, "stack_seeds": True})))
 
 
-def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_path, ray_address):
+def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_path, ray_address, capfd):
     """``harness run`` with stack_seeds: two bundles of three seeds, six ok records with their own weights, each
     saying it was stacked; a second run finds every cell finished."""
     import yaml
 
-    from tests.helpers import harness_run, records
+    from tests.helpers import harness_main, records
 
     suite = tiny_suite_dict(seeds=[0, 1, 2], resources={"cpu": 1, "stack_seeds": True})
     path = tmp_path / "seeds.yaml"
     path.write_text(yaml.safe_dump(suite))
     results, reports = tmp_path / "results", tmp_path / "reports"
-    run = harness_run(path, results, reports, address=ray_address)
-    out, _ = run.communicate(timeout=400)
-    assert run.returncode == 0, out
+    code, out = harness_main(capfd, "run", path, "--results", results, "--reports", reports, address=ray_address)
+    assert code == 0, out
     assert "stack_seeds: 6 cells train as 2 bundle(s) of seeds, one trial each" in out
     assert "ind cifar_resnet8+cifar_resnet8 seed 0 (and seeds 1, 2, stacked) epoch 2/2" in out
     assert "[6/6 done, 0 running, 0 failed" in out and out.count("finished ") >= 6
@@ -179,9 +178,8 @@ def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_
         assert len(accs) > 1, "the seeds of a bundle trained identically"
     md = (reports / "tiny.md").read_text()  # the report says how its trials ran
     assert "3 seeds stacked in one network" in md
-    again = harness_run(path, results, reports, address=ray_address)
-    out, _ = again.communicate(timeout=120)
-    assert again.returncode == 0 and "6 finished already, 0 to run" in out
+    code, out = harness_main(capfd, "run", path, "--results", results, "--reports", reports, address=ray_address)
+    assert code == 0 and "6 finished already, 0 to run" in out
 
 
 def test_gpu_auto_and_the_memory_check_count_every_stacked_seed(write_suite):

@@ -13,7 +13,7 @@ from harness.results.weights import load_networks, save_networks
 from harness.suite.schema import SuiteError, load_suite
 from harness.training.engine import Trainer
 from harness.training.stages import StageError, stages_of, waves
-from tests.helpers import harness_run, records, TINY_RECIPE, tiny_suite_dict, train_stages
+from tests.helpers import harness_main, records, TINY_RECIPE, tiny_suite_dict, train_stages
 
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 
@@ -112,7 +112,7 @@ def test_user_checkpoint_is_checked_at_validation(write_suite, tmp_path):
                for line in info.value.lines)
 
 
-def test_teacher_trained_once_for_two_students_through_ray(tmp_path, ray_address):
+def test_teacher_trained_once_for_two_students_through_ray(tmp_path, ray_address, capfd):
     """Real Ray: stage 1 trains the teacher, stage 2 both students; each record names the teacher; a re-run
     trains nothing; a changed teacher recipe trains a new teacher."""
     suite = tiny_suite_dict(groups=[["cifar_resnet14", "cifar_resnet8"]], methods=["kd"], seeds=[0, 1],
@@ -120,7 +120,13 @@ def test_teacher_trained_once_for_two_students_through_ray(tmp_path, ray_address
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(suite))
     results, reports = tmp_path / "results", tmp_path / "reports"
-    out = harness_run(path, results, reports, address=ray_address).communicate(timeout=600)[0]
+    def run() -> str:
+        code, out = harness_main(capfd, "run", path, "--results", results, "--reports", reports,
+                                 address=ray_address)
+        assert code == 0, out
+        return out
+
+    out = run()
     assert "2 cells + 1 stage cells (teachers), 0 finished already, 3 to run" in out, out
     assert "stage 1 of 2: 1 cell(s)" in out and "stage 2 of 2: 2 cell(s)" in out
     found = records(results)
@@ -140,11 +146,11 @@ def test_teacher_trained_once_for_two_students_through_ray(tmp_path, ray_address
     csv = (reports / "tiny.csv").read_text()
     assert csv.count(f"teacher={teacher['hash']}") == 8  # 2 students × 4 values: each number names its teacher
 
-    again = harness_run(path, results, reports, address=ray_address).communicate(timeout=300)[0]
+    again = run()
     assert "3 finished already, 0 to run" in again, again
 
     suite["methods"] = [{"name": "kd", "teacher_recipe": {**TINY_RECIPE, "epochs": 1}}]
     path.write_text(yaml.safe_dump(suite))
-    third = harness_run(path, results, reports, address=ray_address).communicate(timeout=600)[0]
+    third = run()
     assert "2 cells + 1 stage cells (teachers), 0 finished already, 3 to run" in third, third
     assert len([r for r in records(results).values() if r["cell"]["method"] == "ind"]) == 2

@@ -9,7 +9,7 @@ import yaml
 
 from harness.cli import main
 from harness.results.location import Location
-from tests.helpers import harness_run, tiny_suite_dict
+from tests.helpers import harness_main, tiny_suite_dict
 
 
 def suite_file(tmp_path, **overrides):
@@ -48,12 +48,12 @@ def test_a_read_only_results_folder_is_one_line(small_filesystem, tmp_path, caps
     assert len(err.splitlines()) == 1 and "cannot write there (Read-only file system)" in err
 
 
-def test_a_store_that_fills_up_mid_run_stops_without_a_traceback(small_filesystem, tmp_path, ray_address):
+def test_a_store_that_fills_up_mid_run_stops_without_a_traceback(small_filesystem, tmp_path, ray_address, capfd):
     """Each finished cell writes ~0.3 MB of weights and Ray's checkpoints: 1.5 MiB fills within the run."""
     results = small_filesystem / "r"
-    proc = harness_run(suite_file(tmp_path, seeds=[0, 1, 2]), results, tmp_path / "reports", address=ray_address)
-    out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 2, out
+    code, out = harness_main(capfd, "run", suite_file(tmp_path, seeds=[0, 1, 2]), "--results", results, "--reports",
+                             tmp_path / "reports", address=ray_address)
+    assert code == 2, out
     assert "Traceback" not in out, out
     # it stops at the first trial that fails (Tune would retry it, and the others, against a full store)
     assert "resumed" not in out and "FAILED" not in out, out

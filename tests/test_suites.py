@@ -88,19 +88,16 @@ def smoke_cells(path) -> int:
 SMOKE_CELLS = 4
 
 
-def test_rotating_smoke_run(tmp_path, ray_address):
+def test_rotating_smoke_run(tmp_path, ray_address, capfd):
     """One small suite per day runs as a user would (`harness run --smoke`): every report cell filled."""
-    import subprocess
-
-    from tests.helpers import HARNESS, harness_env
+    from tests.helpers import harness_main
 
     small = [p for p in SUITES if smoke_cells(p) <= SMOKE_CELLS]
     assert len(small) >= 10, [p.stem for p in small]  # the rotation still covers many suites
     path = small[dt.date.today().toordinal() % len(small)]
-    cmd = HARNESS + ["run", str(path), "--smoke", "--results", str(tmp_path / "r"), "--reports",
-                     str(tmp_path / "rep"), "--no-dashboard", "--num-cpus", "2"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=harness_env(ray_address))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    code, out = harness_main(capfd, "run", path, "--smoke", "--results", tmp_path / "r", "--reports", tmp_path / "rep",
+                             address=ray_address)
+    assert code == 0, out[-6000:]
     md = (tmp_path / "rep" / f"{path.stem}_smoke.md").read_text()
     table = md.split("\n\n")[1]
     assert "SMOKE RUN" in md and "—" not in table.replace("(—", ""), (path.name, table)
