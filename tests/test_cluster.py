@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from harness.suite.schema import load_suite
-from tests.helpers import HARNESS, TINY_RECIPE
+from tests.helpers import HARNESS, TINY_RECIPE, harness_main
 
 pytestmark = pytest.mark.cluster
 
@@ -54,14 +54,14 @@ def dp_run(ray_instances, tmp_path_factory):
     return folder, record
 
 
-def test_two_workers_on_two_nodes_equal_one_process_and_survive_losing_a_node(ray_cluster, dp_run, tmp_path):
+def test_two_workers_on_two_nodes_equal_one_process_and_survive_losing_a_node(ray_cluster, dp_run, tmp_path, capfd):
     cluster, second = ray_cluster
     folder, dp = dp_run
     # 1. the data-parallel cell on the cluster, and the same cell accumulating its two parts in one process
     (tmp_path / "acc.yaml").write_text(yaml.safe_dump(suite([0], cpu=1, grad_accumulation=2)))
-    done = run(cluster, tmp_path / "acc.yaml", tmp_path / "acc")
-    out, _ = done.communicate(timeout=600)
-    assert done.returncode == 0, out
+    code, out = harness_main(capfd, "run", tmp_path / "acc.yaml", "--results", tmp_path / "acc", "--reports",
+                             tmp_path / "acc" / "reports", address=cluster.address)
+    assert code == 0, out
     (acc,) = records(tmp_path / "acc")
     assert dp["hash"] == acc["hash"] and dp["parallel"]["workers"] == 2 and acc["parallel"]["grad_accumulation"] == 2
     for a, b in zip(dp["history"], acc["history"]):
@@ -111,7 +111,7 @@ def test_a_data_parallel_cell_is_a_named_run_in_the_train_view(ray_cluster, dp_r
     assert [r["status"] for r in named] == ["FINISHED"], [(r["name"], r["status"]) for r in runs]
 
 
-def test_a_data_parallel_cell_that_fails_by_itself_is_recorded_once_per_run(ray_cluster, tmp_path):
+def test_a_data_parallel_cell_that_fails_by_itself_is_recorded_once_per_run(ray_cluster, tmp_path, capfd):
     """A diverging cell on 2 workers: its rank 0 records the failure with the attempt's id, the trial ends without
     Tune's retries (one FAILED line, exit 1); the next run tries it again, and its record names the new attempt, so
     a failure left by an earlier run is never taken for this one's (a lost worker is retried)."""
@@ -127,9 +127,9 @@ def test_a_data_parallel_cell_that_fails_by_itself_is_recorded_once_per_run(ray_
 
     for _ in range(2):
         before = workers_started()
-        proc = run(cluster, tmp_path / "nan.yaml", tmp_path / "nan")
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 1 and out.count("FAILED dml") == 1 and "Traceback" not in out, out
+        code, out = harness_main(capfd, "run", tmp_path / "nan.yaml", "--results", tmp_path / "nan", "--reports",
+                                 tmp_path / "nan" / "reports", address=cluster.address)
+        assert code == 1 and out.count("FAILED dml") == 1 and "Traceback" not in out, out
         # one worker group of 2, not retried by Ray Train (max_failures 2 would start it 3 times): it would diverge
         # again, and a group of 8 GPU workers takes minutes to start
         assert workers_started() - before == 2

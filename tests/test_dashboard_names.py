@@ -1,8 +1,7 @@
-"""Each trial is visible by name in the Ray dashboard (issue 18): its actor's repr, which the dashboard's Actors
-view and ``ray list actors --detail`` show, names the suite, the cell and its hash; read back through Ray's state
-API from a real cluster with its dashboard (the session's ``ray_cluster``), after a ``harness run --address`` of a tiny
-suite.  That a data-parallel cell is a named run of the Train view is tested in ``test_cluster.py``, on its run."""
-import subprocess
+"""A suite submitted as a Ray job to a real cluster with its dashboard (the session's ``ray_cluster``), and each of
+its trials visible by name in the dashboard (issue 18): its actor's repr, which the dashboard's Actors view and
+``ray list actors --detail`` show, names the suite, the cell and its hash; read back through Ray's state API.  That a
+data-parallel cell is a named run of the Train view is tested in ``test_cluster.py``, on its run."""
 import sys
 
 import pytest
@@ -14,40 +13,21 @@ from tests.helpers import tiny_suite_dict
 pytestmark = pytest.mark.cluster
 
 
-def test_trial_actors_are_named_after_their_cells(ray_cluster, tmp_path):
-    import ray
-    from ray.util.state import list_actors
-
-    cluster_with_dashboard, _ = ray_cluster
-    path = tmp_path / "named.yaml"
-    path.write_text(yaml.safe_dump(tiny_suite_dict(name="named", seeds=[0], methods=["ind", "dml"])))
-    cells = load_suite(path).cells
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(tmp_path / "r"),
-                           "--reports", str(tmp_path / "rep"), "--address", cluster_with_dashboard.address],
-                          capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    ray.init(address=cluster_with_dashboard.address)
-    try:
-        names = {a.repr_name for a in list_actors(detail=True, limit=1000)}
-    finally:
-        ray.shutdown()
-    for cell in cells:
-        assert f"named: {cell.describe()} [{cell.hash}]" in names, names
-
-
-def test_a_suite_runs_as_a_ray_job(ray_cluster, tmp_path):
+def test_a_suite_runs_as_a_ray_job_and_its_trial_actors_are_named_after_their_cells(ray_cluster, tmp_path):
     """``ray job submit -- harness run SUITE`` (the README's command) through the Jobs API of a real cluster: the
     job joins the cluster through $RAY_ADDRESS, which Ray sets inside a job, finishes, and its records are in the
-    store; the job's logs carry the suite's progress lines."""
+    store; the job's logs carry the suite's progress lines; the cluster's actors include one named after each cell."""
     import time
 
+    import ray
     from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
 
     from harness.results.store import ResultStore
 
     cluster_with_dashboard, _ = ray_cluster
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(tiny_suite_dict(name="job", seeds=[0], methods=["ind"])))
+    path.write_text(yaml.safe_dump(tiny_suite_dict(name="job", seeds=[0], methods=["ind", "dml"])))
     url = "http://" + cluster_with_dashboard.head_node.address_info["webui_url"]
     entrypoint = (f"{sys.executable} -m harness.cli run {path} --results {tmp_path / 'r'} "
                   f"--reports {tmp_path / 'rep'}")
@@ -71,3 +51,10 @@ def test_a_suite_runs_as_a_ray_job(ray_cluster, tmp_path):
     cells = load_suite(path).cells
     records = ResultStore(tmp_path / "r").records(cells)
     assert {h: r["status"] for h, r in records.items()} == {c.hash: "ok" for c in cells}, records
+    ray.init(address=cluster_with_dashboard.address)
+    try:
+        names = {a.repr_name for a in list_actors(detail=True, limit=1000)}
+    finally:
+        ray.shutdown()
+    for cell in cells:
+        assert f"job: {cell.describe()} [{cell.hash}]" in names, names
