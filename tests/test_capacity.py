@@ -81,7 +81,6 @@ def test_a_batch_that_does_not_split_evenly_is_refused(write_suite):
     assert len(lines) == 1 and "(2048) does not split into workers × grad_accumulation = 3 × 1 equal parts" in lines[0]
 
 
-@pytest.mark.slow
 def test_validate_and_run_refuse_it_before_ray_starts(write_suite, tmp_path, capfd):
     import ray
 
@@ -115,7 +114,6 @@ def test_smoke_runs_one_worker(write_suite):
     assert "1 worker in place of 8 × 1" in suite.spec.title
 
 
-@pytest.mark.slow
 def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path, capfd):
     """The same cell on 8 workers: the same GPU-hours, an eighth of the wall time, an eighth of the activations."""
     import re
