@@ -2,6 +2,7 @@
 independent (NumPy) formulas of the method tests.  Test modules import it as ``tests.helpers``, never each other."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -94,6 +95,18 @@ def harness_main(capfd, *argv: str, address: str) -> tuple[int, str]:
             ray.shutdown()
     out, err = capfd.readouterr()
     return code, out + err
+
+
+SHIPPED = Path(__file__).parents[1] / "suites"
+
+
+@functools.cache
+def shipped_suite(path: Path | str):
+    """A shipped suite file (``suites/*.yaml``), loaded once per test process and shared by the modules that only
+    read it (each load of the 54 files costs about 4 s here); a test that changes a suite loads its own."""
+    from harness.suite.schema import load_suite
+
+    return load_suite(SHIPPED / Path(path).name)
 
 
 def records(results: Path) -> dict[str, dict]:

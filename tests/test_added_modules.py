@@ -11,8 +11,8 @@ import torch
 
 import harness.models  # noqa: F401
 from harness.data.facts import DATASET_FACTS
-from harness.suite.schema import load_suite
 from harness.training.method import MethodContext, load_methods
+from tests.helpers import shipped_suite
 
 SUITES = sorted((Path(__file__).parents[1] / "suites").glob("*.yaml"))
 BOUND = 8  # added parameters per deployed parameter (the largest today: AFD's discriminators, 4x on MobileNetV2)
@@ -29,7 +29,7 @@ NEEDS_STAGE_MODULES = {"ft", "ft_kd"}
 def combinations():
     seen = {}
     for path in SUITES:
-        for cell in load_suite(path).cells:
+        for cell in shipped_suite(path).cells:
             _, size, classes = DATASET_FACTS[cell.dataset["name"]]
             key = (cell.method, cell.group, size)
             if cell.method not in NEEDS_STAGE_MODULES and key not in seen:

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.suite.schema import load_suite
 from harness.training.method import Step, load_methods
-from tests.helpers import random_batch, timm_context
+from tests.helpers import random_batch, shipped_suite, timm_context
 
 SUITES = Path(__file__).parents[1] / "suites"
 CIFAR_TABLES = ["tsb_table1_cifar10", "tsb_table1_cifar100", "tsb_table2_cifar10", "tsb_table2_cifar100", "tsb_table4",
@@ -18,7 +17,7 @@ CIFAR_TABLES = ["tsb_table1_cifar10", "tsb_table1_cifar100", "tsb_table2_cifar10
 
 @pytest.mark.parametrize("name", CIFAR_TABLES)
 def test_every_tsb_cifar_row_runs_tsbs_configuration(name):
-    for cell in load_suite(SUITES / f"{name}.yaml").cells:
+    for cell in shipped_suite(f"{name}.yaml").cells:
         if cell.method == "ind":
             continue
         hp = cell.hparams
@@ -45,5 +44,5 @@ def test_the_warm_up_zeroes_distillation_and_only_while_it_lasts(method, term):
 @pytest.mark.parametrize("name", ["kdcl_table2", "kdcl_table7"])
 def test_kdcls_dml_baseline_updates_sequentially(name):
     """KDCL sets its end-to-end training against DML's "multi-stage parameters updating"."""
-    dml = [c for c in load_suite(SUITES / f"{name}.yaml").cells if c.method == "dml"]
+    dml = [c for c in shipped_suite(f"{name}.yaml").cells if c.method == "dml"]
     assert dml and all(c.hparams["update"] == "sequential" for c in dml)

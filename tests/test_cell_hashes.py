@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.suite.schema import load_suite
 from harness.suite.smoke import smoke_suite
 from harness.training.stages import waves
+from tests.helpers import shipped_suite
 
 ROOT = Path(__file__).parents[1]
 SNAPSHOT = json.loads((ROOT / "tests" / "snapshots" / "cell_hashes.json").read_text())
@@ -25,6 +25,6 @@ def test_every_shipped_suite_is_in_the_snapshot():
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
 def test_cell_hashes_unchanged(path):
-    suite = load_suite(path)
+    suite = shipped_suite(path)
     assert all_hashes(suite.cells) == SNAPSHOT[path.stem]["cells"]
     assert all_hashes(smoke_suite(suite).cells) == SNAPSHOT[path.stem]["smoke"]

@@ -11,13 +11,14 @@ from harness.reporting.index import (ASSUMED_MACS_PER_S, NO_SUITE, build_index, 
 from harness.suite.schema import load_suite
 from harness.suite.smoke import smoke_suite
 from harness.training.stages import waves
+from tests.helpers import shipped_suite
 
 SUITES = sorted((Path(__file__).parents[1] / "suites").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
 def test_suite_validates_and_scales_down(path):
-    suite = load_suite(path)
+    suite = shipped_suite(path)
     assert suite.name == path.stem and suite.cells
     smoke = smoke_suite(suite)
     plan = waves(smoke.cells)  # every stage (teacher, assistant, paraphraser) is definable at smoke scale
@@ -26,7 +27,7 @@ def test_suite_validates_and_scales_down(path):
 
 
 def test_every_paper_table_has_a_suite_or_a_reason():
-    tables = {load_suite(p).spec.paper_table.name for p in SUITES if load_suite(p).spec.paper_table}
+    tables = {shipped_suite(p).spec.paper_table.name for p in SUITES if shipped_suite(p).spec.paper_table}
     assert set(PAPER_TABLES) - tables <= set(NO_SUITE), sorted(set(PAPER_TABLES) - tables - set(NO_SUITE))
 
 
@@ -80,7 +81,7 @@ def test_gpu_rate_measured_by_finished_gpu_trials(tmp_path, write_suite):
 
 def smoke_cells(path) -> int:
     """The cells a suite's ``--smoke`` run trains, its stages (teachers) included."""
-    return sum(len(wave) for wave in waves(smoke_suite(load_suite(path)).cells))
+    return sum(len(wave) for wave in waves(smoke_suite(shipped_suite(path)).cells))
 
 
 # The daily smoke run's share of the CI budget is about a minute on 2 cores: a suite of at most 4 smoke cells (each
