@@ -39,17 +39,20 @@ def test_a_mistyped_flag_is_answered_with_the_flag_meant(capsys):
     assert "unrecognized arguments: --no-dashbord; did you mean '--no-dashboard'?" in capsys.readouterr().err
 
 
-def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path, ray_address):
+def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path, ray_address, capfd):
+    """The run as a user types it (a subprocess); the dry run and the status, which start no Ray, through the CLI's
+    own main in this process."""
     results, reports = tmp_path / "results", tmp_path / "reports"
     overrides = ["seeds=[0]", "methods=ind", "recipe.epochs=1", "dataset.train_per_class=10"]
-    dry = subprocess.run(HARNESS + ["run", QUICKSTART, *overrides, "--dry-run", "--results", str(results)],
-                         capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0, dry.stderr
+    capfd.readouterr()
+    code = main(["run", QUICKSTART, *overrides, "--dry-run", "--results", str(results)])
+    dry, err = capfd.readouterr()
+    assert code == 0, err
     (cell,) = load_suite(QUICKSTART, overrides).cells
-    assert dry.stdout.splitlines()[:2] == [
+    assert dry.splitlines()[:2] == [
         f"quickstart: 1 cells, 0 finished already, 1 to run (results in {results}); dry run: nothing trains",
         f"  ind cifar_resnet8+cifar_resnet8 seed 0 [{cell.hash}]"]
-    assert "est. <0.1 GPU-h" in dry.stdout and not (results / "cells").exists() and not (results / "ray").exists()
+    assert "est. <0.1 GPU-h" in dry and not (results / "cells").exists() and not (results / "ray").exists()
 
     suite_file = QUICKSTART
     proc = subprocess.Popen(HARNESS + ["run", suite_file, *overrides, "--results", str(results), "--reports",
@@ -61,10 +64,11 @@ def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path, ray_
     assert record["hash"] == cell.hash and record["overrides"] == overrides and record["status"] == "ok"
 
     def status(*extra) -> list[str]:
-        done = subprocess.run(HARNESS + ["status", suite_file, *extra, "--results", str(results)],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.splitlines()
+        capfd.readouterr()
+        code = main(["status", suite_file, *extra, "--results", str(results)])
+        out, err = capfd.readouterr()
+        assert code == 0, err
+        return out.splitlines()
 
     assert status(*overrides) == [f"quickstart: 1 of 1 cells finished, 0 training, 0 failed, 0 not started "
                                   f"(results in {results})"]
