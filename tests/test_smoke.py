@@ -42,21 +42,18 @@ def test_smoke_teachers_follow_the_smoke_recipe(write_suite):
     assert teacher.recipe["epochs"] == 2 and teacher.stop_epoch == 1
 
 
-def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path, ray_address):
+def test_a_gpu_suite_without_a_gpu(write_suite, tmp_path, ray_address, capfd):
     """--smoke trains a GPU suite on the CPU; a full run says in one line why it cannot start, instead of waiting."""
-    import subprocess
-
-    from tests.helpers import HARNESS, harness_env
+    from tests.helpers import harness_main
 
     path = write_suite(tiny_suite_dict(resources={"cpu": 4, "gpu": 0.5}))
     resources = smoke_suite(load_suite(path)).spec.resources
     assert (resources.cpu, resources.gpu, resources.replicas) == (1, 0, 1)
     path = write_suite(tiny_suite_dict(resources={"cpu": 1, "gpu": 0.5}))
-    run = subprocess.run(HARNESS + ["run", str(path), "--results", str(tmp_path / "r"), "--reports",
-                                    str(tmp_path / "rep"), "--no-dashboard", "--num-cpus", "1"],
-                         capture_output=True, text=True, timeout=300, env=harness_env(ray_address))
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1].endswith(
+    code, out = harness_main(capfd, "run", path, "--results", tmp_path / "r", "--reports", tmp_path / "rep",
+                             address=ray_address)
+    assert code == 2, out
+    assert out.strip().splitlines()[-1].endswith(
         "resources.gpu: a trial needs 0.5 GPU(s) but the Ray cluster has 0; run on a machine or cluster that has "
         "them, pass --num-gpus, or use --smoke (which trains on the CPU when there is no GPU)")
 
