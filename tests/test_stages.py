@@ -112,14 +112,18 @@ def test_user_checkpoint_is_checked_at_validation(write_suite, tmp_path):
                for line in info.value.lines)
 
 
-def test_teacher_trained_once_for_two_students_through_ray(tmp_path, ray_address, capfd):
+def test_teacher_trained_once_for_two_students_through_ray_its_damaged_files_repaired(tmp_path, ray_address, capfd):
     """Real Ray: stage 1 trains the teacher, stage 2 both students; each record names the teacher; a re-run
-    trains nothing; a changed teacher recipe trains a new teacher."""
+    trains nothing.  Damaged files are repaired, never fatal (issue 17): the teacher's weights deleted are trained
+    again into the very same file (SHA-256); truncated, they are moved aside and trained again instead of failing
+    the students, and a garbage student record is moved aside and its cell trained again; each is one line, the run
+    ends well.  Last, a changed teacher recipe trains a new teacher."""
     suite = tiny_suite_dict(groups=[["cifar_resnet14", "cifar_resnet8"]], methods=["kd"], seeds=[0, 1],
                             dataset=DATA)
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(suite))
     results, reports = tmp_path / "results", tmp_path / "reports"
+
     def run() -> str:
         code, out = harness_main(capfd, "run", path, "--results", results, "--reports", reports,
                                  address=ray_address)
@@ -148,6 +152,26 @@ def test_teacher_trained_once_for_two_students_through_ray(tmp_path, ray_address
 
     again = run()
     assert "3 finished already, 0 to run" in again, again
+
+    store, first = ResultStore(results), teacher["weights"]["sha256"]
+    store.weights_path(teacher["hash"]).unlink()  # deleted: trained again, bit for bit
+    out = run()
+    assert "2 finished already, 1 to run" in out, out
+    assert store.get(teacher["hash"])["weights"]["sha256"] == first and store.weights_intact(teacher["hash"])
+
+    weights = store.weights_path(teacher["hash"])
+    weights.write_bytes(weights.read_bytes()[:5000])  # truncated
+    garbled = students[0]["hash"]
+    (results / "cells" / f"{garbled}.json").write_text("[garbage")
+    out = run()
+    damaged = [line for line in out.splitlines() if "damaged" in line]
+    assert len(damaged) == 2, out
+    assert any("damaged weights" in line and "the stage runs again" in line for line in damaged)
+    assert any("damaged result record (not JSON" in line for line in damaged)
+    assert "1 finished already, 2 to run" in out and "Traceback" not in out, out
+    assert store.get(garbled)["status"] == "ok" and store.get(teacher["hash"])["weights"]["sha256"] == first
+    assert len(list((results / "weights").glob("*.damaged-*"))) == 1
+    assert store.get(garbled)["stages"]["teacher"]["sha256"] == first  # learnt from the re-trained one
 
     suite["methods"] = [{"name": "kd", "teacher_recipe": {**TINY_RECIPE, "epochs": 1}}]
     path.write_text(yaml.safe_dump(suite))
