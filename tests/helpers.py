@@ -75,38 +75,50 @@ def harness_run(suite, results, reports, *extra, address: str | None = None, **p
                             env=harness_env(address), **popen)
 
 
-def harness_main(capfd, *argv: str, address: str) -> tuple[int, str]:
-    """``harness ARGV`` through the CLI's own ``main`` in this process, joined to the session's shared Ray instance at
-    ``address``: its exit code and everything it printed (``capfd``: the file descriptors, so Ray's and Tune's own
-    lines too).  What a subprocess of it would do, less its 5-6 s of imports and teardown on this 2-core machine;
-    for the tests whose subject is what a run does to its results, not how its process starts, ends or is killed.
-    Ray is disconnected after, as a process that ends would be."""
-    import ray
-
+def cli(capfd, *argv) -> tuple[int, str, str]:
+    """``harness ARGV`` through the CLI's own ``main`` in this process: its exit code, and what it wrote to stdout and
+    to stderr (``capfd``: the file descriptors, so Ray's and Tune's own lines too).  What a subprocess of it would
+    do, less its 5-6 s of imports and teardown on this 2-core machine; for the tests whose subject is what a command
+    does, not how its process starts, ends or is killed.  A command that joined Ray is disconnected before its
+    output is read (the lines Ray flushes then included), as a process that ends would be."""
     from harness.cli import main
 
     capfd.readouterr()  # only this command's output
     try:
-        code = main([*map(str, argv), "--address", address, "--no-dashboard", "--num-cpus", "2"])
+        code = main([str(a) for a in argv])
     except SystemExit as e:
         code = e.code
     finally:
-        if ray.is_initialized():
+        ray = sys.modules.get("ray")  # not imported: nothing to disconnect
+        if ray is not None and ray.is_initialized():
             ray.shutdown()
     out, err = capfd.readouterr()
+    return code, out, err
+
+
+def harness_main(capfd, *argv, address: str) -> tuple[int, str]:
+    """``harness ARGV --address ADDRESS`` through :func:`cli`, joined to the Ray instance or cluster at ``address``
+    (the session's shared one): its exit code and its output, stdout and stderr together as a run's console shows
+    them."""
+    code, out, err = cli(capfd, *argv, "--address", address)
     return code, out + err
 
 
 SHIPPED = Path(__file__).parents[1] / "suites"
 
 
-@functools.cache
 def shipped_suite(path: Path | str):
-    """A shipped suite file (``suites/*.yaml``), loaded once per test process and shared by the modules that only
-    read it (each load of the 54 files costs about 4 s here); a test that changes a suite loads its own."""
+    """A shipped suite file (``suites/*.yaml``, by path or file name), loaded once per test process and shared by the
+    modules that only read it (each load of the 54 files costs about 4 s here); a test that changes a suite loads
+    its own."""
+    return _shipped_suite(Path(path).name)
+
+
+@functools.cache
+def _shipped_suite(name: str):
     from harness.suite.schema import load_suite
 
-    return load_suite(SHIPPED / Path(path).name)
+    return load_suite(SHIPPED / name)
 
 
 def records(results: Path) -> dict[str, dict]:

@@ -6,10 +6,9 @@ import json
 import pytest
 import yaml
 
-from harness.cli import main
 from harness.reporting.index import bench_rate, measured_rate
 from harness.results.store import ResultStore
-from tests.helpers import tiny_suite_dict
+from tests.helpers import cli, tiny_suite_dict
 
 
 @pytest.mark.slow
@@ -18,9 +17,8 @@ def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path, capfd):
     suite.write_text(yaml.safe_dump(tiny_suite_dict(
         name="bench", dataset={"name": "synthetic_cifar100", "train_per_class": 1, "test_per_class": 1},
         methods=["ind", {"name": "dml", "update": "sequential"}], seeds=[0])))
-    code = main(["bench", str(suite), "--cells", "2", "--steps", "2", "--warmup", "1", "--packed", "2", "--seeds", "2",
-                 "--device", "cpu", "--results", str(tmp_path / "r")])
-    out, err = capfd.readouterr()
+    code, out, err = cli(capfd, "bench", suite, "--cells", 2, "--steps", 2, "--warmup", 1, "--packed", 2, "--seeds", 2,
+                         "--device", "cpu", "--results", tmp_path / "r")
     assert code == 0, err[-3000:]
     # the ind cell in all four modes; the sequential DML cell is not stacked (peers or seeds), and says why
     assert err.count("method dml updates its peers one after another") == 2
@@ -49,8 +47,7 @@ def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path, capfd):
 
 
 def test_bench_refuses_a_mistyped_mode_in_one_line(capfd):
-    assert main(["bench", "benchmarks/resnet32_pair.yaml", "--modes", "seperate"]) == 2
-    err = capfd.readouterr().err
-    assert "Traceback" not in err
+    code, _, err = cli(capfd, "bench", "benchmarks/resnet32_pair.yaml", "--modes", "seperate")
+    assert code == 2 and "Traceback" not in err
     assert err.strip() == ("bench: --modes takes separate, stacked, packed, seeds; --packed whole numbers "
                                    "(4,8); --seeds whole numbers from 2 (4,8); --cells and --steps at least 1")

@@ -11,7 +11,7 @@ from harness.suite.schema import Resources, load_suite
 from harness.suite.smoke import smoke_suite
 from harness.training.memory import GIB, _network_figures, cell_memory
 
-from tests.helpers import shipped_suite, tiny_suite_dict
+from tests.helpers import cli, shipped_suite, tiny_suite_dict
 
 
 def saved_bytes_on_cpu(model: str, images: int) -> int:
@@ -86,7 +86,7 @@ def test_validate_and_run_refuse_it_before_ray_starts(write_suite, tmp_path, cap
 
     path = kdcl_like(write_suite, cpu=8, gpu=1)
     for command in (["validate", str(path)], ["run", str(path), "--results", str(tmp_path / "r")]):
-        assert main(command) == 2
+        assert main(command) == 2  # not through cli(), which would disconnect a Ray this must not have started
         err = capfd.readouterr().err
         errors = [line for line in err.splitlines() if line.strip() and "Warning" not in line]
         assert len(errors) == 1 and "needs an estimated" in errors[0] and "Traceback" not in err
@@ -122,9 +122,8 @@ def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path, 
 
     def validate(**resources):
         path = kdcl_like(write_suite, **resources)
-        capfd.readouterr()
-        assert main(["validate", str(path), "--results", str(tmp_path / "none")]) == 0
-        out = capfd.readouterr().out
+        code, out, err = cli(capfd, "validate", path, "--results", tmp_path / "none")
+        assert code == 0, err
         found = re.search(r"est\. ([\d.]+) GPU-h \(longest cell ([\d.]+) h on (.*?)\), ([\d.]+) GiB per worker", out)
         assert found, out
         return float(found[1]), float(found[2]), found[3], float(found[4]), load_suite(path)
@@ -151,7 +150,5 @@ def test_gpu_auto_packs_as_many_cells_as_the_largest_estimate_allows(write_suite
     assert suite.spec.resources.gpu == pytest.approx(1 / k)
     assert f"gpu: auto → {k} cell(s) per {memory} GB GPU (largest cell {largest:.1f} GiB" in suite.spec.resources.packing
     assert capacity_errors(suite) == []  # the share it chose fits
-    capfd.readouterr()
-    assert main(["validate", str(path)]) == 0
-    out, err = capfd.readouterr()
-    assert f"gpu: auto → {k} cell(s)" in out, err
+    code, out, err = cli(capfd, "validate", path)
+    assert code == 0 and f"gpu: auto → {k} cell(s)" in out, err

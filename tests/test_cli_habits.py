@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.suite.schema import SuiteError, load_suite
-from tests.helpers import HARNESS, harness_env
+from tests.helpers import HARNESS, cli, harness_env
 
 QUICKSTART = "suites/quickstart.yaml"
 
@@ -44,9 +44,7 @@ def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path, ray_
     own main in this process."""
     results, reports = tmp_path / "results", tmp_path / "reports"
     overrides = ["seeds=[0]", "methods=ind", "recipe.epochs=1", "dataset.train_per_class=10"]
-    capfd.readouterr()
-    code = main(["run", QUICKSTART, *overrides, "--dry-run", "--results", str(results)])
-    dry, err = capfd.readouterr()
+    code, dry, err = cli(capfd, "run", QUICKSTART, *overrides, "--dry-run", "--results", results)
     assert code == 0, err
     (cell,) = load_suite(QUICKSTART, overrides).cells
     assert dry.splitlines()[:2] == [
@@ -64,9 +62,7 @@ def test_dry_run_then_an_overridden_run_then_its_status_and_frame(tmp_path, ray_
     assert record["hash"] == cell.hash and record["overrides"] == overrides and record["status"] == "ok"
 
     def status(*extra) -> list[str]:
-        capfd.readouterr()
-        code = main(["status", suite_file, *extra, "--results", str(results)])
-        out, err = capfd.readouterr()
+        code, out, err = cli(capfd, "status", suite_file, *extra, "--results", results)
         assert code == 0, err
         return out.splitlines()
 

@@ -15,14 +15,17 @@ from tests.helpers import harness_main, harness_run, records, tiny_suite_dict
 
 pytestmark = pytest.mark.e2e
 
-def _wait_until_finished(results, at_least: int, proc) -> dict[str, dict]:
-    """The finished records, once at least ``at_least`` cells finished (the run must still be going)."""
+def _finished(results) -> dict[str, dict]:
+    return {h: r for h, r in records(results).items() if r.get("status") == "ok"}
+
+
+def _wait_until_finished(results, at_least: int, proc) -> None:
+    """Until at least ``at_least`` cells finished (the run must still be going)."""
     deadline = time.time() + 300
-    while len(done := {h: r for h, r in records(results).items() if r.get("status") == "ok"}) < at_least:
+    while len(_finished(results)) < at_least:
         assert proc.poll() is None, proc.stdout.read()
         assert time.time() < deadline, f"fewer than {at_least} cell(s) finished in 5 minutes"
         time.sleep(0.2)
-    return done
 
 
 def test_a_run_stopped_by_ctrl_c_then_killed_resumes_to_a_complete_report(tmp_path, monkeypatch):
@@ -47,7 +50,7 @@ def test_a_run_stopped_by_ctrl_c_then_killed_resumes_to_a_complete_report(tmp_pa
     _wait_until_finished(results, 1, first)
     os.killpg(first.pid, signal.SIGINT)
     out, _ = first.communicate(timeout=200)
-    after_ctrl_c = {h: r for h, r in records(results).items() if r["status"] == "ok"}
+    after_ctrl_c = _finished(results)
     assert len(after_ctrl_c) < 6, "the Ctrl-C must land in the middle of the run"
     assert first.returncode == 130, out
     assert "run the same command again to resume" in out and "Traceback" not in out, out
@@ -60,7 +63,7 @@ def test_a_run_stopped_by_ctrl_c_then_killed_resumes_to_a_complete_report(tmp_pa
     assert len(recorded) >= 3  # gcs_server, raylet, ... of the local instance this driver started
     os.kill(second.pid, signal.SIGKILL)  # the driver only
     second.wait()
-    done_at_kill = {h: r for h, r in records(results).items() if r["status"] == "ok"}
+    done_at_kill = _finished(results)
     assert len(after_ctrl_c) < len(done_at_kill) < 6, "the kill must land in the middle of the run"
     mtimes = {h: (results / "cells" / f"{h}.json").stat().st_mtime_ns for h in done_at_kill}
     raylet = next((pid, started) for pid, started, kind in recorded if kind == "raylet")

@@ -89,12 +89,12 @@ def test_per_peer_views_chosen_in_the_dataset_spec():
 
 
 def test_cli_names_the_missing_dataset(tmp_path, write_suite, capfd):
-    from harness.cli import main
-    from tests.helpers import tiny_suite_dict
+    from tests.helpers import cli, tiny_suite_dict
 
     path = write_suite(tiny_suite_dict(dataset={"name": "cifar100"}))
-    assert main(["run", str(path), "--data-root", str(tmp_path), "--results", str(tmp_path / "r")]) == 2
-    lines = capfd.readouterr().err.strip().splitlines()
+    code, _, err = cli(capfd, "run", path, "--data-root", tmp_path, "--results", tmp_path / "r")
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "dataset cifar100" in lines[0] and str(tmp_path) in lines[0]
 
 
