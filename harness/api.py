@@ -22,12 +22,10 @@ def load_suite(path: str | Path, *overrides: str, smoke: bool = False, data_root
 
 
 def suite_problems(suite) -> list[str]:
-    """What refuses a suite before any data is read: its cells against the data's facts and their networks, then
-    against the resources (a batch the data cannot fill would only add memory lines)."""
-    from harness.suite.capacity import capacity_errors
-    from harness.suite.fit import fit_errors
+    """What refuses a suite before any data is read (one line each; :mod:`harness.suite.checks`)."""
+    from harness.suite.checks import suite_problems as problems
 
-    return fit_errors(suite) or capacity_errors(suite)
+    return problems(suite)
 
 
 def prepare_run(suite, results: str = "results", data_root: str | None = None, log=print):

@@ -57,7 +57,6 @@ Choices, with their defaults and sources (official code: Jangho-Kim/FFL-pytorch,
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Literal
 
@@ -67,6 +66,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from harness.models import adapter
+from harness.models.meta import clone
 from harness.training.method import HParams, Method, OptimGroup, register_method
 from methods.common.losses import distill_kl, soft_targets
 
@@ -200,7 +200,7 @@ class FFL(Method):
             stage = len(adapter.stage_info(first)) - 2
             trunk, head1 = adapter.split(first, stage)
             if hp.branch_init == "copy":
-                head2 = copy.deepcopy(head1)
+                head2 = clone(head1)
             else:
                 _, head2 = adapter.split(ctx.create_model(ctx.group[1]), stage)
             peers = [Branch(trunk, head1), Branch(trunk, head2)]

@@ -35,7 +35,6 @@ Choices the paper leaves open (defaults from the official code, Lan1991Xu/ONE_Ne
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Literal
 
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models import adapter
+from harness.models.meta import clone
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 
 from harness.training.method import HParams, Method, OptimGroup, added_option, register_method
@@ -120,14 +120,14 @@ class BranchedNet:
             if j == 0:
                 return base_parts[level]
             if not reinit:
-                return copy.deepcopy(base_parts[level])
+                return clone(base_parts[level])
             if init == "model":
                 if j not in fresh:
                     fresh[j] = segments(create_model(name), self.stages)
                 return fresh[j][level]
             seed = int(torch.randint(0, 2**31 - 1, ()))
             with torch.random.fork_rng(devices=[]):  # reset_parameters seeds torch; keep the global stream
-                return adapter.reset_parameters(copy.deepcopy(base_parts[level]), seed)
+                return adapter.reset_parameters(clone(base_parts[level]), seed)
 
         self.levels = [[base_parts[0]]]
         for level, fanout in enumerate(self.fanouts, start=1):

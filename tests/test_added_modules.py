@@ -6,12 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-import timm
-import torch
 
-import harness.models  # noqa: F401
 from harness.data.facts import DATASET_FACTS
-from harness.training.method import MethodContext, load_methods
+from harness.suite import fit
+from harness.training.method import load_methods
 from tests.helpers import shipped_suite
 
 SUITES = sorted((Path(__file__).parents[1] / "suites").glob("*.yaml"))
@@ -37,19 +35,6 @@ def combinations():
     return seen
 
 
-def build_on_meta(cell, size, classes):
-    cls = load_methods().get(cell.method)
-    with torch.device("meta"):
-        def create(name):
-            return timm.create_model(name, num_classes=classes, in_chans=size[0])
-
-        ctx = MethodContext(group=cell.group, num_classes=classes, in_chans=size[0], image_size=size[1:],
-                            num_train=1000, epochs=2, steps_per_epoch=1, device=torch.device("meta"),
-                            create_model=create, batch_size=cell.recipe["batch_size"],
-                            load_stage=lambda name: [create(cell.group[0]).requires_grad_(False).eval()])
-        return cls(cls.HParams.model_validate(cell.hparams), ctx)
-
-
 @pytest.mark.slow
 def test_no_method_adds_modules_out_of_proportion():
     """(A method that adds no module on its first pair, a parameter-free loss, is not built again on the others.)"""
@@ -57,7 +42,7 @@ def test_no_method_adds_modules_out_of_proportion():
     for (method, group, size), (cell, classes, suite) in combinations().items():
         if method in adds_nothing:
             continue
-        counts = build_on_meta(cell, size, classes).parameter_counts()
+        counts = fit.build_on_meta(cell).parameter_counts()
         if method not in worst and counts["added_total"] == 0:
             adds_nothing.add(method)
         ratio = counts["added_total"] / counts["deployed"]
@@ -70,11 +55,11 @@ def test_no_method_adds_modules_out_of_proportion():
     assert worst["ackd"] < 2.5 and worst["afd"] < 4.5, worst  # after the MobileNetV2 fix: 2.0x and 4.0x
 
 
-def test_the_bound_catches_mobilenets_old_stage_four():
+def test_the_bound_catches_mobilenets_old_stage_four(monkeypatch):
     """The check above fails on the old layout: stage 4 of MobileNetV2 ending after the 1280-channel conv."""
     cell = next(c for (m, g, _), (c, _, _) in combinations().items()
                 if m == "ackd" and g == ("cifar_mobilenetv2_x1_4", "cifar_mobilenetv2_x0_5"))
-    new = build_on_meta(cell, (3, 32, 32), 100).parameter_counts()
+    new = fit.build_on_meta(cell).parameter_counts()
     from harness.models.cifar_mobilenetv2 import CifarMobileNetV2
 
     original = CifarMobileNetV2._setup
@@ -83,11 +68,9 @@ def test_the_bound_catches_mobilenets_old_stage_four():
         stages = stages[:-1] + [stages[-1] + tuple(neck)]
         original(self, stages, channels[:-1] + [num_features], reductions, *args)
 
-    try:
-        CifarMobileNetV2._setup = old_layout
-        old = build_on_meta(cell, (3, 32, 32), 100).parameter_counts()
-    finally:
-        CifarMobileNetV2._setup = original
+    monkeypatch.setattr(CifarMobileNetV2, "_setup", old_layout)
+    monkeypatch.setattr(fit, "_META_NETWORKS", {})  # networks of the new layout already built are not reused
+    old = fit.build_on_meta(cell).parameter_counts()
     assert old["added_total"] / old["deployed"] > BOUND >= new["added_total"] / new["deployed"]
 
 

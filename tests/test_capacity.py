@@ -11,7 +11,7 @@ from harness.suite.schema import Resources, load_suite
 from harness.suite.smoke import smoke_suite
 from harness.training.memory import GIB, _network_figures, cell_memory
 
-from tests.helpers import cli, shipped_suite, tiny_suite_dict
+from tests.helpers import cli, tiny_suite_dict
 
 
 def saved_bytes_on_cpu(model: str, images: int) -> int:
@@ -29,11 +29,15 @@ def saved_bytes_on_cpu(model: str, images: int) -> int:
     return sum(storages.values())
 
 
-def test_meta_estimate_matches_what_autograd_keeps_on_a_real_forward():
-    per_image, params = _network_figures("cifar_resnet20", (3, 32, 32), 100)
+@pytest.mark.parametrize("model", ["cifar_resnet20", "cifar_mobilenetv2_x0_5", "cifar_shufflenetv1", "cifar_vgg8",
+                                   "cifar_wrn_16_1", "cifar_resnet110_bottleneck"])
+def test_meta_estimate_matches_what_autograd_keeps_on_a_real_forward(model):
+    """One network of each family of the zoo (the estimate runs batch norm as a per-channel scale: the same
+    batch-sized tensor kept, harness.models.meta)."""
+    per_image, params = _network_figures(model, (3, 32, 32), 100)
     # per image: what two more images add, on real tensors (the weights autograd also keeps are not per image)
-    assert per_image == (saved_bytes_on_cpu("cifar_resnet20", 6) - saved_bytes_on_cpu("cifar_resnet20", 4)) / 2
-    assert params == sum(p.numel() for p in timm.create_model("cifar_resnet20", num_classes=100).parameters())
+    assert per_image == (saved_bytes_on_cpu(model, 6) - saved_bytes_on_cpu(model, 4)) / 2
+    assert params == sum(p.numel() for p in timm.create_model(model, num_classes=100).parameters())
 
 
 def imagenet_cell(group=("resnet50", "resnet18"), batch=2048) -> Cell:
@@ -101,13 +105,6 @@ def test_resources_per_worker_names_and_their_conflicts():
 
 
 @pytest.mark.slow
-def test_every_shipped_suite_fits_what_it_asks_for():
-    from pathlib import Path
-
-    for path in sorted(Path("suites").glob("*.yaml")):
-        assert capacity_errors(shipped_suite(path)) == [], path
-
-
 def test_smoke_runs_one_worker(write_suite):
     suite = smoke_suite(load_suite(kdcl_like(write_suite, workers=8, gpu_per_worker=1, cpu_per_worker=8)))
     assert suite.spec.resources.replicas == 1

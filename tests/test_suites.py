@@ -32,10 +32,13 @@ def test_every_paper_table_has_a_suite_or_a_reason():
 
 
 @pytest.mark.slow
-def test_the_index_is_up_to_date(tmp_path):
-    """suites/README.md is what `harness index` writes from an empty results store."""
+def test_every_shipped_suite_validates_and_the_index_is_up_to_date(tmp_path):
+    """No shipped suite is refused by what `harness validate` checks before a run (each cell's data and networks,
+    its memory against the GPU it asks for: the index lists a suite that fails as not validating), and
+    suites/README.md is what `harness index` writes from an empty results store."""
     lines, broken, missing, rate = build_index(SUITES[0].parent, tmp_path / "results")
-    assert not broken and rate is None
+    assert not broken, broken
+    assert rate is None
     assert (SUITES[0].parent / "README.md").read_text() == render_index(lines, broken, missing, rate), \
         "run `harness index --results /nonexistent` and commit suites/README.md"
 

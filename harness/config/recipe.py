@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -111,6 +112,13 @@ class Recipe(Strict):
 
 
 def load_presets() -> dict[str, dict]:
+    """The named recipes (a copy: the caller may change it); the file is parsed once per process, since every
+    teacher's recipe of a suite (ESKD, TAKD, ...) is resolved against it."""
+    return copy.deepcopy(_parsed_presets())
+
+
+@lru_cache(maxsize=1)
+def _parsed_presets() -> dict[str, dict]:
     with open(PRESETS_FILE) as f:
         return yaml.safe_load(f)
 

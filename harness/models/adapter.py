@@ -11,11 +11,12 @@ blocks listed by :func:`blocks`, applied in order; ``tests/test_adapter.py`` che
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from harness.models.meta import Template
 
 HEAD_MODULES = {"global_pool", "head_drop", "flatten", "pool"}  # used by forward_head, not by features
 
@@ -117,14 +118,15 @@ def split(model: nn.Module, at: int | str) -> tuple[Trunk, nn.Module]:
     """(trunk, head) of ``model`` cut after stage ``at`` (int) or after the block named ``at`` (str).
 
     Both are copies with the other side's blocks replaced by identities, so ``head(trunk(x))`` equals
-    ``model(x)``; clone the head (``copy.deepcopy``) for as many branches as a method needs.
+    ``model(x)``; clone the head (:func:`harness.models.meta.clone`) for as many branches as a method needs.
     """
     names = blocks(model)
     cut = stage_end(model, at) if isinstance(at, int) else at
     if cut not in names:
         raise ValueError(f"{type(model).__name__}: no block {cut!r}; blocks: {', '.join(names)}")
     position = names.index(cut) + 1
-    trunk, head = copy.deepcopy(model), copy.deepcopy(model)
+    template = Template(model)
+    trunk, head = template.copy(), template.copy()
     for name in names[position:]:
         trunk.set_submodule(name, nn.Identity())
     trunk.reset_classifier(0)

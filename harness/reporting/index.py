@@ -15,10 +15,12 @@ import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 from harness.data.facts import DATASET_FACTS, train_images
 from harness.papers.tables import PAPER_TABLES
 from harness.results.store import ResultStore
-from harness.suite.capacity import capacity_errors
+from harness.suite.checks import suite_problems
 from harness.suite.schema import Suite, SuiteError, load_suite
 from harness.training.memory import GIB, cell_memory
 from harness.training.stages import waves
@@ -41,9 +43,11 @@ def forward_macs(model: str, input_size: tuple[int, int, int], num_classes: int)
 
     import harness.models  # noqa: F401
     from harness.models.costs import flops
+    from harness.models.meta import ShapesOnly
 
-    net = timm.create_model(model, num_classes=num_classes, in_chans=input_size[0])
-    return flops(net, input_size) / 2
+    with torch.device("meta"), ShapesOnly():  # counted from shapes: nothing allocated, no weight initialised
+        net = timm.create_model(model, num_classes=num_classes, in_chans=input_size[0])
+        return flops(net, input_size) / 2
 
 
 def measured_rate(store: ResultStore) -> dict | None:
@@ -146,7 +150,7 @@ def build_index(suites_dir: str | Path, results: str | Path) -> tuple[list[dict]
     for path in sorted(Path(suites_dir).glob("*.yaml")):
         try:
             suite = load_suite(path)
-            problems = capacity_errors(suite)
+            problems = suite_problems(suite)
             if problems:
                 raise SuiteError(problems)
             lines.append(suite_line(suite, store, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S, modified))

@@ -7,37 +7,23 @@ do not know, an ``imagefolder``, is checked by the run's pre-flight on its files
 meta device: nothing is allocated and nothing trains.  Each problem is one line naming the key to change."""
 from __future__ import annotations
 
-import copy
 import json
 from collections import Counter
 
 import timm
 import torch
-from torch.overrides import TorchFunctionMode
 
 from harness.config.cell import Cell
 from harness.data.facts import DATASET_FACTS, fewest_per_class, train_images
+from harness.models.meta import ShapesOnly, Template
 from harness.suite.schema import Suite, method_where
 from harness.training.method import MethodContext, load_methods
 from harness.training.stages import stages_of, waves
 
 
-class _SkipInit(TorchFunctionMode):
-    """Weight initialisation skipped on the meta device, where there are no values to fill: run op by op through
-    PyTorch's Python decompositions it costs about 0.1 s per network, and most of a suite's check."""
-
-    FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_,
-                       torch.nn.init.trunc_normal_, torch.nn.init.orthogonal_})
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.FILLS and args and getattr(args[0], "is_meta", False):
-            return args[0]
-        return func(*args, **(kwargs or {}))
-
-
 # the networks built so far on the meta device (they hold no memory), copied for each method that asks: building one
 # costs about ten times copying it, and a suite (every shipped suite, in the tests) asks for the same few many times
-_META_NETWORKS: dict[tuple, torch.nn.Module] = {}
+_META_NETWORKS: dict[tuple, Template] = {}
 _BUILD_ERRORS: dict[tuple, str | None] = {}  # _build_error's answers
 
 
@@ -124,17 +110,31 @@ def _build_error(cell: Cell, method, hp) -> str | None:
 
 
 def _build(cell: Cell, method, hp, side: int | None, stages: dict) -> str | None:
+    try:
+        build_on_meta(cell, method, hp, side, stages)
+    except _NeedsSavedModules:
+        return None
+    except (ValueError, KeyError) as e:
+        return str(e.args[0] if e.args else e).splitlines()[0][:300]
+    return None
+
+
+def build_on_meta(cell: Cell, method=None, hp=None, side: int | None = None, stages: dict | None = None):
+    """The method of ``cell`` built for its networks and input on the meta device (nothing allocated), with its
+    stages' networks as frozen teachers; its own ValueError where it cannot be built.  ``method``, ``hp``, ``side``
+    and ``stages`` default to the cell's."""
+    method = method or load_methods().get(cell.method)
+    hp = hp if hp is not None else method.HParams.model_validate(cell.hparams)
+    side = side if side is not None else (cell.recipe.get("augment") or {}).get("train_size")
+    stages = stages if stages is not None else stages_of(cell)
     _, (chans, height, width), classes = DATASET_FACTS[cell.dataset["name"]]
     size = (side, side) if side else (height, width)
 
     def create(name: str) -> torch.nn.Module:
         key = (name, classes, chans)
         if key not in _META_NETWORKS:
-            _META_NETWORKS[key] = timm.create_model(name, num_classes=classes, in_chans=chans)
-        # a method may change its networks (split, wrap, freeze); copied with the meta device and _SkipInit out of
-        # the way, which would otherwise see every parameter's clone (40 % of the copy's time)
-        with torch._C.DisableTorchFunction():
-            return copy.deepcopy(_META_NETWORKS[key])
+            _META_NETWORKS[key] = Template(timm.create_model(name, num_classes=classes, in_chans=chans))
+        return _META_NETWORKS[key].copy()  # a method may change its networks (split, wrap, freeze)
 
     def load_stage(name: str) -> list[torch.nn.Module]:
         stage = stages[name]
@@ -143,15 +143,9 @@ def _build(cell: Cell, method, hp, side: int | None, stages: dict) -> str | None
     def load_stage_modules(name: str) -> dict:
         raise _NeedsSavedModules(name)
 
-    with torch.device("meta"), _SkipInit():
+    with torch.device("meta"), ShapesOnly():
         ctx = MethodContext(group=cell.group, num_classes=classes, in_chans=chans, image_size=size, num_train=1000,
                             epochs=cell.recipe["epochs"], steps_per_epoch=1, device=torch.device("meta"),
                             create_model=create, batch_size=cell.recipe["batch_size"], load_stage=load_stage,
                             load_stage_modules=load_stage_modules)
-        try:
-            method(hp, ctx)
-        except _NeedsSavedModules:
-            return None
-        except (ValueError, KeyError) as e:
-            return str(e.args[0] if e.args else e).splitlines()[0][:300]
-    return None
+        return method(hp, ctx)

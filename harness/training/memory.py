@@ -1,11 +1,11 @@
 """How much accelerator memory one training step of a cell needs on each worker, before it is trained.
 
 Activations dominate: autograd keeps tensors of every layer for the backward pass, in proportion to the batch.
-Each network runs once on the meta device (shapes only, nothing allocated, well under a second for a ResNet-50)
-while a saved-tensor hook adds up what autograd keeps; that figure per image, times the worker's micro-batch
-(the recipe's batch / workers / gradient-accumulation steps), plus the weights, gradients and optimizer state of
-every network, is the estimate.  Modules a method adds (discriminators, memory banks) are left out: they are small
-beside the networks in the shipped suites (``tests/test_added_modules.py``)."""
+Each network runs once on the meta device (shapes only, nothing allocated, well under a second for a ResNet-50:
+``harness.models.meta``) while a saved-tensor hook adds up what autograd keeps; that figure per image, times the
+worker's micro-batch (the recipe's batch / workers / gradient-accumulation steps), plus the weights, gradients and
+optimizer state of every network, is the estimate.  Modules a method adds (discriminators, memory banks) are left
+out: they are small beside the networks in the shipped suites (``tests/test_added_modules.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,12 +28,13 @@ def _network_figures(model: str, input_shape: tuple[int, int, int], num_classes:
     import timm
 
     import harness.models  # noqa: F401  (the CIFAR networks)
+    from harness.models.meta import ShapesOnly
 
-    with torch.device("meta"):
+    with torch.device("meta"), ShapesOnly():
         net = timm.create_model(model, num_classes=num_classes, in_chans=input_shape[0])
-    net.train()
-    # autograd also keeps the weights (already counted as state): the difference of two batch sizes is per image
-    small, large = (_saved_bytes(net, images, input_shape) for images in (2, 4))
+        net.train()
+        # autograd also keeps the weights (already counted as state): the difference of two batch sizes is per image
+        small, large = (_saved_bytes(net, images, input_shape) for images in (2, 4))
     return (large - small) // 2, sum(p.numel() for p in net.parameters())
 
 
