@@ -2,7 +2,7 @@
 each make the same updates as one process accumulating the same two parts (to float tolerance, for methods with
 per-sample state too), and gradient accumulation equals the big batch where nothing depends on how a batch is cut.
 The workers here are plain torch.distributed processes; the Ray Train path is tests/test_cluster.py."""
-import harness  # noqa: F401  (first: the torchvision shim, also in the spawned workers)
+import harness  # noqa: F401  (first: the torchvision shim)
 import os
 import socket
 
@@ -39,9 +39,9 @@ def cells(write_suite, tmp_path) -> list[Cell]:
 
 
 def _rank(rank: int, world: int, port: int, cells: list[dict], out: str) -> None:
+    torch.set_num_threads(1)  # first, as in a forked DataLoader worker: no OpenMP pool of the parent is used
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     try:
         for i, cell in enumerate(cells):
             trainer = Trainer(Cell.from_dict(cell), RUNTIME, Replicas(rank=rank, world=world))
@@ -67,8 +67,9 @@ def free_port() -> int:
 @pytest.mark.usefixtures("one_thread")
 def test_two_workers_update_as_one_process_accumulating_their_parts(write_suite, tmp_path):
     grid = cells(write_suite, tmp_path)
+    # forked: the workers start with everything imported (spawned, each spent 5-7 s importing torch and timm)
     mp.start_processes(_rank, args=(2, free_port(), [c.to_dict() for c in grid], str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+                       start_method="fork")
     for i, cell in enumerate(grid):
         alone = Trainer(cell, RUNTIME, Replicas(accumulation=2))
         alone.run()

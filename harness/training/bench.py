@@ -120,7 +120,10 @@ def measure_packed(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int
     """``k`` copies of the cell training at once on the device, each in its own process with 1/k of the CPUs:
     the rate of one of them (the slowest), so that ``aggregate`` is what the device delivers to k cells."""
     threads = max(1, (os.cpu_count() or 1) // k)
-    context = mp.get_context("spawn")
+    # forked from a server process that imported this module once and never touched CUDA (safe for CUDA, as spawn
+    # is): spawned, every packed process of every cell imported torch and the harness again, seconds each
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     with context.Manager() as manager:
         barrier = manager.Barrier(k)
         with context.Pool(k) as pool:
