@@ -1,4 +1,5 @@
 """Grid expansion and the stability of cell hashes."""
+import json
 import subprocess
 import sys
 
@@ -68,9 +69,10 @@ def test_hash_changes_with_what_defines_a_result():
 
 
 def test_hash_is_the_same_in_another_process():
-    code = ("from tests.test_cells import _cell; print(_cell().hash)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=__file__.rsplit("/tests/", 1)[0])
+    """Another interpreter, another string-hash seed: the same hash (the other process imports only the cell)."""
+    code = "import json, sys; from harness.config.cell import Cell; print(Cell.from_dict(json.loads(sys.argv[1])).hash)"
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(_cell().to_dict())], capture_output=True, text=True,
+                         check=True, env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=__file__.rsplit("/tests/", 1)[0])
     assert out.stdout.strip() == _cell().hash
 
 

@@ -12,7 +12,7 @@ from harness.data.datasets import load_dataset
 from harness.data.fingerprint import fingerprint
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
-from tests.helpers import harness_main, harness_run, records, TINY_RECIPE, tiny_suite_dict, write_cifar10
+from tests.helpers import cli, harness_main, records, TINY_RECIPE, tiny_suite_dict, write_cifar10
 
 
 def test_the_fingerprint_follows_the_content_and_the_class_sizes():
@@ -49,15 +49,15 @@ def test_a_file_tree_is_fingerprinted_by_its_names_wherever_it_lives(tmp_path):
     assert fingerprint(load_dataset({"name": "imagefolder", "root": str(tmp_path / "a")})) != fingerprint(there)
 
 
-def test_an_image_tree_of_mixed_sizes_without_a_crop_size_is_one_line_before_ray(tmp_path):
+def test_an_image_tree_of_mixed_sizes_without_a_crop_size_is_one_line_before_ray(tmp_path, capfd):
     _image_tree(tmp_path / "data", [(12, 12), (16, 10)])
     suite = tiny_suite_dict(dataset={"name": "imagefolder", "root": str(tmp_path / "data")}, methods=["ind"], seeds=[0])
     path = tmp_path / "mixed.yaml"
     path.write_text(yaml.safe_dump(suite))
-    proc = harness_run(path, tmp_path / "results", tmp_path / "reports")
-    out, _ = proc.communicate(timeout=300)
+    code, out, err = cli(capfd, "run", path, "--results", tmp_path / "results", "--reports", tmp_path / "reports")
+    out = out + err
     lines = out.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in out, out
+    assert code == 2 and len(lines) == 1 and "Traceback" not in out, out
     assert "cannot read its first batch" in lines[0] and "not all of one size" in lines[0], out
     assert "augment.train_size" in lines[0] and not (tmp_path / "results" / "cells").exists()
 

@@ -13,7 +13,7 @@ from methods.afd import lsgan_discriminator_loss
 from methods.common.contrastive import nce_loss
 from methods.common.losses import distill_kl, soft_targets
 
-from tests.helpers import TINY_RECIPE, tiny_suite_dict
+from tests.helpers import TINY_DATA, TINY_RECIPE, tiny_suite_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,8 +48,8 @@ def test_nce_and_lsgan_stay_fp32_under_autocast():
                                        rel=1e-5)
 
 
-def cell(write_suite, precision: str, method="dml") -> Cell:
-    suite = tiny_suite_dict(methods=[method], seeds=[0], recipe=dict(TINY_RECIPE, precision=precision))
+def cell(write_suite, precision: str, method="dml", **changes) -> Cell:
+    suite = tiny_suite_dict(methods=[method], seeds=[0], recipe=dict(TINY_RECIPE, precision=precision), **changes)
     return load_suite(write_suite(suite)).cells[0]
 
 
@@ -63,7 +63,8 @@ def test_fp32_is_the_default_and_leaves_hashes_alone_other_precisions_are_new_ce
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_a_cell_trains_in_low_precision_on_the_cpu_with_fp32_losses(write_suite, precision):
-    trainer = Trainer(cell(write_suite, precision), Runtime(device="cpu"))
+    # two steps an epoch: low precision is slow on a CPU
+    trainer = Trainer(cell(write_suite, precision, dataset=TINY_DATA), Runtime(device="cpu"))
     seen = []
     hook = trainer.method.peers[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     terms = []
