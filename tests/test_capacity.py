@@ -104,7 +104,6 @@ def test_resources_per_worker_names_and_their_conflicts():
         Resources(cpu=1, cpu_per_worker=2)
 
 
-@pytest.mark.slow
 def test_smoke_runs_one_worker(write_suite):
     suite = smoke_suite(load_suite(kdcl_like(write_suite, workers=8, gpu_per_worker=1, cpu_per_worker=8)))
     assert suite.spec.resources.replicas == 1
