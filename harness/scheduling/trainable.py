@@ -158,7 +158,7 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
                                                "images_per_pass": cell.recipe["batch_size"] // replicas.parts})
     lead = replicas.rank == 0
     try:
-        trainer = Trainer(cell, _runtime(config, cpus, device), replicas)
+        trainer = Trainer(cell, _runtime(config, cpus, gpus, device), replicas)
         record["data"] = trainer.data_fingerprint
         # of one GPU, for the index's rates: every worker's share
         record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus * replicas.world}
@@ -204,8 +204,14 @@ def _new_record(cell: Cell, config: dict, trial: str, parallel: dict) -> dict:
     }
 
 
-def _runtime(config: dict, cpus: int, device: str | None = None) -> Runtime:
+def _runtime(config: dict, cpus: int, gpus: float, device: str | None = None) -> Runtime:
+    """How this trial (or data-parallel worker) trains: ``device`` is Ray Train's answer for a worker.  A trial that
+    asked for no GPU trains on the CPU unless the run named a device: Ray 2.60 no longer hides the GPUs from an
+    actor that asked for none, so ``auto`` (and Ray Train's ``get_device()``, cuda:0) would put it on GPU 0,
+    beside the trials Ray placed there."""
     given = config.get("runtime", {})
+    if not gpus and given.get("device", "auto") == "auto":
+        device = "cpu"
     return Runtime(**{**given, "results": config["results"], **({"device": device} if device else {}),
                       "workers": given.get("workers") or loader_workers(cpus)})
 
@@ -255,7 +261,7 @@ def _train_bundle(config: dict, cells: list[Cell], cpus: int, gpus: float, trial
                 "stacked_seeds": len(cells)}
     records = {c.hash: _new_record(c, config, trial, dict(parallel)) for c in cells}
     try:
-        bundle = SeedBundle(cells, _runtime(config, cpus))
+        bundle = SeedBundle(cells, _runtime(config, cpus, gpus))
         for cell, trainer in zip(cells, bundle.trainers):
             # the device is shared by the seeds: each one's share, for the index's rates
             records[cell.hash].update(data=trainer.data_fingerprint,
