@@ -81,11 +81,9 @@ def time_steps(trainer: Trainer, steps: int, warmup: int) -> float:
     trainer.method.on_epoch_start(0)
     batches, n = _batches(trainer), len(trainer.train_batches)
 
-    def step(i: int) -> int:
+    def step(i: int) -> int:  # the engine's own step: its passes, autocast and fp16 scale (no schedule)
         batch = next(batches)
-        with trainer.autocast():
-            trainer.method.train_step(batch, Step(0, i % n, trainer.recipe.epochs, n, global_batch=len(batch)))
-        return len(batch)
+        return trainer.train_step(batch, Step(0, i % n, trainer.recipe.epochs, n, global_batch=len(batch)))[1]
 
     return timed(step, steps, warmup, trainer.device)
 

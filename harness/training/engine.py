@@ -23,7 +23,7 @@ from harness.data.datasets import DatasetError, load_dataset
 from harness.data.fingerprint import describe as describe_fingerprint, fingerprint
 from harness.data.inputs import build_inputs
 from harness.training.method import MethodContext, OptimGroup, Step, load_methods
-from harness.training.parallel import OneUpdateOfRunningStats, Replicas, SharedStep
+from harness.training.parallel import OneUpdateOfRunningStats, Replicas, SharedStep, settle_scale
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -150,6 +150,8 @@ class Trainer:
             self.method.optimizers[name] = SharedStep(optimizer, replicas, self.scaler) if shared else optimizer
             if group.follow_schedule:
                 self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
+        # accumulated passes update batch-norm statistics once per step, as data-parallel workers do
+        self._running_stats = OneUpdateOfRunningStats(self.method.modules) if replicas.accumulation > 1 else None
         self.last_epoch = min(cell.stop_epoch or self.recipe.epochs, self.recipe.epochs)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
@@ -270,29 +272,11 @@ class Trainer:
         lrs = self.learning_rates()
         sums: dict[str, torch.Tensor] = {}
         images, start = 0, time.perf_counter()
-        shared = [o for o in self.method.optimizers.values() if isinstance(o, SharedStep)]
-        stats = OneUpdateOfRunningStats(self.method.modules) if self.replicas.accumulation > 1 else None
         for i, batch in enumerate(self.train_batches.epoch(epoch)):
-            passes = self.replicas.passes(batch)
-            if stats and passes:
-                stats.begin()
-            for k, part in enumerate(passes):
-                for optimizer in shared:
-                    optimizer.pass_index, optimizer.passes = k, len(passes)
-                with self.autocast():
-                    terms = self.method.train_step(part, Step(epoch, i, self.recipe.epochs, steps,
-                                                              global_batch=len(batch)))
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value / len(passes)
-                images += len(part) * self.replicas.world
-                if stats:
-                    stats.after_pass()
-            if stats and passes:
-                stats.end(len(passes))
-            if self.scaler is not None and any(o.scaled_steps for o in shared):
-                self.scaler.update()  # once per step, after every optimizer of the method stepped
-                for optimizer in shared:
-                    optimizer.scaled_steps = 0
+            terms, n = self.train_step(batch, Step(epoch, i, self.recipe.epochs, steps, global_batch=len(batch)))
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value
+            images += n
             for scheduler in self.schedulers.values():
                 scheduler.step()
         if self.device.type == "cuda":
@@ -303,6 +287,32 @@ class Trainer:
         self.check_finite(losses, epoch)
         return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses,
                 **self.method.epoch_metrics()}
+
+    def train_step(self, batch: Batch, step: Step) -> tuple[dict[str, torch.Tensor], int]:
+        """One update of the method on a global batch: this worker's passes (forward under the recipe's autocast),
+        their batch-norm statistics as one update, fp16's scale settled.  Returns the terms (mean over the passes)
+        and the images trained on every worker; the learning-rate schedules are the caller's.  ``harness bench``
+        times this very step."""
+        shared = [o for o in self.method.optimizers.values() if isinstance(o, SharedStep)]
+        passes = self.replicas.passes(batch)
+        if self._running_stats and passes:
+            self._running_stats.begin()
+        sums: dict[str, torch.Tensor] = {}
+        images = 0
+        for k, part in enumerate(passes):
+            for optimizer in shared:
+                optimizer.pass_index, optimizer.passes = k, len(passes)
+            with self.autocast():
+                terms = self.method.train_step(part, step)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value / len(passes)
+            images += len(part) * self.replicas.world
+            if self._running_stats:
+                self._running_stats.after_pass()
+        if self._running_stats and passes:
+            self._running_stats.end(len(passes))
+        settle_scale(self.scaler, shared)  # once per step, after every optimizer of the method stepped
+        return sums, images
 
     def check_finite(self, losses: dict[str, float], epoch: int) -> None:
         """Raise :class:`NonFiniteLoss`, naming the cell, the term and the epoch, where an epoch's mean loss is not

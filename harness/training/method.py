@@ -20,6 +20,7 @@ from torch import nn
 
 from harness.data.batches import Batch
 from harness.models.stacked import StackedPeers, StackingError, StackSlice
+from harness.training.parallel import settle_scale
 from harness.registry import Registry
 
 
@@ -307,9 +308,16 @@ class Method:
         return {name: value.detach() for name, value in terms.items()}
 
     def backward(self, loss: torch.Tensor) -> None:
-        """``loss.backward()``, through the engine's gradient scaler where the recipe trains in fp16; a method
-        that writes its own ``train_step`` calls this rather than ``loss.backward()``."""
-        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        """``loss.backward()``, outside autocast (PyTorch's guidance: the backward ops follow their forward ops'
+        dtypes), through the engine's gradient scaler where the recipe trains in fp16, its scale settled first if an
+        optimizer already stepped in this step; a method that writes its own ``train_step`` calls this rather than
+        ``loss.backward()``."""
+        with torch.autocast(loss.device.type, enabled=False):
+            if self.grad_scaler is None:
+                loss.backward()
+                return
+            settle_scale(self.grad_scaler, self.optimizers.values())
+            self.grad_scaler.scale(loss).backward()
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch state (ramp-ups, weights recomputed on a validation split)."""

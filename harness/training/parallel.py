@@ -140,6 +140,18 @@ class OneUpdateOfRunningStats:
             m.num_batches_tracked.copy_(count + 1)
 
 
+def settle_scale(scaler, optimizers) -> None:
+    """fp16's ``scaler.update()`` where an optimizer stepped through the scaler since its last update: at the end of
+    every training step, and before a backward pass that follows an update within one step (peers or
+    discriminators updated one after another), whose loss must be scaled by the settled scale; a second
+    ``scaler.step`` of one optimizer before ``update()`` raises."""
+    stepped = [o for o in optimizers if getattr(o, "scaled_steps", 0)]
+    if scaler is not None and stepped:
+        scaler.update()
+        for optimizer in stepped:
+            optimizer.scaled_steps = 0
+
+
 class SharedStep:
     """Wraps one of a method's optimizers: an update waits for the last pass and uses the mean gradient of every
     pass of every worker, through fp16's gradient scaler where there is one.  Everything else (param_groups,
