@@ -53,3 +53,57 @@ def test_an_fp16_bench_times_its_steps(write_suite):
     suite = tiny_suite_dict(methods=["dml"], seeds=[0], dataset=TINY_DATA, recipe={**TINY_RECIPE, "precision": "fp16"})
     trainer = Trainer(load_suite(write_suite(suite)).cells[0], Runtime(device="cpu"))
     assert time_steps(trainer, steps=3, warmup=1) > 0
+
+
+def _sync_rank(rank: int, port: int, config: dict) -> None:
+    import datetime as dt
+    import os
+
+    import torch.distributed as dist
+
+    from harness.scheduling.trainable import _train
+    from harness.training.parallel import Replicas
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=dt.timedelta(seconds=60))
+    try:
+        _train(config, Replicas(rank=rank, world=2), 1, 0, f"rank {rank}", None, lambda trainer, metrics: None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_data_parallel_cell_whose_forward_synchronises_ends_with_its_costs(tmp_path, monkeypatch):
+    """SyncBatchNorm all-gathers in every training forward, and the cost of a step is counted on a training
+    forward after the last epoch: counted by rank 0 alone, it waited for ranks that had returned (NCCL: until its
+    30-minute timeout, then again after each restart). Here a forward that all-reduces, on two gloo ranks."""
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from harness.results.store import ResultStore
+    from harness.training import step_cost
+    from tests.helpers import tiny_cell
+
+    counted = step_cost.training_forward_macs
+
+    def synchronising(method, batch, step):
+        dist.all_reduce(torch.ones(1))  # what SyncBatchNorm's forward does with its statistics
+        return counted(method, batch, step)
+
+    monkeypatch.setattr(step_cost, "training_forward_macs", synchronising)  # inherited by the forked ranks
+    cell = tiny_cell("ind", epochs=1)
+    config = {"cell": cell.to_dict(), "results": str(tmp_path / "results"), "runtime": {"device": "cpu"}}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.start_processes(_sync_rank, args=(port, config), nprocs=2, start_method="fork", join=False)
+    for process in context.processes:
+        process.join(timeout=120)
+    codes = [p.exitcode for p in context.processes]
+    for p in context.processes:
+        p.kill()
+    assert codes == [0, 0], codes
+    record = ResultStore(tmp_path / "results").get(cell.hash)
+    assert record["status"] == "ok" and record["costs"]["train_forward_macs_per_image"] > 0, record.get("costs")

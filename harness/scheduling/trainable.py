@@ -172,11 +172,14 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
             report(trainer, metrics)
 
         summary = trainer.run(on_epoch=on_epoch)
+        # counted on every worker: the counted training forward runs SyncBatchNorm's all-gathers, which wait for
+        # every rank (counted by rank 0 alone, it waited for ranks that had returned, until NCCL's timeout)
+        costs = trainer.costs()
         if not lead:
             return
         relative, digest = store.save_weights(cell.hash, trainer.save_weights)
         record.update(status="ok", history=trainer.history, restarts=trainer.restarts, **summary,
-                      params=trainer.method.parameter_counts(), costs=trainer.costs(), stages=trainer.stage_provenance,
+                      params=trainer.method.parameter_counts(), costs=costs, stages=trainer.stage_provenance,
                       weights={"file": relative, "sha256": digest})
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
