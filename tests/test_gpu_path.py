@@ -107,3 +107,27 @@ def test_a_data_parallel_cell_whose_forward_synchronises_ends_with_its_costs(tmp
     assert codes == [0, 0], codes
     record = ResultStore(tmp_path / "results").get(cell.hash)
     assert record["status"] == "ok" and record["costs"]["train_forward_macs_per_image"] > 0, record.get("costs")
+
+
+@pytest.mark.parametrize("share", [0.5, 2])
+def test_a_data_parallel_worker_asks_for_one_whole_gpu(write_suite, tmp_path, capfd, share):
+    """A share of a GPU per worker let Ray put two ranks on one GPU (NCCL: "Duplicate GPU detected"); two GPUs per
+    worker left the second idle (a worker trains on one device). Refused before anything starts, in one line."""
+    from tests.helpers import cli, tiny_suite_dict
+
+    path = write_suite(tiny_suite_dict(seeds=[0], resources={"workers": 2, "gpu_per_worker": share,
+                                                             "cpu_per_worker": 1}))
+    code, out, err = cli(capfd, "validate", path, "--results", tmp_path / "none")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert str(path) in lines[0] and "resources" in lines[0] and "gpu_per_worker is 0 or 1 where workers > 1" in lines[0]
+
+
+def test_gpu_auto_gives_each_data_parallel_worker_a_whole_gpu(write_suite):
+    from harness.suite.schema import load_suite
+    from tests.helpers import tiny_suite_dict
+
+    auto = load_suite(write_suite(tiny_suite_dict(seeds=[0], resources={"workers": 2, "gpu": "auto"})))
+    assert auto.spec.resources.gpu == 1.0 and "1 GPU per worker" in auto.spec.resources.packing
+    one = load_suite(write_suite(tiny_suite_dict(seeds=[0], resources={"gpu": "auto"})))
+    assert one.spec.resources.gpu < 1  # a tiny cell alone still shares a GPU

@@ -15,7 +15,10 @@ MAX_CELLS_PER_GPU = 8  # beyond this the host's CPUs, not the GPU, set the pace 
 def auto_gpu_share(cells: list[Cell], resources) -> tuple[float, str]:
     """``resources: {gpu: auto}``: the share of a GPU each cell asks for, 1/k with k the cells of the suite's
     largest estimate (with headroom and a CUDA context each) that fit in ``gpu_memory_gb``, at most 8; and the
-    reason in words.  One whole GPU where a cell's size is not known before its data is read."""
+    reason in words.  One whole GPU where a cell's size is not known before its data is read, and for every worker
+    of a data-parallel cell (one NCCL rank per GPU)."""
+    if resources.workers > 1:  # a data-parallel worker holds a whole GPU (NCCL: one rank per GPU)
+        return 1.0, f"gpu: auto → 1 GPU per worker ({resources.workers} workers: one rank per GPU)"
     estimates = [cell_memory(c, resources.workers, resources.grad_accumulation)
                  for c in {c.hash: c for wave in waves(cells) for c in wave}.values()]
     if not estimates or any(e is None for e in estimates):

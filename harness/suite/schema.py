@@ -81,6 +81,10 @@ class Resources(Strict):
             if getattr(self, f"{key}_per_worker") is not None:  # one spelling from here on: cpu and gpu
                 setattr(self, key, getattr(self, f"{key}_per_worker"))
                 setattr(self, f"{key}_per_worker", None)
+        if self.workers > 1 and self.gpu not in (0, 1, "auto"):
+            # a share would put two ranks on one GPU (NCCL refuses a duplicate GPU); a worker's second GPU would idle
+            raise ValueError(f"a data-parallel worker trains on one whole GPU: gpu_per_worker is 0 or 1 where "
+                             f"workers > 1, not {self.gpu:g}; for more GPUs per cell raise workers")
         return self
 
     @property
