@@ -131,3 +131,31 @@ def test_gpu_auto_gives_each_data_parallel_worker_a_whole_gpu(write_suite):
     assert auto.spec.resources.gpu == 1.0 and "1 GPU per worker" in auto.spec.resources.packing
     one = load_suite(write_suite(tiny_suite_dict(seeds=[0], resources={"gpu": "auto"})))
     assert one.spec.resources.gpu < 1  # a tiny cell alone still shares a GPU
+
+
+def test_the_standard_path_copies_without_blocking_and_leaves_cuda_unseeded(monkeypatch):
+    """Every host-to-device copy of a batch is non-blocking (a blocking index copy synchronised the stream every
+    step), and the per-image seeds of the standard path reseed the CPU generator only (torch.manual_seed reseeded
+    CUDA too, which the loop does not restore: the GPU's random numbers depended on the number of loader workers)."""
+    from harness.config.recipe import AugmentSpec
+    from harness.data.pipelines import ImageSet, StandardBatches, image_transforms
+
+    copies, cuda_seeds = [], []
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if (args and isinstance(args[0], (torch.device, str))) or "device" in kwargs:  # a copy to a device
+            copies.append(kwargs.get("non_blocking", False))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda_seeds.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: cuda_seeds.append(seed))
+    images, labels = torch.zeros(12, 1, 8, 8, dtype=torch.uint8), torch.arange(12) % 3
+    tf = image_transforms(AugmentSpec(crop_padding=2, flip=True), (0.5,), (0.25,), (8, 8), train=True)
+    batches = StandardBatches(ImageSet(images, labels, tf), 4, seed=0, device=torch.device("cpu"),
+                              channels_last=False)
+    copies.clear()
+    assert len(list(batches.epoch(0))) == 3
+    assert copies and all(copies), copies
+    assert cuda_seeds == []

@@ -104,8 +104,9 @@ class ImageSet(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         i, seed = item if isinstance(item, tuple) else (item, None)
-        if seed is not None:
-            torch.manual_seed(seed)  # torchvision's and our transforms draw from torch's global generator
+        if seed is not None:  # torchvision's and our transforms draw from torch's global CPU generator; the CPU's
+            # only: torch.manual_seed would reseed CUDA too, whose state the loop does not restore in process
+            torch.random.default_generator.manual_seed(seed)
         img = self.image(i)
         return tuple(self.transform(img) for _ in range(self.views)), int(self.labels[i]), i
 
@@ -176,7 +177,8 @@ class StandardBatches:
 
     def _to_device(self, views, y, index) -> Batch:
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format) for v in views]
-        return Batch(views=views, y=y.to(self.device, non_blocking=True), index=index.to(self.device))
+        # every copy non-blocking: a blocking one waits for the device's queue (a full sync every step on CUDA)
+        return Batch(views=views, y=y.to(self.device, non_blocking=True), index=index.to(self.device, non_blocking=True))
 
     def _batches(self, shuffle: bool, epoch: int) -> Iterator[tuple]:
         order, loader = self._loader(shuffle)
