@@ -296,7 +296,8 @@ def cmd_bench(args) -> int:
     measure = {"packed": measure_packed, "seeds": measure_seeds}
     store = ResultStore(args.results)
     suite = _load(args)
-    runtime = Runtime(device=args.device, data_root=args.data_root, compile=suite.spec.resources.compile)
+    runtime = Runtime(device=args.device, data_root=args.data_root, compile=suite.spec.resources.compile,
+                      deterministic=suite.spec.resources.deterministic)
     cells = list({c.hash: c for c in suite.cells}.values())[: args.cells]
     measures = []
     for cell in cells:

@@ -159,3 +159,39 @@ def test_the_standard_path_copies_without_blocking_and_leaves_cuda_unseeded(monk
     assert len(list(batches.epoch(0))) == 3
     assert copies and all(copies), copies
     assert cuda_seeds == []
+
+
+def test_the_deterministic_switch_sets_every_flag_is_recorded_and_is_not_hashed(write_suite, monkeypatch):
+    """resources.deterministic: cuDNN deterministic without autotuning, torch's deterministic algorithms and
+    cuBLAS's fixed workspace (what makes CUDA re-runs bit-identical, measured on an H200); the flags are in every
+    record's hardware; the cell is the same cell. On the CPU two runs under it are equal, as without it."""
+    from harness.results.provenance import hardware
+    from harness.suite.schema import load_suite
+    from harness.training.engine import Runtime, Trainer, set_determinism
+    from tests.helpers import TINY_DATA, TINY_RECIPE, tiny_suite_dict
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    raw = tiny_suite_dict(methods=["dml"], seeds=[0], dataset=TINY_DATA, recipe={**TINY_RECIPE, "epochs": 1})
+    plain = load_suite(write_suite(raw))
+    switched = load_suite(write_suite({**raw, "resources": {"cpu": 1, "deterministic": True}}))
+    assert switched.spec.resources.deterministic and switched.cells[0].hash == plain.cells[0].hash
+    try:
+        runs = []
+        for _ in range(2):
+            trainer = Trainer(switched.cells[0], Runtime(device="cpu", deterministic=True))
+            trainer.run()
+            runs.append(trainer.method.modules.state_dict())
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert hardware("cpu")["numerics"] == {"cudnn_benchmark": False, "cudnn_deterministic": True,
+                                               "deterministic_algorithms": True,
+                                               "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                                               "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+        assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+        Trainer(plain.cells[0], Runtime(device="cpu"))  # the next trainer in this process is as it asks
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+        assert hardware("cpu")["numerics"]["deterministic_algorithms"] is False
+    finally:
+        set_determinism(Runtime())

@@ -296,7 +296,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     spec = suite.spec.resources
     # the data root is resolved here, on the driver: a trial on another node (or on a Ray instance started before
     # this run) sees its raylet's environment, not this process's $HARNESS_DATA_ROOT
-    runtime = replace(runtime, stack_peers=spec.stack_peers, compile=spec.compile,
+    runtime = replace(runtime, stack_peers=spec.stack_peers, compile=spec.compile, deterministic=spec.deterministic,
                       data_root=runtime.data_root or os.environ.get("HARNESS_DATA_ROOT"))
     parallel = {"workers": spec.workers, "grad_accumulation": spec.grad_accumulation, "cpu": spec.cpu,
                 "gpu": spec.gpu, "max_failures": max_failures}

@@ -70,6 +70,9 @@ class Resources(Strict):
     # trains them all on its share; each seed keeps its own record.  Not with workers, grad_accumulation or fp16.
     stack_seeds: bool = False
     compile: bool = False
+    # bit-identical re-training on CUDA: deterministic cuDNN and torch algorithms, no autotuning (slower; on the CPU
+    # runs repeat bit for bit without it). Not hashed: the same cell.
+    deterministic: bool = False
     gpu_memory_gb: PositiveFloat = 80  # an assumption (an 80 GB A100/H100) where the suite does not say
     packing: ClassVar[str | None] = None  # how gpu: auto was resolved, in words (set on the instance by load_suite)
 

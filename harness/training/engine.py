@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import socket
 import time
@@ -49,11 +50,24 @@ class Runtime:
     stack_peers: bool = False  # the peers as one grouped network (resources.stack_peers)
     compile: bool = False  # torch.compile of each network's forward (resources.compile)
     cudnn_benchmark: bool = True  # cuDNN picks its fastest kernels for the shapes it sees (as the papers' code)
+    # bit-identical re-training on CUDA (resources.deterministic): deterministic cuDNN and torch algorithms,
+    # cuBLAS's fixed workspace, no autotuning; an operation without a deterministic kernel raises, naming itself
+    deterministic: bool = False
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+
+def set_determinism(runtime: Runtime) -> None:
+    """This process's cuDNN and torch algorithm choices for ``runtime`` (set before the first CUDA kernel: cuBLAS
+    reads its workspace setting when it starts)."""
+    if runtime.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = runtime.cudnn_benchmark and not runtime.deterministic
+    torch.backends.cudnn.deterministic = runtime.deterministic
+    torch.use_deterministic_algorithms(runtime.deterministic)
 
 
 def seed_everything(seed: int) -> None:
@@ -91,6 +105,7 @@ class Trainer:
         self.cell, self.runtime, self.replicas = cell, runtime, replicas
         self.recipe = Recipe.model_validate(cell.recipe)
         self.device = runtime.torch_device()
+        set_determinism(runtime)
         seed_everything(cell.seed)
 
         data = data if data is not None else load_dataset(cell.dataset, runtime.data_root)
@@ -133,8 +148,6 @@ class Trainer:
                                  f"CUDA only), this worker is on {self.device}; set sync_bn: false")
             # the networks' batch-norm layers swapped in place; their parameters (and so the optimizers') are kept
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.modules)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.method.modules.to(self.device, memory_format=memory_format)
         if runtime.compile:
