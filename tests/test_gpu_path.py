@@ -195,3 +195,23 @@ def test_the_deterministic_switch_sets_every_flag_is_recorded_and_is_not_hashed(
         assert hardware("cpu")["numerics"]["deterministic_algorithms"] is False
     finally:
         set_determinism(Runtime())
+
+
+def test_a_data_parallel_cell_the_cluster_cannot_place_with_its_driver_is_refused(write_suite, monkeypatch):
+    """2 workers × 1 CPU on a 2-CPU instance: the trial that drives them holds 0.01 CPU too, so the workers were
+    never placed and the run waited forever (Ray Train retrying every minute). Refused in one line instead."""
+    import ray
+
+    from harness.scheduling.runner import ResourceError, _check_resources
+    from harness.suite.schema import load_suite
+    from tests.helpers import tiny_suite_dict
+
+    suite = load_suite(write_suite(tiny_suite_dict(seeds=[0], resources={"workers": 2, "cpu_per_worker": 1})))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ResourceError) as refused:
+        _check_resources(suite)
+    line = str(refused.value)
+    assert "\n" not in line and str(suite.path) in line
+    assert "resources.cpu: a trial needs 2.01 CPU(s) (2 workers × 1 and 0.01 for the trial that drives them)" in line
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 3.0})
+    _check_resources(suite)  # room for both workers and the driver

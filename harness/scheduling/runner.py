@@ -300,7 +300,7 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
                       data_root=runtime.data_root or os.environ.get("HARNESS_DATA_ROOT"))
     parallel = {"workers": spec.workers, "grad_accumulation": spec.grad_accumulation, "cpu": spec.cpu,
                 "gpu": spec.gpu, "max_failures": max_failures}
-    _check_resources(suite, {"cpu": spec.cpu * spec.workers, "gpu": spec.gpu * spec.workers})
+    _check_resources(suite)
     # a data-parallel cell's trial is only its driver: Ray Train asks for the workers' CPUs and GPUs itself
     resources = {"cpu": spec.cpu, "gpu": spec.gpu} if spec.workers == 1 else {"cpu": DRIVER_CPU}
     blocked: list[Cell] = []
@@ -338,14 +338,22 @@ class ResourceError(RuntimeError):
     """The cluster cannot run one trial of the suite (it would wait forever); the message is one line."""
 
 
-def _check_resources(suite: Suite, resources: dict) -> None:
+def _check_resources(suite: Suite) -> None:
+    """Refuse, in one line, a trial the Ray cluster can never place: it would wait forever (Ray Train retries the
+    worker group of a data-parallel cell every minute).  A data-parallel cell needs its workers and the trial that
+    drives them (``DRIVER_CPU``) at once."""
     import ray
 
+    spec = suite.spec.resources
     have = ray.cluster_resources()
+    driver = DRIVER_CPU if spec.workers > 1 else 0
+    needs = {"gpu": spec.gpu * spec.workers, "cpu": spec.cpu * spec.workers + driver}
     for key, name in (("gpu", "GPU"), ("cpu", "CPU")):
-        if resources[key] > have.get(name, 0):
+        if needs[key] > have.get(name, 0) + 1e-9:
+            how = (f" ({spec.workers} workers × {getattr(spec, key):g}" + (f" and {driver:g} for the trial that drives "
+                   "them" if key == "cpu" else "") + ")") if spec.workers > 1 else ""
             raise ResourceError(
-                f"{suite.path}: resources.{key}: a trial needs {resources[key]:g} {name}(s) but the Ray cluster has "
+                f"{suite.path}: resources.{key}: a trial needs {needs[key]:g} {name}(s){how} but the Ray cluster has "
                 f"{have.get(name, 0):g}; run on a machine or cluster that has them, pass --num-{key}s, or use --smoke "
                 f"(which trains on the CPU when there is no GPU)")
 
