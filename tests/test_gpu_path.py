@@ -215,3 +215,25 @@ def test_a_data_parallel_cell_the_cluster_cannot_place_with_its_driver_is_refuse
     assert "resources.cpu: a trial needs 2.01 CPU(s) (2 workers × 1 and 0.01 for the trial that drives them)" in line
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 3.0})
     _check_resources(suite)  # room for both workers and the driver
+
+
+@pytest.mark.parametrize("loss", ["sp_loss", "rkd_loss", "pkt_loss", "nst_loss"])
+def test_gram_and_pairwise_losses_are_computed_in_fp32_under_autocast(loss):
+    """SP, RKD, PKT and NST multiply embeddings or maps with each other (Gram matrices, pairwise distances): in
+    fp16 a Gram entry above 65504 overflowed to inf. Under autocast they now run in fp32 on the same inputs, so
+    the value is the fp32 computation's exactly."""
+    from methods.common import feature_losses
+
+    fn = getattr(feature_losses, loss)
+    torch.manual_seed(0)
+    shape = (4, 8, 3, 3) if loss == "nst_loss" else (4, 16)
+    s, t = (torch.randn(shape) * 3).to(torch.bfloat16), (torch.randn(shape) * 3).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = fn([s] if loss == "nst_loss" else s, [t] if loss == "nst_loss" else t)
+    assert value.dtype == torch.float32
+    expected = fn([s.float()] if loss == "nst_loss" else s.float(), [t.float()] if loss == "nst_loss" else t.float())
+    assert value.item() == expected.item()
+    big = torch.full((4, 16), 100.0, dtype=torch.float16)  # ‖s‖² = 160,000 > fp16's 65,504
+    if loss == "sp_loss":
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert torch.isfinite(fn(big, big))

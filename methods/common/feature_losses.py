@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.common.losses import full_precision
+
 Maps = torch.Tensor | Sequence[torch.Tensor]
 
 
@@ -116,6 +118,7 @@ def _poly2_kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
 
 
+@full_precision  # Gram matrices and products of embeddings overflow or round away in fp16/bf16
 def nst_loss(student: Maps, target: Maps) -> torch.Tensor:
     """NST: Σ over map pairs of MMD² with the kernel (aᵀb)² between channel maps L2-normalised over positions."""
     total = None
@@ -132,6 +135,7 @@ def nst_loss(student: Maps, target: Maps) -> torch.Tensor:
 
 # --- batch relations: SP, RKD, PKT -----------------------------------------------------------------------------
 
+@full_precision  # Gram matrices and products of embeddings overflow or round away in fp16/bf16
 def sp_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SP: ‖rownorm(F_t F_tᵀ) − rownorm(F_s F_sᵀ)‖²_F / b², F the features flattened per sample."""
     b = student.shape[0]
@@ -160,6 +164,7 @@ def _triplet_cosines(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(directions, directions.transpose(1, 2))
 
 
+@full_precision  # Gram matrices and products of embeddings overflow or round away in fp16/bf16
 def rkd_loss(student: torch.Tensor, target: torch.Tensor, distance_weight: float = 25.0,
              angle_weight: float = 50.0) -> torch.Tensor:
     """RKD: w_d · smoothL1(distance potentials) + w_a · smoothL1(angle potentials), means over all entries."""
@@ -175,6 +180,7 @@ def _cosine_conditional(e: torch.Tensor, eps: float) -> torch.Tensor:
     return kernel / kernel.sum(1, keepdim=True)
 
 
+@full_precision  # Gram matrices and products of embeddings overflow or round away in fp16/bf16
 def pkt_loss(student: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """PKT: mean over the B² entries of P_t · log((P_t + ε) / (P_s + ε)), P the row-normalised cosine kernel."""
     ps = _cosine_conditional(student.flatten(1), eps)

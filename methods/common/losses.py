@@ -14,6 +14,8 @@ def full_precision(loss):
     to them unchanged."""
 
     def up(x):
+        if isinstance(x, (list, tuple)):  # feature maps of several stages
+            return type(x)(up(v) for v in x)
         return x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
 
     @functools.wraps(loss)
