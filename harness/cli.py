@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the store the measurement is kept in, for 'harness index' and 'validate'")
     bench.add_argument("--smoke", action="store_true", help="the suite's --smoke cells")
     bench.add_argument("--data-root", default=None, help="as given to 'harness run'")
+    sub.add_parser("doctor", help="check this machine's GPU path (PASS/FAIL per check, about 10 min on one GPU; "
+                                  "on a CPU the checks it allows, and what it skipped)")
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
     return parser
@@ -342,6 +344,12 @@ def cmd_index(args) -> int:
     return 1 if broken else 0
 
 
+def cmd_doctor(args) -> int:
+    from harness.doctor import run_doctor
+
+    return run_doctor()
+
+
 def cmd_list(args) -> int:
     from harness.reporting.listing import listing
 
@@ -359,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,
-               "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench, "list": cmd_list}[args.command]
+               "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench, "list": cmd_list,
+               "doctor": cmd_doctor}[args.command]
     try:
         return command(args)
     except (SuiteError, DatasetError, UnknownName, StageError, ResourceError,

@@ -235,6 +235,7 @@ class KDCL(Method):
     """KDCL: every peer distils from one soft target built from all peers (Naive, Linear, MinLogit, General)."""
 
     HParams = KDCLParams
+    check_hparams = {"val_per_class": 2}  # of the 6 images per class of a tiny cell
     min_peers = 2
     stackable = True
 

@@ -50,6 +50,7 @@ class TAKD(KD):
 
     HParams = TAKDParams
     teacher_stage = "assistant"
+    check_hparams = {"assistant": "cifar_resnet8"}  # a ResNet-8 pair has no assistant of ACKD's
 
     @classmethod
     def assistant_of(cls, hp: TAKDParams, group: tuple[str, ...]) -> str | None:

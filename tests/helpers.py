@@ -181,19 +181,11 @@ def train_stages(cell, results_dir):
     """Train (in this process, without Ray) every stage ``cell`` needs and save their networks under
     ``results_dir`` as the trainable does; returns the Runtime that lets a Trainer of ``cell`` find them."""
     from harness.results.store import ResultStore
-    from harness.training.engine import Runtime, Trainer
-    from harness.training.stages import waves
+    from harness.training.engine import Runtime
+    from harness.training.stages import train_stages_in_process
 
-    store = ResultStore(results_dir)
-    runtime = Runtime(results=str(store.root))
-    for wave in waves([cell])[:-1]:
-        for stage_cell in wave:
-            path = store.weights_path(stage_cell.hash)
-            if not path.is_file():
-                trainer = Trainer(stage_cell, runtime)
-                trainer.run()
-                trainer.save_weights(path)
-    return runtime
+    train_stages_in_process(cell, results_dir)
+    return Runtime(results=str(ResultStore(results_dir).root))
 
 
 def random_batch(n: int = 4, size: int | tuple[int, int] = 8, seed: int = 0, chans: int = 1,

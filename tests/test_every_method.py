@@ -22,9 +22,8 @@ from tests.helpers import TINY_RECIPE, train_stages
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 # Outputs beyond net1..netK and ens that a method evaluates with its default hyper-parameters.
 EXTRA_OUTPUTS = {"ft_paraphraser": {"reconstructed"}, "one": {"teacher"}, "kdcl": {"teacher"}, "ffl": {"fused"}}
-# Small settings so that the generic run exercises each method's state within 2 epochs.
-# (warm-ups, ramp-ups and earlier phases are capped as --smoke caps them: smoke_hparams).
-SHORT = {"takd": {"assistant": "cifar_resnet8"}, "kdcl": {"val_per_class": 2}}
+# Small settings so that the generic run exercises each method's state within 2 epochs: each method's own
+# check_hparams (warm-ups, ramp-ups and earlier phases are capped as --smoke caps them: smoke_hparams).
 
 
 # Stages of another method that train one network's helper and deploy nothing (FT's paraphraser on a teacher):
@@ -52,7 +51,8 @@ def stage_results(tmp_path_factory):
 def make(name: str, k: int, results=None) -> Trainer:
     """A Trainer of method ``name`` on k ResNet-8 (for offline methods: a ResNet-8 teacher and student),
     with any stage it needs (a teacher) trained first under ``results``."""
-    hparams = smoke_hparams(load_methods().get(name).HParams(**SHORT.get(name, {})).model_dump(mode="json"))
+    cls = load_methods().get(name)
+    hparams = smoke_hparams(cls.HParams(**cls.check_hparams).model_dump(mode="json"))
     cell = Cell(method=name, hparams=hparams, group=("cifar_resnet8",) * k, dataset=DATA,
                 recipe={**TINY_RECIPE, "epochs": 2}, seed=0, label=name, suite="every_method")
     runtime = train_stages(cell, results) if results is not None else Runtime()

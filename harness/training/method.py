@@ -116,6 +116,10 @@ class Method:
     # the method reaches its peers' training forward only through :meth:`forward_peers` (one call for all K), so
     # the peers can be trained as one grouped network (``resources: {stack_peers: true}``, harness/models/stacked.py)
     stackable: ClassVar[bool] = False
+    # hyper-parameters (beside the defaults) with which the method trains a tiny cell of ResNet-8s on a few images
+    # per class, where its defaults cannot (a teacher assistant to name, a validation split to shrink): the cells
+    # of ``harness doctor`` and of tests/test_every_method.py
+    check_hparams: ClassVar[dict] = {}
 
     def __init__(self, hp: HParams, ctx: MethodContext):
         self.hp = hp

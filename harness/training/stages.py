@@ -57,3 +57,21 @@ def waves(cells: list[Cell]) -> list[list[Cell]]:
     for h, d in depth.items():
         out[d].append(by_hash[h])
     return out
+
+
+def train_stages_in_process(cell: Cell, results) -> None:
+    """Train, in this process and without Ray, every stage ``cell`` needs (its teachers, recursively) that the
+    local result store ``results`` does not hold yet, and save their networks there as a run's trial does; a
+    Trainer of ``cell`` with ``Runtime(results=...)`` then finds them (``harness doctor``, the tests)."""
+    from harness.results.store import ResultStore
+    from harness.training.engine import Runtime, Trainer
+
+    store = ResultStore(results)
+    runtime = Runtime(results=str(store.root))
+    for wave in waves([cell])[:-1]:
+        for stage_cell in wave:
+            path = store.weights_path(stage_cell.hash)
+            if not path.is_file():
+                trainer = Trainer(stage_cell, runtime)
+                trainer.run()
+                trainer.save_weights(path)
