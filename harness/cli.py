@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cells", type=int, default=1, help="how many of the suite's cells to measure (default 1)")
     bench.add_argument("--steps", type=int, default=20, help="timed training steps per measurement (default 20)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    bench.add_argument("--min-seconds", type=float, default=2.0,
+                       help="each of the 3 timed windows lasts at least this long too (default 2; the median is kept)")
     bench.add_argument("--packed", default="4,8", metavar="K,K",
                        help="cells per device of the packed mode (default 4,8; 0 skips it)")
     bench.add_argument("--seeds", default="4", metavar="K,K",
@@ -280,7 +282,7 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from harness.reporting.bench import bench_table, save_bench
     from harness.results.store import ResultStore
-    from harness.training.bench import MODES, measure_cell, measure_packed, measure_seeds, seed_stack_error, \
+    from harness.training.bench import MODES, Timing, measure_cell, measure_packed, measure_seeds, seed_stack_error, \
         stack_error
     from harness.training.engine import Runtime
 
@@ -288,10 +290,10 @@ def cmd_bench(args) -> int:
     unknown = [m for m in modes if m not in MODES]
     counts = [k.strip() for k in args.packed.split(",") if k.strip()]
     seed_counts = [k.strip() for k in args.seeds.split(",") if k.strip()]
-    if (unknown or args.cells < 1 or args.steps < 1 or not all(k.isdigit() for k in counts + seed_counts)
-            or any(k == "1" for k in seed_counts)):
+    if (unknown or args.cells < 1 or args.steps < 1 or args.warmup < 0 or args.min_seconds < 0
+            or not all(k.isdigit() for k in counts + seed_counts) or any(k == "1" for k in seed_counts)):
         print(f"bench: --modes takes {', '.join(MODES)}; --packed whole numbers (4,8); --seeds whole numbers from 2 "
-              "(4,8); --cells and --steps at least 1", file=sys.stderr)
+              "(4,8); --cells and --steps at least 1; --warmup and --min-seconds at least 0", file=sys.stderr)
         return 2
     packed = [int(k) for k in counts if int(k) > 0]
     seeds = [int(k) for k in seed_counts if int(k) > 0]
@@ -301,6 +303,7 @@ def cmd_bench(args) -> int:
     runtime = Runtime(device=args.device, data_root=args.data_root, compile=suite.spec.resources.compile,
                       deterministic=suite.spec.resources.deterministic)
     cells = list({c.hash: c for c in suite.cells}.values())[: args.cells]
+    timing = Timing(args.steps, args.warmup, args.min_seconds)
     measures = []
     for cell in cells:
         config = cell.to_dict()
@@ -311,8 +314,8 @@ def cmd_bench(args) -> int:
                       file=sys.stderr)
                 continue
             for k in {"packed": packed, "seeds": seeds}.get(mode, [1]):
-                m = (measure[mode](config, runtime, args.steps, args.warmup, k) if mode in measure else
-                     measure_cell(config, runtime, args.steps, args.warmup, mode))
+                m = (measure[mode](config, runtime, timing, k) if mode in measure else
+                     measure_cell(config, runtime, timing, mode))
                 print(f"{m.mode}{f' ×{k}' if mode in measure else ''} {m.cell}: "
                       + (m.error or f"{m.images_per_s:,.0f} img/s per cell, {m.aggregate:,.0f} per device"),
                       file=sys.stderr)

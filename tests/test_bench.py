@@ -18,7 +18,7 @@ def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path, capfd):
         name="bench", dataset={"name": "synthetic_cifar100", "train_per_class": 1, "test_per_class": 1},
         methods=["ind", {"name": "dml", "update": "sequential"}], seeds=[0])))
     code, out, err = cli(capfd, "bench", suite, "--cells", 2, "--steps", 2, "--warmup", 1, "--packed", 2, "--seeds", 2,
-                         "--device", "cpu", "--results", tmp_path / "r")
+                         "--min-seconds", 0, "--device", "cpu", "--results", tmp_path / "r")
     assert code == 0, err[-3000:]
     # the ind cell in all four modes; the sequential DML cell is not stacked (peers or seeds), and says why
     assert err.count("method dml updates its peers one after another") == 2
@@ -50,4 +50,5 @@ def test_bench_refuses_a_mistyped_mode_in_one_line(capfd):
     code, _, err = cli(capfd, "bench", "benchmarks/resnet32_pair.yaml", "--modes", "seperate")
     assert code == 2 and "Traceback" not in err
     assert err.strip() == ("bench: --modes takes separate, stacked, packed, seeds; --packed whole numbers "
-                                   "(4,8); --seeds whole numbers from 2 (4,8); --cells and --steps at least 1")
+                           "(4,8); --seeds whole numbers from 2 (4,8); --cells and --steps at least 1; --warmup and "
+                           "--min-seconds at least 0")

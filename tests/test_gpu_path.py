@@ -46,13 +46,13 @@ def test_an_fp16_bench_times_its_steps(write_suite):
     """harness bench stepped the method without ever settling the scale: every fp16 bench raised at its second
     step. It now times the engine's own step."""
     from harness.suite.schema import load_suite
-    from harness.training.bench import time_steps
+    from harness.training.bench import Timing, time_steps
     from harness.training.engine import Runtime, Trainer
     from tests.helpers import TINY_DATA, TINY_RECIPE, tiny_suite_dict
 
     suite = tiny_suite_dict(methods=["dml"], seeds=[0], dataset=TINY_DATA, recipe={**TINY_RECIPE, "precision": "fp16"})
     trainer = Trainer(load_suite(write_suite(suite)).cells[0], Runtime(device="cpu"))
-    assert time_steps(trainer, steps=3, warmup=1) > 0
+    assert time_steps(trainer, Timing(steps=3, warmup=1, min_seconds=0)) > 0
 
 
 def _sync_rank(rank: int, port: int, config: dict) -> None:
@@ -237,3 +237,45 @@ def test_gram_and_pairwise_losses_are_computed_in_fp32_under_autocast(loss):
     if loss == "sp_loss":
         with torch.autocast("cpu", dtype=torch.float16):
             assert torch.isfinite(fn(big, big))
+
+
+def test_bench_windows_start_after_the_warm_up_and_barrier_last_long_enough_and_keep_the_median():
+    """The packed processes met at a barrier before building their trainers (seconds of set-up against 0.2 s
+    windows: the windows barely overlapped and the per-device figure was overstated); a window was 20 steps.
+    Now: warm-up, then the barrier, then 3 windows of at least the steps and the seconds asked, median kept."""
+    import time
+
+    from harness.training.bench import WINDOWS, Timing, timed
+
+    calls, waited_at = [], []
+
+    class Barrier:
+        def wait(self):
+            waited_at.append(len(calls))
+
+    def step(i):
+        calls.append(i)
+        time.sleep(0.002)
+        return 10 if len(calls) % 2 else 30  # windows see different mixes: a median, not a mean of steps
+
+    rate = timed(step, Timing(steps=3, warmup=4, min_seconds=0.05), torch.device("cpu"), Barrier())
+    assert waited_at == [4]  # after every warm-up step, before any timed one
+    timed_steps = len(calls) - 4
+    assert timed_steps >= WINDOWS * 0.05 / 0.004  # each window lasted its 0.05 s (steps take 2-4 ms)
+    assert 10 / 0.0035 < rate < 30 / 0.002
+
+
+def test_bench_times_full_batches_only(write_suite):
+    """200 images at batch 64 gave batches 64, 64, 64, 8: one timed step in four was a tiny batch of another
+    shape (cuDNN autotuning it inside the window, a recompile)."""
+    from harness.suite.schema import load_suite
+    from harness.training.bench import _batches
+    from harness.training.engine import Runtime, Trainer
+    from tests.helpers import TINY_RECIPE, tiny_suite_dict
+
+    suite = tiny_suite_dict(methods=["ind"], seeds=[0], dataset={"name": "fashion_mnist_mini", "train_per_class": 10,
+                                                                 "test_per_class": 2})
+    trainer = Trainer(load_suite(write_suite(suite)).cells[0], Runtime(device="cpu"))
+    assert sorted({len(b) for b in trainer.train_batches.epoch(0)}) == [4, 32]  # 100 images at batch 32
+    stream = _batches(trainer)
+    assert {len(next(stream)) for _ in range(10)} == {TINY_RECIPE["batch_size"]}

@@ -4,8 +4,10 @@ Modes: ``separate`` (one cell on the device, its peers as K networks: what ``har
 ``stacked`` (the peers as one grouped network, ``resources.stack_peers``), ``packed`` (``k`` cells training
 at once on the device, each in its own process, as Ray packs trials with fractional ``gpu`` resources) and
 ``seeds`` (``k`` seeds of the cell as one grouped network of all their peers, ``resources.stack_seeds``).  Each
-measurement trains a cell's real method on its real input path for a fixed number of steps after a warm-up,
-and reads the clock once at the end (a CUDA device is synchronised first).
+measurement trains a cell's real method on its real input path (the engine's own step) after a warm-up, on full
+batches only, in 3 windows of at least ``steps`` steps and ``min_seconds`` each (a CUDA device synchronised at
+their ends), and keeps their median; packed processes start their windows together, after their warm-ups.  Memory
+on a GPU is the peak reserved by the caching allocator plus the CUDA context a process holds.
 """
 from __future__ import annotations
 
@@ -23,6 +25,14 @@ from harness.training.engine import Runtime, Trainer
 from harness.training.method import Step, load_methods
 
 MODES = ("separate", "stacked", "packed", "seeds")
+WINDOWS = 3  # timed windows per measurement; their median is kept
+
+
+@dataclass(frozen=True)
+class Timing:
+    steps: int = 20  # at least this many steps per window
+    warmup: int = 3  # untimed steps first (compilation, cuDNN's autotuning)
+    min_seconds: float = 2.0  # and at least this long per window (20 steps of a small CNN take 0.2 s on a GPU)
 
 
 @dataclass
@@ -54,29 +64,42 @@ def seed_stack_error(cell: Cell) -> str | None:
 
 
 def _batches(trainer: Trainer):
+    """The trainer's batches epoch after epoch, full ones only where there are any: a last, smaller batch would
+    be one timed step of a different shape (cuDNN autotuning it, a recompile) and few images."""
+    full = trainer.recipe.batch_size
     epoch = 0
     while True:
-        for batch in trainer.train_batches.epoch(epoch):
-            yield batch
+        batches = list(trainer.train_batches.epoch(epoch))
+        whole = [b for b in batches if len(b) == full]
+        yield from whole or batches
         epoch += 1
 
 
-def timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Images per second of ``steps`` calls of ``step(i)`` (one training step; returns its images) after ``warmup``
-    (compilation, cudnn's autotuning)."""
+def timed(step, timing: Timing, device: torch.device, barrier=None) -> float:
+    """Images per second of ``step(i)`` (one training step; returns its images): after ``timing.warmup`` steps
+    (and ``barrier``, where processes measure together), the median of ``WINDOWS`` windows of at least
+    ``timing.steps`` steps and ``timing.min_seconds`` each."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
-    images = 0
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync(device)
-            start, images = time.perf_counter(), 0
-        images += step(i)
+    i = 0
+    for i in range(timing.warmup):
+        step(i)
     sync(device)
-    return images / (time.perf_counter() - start)
+    if barrier is not None:
+        barrier.wait()  # every packed process is warm: their windows overlap
+    rates = []
+    for _ in range(WINDOWS):
+        images, count, start = 0, 0, time.perf_counter()
+        while count < timing.steps or time.perf_counter() - start < timing.min_seconds:
+            i += 1
+            images += step(i)
+            count += 1
+        sync(device)  # the clock is read on a synchronised device (a GPU may still be working on the queue)
+        rates.append(images / (time.perf_counter() - start))
+    return sorted(rates)[len(rates) // 2]
 
 
-def time_steps(trainer: Trainer, steps: int, warmup: int) -> float:
-    """Images per second of ``steps`` training steps of one cell after ``warmup``."""
+def time_steps(trainer: Trainer, timing: Timing, barrier=None) -> float:
+    """Images per second of one cell's training steps (see :func:`timed`)."""
     trainer.method.modules.train()
     trainer.method.on_epoch_start(0)
     batches, n = _batches(trainer), len(trainer.train_batches)
@@ -85,36 +108,48 @@ def time_steps(trainer: Trainer, steps: int, warmup: int) -> float:
         batch = next(batches)
         return trainer.train_step(batch, Step(0, i % n, trainer.recipe.epochs, n, global_batch=len(batch)))[1]
 
-    return timed(step, steps, warmup, trainer.device)
+    return timed(step, timing, trainer.device, barrier)
 
 
-def measure_cell(cell: dict, runtime: Runtime, steps: int, warmup: int, mode: str = "separate",
-                 cells: int = 1) -> Measure:
-    """Train ``cell`` (a cell dict) for ``steps`` timed steps in ``mode``; the memory its training needed."""
+def peak_memory(device: torch.device) -> int | None:
+    """What this process held on the GPU at its peak: the caching allocator's reserved memory (what packing must
+    leave room for, not only what tensors used) plus the CUDA context; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    from harness.suite.packing import CONTEXT_GIB
+
+    return torch.cuda.max_memory_reserved(device) + int(CONTEXT_GIB * 2**30)
+
+
+def measure_cell(cell: dict, runtime: Runtime, timing: Timing, mode: str = "separate", cells: int = 1,
+                 barrier=None) -> Measure:
+    """Train ``cell`` (a cell dict) in ``mode`` and time it (:func:`timed`); the memory its training needed."""
     cell = Cell.from_dict(cell)
     runtime = dataclasses.replace(runtime, stack_peers=mode == "stacked")
     try:
         trainer = Trainer(cell, runtime)
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
-        rate = time_steps(trainer, steps, warmup)
+        rate = time_steps(trainer, timing, barrier)
     except DatasetError:
         raise  # the suite's data is not here: one line for the whole bench (harness.cli), not one per mode
     except (ValueError, RuntimeError) as e:
+        if barrier is not None:
+            barrier.abort()  # the other packed processes do not wait for this one
         return Measure(mode, cell.describe(), cells, 0.0, None, error=str(e).splitlines()[0][:300])
-    memory = torch.cuda.max_memory_allocated(trainer.device) if trainer.device.type == "cuda" else None
     macs = trainer.costs().get("train_forward_macs_per_image")
-    return Measure(mode, cell.describe(), cells, rate, memory, macs)
+    return Measure(mode, cell.describe(), cells, rate, peak_memory(trainer.device), macs)
 
 
 def _packed_worker(args) -> Measure:
-    cell, runtime, steps, warmup, k, threads, barrier = args
+    cell, runtime, timing, k, threads, barrier = args
     torch.set_num_threads(threads)
-    barrier.wait()  # every packed process starts its timed steps together
-    return measure_cell(cell, runtime, steps, warmup, "packed", k)
+    if runtime.torch_device().type == "cuda":  # a process that outgrows its share fails alone, not its neighbours
+        torch.cuda.set_per_process_memory_fraction(1 / k, runtime.torch_device())
+    return measure_cell(cell, runtime, timing, "packed", k, barrier)
 
 
-def measure_packed(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int) -> Measure:
+def measure_packed(cell: dict, runtime: Runtime, timing: Timing, k: int) -> Measure:
     """``k`` copies of the cell training at once on the device, each in its own process with 1/k of the CPUs:
     the rate of one of them (the slowest), so that ``aggregate`` is what the device delivers to k cells."""
     threads = max(1, (os.cpu_count() or 1) // k)
@@ -125,7 +160,7 @@ def measure_packed(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int
     with context.Manager() as manager:
         barrier = manager.Barrier(k)
         with context.Pool(k) as pool:
-            results = pool.map(_packed_worker, [(cell, runtime, steps, warmup, k, threads, barrier)] * k)
+            results = pool.map(_packed_worker, [(cell, runtime, timing, k, threads, barrier)] * k)
     failed = [r for r in results if r.error]
     if failed:
         return failed[0]
@@ -135,7 +170,7 @@ def measure_packed(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int
                    slowest.macs_per_image)
 
 
-def measure_seeds(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int) -> Measure:
+def measure_seeds(cell: dict, runtime: Runtime, timing: Timing, k: int) -> Measure:
     """``k`` seeds of ``cell`` (its seed, +1, ...) trained as one bundle (harness/training/bundle.py): the rate of
     one of them, so that ``aggregate`` is what the device delivers to the k cells."""
     from harness.training.bundle import SeedBundle
@@ -154,10 +189,10 @@ def measure_seeds(cell: dict, runtime: Runtime, steps: int, warmup: int, k: int)
             bundle.train_step(batches, Step(0, i % bundle.steps, bundle.recipe.epochs, bundle.steps))
             return len(batches[0])
 
-        rate = timed(step, steps, warmup, bundle.device)
+        rate = timed(step, timing, bundle.device)
     except DatasetError:
         raise
     except (ValueError, RuntimeError) as e:
         return Measure("seeds", base.describe(), k, 0.0, None, error=str(e).splitlines()[0][:300])
-    memory = torch.cuda.max_memory_allocated(bundle.device) if bundle.device.type == "cuda" else None
-    return Measure("seeds", base.describe(), k, rate, memory, bundle.costs[0].get("train_forward_macs_per_image"))
+    return Measure("seeds", base.describe(), k, rate, peak_memory(bundle.device),
+                   bundle.costs[0].get("train_forward_macs_per_image"))
