@@ -279,3 +279,21 @@ def test_bench_times_full_batches_only(write_suite):
     assert sorted({len(b) for b in trainer.train_batches.epoch(0)}) == [4, 32]  # 100 images at batch 32
     stream = _batches(trainer)
     assert {len(next(stream)) for _ in range(10)} == {TINY_RECIPE["batch_size"]}
+
+
+def test_rkd_has_no_data_dependent_shape_so_no_host_sync():
+    """RKD normalised its distances by d[d > 0].mean(): a selection whose size depends on the data, which makes a
+    GPU step wait for the device (a host sync every step). torch's FakeTensorMode, which computes shapes only,
+    refuses exactly such an operation; the loss now runs under it, with CUDA tensors, and equals the selection's."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from methods.common.feature_losses import _normalised_distances, pairwise_distances, rkd_loss
+
+    torch.manual_seed(0)
+    e = torch.randn(6, 5)
+    d = pairwise_distances(e)
+    assert torch.allclose(_normalised_distances(e), d / d[d > 0].mean(), rtol=1e-6)
+    with FakeTensorMode():
+        s, t = torch.empty(6, 5, device="cuda"), torch.empty(6, 5, device="cuda")
+        loss = rkd_loss(s, t)
+    assert loss.device.type == "cuda" and loss.shape == ()
