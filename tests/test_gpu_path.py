@@ -297,3 +297,25 @@ def test_rkd_has_no_data_dependent_shape_so_no_host_sync():
         s, t = torch.empty(6, 5, device="cuda"), torch.empty(6, 5, device="cuda")
         loss = rkd_loss(s, t)
     assert loss.device.type == "cuda" and loss.shape == ()
+
+
+def test_a_trial_with_a_share_of_a_gpu_is_capped_to_that_share_of_its_memory(monkeypatch):
+    from harness.scheduling.trainable import cap_gpu_memory
+
+    capped = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda share, device: capped.append(share))
+    cap_gpu_memory(torch.device("cuda:0"), 0.25)
+    cap_gpu_memory(torch.device("cuda:0"), 1.0)  # a whole GPU: nothing to share
+    cap_gpu_memory(torch.device("cpu"), 0.0)
+    assert capped == [0.25]
+
+
+def test_ray_trains_state_tracking_is_off_without_a_dashboard():
+    """Ray Train's state actor polls the dashboard: on a local instance started with --no-dashboard it printed a
+    traceback every few seconds while a data-parallel cell trained."""
+    from harness.scheduling.runner import RAY_ENV, ray_env
+
+    assert ray_env(None, dashboard=False)["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "0"
+    assert ray_env(None, dashboard=True)["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"
+    assert ray_env("127.0.0.1:6379", dashboard=False)["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # a cluster's own
+    assert RAY_ENV["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # unchanged for the next run

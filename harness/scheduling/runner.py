@@ -83,18 +83,30 @@ class RunSummary:
     unfinished: list[str]  # cells with no record: the run was interrupted before they ended
 
 
+def ray_env(address: str | None, dashboard: bool) -> dict[str, str]:
+    """The environment of the run's Ray processes: ``RAY_ENV``, less Ray Train's state tracking on a local instance
+    without a dashboard (its state actor polls the dashboard, and printed a traceback every few seconds for as long
+    as a data-parallel cell trained: about 1,200 lines in 8 minutes).  A cluster joined by address keeps it (its
+    dashboard's Train view shows the cells)."""
+    env = dict(RAY_ENV)
+    if not address and not dashboard:
+        env["RAY_TRAIN_ENABLE_STATE_TRACKING"] = "0"
+    return env
+
+
 def init_ray(address: str | None, dashboard: bool, num_cpus: float | None, num_gpus: float | None, log) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray instance."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    for key, value in RAY_ENV.items():
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = ray_env(address, dashboard)
+    for key, value in env.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(
-        runtime_env={"worker_process_setup_hook": "harness.scheduling.runner.setup_worker", "env_vars": RAY_ENV},
+        runtime_env={"worker_process_setup_hook": "harness.scheduling.runner.setup_worker", "env_vars": env},
         logging_level="WARNING",
         log_to_driver=True,
         configure_logging=True,

@@ -159,6 +159,7 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
     lead = replicas.rank == 0
     try:
         trainer = Trainer(cell, _runtime(config, cpus, gpus, device), replicas)
+        cap_gpu_memory(trainer.device, gpus)
         record["data"] = trainer.data_fingerprint
         # of one GPU, for the index's rates: every worker's share
         record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus * replicas.world}
@@ -205,6 +206,14 @@ def _new_record(cell: Cell, config: dict, trial: str, parallel: dict) -> dict:
         **({"overrides": config["overrides"]} if config.get("overrides") else {}),
         "parallel": parallel,
     }
+
+
+def cap_gpu_memory(device: torch.device, share: float) -> None:
+    """A trial given a share of a GPU (``gpu: 0.25``) may allocate only that share of its memory: the caching
+    allocator of one trial would otherwise keep what its neighbours on the GPU need, and they would fail with an
+    out-of-memory error that is not theirs.  This trial fails instead, if it outgrows its share."""
+    if device.type == "cuda" and 0 < share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, device)
 
 
 def _runtime(config: dict, cpus: int, gpus: float, device: str | None = None) -> Runtime:
@@ -265,6 +274,7 @@ def _train_bundle(config: dict, cells: list[Cell], cpus: int, gpus: float, trial
     records = {c.hash: _new_record(c, config, trial, dict(parallel)) for c in cells}
     try:
         bundle = SeedBundle(cells, _runtime(config, cpus, gpus))
+        cap_gpu_memory(bundle.device, gpus)
         for cell, trainer in zip(cells, bundle.trainers):
             # the device is shared by the seeds: each one's share, for the index's rates
             records[cell.hash].update(data=trainer.data_fingerprint,
