@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from harness.config.cell import Cell
-from harness.training.memory import GIB, cell_memory
+from harness.training.memory import CONTEXT_GIB, GIB, cell_memory
 from harness.training.stages import waves
 
 
 AUTO_HEADROOM = 1.25  # the estimate misses the allocator's fragmentation and cuDNN's workspaces
-CONTEXT_GIB = 0.5  # what each process's CUDA context takes before any tensor
 MAX_CELLS_PER_GPU = 8  # beyond this the host's CPUs, not the GPU, set the pace of small cells
 
 

@@ -116,9 +116,9 @@ def peak_memory(device: torch.device) -> int | None:
     leave room for, not only what tensors used) plus the CUDA context; None on a CPU."""
     if device.type != "cuda":
         return None
-    from harness.suite.packing import CONTEXT_GIB
+    from harness.training.memory import CONTEXT_GIB, GIB
 
-    return torch.cuda.max_memory_reserved(device) + int(CONTEXT_GIB * 2**30)
+    return torch.cuda.max_memory_reserved(device) + int(CONTEXT_GIB * GIB)
 
 
 def measure_cell(cell: dict, runtime: Runtime, timing: Timing, mode: str = "separate", cells: int = 1,

@@ -20,6 +20,7 @@ from harness.data.facts import network_input
 BYTES_PER_TRAINED_PARAMETER = 16
 BYTES_PER_FROZEN_PARAMETER = 4  # a teacher from an earlier stage: its weights only
 GIB = 2**30
+CONTEXT_GIB = 0.5  # what each process's CUDA context takes before any tensor (an assumption: no GPU measured it)
 
 
 @lru_cache(maxsize=None)
