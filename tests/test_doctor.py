@@ -39,7 +39,7 @@ def test_a_step_of_each_method_passes_and_a_non_finite_loss_fails_naming_the_met
     real = DML.train_step
     monkeypatch.setattr(DML, "train_step", lambda self, batch, step: {
         name: value * math.nan for name, value in real(self, batch, step).items()})
-    outcome = doctor.check_every_method(torch.device("cpu"), "fp32", tmp_path, methods=["dml", "takd"])
+    outcome = doctor.check_every_method(torch.device("cpu"), "fp32", tmp_path, methods=["dml", "ind"])
     assert outcome.status == "FAIL" and outcome.detail.startswith("1 of 2: dml: ce/net1 not finite"), outcome
 
 
