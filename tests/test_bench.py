@@ -17,7 +17,7 @@ def test_bench_prints_each_mode_and_keeps_its_rates(tmp_path, capfd):
     suite.write_text(yaml.safe_dump(tiny_suite_dict(
         name="bench", dataset={"name": "synthetic_cifar100", "train_per_class": 1, "test_per_class": 1},
         methods=["ind", {"name": "dml", "update": "sequential"}], seeds=[0])))
-    code, out, err = cli(capfd, "bench", suite, "--cells", 2, "--steps", 2, "--warmup", 1, "--packed", 2, "--seeds", 2,
+    code, out, err = cli(capfd, "bench", suite, "--cells", 2, "--steps", 1, "--warmup", 1, "--packed", 2, "--seeds", 2,
                          "--min-seconds", 0, "--device", "cpu", "--results", tmp_path / "r")
     assert code == 0, err[-3000:]
     # the ind cell in all four modes; the sequential DML cell is not stacked (peers or seeds), and says why

@@ -31,8 +31,8 @@ def test_on_this_cpu_it_runs_what_a_cpu_allows_and_names_what_it_skipped(capfd, 
 
 
 def test_a_step_of_each_method_passes_and_a_non_finite_loss_fails_naming_the_method(tmp_path, monkeypatch):
-    """TAKD trains its teacher and assistant stages first; fp16 goes through the CPU's gradient scaler."""
-    outcome = doctor.check_every_method(torch.device("cpu"), "fp16", tmp_path, methods=["dml", "takd"])
+    """KD trains its teacher stage first; fp16 goes through the CPU's gradient scaler."""
+    outcome = doctor.check_every_method(torch.device("cpu"), "fp16", tmp_path, methods=["dml", "kd"])
     assert outcome.status == "PASS" and outcome.detail == "2 methods, finite losses", outcome
     from methods.dml import DML
 
