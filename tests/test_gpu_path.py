@@ -319,3 +319,41 @@ def test_ray_trains_state_tracking_is_off_without_a_dashboard():
     assert ray_env(None, dashboard=True)["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"
     assert ray_env("127.0.0.1:6379", dashboard=False)["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # a cluster's own
     assert RAY_ENV["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # unchanged for the next run
+
+
+def _gather_rank(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from harness.training.parallel import Replicas
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    syncs = []
+    for name in ("item", "tolist"):
+        real = getattr(torch.Tensor, name)
+        setattr(torch.Tensor, name, lambda self, real=real, name=name: syncs.append(name) or real(self))
+    try:
+        gathered = Replicas(rank=rank, world=2).gather(torch.full((3 + rank, 2), float(rank)))
+    finally:
+        dist.destroy_process_group()
+    torch.save({"gathered": gathered, "syncs": syncs}, os.path.join(out, f"{rank}.pt"))
+
+
+def test_gathering_a_per_sample_state_costs_one_host_sync(tmp_path):
+    """TSB and CRD gather their per-sample state every step: it cost one .item() per worker and one more (a host
+    sync each on a GPU); now one .tolist() for all the sizes."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_gather_rank, args=(port, str(tmp_path)), nprocs=2, start_method="fork")
+    for rank in range(2):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert torch.equal(result["gathered"], torch.cat([torch.zeros(3, 2), torch.ones(4, 2)]))
+        assert result["syncs"] == ["tolist"], result["syncs"]

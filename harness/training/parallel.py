@@ -59,12 +59,12 @@ class Replicas:
         tensor = tensor.detach().contiguous()
         sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world)]
         dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
-        longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        counts = torch.cat(sizes).tolist()  # one host sync (it was one per worker, and one more for the longest)
+        padded = torch.zeros((max(counts), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
         padded[: len(tensor)] = tensor
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded)
-        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+        return torch.cat([p[:n] for p, n in zip(parts, counts)])
 
     def mean(self, values: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         """Each value averaged over the workers (one all-reduce; float64 so that epoch sums lose nothing)."""
