@@ -300,7 +300,7 @@ def test_rkd_has_no_data_dependent_shape_so_no_host_sync():
 
 
 def test_a_trial_with_a_share_of_a_gpu_is_capped_to_that_share_of_its_memory(monkeypatch):
-    from harness.scheduling.trainable import cap_gpu_memory
+    from harness.training.memory import cap_gpu_memory
 
     capped = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda share, device: capped.append(share))

@@ -7,8 +7,8 @@ what autograd keeps, so :class:`ShapesOnly` takes them out of the way on meta te
 
 - weight initialisation (``normal_``, ``trunc_normal_``, ...): there are no values to fill;
 - batch norm (about 7 ms a layer): replaced by ``x * weight`` per channel.  Autograd keeps the same
-  batch-sized tensor, the input (``tests/test_meta.py`` checks the figures of every network of the zoo); the
-  per-channel statistics it keeps besides do not grow with the batch.
+  batch-sized tensor, the input (``tests/test_capacity.py`` checks the figures against a real CPU forward on one
+  network of each family of the zoo); the per-channel statistics it keeps besides do not grow with the batch.
 
 Copies of a meta network (a method splits, wraps and clones networks) are unpickled from one pickle
 (:class:`Template`, :func:`clone`): about ten times faster than ``copy.deepcopy`` for the same independent copy."""

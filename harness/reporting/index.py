@@ -15,8 +15,6 @@ import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from harness.data.facts import DATASET_FACTS, train_images
 from harness.papers.tables import PAPER_TABLES
 from harness.results.store import ResultStore
@@ -40,6 +38,7 @@ NO_SUITE = {
 @lru_cache(maxsize=None)
 def forward_macs(model: str, input_size: tuple[int, int, int], num_classes: int) -> float:
     import timm
+    import torch
 
     import harness.models  # noqa: F401
     from harness.models.costs import flops

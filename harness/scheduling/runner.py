@@ -362,8 +362,10 @@ def _check_resources(suite: Suite) -> None:
     needs = {"gpu": spec.gpu * spec.workers, "cpu": spec.cpu * spec.workers + driver}
     for key, name in (("gpu", "GPU"), ("cpu", "CPU")):
         if needs[key] > have.get(name, 0) + 1e-9:
-            how = (f" ({spec.workers} workers × {getattr(spec, key):g}" + (f" and {driver:g} for the trial that drives "
-                   "them" if key == "cpu" else "") + ")") if spec.workers > 1 else ""
+            how = ""
+            if spec.workers > 1:
+                driving = f" and {driver:g} for the trial that drives them" if key == "cpu" else ""
+                how = f" ({spec.workers} workers × {getattr(spec, key):g}{driving})"
             raise ResourceError(
                 f"{suite.path}: resources.{key}: a trial needs {needs[key]:g} {name}(s){how} but the Ray cluster has "
                 f"{have.get(name, 0):g}; run on a machine or cluster that has them, pass --num-{key}s, or use --smoke "

@@ -27,6 +27,7 @@ from harness.results.provenance import hardware, package_versions
 from harness.results.store import ResultStore
 from harness.scheduling.metrics import EpochMetrics
 from harness.training.engine import NonFiniteLoss, Runtime, Trainer
+from harness.training.memory import cap_gpu_memory
 from harness.training.parallel import Replicas
 
 CHECKPOINT_FILE = "state.pt"
@@ -206,14 +207,6 @@ def _new_record(cell: Cell, config: dict, trial: str, parallel: dict) -> dict:
         **({"overrides": config["overrides"]} if config.get("overrides") else {}),
         "parallel": parallel,
     }
-
-
-def cap_gpu_memory(device: torch.device, share: float) -> None:
-    """A trial given a share of a GPU (``gpu: 0.25``) may allocate only that share of its memory: the caching
-    allocator of one trial would otherwise keep what its neighbours on the GPU need, and they would fail with an
-    out-of-memory error that is not theirs.  This trial fails instead, if it outgrows its share."""
-    if device.type == "cuda" and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share, device)
 
 
 def _runtime(config: dict, cpus: int, gpus: float, device: str | None = None) -> Runtime:

@@ -22,6 +22,7 @@ import torch
 from harness.config.cell import Cell
 from harness.data.datasets import DatasetError
 from harness.training.engine import Runtime, Trainer
+from harness.training.memory import CONTEXT_GIB, GIB, cap_gpu_memory
 from harness.training.method import Step, load_methods
 
 MODES = ("separate", "stacked", "packed", "seeds")
@@ -67,11 +68,12 @@ def _batches(trainer: Trainer):
     """The trainer's batches epoch after epoch, full ones only where there are any: a last, smaller batch would
     be one timed step of a different shape (cuDNN autotuning it, a recompile) and few images."""
     full = trainer.recipe.batch_size
+    any_full = trainer.inputs.num_train >= full
     epoch = 0
     while True:
-        batches = list(trainer.train_batches.epoch(epoch))
-        whole = [b for b in batches if len(b) == full]
-        yield from whole or batches
+        for batch in trainer.train_batches.epoch(epoch):
+            if len(batch) == full or not any_full:
+                yield batch
         epoch += 1
 
 
@@ -116,8 +118,6 @@ def peak_memory(device: torch.device) -> int | None:
     leave room for, not only what tensors used) plus the CUDA context; None on a CPU."""
     if device.type != "cuda":
         return None
-    from harness.training.memory import CONTEXT_GIB, GIB
-
     return torch.cuda.max_memory_reserved(device) + int(CONTEXT_GIB * GIB)
 
 
@@ -144,8 +144,7 @@ def measure_cell(cell: dict, runtime: Runtime, timing: Timing, mode: str = "sepa
 def _packed_worker(args) -> Measure:
     cell, runtime, timing, k, threads, barrier = args
     torch.set_num_threads(threads)
-    if runtime.torch_device().type == "cuda":  # a process that outgrows its share fails alone, not its neighbours
-        torch.cuda.set_per_process_memory_fraction(1 / k, runtime.torch_device())
+    cap_gpu_memory(runtime.torch_device(), 1 / k)
     return measure_cell(cell, runtime, timing, "packed", k, barrier)
 
 

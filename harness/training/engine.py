@@ -163,6 +163,7 @@ class Trainer:
             self.method.optimizers[name] = SharedStep(optimizer, replicas, self.scaler) if shared else optimizer
             if group.follow_schedule:
                 self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
+        self._shared = [o for o in self.method.optimizers.values() if isinstance(o, SharedStep)]
         # accumulated passes update batch-norm statistics once per step, as data-parallel workers do
         self._running_stats = OneUpdateOfRunningStats(self.method.modules) if replicas.accumulation > 1 else None
         self.last_epoch = min(cell.stop_epoch or self.recipe.epochs, self.recipe.epochs)
@@ -306,7 +307,7 @@ class Trainer:
         their batch-norm statistics as one update, fp16's scale settled.  Returns the terms (mean over the passes)
         and the images trained on every worker; the learning-rate schedules are the caller's.  ``harness bench``
         times this very step."""
-        shared = [o for o in self.method.optimizers.values() if isinstance(o, SharedStep)]
+        shared = self._shared
         passes = self.replicas.passes(batch)
         if self._running_stats and passes:
             self._running_stats.begin()
