@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-# a tiny cell: the embedded Fashion-MNIST subset, ResNet-8 peers, batch 32
+# a tiny cell: the embedded Fashion-MNIST subset, ResNet-8 peers, batch 32 (the tests' tiny cells too)
 DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 RECIPE = {"epochs": 2, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9,
                                                         "weight_decay": 5.0e-4},
@@ -41,15 +41,18 @@ class Outcome:
         return f"{self.status:4}  {self.check}" + (f": {self.detail}" if self.detail else "")
 
 
-def _cell(method: str, k: int, precision: str = "fp32", **recipe):
+def check_cell(method: str, k: int, precision: str = "fp32"):
+    """A tiny cell of ``method`` on k ResNet-8s, with the method's ``check_hparams`` and its warm-ups capped as
+    ``--smoke`` caps them (tests/test_every_method.py trains every method's)."""
     from harness.config.cell import Cell
     from harness.suite.smoke import smoke_hparams
     from harness.training.method import load_methods
 
     cls = load_methods().get(method)
     hparams = smoke_hparams(cls.HParams(**cls.check_hparams).model_dump(mode="json"))
-    return Cell(method=method, hparams=hparams, group=(NETWORK,) * k, dataset=DATA,
-                recipe={**RECIPE, "precision": precision, **recipe}, seed=0, label=method, suite="doctor")
+    recipe = RECIPE if precision == "fp32" else {**RECIPE, "precision": precision}
+    return Cell(method=method, hparams=hparams, group=(NETWORK,) * k, dataset=DATA, recipe=recipe, seed=0,
+                label=method, suite="doctor")
 
 
 def check_zero_gpu_device() -> Outcome:
@@ -73,7 +76,7 @@ def check_every_method(device: torch.device, precision: str, results: Path, meth
         cls = load_methods().get(name)
         k = max(cls.min_peers, min(2, cls.max_peers or 2))
         try:
-            cell = _cell(name, k, precision)
+            cell = check_cell(name, k, precision)
             train_stages_in_process(cell, results)
             trainer = Trainer(cell, Runtime(device=str(device), results=str(results)))
             trainer.method.modules.train()

@@ -15,14 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness import doctor
 from harness.data.batches import Batch
 from harness.training.method import MethodContext
 
-TINY_RECIPE = {
-    "epochs": 2, "batch_size": 32,
-    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
-    "schedule": {"name": "cosine"}, "augment": {"crop_padding": 2, "flip": True},
-}
+TINY_RECIPE = doctor.RECIPE  # 2 epochs at batch 32, SGD with a cosine schedule, crops and flips
 
 
 def tiny_suite_dict(**overrides) -> dict:
@@ -40,7 +37,7 @@ def tiny_suite_dict(**overrides) -> dict:
     return suite
 
 
-TINY_DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
+TINY_DATA = doctor.DATA  # 6 training and 5 test images per class of the embedded Fashion-MNIST subset
 
 
 def tiny_cell(method="dml", seed=0, **recipe):

@@ -11,20 +11,17 @@ import pytest
 import timm
 import torch
 
-from harness.config.cell import Cell
-from harness.suite.smoke import smoke_hparams
+from harness.doctor import check_cell
 from harness.models.costs import flops
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Method, load_methods
 from methods.common.offline import OfflineMethod
-from tests.helpers import TINY_RECIPE, train_stages
+from tests.helpers import train_stages
 
-DATA = {"name": "fashion_mnist_mini", "train_per_class": 6, "test_per_class": 5}
 # Outputs beyond net1..netK and ens that a method evaluates with its default hyper-parameters.
 EXTRA_OUTPUTS = {"ft_paraphraser": {"reconstructed"}, "one": {"teacher"}, "kdcl": {"teacher"}, "ffl": {"fused"}}
-# Small settings so that the generic run exercises each method's state within 2 epochs: each method's own
-# check_hparams (warm-ups, ramp-ups and earlier phases are capped as --smoke caps them: smoke_hparams).
-
+# Small settings so that the generic run exercises each method's state within 2 epochs: harness.doctor.check_cell
+# (each method's own check_hparams; warm-ups, ramp-ups and earlier phases capped as --smoke caps them).
 
 # Stages of another method that train one network's helper and deploy nothing (FT's paraphraser on a teacher):
 # run with K = 1, and their parameter counts have no deployed or peer networks.
@@ -51,10 +48,7 @@ def stage_results(tmp_path_factory):
 def make(name: str, k: int, results=None) -> Trainer:
     """A Trainer of method ``name`` on k ResNet-8 (for offline methods: a ResNet-8 teacher and student),
     with any stage it needs (a teacher) trained first under ``results``."""
-    cls = load_methods().get(name)
-    hparams = smoke_hparams(cls.HParams(**cls.check_hparams).model_dump(mode="json"))
-    cell = Cell(method=name, hparams=hparams, group=("cifar_resnet8",) * k, dataset=DATA,
-                recipe={**TINY_RECIPE, "epochs": 2}, seed=0, label=name, suite="every_method")
+    cell = check_cell(name, k)
     runtime = train_stages(cell, results) if results is not None else Runtime()
     return Trainer(cell, replace(runtime, require_every_term=True))  # as --smoke: every loss term exercised
 
