@@ -18,7 +18,6 @@ the tests that share them are one group, run on one worker (``ray_group`` below)
 it gets to the cluster (and starts it again if a later test asks for it).
 """
 import os
-import socket
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +26,8 @@ import harness  # noqa: E402,F401  (torchvision shim before anything imports tim
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+
+from tests.helpers import free_port  # noqa: E402
 
 # The tests that start or join Ray, in two pytest-xdist groups that each run one test after the other on one worker:
 # ``ray`` (the session's local instance, then its cluster) first in the order of collection, so that it starts at once
@@ -68,12 +69,6 @@ def pytest_collection_modifyitems(config, items):
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: (ORDER[groups[item]], item.get_closest_marker("cluster") is not None))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def own_ports(dashboard: bool = False) -> dict:

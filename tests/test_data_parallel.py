@@ -4,13 +4,10 @@ per-sample state too), and gradient accumulation equals the big batch where noth
 The workers here are plain torch.distributed processes; the Ray Train path is tests/test_cluster.py."""
 import harness  # noqa: F401  (first: the torchvision shim)
 import os
-import socket
 
 import pytest
 import timm
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import harness.models  # noqa: F401
 from harness.config.cell import Cell
@@ -20,7 +17,7 @@ from harness.training.engine import Runtime, Trainer
 from harness.training.method import Method, OptimGroup
 from harness.training.parallel import Replicas, SharedStep
 
-from tests.helpers import tiny_suite_dict
+from tests.helpers import gloo_ranks, tiny_suite_dict
 
 RUNTIME = Runtime(device="cpu", channels_last=False)
 
@@ -38,18 +35,12 @@ def cells(write_suite, tmp_path) -> list[Cell]:
     return load_suite(write_suite(suite)).cells
 
 
-def _rank(rank: int, world: int, port: int, cells: list[dict], out: str) -> None:
-    torch.set_num_threads(1)  # first, as in a forked DataLoader worker: no OpenMP pool of the parent is used
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        for i, cell in enumerate(cells):
-            trainer = Trainer(Cell.from_dict(cell), RUNTIME, Replicas(rank=rank, world=world))
-            trainer.run()
-            if rank == 0:
-                torch.save(state_of(trainer), os.path.join(out, f"{i}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _rank(rank: int, world: int, cells: list[dict], out: str) -> None:
+    for i, cell in enumerate(cells):
+        trainer = Trainer(Cell.from_dict(cell), RUNTIME, Replicas(rank=rank, world=world))
+        trainer.run()
+        if rank == 0:
+            torch.save(state_of(trainer), os.path.join(out, f"{i}.pt"))
 
 
 def state_of(trainer: Trainer) -> dict:
@@ -57,19 +48,12 @@ def state_of(trainer: Trainer) -> dict:
             "history": trainer.history}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_two_workers_update_as_one_process_accumulating_their_parts(write_suite, tmp_path):
     grid = cells(write_suite, tmp_path)
     # forked: the workers start with everything imported (spawned, each spent 5-7 s importing torch and timm)
-    mp.start_processes(_rank, args=(2, free_port(), [c.to_dict() for c in grid], str(tmp_path)), nprocs=2,
-                       start_method="fork")
+    assert gloo_ranks(_rank, [c.to_dict() for c in grid], str(tmp_path)) == [0, 0]
     for i, cell in enumerate(grid):
         alone = Trainer(cell, RUNTIME, Replicas(accumulation=2))
         alone.run()

@@ -55,36 +55,22 @@ def test_an_fp16_bench_times_its_steps(write_suite):
     assert time_steps(trainer, Timing(steps=1, warmup=1, min_seconds=0)) > 0  # the second step raised
 
 
-def _sync_rank(rank: int, port: int, config: dict) -> None:
-    import datetime as dt
-    import os
-
-    import torch.distributed as dist
-
+def _sync_rank(rank: int, world: int, config: dict) -> None:
     from harness.scheduling.trainable import _train
     from harness.training.parallel import Replicas
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=dt.timedelta(seconds=60))
-    try:
-        _train(config, Replicas(rank=rank, world=2), 1, 0, f"rank {rank}", None, lambda trainer, metrics: None)
-    finally:
-        dist.destroy_process_group()
+    _train(config, Replicas(rank=rank, world=world), 1, 0, f"rank {rank}", None, lambda trainer, metrics: None)
 
 
 def test_a_data_parallel_cell_whose_forward_synchronises_ends_with_its_costs(tmp_path, monkeypatch):
     """SyncBatchNorm all-gathers in every training forward, and the cost of a step is counted on a training
     forward after the last epoch: counted by rank 0 alone, it waited for ranks that had returned (NCCL: until its
     30-minute timeout, then again after each restart). Here a forward that all-reduces, on two gloo ranks."""
-    import socket
-
     import torch.distributed as dist
-    import torch.multiprocessing as mp
 
     from harness.results.store import ResultStore
     from harness.training import step_cost
-    from tests.helpers import tiny_cell
+    from tests.helpers import gloo_ranks, tiny_cell
 
     counted = step_cost.training_forward_macs
 
@@ -95,15 +81,7 @@ def test_a_data_parallel_cell_whose_forward_synchronises_ends_with_its_costs(tmp
     monkeypatch.setattr(step_cost, "training_forward_macs", synchronising)  # inherited by the forked ranks
     cell = tiny_cell("ind", epochs=1)
     config = {"cell": cell.to_dict(), "results": str(tmp_path / "results"), "runtime": {"device": "cpu"}}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.start_processes(_sync_rank, args=(port, config), nprocs=2, start_method="fork", join=False)
-    for process in context.processes:
-        process.join(timeout=120)
-    codes = [p.exitcode for p in context.processes]
-    for p in context.processes:
-        p.kill()
+    codes = gloo_ranks(_sync_rank, config, timeout=120)
     assert codes == [0, 0], codes
     record = ResultStore(tmp_path / "results").get(cell.hash)
     assert record["status"] == "ok" and record["costs"]["train_forward_macs_per_image"] > 0, record.get("costs")
@@ -321,38 +299,25 @@ def test_ray_trains_state_tracking_is_off_without_a_dashboard():
     assert RAY_ENV["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # unchanged for the next run
 
 
-def _gather_rank(rank: int, port: int, out: str) -> None:
+def _gather_rank(rank: int, world: int, out: str) -> None:
     import os
-
-    import torch.distributed as dist
 
     from harness.training.parallel import Replicas
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
     syncs = []
     for name in ("item", "tolist"):
         real = getattr(torch.Tensor, name)
         setattr(torch.Tensor, name, lambda self, real=real, name=name: syncs.append(name) or real(self))
-    try:
-        gathered = Replicas(rank=rank, world=2).gather(torch.full((3 + rank, 2), float(rank)))
-    finally:
-        dist.destroy_process_group()
+    gathered = Replicas(rank=rank, world=world).gather(torch.full((3 + rank, 2), float(rank)))
     torch.save({"gathered": gathered, "syncs": syncs}, os.path.join(out, f"{rank}.pt"))
 
 
 def test_gathering_a_per_sample_state_costs_one_host_sync(tmp_path):
     """TSB and CRD gather their per-sample state every step: it cost one .item() per worker and one more (a host
     sync each on a GPU); now one .tolist() for all the sizes."""
-    import socket
+    from tests.helpers import gloo_ranks
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_gather_rank, args=(port, str(tmp_path)), nprocs=2, start_method="fork")
+    assert gloo_ranks(_gather_rank, str(tmp_path)) == [0, 0]
     for rank in range(2):
         result = torch.load(tmp_path / f"{rank}.pt")
         assert torch.equal(result["gathered"], torch.cat([torch.zeros(3, 2), torch.ones(4, 2)]))
