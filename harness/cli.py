@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the store the measurement is kept in, for 'harness index' and 'validate'")
     bench.add_argument("--smoke", action="store_true", help="the suite's --smoke cells")
     bench.add_argument("--data-root", default=None, help="as given to 'harness run'")
-    sub.add_parser("doctor", help="check this machine's GPU path (PASS/FAIL per check, about 10 min on one GPU; "
+    sub.add_parser("doctor", help="check this machine's GPU path (PASS/FAIL per check, sized for 10 min on one GPU; "
                                   "on a CPU the checks it allows, and what it skipped)")
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])

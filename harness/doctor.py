@@ -1,5 +1,6 @@
-"""``harness doctor``: the acceptance checks of a machine's GPU path, PASS/FAIL/SKIP one line each, in about ten
-minutes on one GPU.  On a machine without CUDA it runs what a CPU can check and names what it skipped.
+"""``harness doctor``: the acceptance checks of a machine's GPU path, PASS/FAIL/SKIP one line each, sized to finish
+within ten minutes on one GPU (not yet run on one).  On a machine without CUDA it runs what a CPU can check and
+names what it skipped.
 
 Each check reproduces, on the real device, a defect a review of the GPU path found from the code alone: a
 trial without a GPU landing on GPU 0, a method's step failing on CUDA or in half precision, a host sync inside
