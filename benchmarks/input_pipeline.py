@@ -19,7 +19,7 @@ from PIL import Image
 
 import harness.models  # noqa: F401
 from harness.config.recipe import AugmentSpec
-from harness.data.pipelines import ImageSet, StandardBatches, image_transforms
+from harness.data.pipelines import ImageSet, StandardBatches, ImageTransform
 
 
 def write_jpegs(folder: Path, n: int, side: int) -> list[str]:
@@ -36,7 +36,7 @@ def write_jpegs(folder: Path, n: int, side: int) -> list[str]:
 
 def input_rate(paths, workers: int, batch: int) -> float:
     spec = AugmentSpec(random_resized_crop=True, train_size=224, flip=True, lighting=0.1)
-    tf = image_transforms(spec, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (224, 224), train=True)
+    tf = ImageTransform(spec, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (224, 224), train=True)
     batches = StandardBatches(ImageSet(paths, [0] * len(paths), tf), batch, seed=0, device=torch.device("cpu"),
                               channels_last=True, workers=workers)
     for _ in batches.epoch(0):  # starts the persistent workers, warms the page cache

@@ -84,7 +84,7 @@ def check_every_method(device: torch.device, precision: str, results: Path, meth
             trainer.method.on_epoch_start(0)
             batch = next(iter(trainer.train_batches.epoch(0)))
             terms, _ = trainer.train_step(batch, Step(0, 0, trainer.recipe.epochs, len(trainer.train_batches),
-                                                      global_batch=len(batch)))
+                                                      global_batch=batch.global_size))
             bad = [t for t, v in terms.items() if not math.isfinite(float(v))]
             if bad:
                 failed.append(f"{name}: {bad[0]} not finite")
@@ -118,7 +118,7 @@ def check_no_host_sync(device: torch.device) -> Outcome:
         torch.cuda.set_sync_debug_mode("error")
         try:
             for i, batch in enumerate(batches):
-                trainer.train_step(batch, Step(0, i, trainer.recipe.epochs, steps, global_batch=len(batch)))
+                trainer.train_step(batch, Step(0, i, trainer.recipe.epochs, steps, global_batch=batch.global_size))
                 steps_run += 1
         except RuntimeError as e:
             return Outcome("FAIL", check, f"{cell.describe()}: {str(e).splitlines()[0][:200]}")

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,46 +17,16 @@ from torch import nn
 
 from harness import doctor
 from harness.data.batches import Batch
+from harness.training.launch import free_port, local_ranks  # noqa: F401  (free_port: conftest's)
 from harness.training.method import MethodContext
 
 TINY_RECIPE = doctor.RECIPE  # 2 epochs at batch 32, SGD with a cosine schedule, crops and flips
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gloo_rank(rank: int, world: int, port: int, target, args: tuple) -> None:
-    import datetime as dt
-
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)  # first, as in a forked DataLoader worker: no OpenMP pool of the parent is used
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=dt.timedelta(seconds=60))
-    try:
-        target(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
 def gloo_ranks(target, *args, world: int = 2, timeout: float = 300) -> list[int | None]:
-    """``target(rank, world, *args)`` in ``world`` processes of one gloo group, forked (they start with everything
-    imported, and with what the test patched); their exit codes, each process waited for up to ``timeout``
-    seconds (one still running then is killed: a rank stuck in a collective fails the test, not the session)."""
-    import torch.multiprocessing as mp
-
-    context = mp.start_processes(_gloo_rank, args=(world, free_port(), target, args), nprocs=world,
-                                 start_method="fork", join=False)
-    for process in context.processes:
-        process.join(timeout=timeout)
-    codes = [process.exitcode for process in context.processes]
-    for process in context.processes:
-        if process.is_alive():
-            process.kill()
-    return codes
+    """``target(rank, world, *args)`` in ``world`` forked processes of one gloo group; their exit codes (a rank
+    stuck in a collective is killed after ``timeout`` seconds: it fails the test, not the session)."""
+    return local_ranks(target, *args, world=world, timeout=timeout)
 
 
 def tiny_suite_dict(**overrides) -> dict:

@@ -28,36 +28,50 @@ def cells(write_suite, tmp_path) -> list[Cell]:
     torch.save(timm.create_model("cifar_resnet8", num_classes=10, in_chans=1).state_dict(), teacher)
     suite = tiny_suite_dict(
         dataset={"name": "fashion_mnist_mini", "train_per_class": 12, "test_per_class": 10},
-        methods=["ind", "dml", {"name": "kdcl", "target": "general", "val_per_class": 2},
+        methods=["ind", "dml", {"name": "dml", "update": "sequential", "label": "dml-seq"},
+                 {"name": "kdcl", "target": "general", "val_per_class": 2},
                  {"name": "tsb", "warmup_epochs": 0},
                  {"name": "crd", "teacher_checkpoint": str(teacher), "feat_dim": 16, "num_negatives": 32}],
         seeds=[0])
-    return load_suite(write_suite(suite)).cells
+    # and one through the standard (DataLoader) path, where each worker decodes only its rows
+    standard = tiny_suite_dict(dataset={"name": "fashion_mnist_mini", "train_per_class": 12, "test_per_class": 10,
+                                        "pipeline": "standard"}, methods=["dml"], seeds=[0])
+    return load_suite(write_suite(suite)).cells + load_suite(write_suite(standard, "standard.yaml")).cells
 
 
-def _rank(rank: int, world: int, cells: list[dict], out: str) -> None:
-    for i, cell in enumerate(cells):
-        trainer = Trainer(Cell.from_dict(cell), RUNTIME, Replicas(rank=rank, world=world))
+def _rank(rank: int, world: int, cells: list[tuple[dict, int]], out: str) -> None:
+    for i, (cell, accumulation) in enumerate(cells):
+        trainer = Trainer(Cell.from_dict(cell), RUNTIME, Replicas(rank=rank, world=world, accumulation=accumulation))
         trainer.run()
-        if rank == 0:
-            torch.save(state_of(trainer), os.path.join(out, f"{i}.pt"))
+        torch.save(state_of(trainer), os.path.join(out, f"{i}.{rank}.pt"))
 
 
 def state_of(trainer: Trainer) -> dict:
     return {"params": {k: v.detach().clone() for k, v in trainer.method.modules.named_parameters()},
-            "history": trainer.history}
+            "history": trainer.history, "ddp": trainer.ddp is not None}
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_two_workers_update_as_one_process_accumulating_their_parts(write_suite, tmp_path):
-    grid = cells(write_suite, tmp_path)
+    """Joint updates reduce their gradients through torch's DDP during the backward pass and equal one process;
+    the other update orders (DML's sequential one here) average by hand after it, and keep the workers' networks
+    equal (no one-process run is their equal: accumulated passes would update only after the last).  A DML cell
+    also runs as 2 workers × 2 accumulated passes (DDP's no_sync in the first) against one process accumulating 4."""
+    grid = [(cell, 1) for cell in cells(write_suite, tmp_path)]
+    grid.append((grid[1][0], 2))
     # forked: the workers start with everything imported (spawned, each spent 5-7 s importing torch and timm)
-    assert gloo_ranks(_rank, [c.to_dict() for c in grid], str(tmp_path)) == [0, 0]
-    for i, cell in enumerate(grid):
-        alone = Trainer(cell, RUNTIME, Replicas(accumulation=2))
+    assert gloo_ranks(_rank, [(c.to_dict(), a) for c, a in grid], str(tmp_path)) == [0, 0]
+    for i, (cell, accumulation) in enumerate(grid):
+        ddp, other = torch.load(tmp_path / f"{i}.0.pt"), torch.load(tmp_path / f"{i}.1.pt")
+        sequential = cell.hparams.get("update") == "sequential"
+        assert ddp["ddp"] == (not sequential), cell.describe()
+        assert all(torch.equal(ddp["params"][k], other["params"][k]) for k in ddp["params"]), cell.describe()
+        if sequential:
+            continue
+        alone = Trainer(cell, RUNTIME, Replicas(accumulation=2 * accumulation))
         alone.run()
-        ddp, one = torch.load(tmp_path / f"{i}.pt"), state_of(alone)
+        one = state_of(alone)
         assert ddp["params"].keys() == one["params"].keys()
         worst = max((ddp["params"][k] - one["params"][k]).abs().max().item() for k in one["params"])
         last_ddp, last_one = ddp["history"][-1], one["history"][-1]
@@ -68,7 +82,8 @@ def test_two_workers_update_as_one_process_accumulating_their_parts(write_suite,
             for key in (k for k in last_one if k.startswith("loss/")):
                 assert last_ddp[key] == pytest.approx(last_one[key], rel=0.1), key
             continue
-        assert worst < 1e-5, (cell.method, worst)  # measured: 0.0 (the same sums in the same order)
+        assert worst < 1e-5, (cell.describe(), accumulation, worst)  # measured: 0.0 (the same sums in the same order), and
+        # 2.5e-7 for 2 × 2 passes (the four parts' gradients added in another order)
         for key in (k for k in last_one if k.startswith(("loss/", "top1/", "top5/"))):
             assert last_ddp[key] == pytest.approx(last_one[key], rel=1e-5, abs=1e-6), (cell.method, key)
 
@@ -134,3 +149,71 @@ def test_sync_bn_is_a_new_cell_refused_on_cpu_workers(write_suite):
     # one process: nothing to synchronise, the networks keep their batch norm
     trainer = Trainer(synced_cell, RUNTIME)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.method.modules.modules())
+
+
+def test_the_parts_of_a_shard_are_the_parts_torch_cuts_from_the_whole_batch():
+    """Shard's arithmetic: worker r's rows, cut into its passes, are parts r·a … r·a+a−1 of torch.tensor_split of
+    the global batch, for every size, world and accumulation; a batch is trained only where every part has 2."""
+    from harness.data.batches import Shard
+
+    for world, accumulation in [(1, 2), (2, 1), (2, 2), (3, 2), (4, 1)]:
+        for n in range(2, 40):
+            whole = Batch([torch.arange(n)[:, None].float()], torch.arange(n), torch.arange(n))
+            expected = torch.tensor_split(torch.arange(n), world * accumulation)
+            for rank in range(world):
+                replicas = Replicas(rank=rank, world=world, accumulation=accumulation)
+                mine = Shard(rank, world, accumulation).rows(n)
+                shard = Batch([v[mine] for v in whole.views], whole.y[mine], whole.index[mine], total=n)
+                trained = n >= 2 * world * accumulation
+                for given in (whole, shard):
+                    parts = [p.index.tolist() for p in replicas.passes(given)]
+                    assert parts == ([expected[rank * accumulation + k].tolist() for k in range(accumulation)]
+                                     if trained else []), (world, accumulation, n, rank)
+
+
+def test_each_worker_loads_and_decodes_only_its_rows_and_its_test_batches():
+    """The input split, counted: with 2 workers each decodes half of every training batch (its rows, bit for bit
+    those of the one-process batch) and every other test batch; the fast path gives each its rows alike."""
+    from harness.config.recipe import AugmentSpec
+    from harness.data.batches import Normalize, Shard, TrainBatches
+    from harness.data.pipelines import ImageSet, ImageTransform, StandardBatches
+
+    class Counting(ImageSet):
+        def image(self, i):
+            self.decoded.append(i)
+            return super().image(i)
+
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8), torch.arange(30) % 3
+    spec = AugmentSpec(crop_padding=2, flip=True, lighting=0.1, cutout=3)
+
+    def standard(shard, train=True):
+        data = Counting(images, labels, ImageTransform(spec, (0.5,) * 3, (0.25,) * 3, (8, 8), train), views=2)
+        data.decoded = []
+        batches = StandardBatches(data, 8 if train else 7, seed=1, device=torch.device("cpu"), channels_last=False,
+                                  shard=shard)
+        return list(batches.epoch(2) if train else batches.evaluate()), data.decoded
+
+    def fast(shard):
+        return list(TrainBatches(images, labels, 8, Normalize((0.5,) * 3, (0.25,) * 3, "cpu", False), seed=1,
+                                 crop_padding=2, flip=True, cutout=3, views=2, shard=shard).epoch(2))
+
+    one, decoded = standard(Shard())
+    assert len(decoded) == 30  # each image once (its two views are drawn from one decoded image)
+    for rank in range(2):
+        mine, decoded = standard(Shard(rank, 2))
+        assert len(decoded) == 15  # batches of 8, 8, 8, 6: 4 + 4 + 4 + 3 images
+        assert [len(b) for b in mine] == [4, 4, 4, 3] and [b.global_size for b in mine] == [8, 8, 8, 6]
+        for whole, part in zip(one, mine):
+            rows = Shard(rank, 2).rows(len(whole))
+            assert torch.equal(whole.index[rows], part.index)
+            assert all(torch.equal(a[rows], b) for a, b in zip(whole.views, part.views))
+        tested, decoded = standard(Shard(rank, 2), train=False)
+        assert [b.index[0].item() for b in tested] == [0, 14, 28] if rank == 0 else [7, 21]
+        assert len(decoded) == (16 if rank == 0 else 14)  # test batches of 7, 7, 7, 7, 2: every other one
+    whole_fast = fast(Shard())
+    for rank in range(2):
+        for whole, part in zip(whole_fast, fast(Shard(rank, 2))):
+            rows = Shard(rank, 2).rows(len(whole))
+            assert part.global_size == len(whole) and torch.equal(whole.index[rows], part.index)
+            assert all(torch.equal(a[rows], b) for a, b in zip(whole.views, part.views))

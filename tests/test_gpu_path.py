@@ -116,7 +116,7 @@ def test_the_standard_path_copies_without_blocking_and_leaves_cuda_unseeded(monk
     step), and the per-image seeds of the standard path reseed the CPU generator only (torch.manual_seed reseeded
     CUDA too, which the loop does not restore: the GPU's random numbers depended on the number of loader workers)."""
     from harness.config.recipe import AugmentSpec
-    from harness.data.pipelines import ImageSet, StandardBatches, image_transforms
+    from harness.data.pipelines import ImageSet, StandardBatches, ImageTransform
 
     copies, cuda_seeds = [], []
     real_to = torch.Tensor.to
@@ -130,7 +130,7 @@ def test_the_standard_path_copies_without_blocking_and_leaves_cuda_unseeded(monk
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda_seeds.append(seed))
     monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: cuda_seeds.append(seed))
     images, labels = torch.zeros(12, 1, 8, 8, dtype=torch.uint8), torch.arange(12) % 3
-    tf = image_transforms(AugmentSpec(crop_padding=2, flip=True), (0.5,), (0.25,), (8, 8), train=True)
+    tf = ImageTransform(AugmentSpec(crop_padding=2, flip=True), (0.5,), (0.25,), (8, 8), train=True)
     batches = StandardBatches(ImageSet(images, labels, tf), 4, seed=0, device=torch.device("cpu"),
                               channels_last=False)
     copies.clear()

@@ -15,11 +15,18 @@ import torch.nn.functional as F
 
 @dataclass
 class Batch:
-    """One mini-batch: a normalised view per peer (or one shared view), labels and dataset indices."""
+    """One mini-batch: a normalised view per peer (or one shared view), labels and dataset indices.  On a
+    data-parallel worker it holds this worker's rows of a global batch of ``total`` images (0: the whole batch)."""
 
     views: list[torch.Tensor]
     y: torch.Tensor
     index: torch.Tensor
+    total: int = 0
+
+    @property
+    def global_size(self) -> int:
+        """Images in the global batch this batch belongs to (every pass of every worker)."""
+        return self.total or len(self)
 
     @property
     def x(self) -> torch.Tensor:
@@ -31,6 +38,44 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.y)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which rows of every global batch this process trains on: a global batch of ``n`` images is cut into
+    ``world × accumulation`` contiguous parts whose sizes differ by one image at most (``torch.tensor_split``'s
+    cut); worker ``rank`` takes parts ``rank·a … rank·a + a − 1``, one pass each.  The input pipelines load,
+    decode and augment only these rows; a batch too small to give every part 2 images (batch norm) is trained by
+    no worker."""
+
+    rank: int = 0
+    world: int = 1
+    accumulation: int = 1
+
+    @property
+    def parts(self) -> int:
+        return self.world * self.accumulation
+
+    def trains(self, n: int) -> bool:
+        """Whether a global batch of ``n`` images is trained (every part gets 2 images at least)."""
+        return n >= 2 * self.parts if self.parts > 1 else n >= 2
+
+    def part_sizes(self, n: int) -> list[int]:
+        """Sizes of this worker's parts of a global batch of ``n`` images."""
+        small, extra = divmod(n, self.parts)
+        first = self.rank * self.accumulation
+        return [small + (k < extra) for k in range(first, first + self.accumulation)]
+
+    def rows(self, n: int) -> slice:
+        """This worker's rows of a global batch of ``n`` images (the union of its parts, contiguous)."""
+        small, extra = divmod(n, self.parts)
+        first = self.rank * self.accumulation
+        start = first * small + min(first, extra)
+        return slice(start, start + sum(self.part_sizes(n)))
+
+    def takes(self, b: int) -> bool:
+        """Whether test batch ``b`` is this worker's (the test set's batches dealt out in turn)."""
+        return b % self.world == self.rank
 
 
 def balanced_split(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,23 +183,25 @@ class TrainBatches:
     """Shuffled, augmented training batches; ``views`` independent augmentations of the same images."""
 
     def __init__(self, x, y, batch_size: int, normalize: Normalize, seed: int,
-                 crop_padding: int = 0, flip: bool = False, views: int = 1, cutout: int = 0):
+                 crop_padding: int = 0, flip: bool = False, views: int = 1, cutout: int = 0, shard: Shard = Shard()):
         self.x, self.y = x, y
         self.batch_size, self.normalize, self.seed = batch_size, normalize, seed
         self.crop_padding, self.flip, self.views, self.cutout = crop_padding, flip, views, cutout
+        self.shard = shard
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.y), self.batch_size)
         return full + (rest > 1)  # a last batch of one image would break batch norm: it is dropped
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        """The epoch's batches.  Every random number of the epoch is drawn first, on the CPU, in the order the
-        batches use them, and reaches the device in one transfer: augmenting a batch on a GPU then never waits
-        for a copy from the host."""
+        """The epoch's batches (this worker's rows of each).  Every random number of the epoch is drawn first, on
+        the CPU, for whole global batches in the order they use them, so that any number of workers sees the same
+        draws; the rows of this worker reach the device in one transfer: augmenting a batch on a GPU then never
+        waits for a copy from the host."""
         generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(len(self.y), generator=generator)
         _, _, h, w = self.x.shape
-        plan = []  # per batch: its indices, then per view the crop/flip draws and the cutout draws
+        plan = []  # per batch: its size, its indices, then per view the crop/flip draws and the cutout draws
         for start in range(0, len(order), self.batch_size):
             index = order[start: start + self.batch_size]
             if len(index) < 2:
@@ -163,20 +210,25 @@ class TrainBatches:
             for _ in range(self.views):
                 crop = draw_crop_flip(len(index), self.crop_padding, self.flip, generator)
                 views.append((crop, draw_cutout(len(index), h, w, generator) if self.cutout else []))
-            plan.append((index, views))
-        flat = [t for index, views in plan for t in [index] + [d for crop, cut in views for d in crop + cut]]
+            mine = self.shard.rows(len(index))
+            plan.append((len(index), index[mine], [([d[mine] for d in crop], [d[mine] for d in cut])
+                                                   for crop, cut in views]))
+        flat = [t for _, index, views in plan for t in [index] + [d for crop, cut in views for d in crop + cut]]
         moved = iter(to_device_once(flat, self.x.device))
-        for index, views in plan:
+        for n, index, views in plan:
             device_index = next(moved)
             raw = self.x[device_index]
             out = []
             for crop, cut in views:
                 view = self.normalize(apply_crop_flip(raw, self.crop_padding, self.flip, [next(moved) for _ in crop]))
                 out.append(apply_cutout(view, self.cutout, [next(moved) for _ in cut]) if cut else view)
-            yield Batch(views=out, y=self.y[device_index], index=device_index)
+            yield Batch(views=out, y=self.y[device_index], index=device_index, total=n)
 
 
-def eval_batches(x, y, batch_size: int, normalize: Normalize) -> Iterator[Batch]:
-    for start in range(0, len(y), batch_size):
+def eval_batches(x, y, batch_size: int, normalize: Normalize, shard: Shard = Shard()) -> Iterator[Batch]:
+    """The test batches in order, this worker's of them (every ``world``-th)."""
+    for b, start in enumerate(range(0, len(y), batch_size)):
+        if not shard.takes(b):
+            continue
         index = torch.arange(start, min(start + batch_size, len(y)), device=x.device)
         yield Batch(views=[normalize(x[index])], y=y[index], index=index)

@@ -8,9 +8,9 @@ from typing import Callable, Iterator
 import torch
 
 from harness.config.recipe import Recipe
-from harness.data.batches import Batch, Normalize, TrainBatches, balanced_split, eval_batches
+from harness.data.batches import Batch, Normalize, Shard, TrainBatches, balanced_split, eval_batches
 from harness.data.datasets import DatasetError, ImageData
-from harness.data.pipelines import ImageSet, StandardBatches, fast_path_problems, image_transforms
+from harness.data.pipelines import ImageSet, ImageTransform, StandardBatches, fast_path_problems
 
 
 @dataclass
@@ -43,7 +43,10 @@ def _take(items, index: torch.Tensor):
 
 
 def build_inputs(data: ImageData, recipe: Recipe, seed: int, requested: str, views: int, held_out_per_class: int,
-                 device: torch.device, channels_last: bool, eval_batch_size: int, workers: int) -> Inputs:
+                 device: torch.device, channels_last: bool, eval_batch_size: int, workers: int,
+                 shard: Shard = Shard()) -> Inputs:
+    """The cell's inputs; a data-parallel worker's (``shard``) load only its rows of each training batch and its
+    share of the test batches (the validation split, which methods read whole, stays whole)."""
     pipeline = choose_pipeline(requested, data, recipe)
     train_x, train_y = data.train_x, data.train_y
     val_x = val_y = None
@@ -56,11 +59,12 @@ def build_inputs(data: ImageData, recipe: Recipe, seed: int, requested: str, vie
     if pipeline == "fast":
         normalize = Normalize(data.mean, data.std, device, channels_last)
         train = TrainBatches(train_x.to(device), train_y.to(device), recipe.batch_size, normalize, seed=seed,
-                             crop_padding=augment.crop_padding, flip=augment.flip, views=views, cutout=augment.cutout)
+                             crop_padding=augment.crop_padding, flip=augment.flip, views=views, cutout=augment.cutout,
+                             shard=shard)
         test_x, test_y = data.test_x.to(device), data.test_y.to(device)
 
         def test():
-            return eval_batches(test_x, test_y, eval_batch_size, normalize)
+            return eval_batches(test_x, test_y, eval_batch_size, normalize, shard)
 
         validation = None
         if val_x is not None:
@@ -76,15 +80,15 @@ def build_inputs(data: ImageData, recipe: Recipe, seed: int, requested: str, vie
     if size is None:
         raise DatasetError(f"dataset {data.name}: its image files are not all of one size, so the recipe must set "
                            "augment.train_size and augment.test_crop (e.g. 224)")
-    train_tf = image_transforms(augment, data.mean, data.std, size, train=True)
-    test_tf = image_transforms(augment, data.mean, data.std, size, train=False)
+    train_tf = ImageTransform(augment, data.mean, data.std, size, train=True)
+    test_tf = ImageTransform(augment, data.mean, data.std, size, train=False)
     train = StandardBatches(ImageSet(train_x, train_y, train_tf, views), recipe.batch_size, seed, device,
-                            channels_last, workers)
+                            channels_last, workers, shard)
 
-    def loader_of(images, labels) -> Callable[[], Iterator[Batch]]:
+    def loader_of(images, labels, shard: Shard = Shard()) -> Callable[[], Iterator[Batch]]:
         batches = StandardBatches(ImageSet(images, labels, test_tf), eval_batch_size, seed, device, channels_last,
-                                  workers)
+                                  workers, shard)
         return batches.evaluate
 
     validation = loader_of(val_x, val_y) if val_x is not None else None
-    return Inputs(train, loader_of(data.test_x, data.test_y), validation, len(train_y), pipeline, size)
+    return Inputs(train, loader_of(data.test_x, data.test_y, shard), validation, len(train_y), pipeline, size)

@@ -108,7 +108,7 @@ def time_steps(trainer: Trainer, timing: Timing, barrier=None) -> float:
 
     def step(i: int) -> int:  # the engine's own step: its passes, autocast and fp16 scale (no schedule)
         batch = next(batches)
-        return trainer.train_step(batch, Step(0, i % n, trainer.recipe.epochs, n, global_batch=len(batch)))[1]
+        return trainer.train_step(batch, Step(0, i % n, trainer.recipe.epochs, n, global_batch=batch.global_size))[1]
 
     return timed(step, timing, trainer.device, barrier)
 

@@ -126,7 +126,7 @@ class SeedBundle:
                 method = self.trainers[s].method
                 method.peers.prime(views[s], logits[s * k:(s + 1) * k])
                 terms[s] = method.losses(batch, Step(step.epoch, step.step, step.epochs, step.steps_per_epoch,
-                                                   global_batch=len(batch)))
+                                                   global_batch=batch.global_size))
         total = torch.stack([torch.stack(list(t.values())).sum() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -24,7 +24,7 @@ from harness.data.datasets import DatasetError, load_dataset
 from harness.data.fingerprint import describe as describe_fingerprint, fingerprint
 from harness.data.inputs import build_inputs
 from harness.training.method import MethodContext, OptimGroup, Step, load_methods
-from harness.training.parallel import OneUpdateOfRunningStats, Replicas, SharedStep, settle_scale
+from harness.training.parallel import OneUpdateOfRunningStats, Replicas, SharedStep, reduce_gradients, settle_scale
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -124,6 +124,7 @@ class Trainer:
             views=self.views,
             held_out_per_class=method_cls.held_out_per_class(hparams), device=self.device,
             channels_last=runtime.channels_last, eval_batch_size=runtime.eval_batch_size, workers=runtime.workers,
+            shard=replicas,
         )
         self.train_batches = self.inputs.train
 
@@ -156,11 +157,16 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.recipe.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.recipe.precision == "fp16" else None
         self.method.grad_scaler = self.scaler
+        # data-parallel workers of a joint update reduce gradients during the backward pass, through torch's DDP
+        self.ddp = reduce_gradients(self.method) if replicas.distributed and method_cls.accumulates(hparams) else None
+        if self.ddp is not None:
+            self.method.reduced_losses = self.ddp
+        reducer = self.ddp.module if self.ddp is not None else None
         self.schedulers = {}
         for name, group in self.method.optim_groups().items():
             optimizer = build_method_optimizer(self.recipe, group)
             shared = replicas.parts > 1 or self.scaler is not None
-            self.method.optimizers[name] = SharedStep(optimizer, replicas, self.scaler) if shared else optimizer
+            self.method.optimizers[name] = SharedStep(optimizer, replicas, self.scaler, reducer) if shared else optimizer
             if group.follow_schedule:
                 self.schedulers[name] = build_scheduler(self.recipe, optimizer, len(self.train_batches))
         self._shared = [o for o in self.method.optimizers.values() if isinstance(o, SharedStep)]
@@ -287,7 +293,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         images, start = 0, time.perf_counter()
         for i, batch in enumerate(self.train_batches.epoch(epoch)):
-            terms, n = self.train_step(batch, Step(epoch, i, self.recipe.epochs, steps, global_batch=len(batch)))
+            terms, n = self.train_step(batch, Step(epoch, i, self.recipe.epochs, steps, global_batch=batch.global_size))
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value
             images += n
@@ -305,28 +311,31 @@ class Trainer:
     def train_step(self, batch: Batch, step: Step) -> tuple[dict[str, torch.Tensor], int]:
         """One update of the method on a global batch: this worker's passes (forward under the recipe's autocast),
         their batch-norm statistics as one update, fp16's scale settled.  Returns the terms (mean over the passes)
-        and the images trained on every worker; the learning-rate schedules are the caller's.  ``harness bench``
+        and the images trained on every worker (the global batch, or 0 where it was too small to train on); the
+        learning-rate schedules are the caller's.  ``harness bench``
         times this very step."""
         shared = self._shared
         passes = self.replicas.passes(batch)
         if self._running_stats and passes:
             self._running_stats.begin()
+        if self.ddp is not None:
+            self.ddp.module.used = False
         sums: dict[str, torch.Tensor] = {}
-        images = 0
         for k, part in enumerate(passes):
             for optimizer in shared:
                 optimizer.pass_index, optimizer.passes = k, len(passes)
-            with self.autocast():
+            # DDP reduces the gradients in the last pass's backward only (the earlier passes accumulate)
+            last = k == len(passes) - 1
+            with self.autocast(), (self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()):
                 terms = self.method.train_step(part, step)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value / len(passes)
-            images += len(part) * self.replicas.world
             if self._running_stats:
                 self._running_stats.after_pass()
         if self._running_stats and passes:
             self._running_stats.end(len(passes))
         settle_scale(self.scaler, shared)  # once per step, after every optimizer of the method stepped
-        return sums, images
+        return sums, batch.global_size if passes else 0
 
     def check_finite(self, losses: dict[str, float], epoch: int) -> None:
         """Raise :class:`NonFiniteLoss`, naming the cell, the term and the epoch, where an epoch's mean loss is not
@@ -347,13 +356,11 @@ class Trainer:
     @torch.inference_mode()
     def evaluate(self) -> dict:
         """Top-1/top-5 (%) of every output, the mean of the peers ('avg') and their ensemble ('ens'); data-parallel
-        workers each take every world-th test batch and add up their counts."""
+        workers each load and test every world-th test batch and add up their counts."""
         self.method.modules.eval()
         correct: dict[str, torch.Tensor] = {}
         n = 0
-        for b, batch in enumerate(self.inputs.test()):
-            if b % self.replicas.world != self.replicas.rank:
-                continue
+        for batch in self.inputs.test():
             n += len(batch)
             self.count_hits(batch, correct)
         correct, n = self.replicas.sum_counts(correct, n, self.device)

@@ -127,6 +127,9 @@ class Method:
         self.modules = self.build()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # filled by the engine from optim_groups()
         self.grad_scaler: torch.amp.GradScaler | None = None  # set by the engine for fp16 training
+        # set by the engine on data-parallel workers: ``losses`` through torch's DDP (its gradients reduced during
+        # the backward pass), for a step that is one joint update
+        self.reduced_losses: Callable[[Batch, Step], dict[str, torch.Tensor]] | None = None
 
     # --- structure -------------------------------------------------------------------------------------
     def build(self) -> nn.ModuleDict:
@@ -303,7 +306,7 @@ class Method:
 
     def train_step(self, batch: Batch, step: Step) -> dict[str, torch.Tensor]:
         """One joint update of every optimizer on the summed loss; override for other update orders."""
-        terms = self.losses(batch, step)
+        terms = (self.losses if self.reduced_losses is None else self.reduced_losses)(batch, step)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         self.backward(torch.stack(list(terms.values())).sum())

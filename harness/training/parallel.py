@@ -20,37 +20,36 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from harness.data.batches import Batch
+from harness.data.batches import Batch, Shard
 
 
 @dataclass(frozen=True)
-class Replicas:
-    """Where this process sits: its rank among ``world`` data-parallel workers, and passes per update."""
-
-    rank: int = 0
-    world: int = 1
-    accumulation: int = 1
-
-    @property
-    def parts(self) -> int:
-        return self.world * self.accumulation
+class Replicas(Shard):
+    """Where this process sits: its rank among ``world`` data-parallel workers, and passes per update (the cut of a
+    global batch into parts is :class:`~harness.data.batches.Shard`'s; the inputs load only this worker's rows)."""
 
     @property
     def distributed(self) -> bool:
         return self.world > 1
 
     def passes(self, batch: Batch) -> list[Batch]:
-        """This worker's parts of a global batch, in order (sizes differ by one image at most).  A batch too small
-        to give every part 2 images (batch norm) is skipped by every worker alike: none, as the engine skips a last
-        batch of one image."""
+        """This worker's parts of a global batch, in order (sizes differ by one image at most); ``batch`` holds
+        this worker's rows (as the inputs give them) or the whole global batch.  A batch too small to give every
+        part 2 images (batch norm) is skipped by every worker alike: none, as the engine skips a last batch of one
+        image."""
         if self.parts == 1:
             return [batch]
-        if len(batch) < 2 * self.parts:
+        n = batch.global_size
+        if not self.trains(n):
             return []
-        mine = range(self.rank * self.accumulation, (self.rank + 1) * self.accumulation)
-        pieces = [torch.tensor_split(t, self.parts) for t in (batch.y, batch.index)]
-        views = [torch.tensor_split(v, self.parts) for v in batch.views]
-        return [Batch(views=[v[i] for v in views], y=pieces[0][i], index=pieces[1][i]) for i in mine]
+        if len(batch) == n:
+            mine = self.rows(n)
+            batch = Batch([v[mine] for v in batch.views], batch.y[mine], batch.index[mine], total=n)
+        sizes = self.part_sizes(n)
+        pieces = [torch.split(t, sizes) for t in (batch.y, batch.index)]
+        views = [torch.split(v, sizes) for v in batch.views]
+        return [Batch(views=[v[i] for v in views], y=pieces[0][i], index=pieces[1][i], total=n)
+                for i in range(len(sizes))]
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` (rows of this worker's part) from every worker, concatenated in rank order (detached)."""
@@ -152,13 +151,46 @@ def settle_scale(scaler, optimizers) -> None:
             optimizer.scaled_steps = 0
 
 
+class ReducedLosses(torch.nn.Module):
+    """A method's ``losses`` as the forward of a module that holds its trainable modules, so that torch's
+    ``DistributedDataParallel`` can wrap it (:func:`reduce_gradients`): its bucketed all-reduce of the gradients
+    then runs during the backward pass, overlapping it.  ``used`` says whether a step went through it."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.trained = method.modules
+        self._method = (method,)  # not a submodule: its modules are already ``trained``
+        self.used = False
+
+    def forward(self, batch: Batch, step) -> dict[str, torch.Tensor]:
+        self.used = True
+        return self._method[0].losses(batch, step)
+
+
+def reduce_gradients(method) -> torch.nn.parallel.DistributedDataParallel:
+    """The method's ``losses`` through torch's ``DistributedDataParallel``, for a method whose step is one joint
+    update after every forward pass (``Method.accumulates``), where DDP can express it.  Parameters unused on some
+    worker get zeros there and those unused on all keep no gradient (``find_unused_parameters``: methods switch
+    terms on and off); buffers are not synchronised at each forward (batch-norm statistics are averaged where the
+    engine says, :meth:`Replicas.average_buffers`)."""
+    return torch.nn.parallel.DistributedDataParallel(ReducedLosses(method), find_unused_parameters=True,
+                                                     forward_sync_buffers=False)
+
+
 class SharedStep:
     """Wraps one of a method's optimizers: an update waits for the last pass and uses the mean gradient of every
     pass of every worker, through fp16's gradient scaler where there is one.  Everything else (param_groups,
-    state_dict, schedulers) is the wrapped optimizer's."""
+    state_dict, schedulers) is the wrapped optimizer's.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, replicas: Replicas, scaler=None):
-        self.optimizer, self.replicas, self.scaler = optimizer, replicas, scaler
+    Where the step went through DDP (``reducer.used``), the workers' gradients arrive averaged, reduced while the
+    backward pass ran, and only the passes are averaged here.  The hand-written all-reduce after the backward pass
+    remains for the update orders DDP cannot express, several backward passes and updates within one step: DML and
+    AMLN updating their peers one after another (``update: sequential``; AMLN's Algorithm 1), and the alternating
+    discriminator/generator updates of ACKD and AFD."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, replicas: Replicas, scaler=None,
+                 reducer: ReducedLosses | None = None):
+        self.optimizer, self.replicas, self.scaler, self.reducer = optimizer, replicas, scaler, reducer
         self.pass_index, self.passes = 0, 1
         self.scaled_steps = 0  # updates through the scaler since its last update()
 
@@ -173,17 +205,20 @@ class SharedStep:
         if self.pass_index < self.passes - 1:
             return None
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self._average(params, divisor=self.passes)
+        if self.reducer is not None and self.reducer.used:  # DDP averaged over the workers already
+            self._average(params, divisor=self.passes, over_workers=False)
+        else:
+            self._average(params, divisor=self.passes)
         if self.scaler is not None:  # fp16: unscale, and skip the update where a gradient overflowed
             self.scaled_steps += 1
             return self.scaler.step(self.optimizer)
         return self.optimizer.step(closure)
 
-    def _average(self, params: list[torch.Tensor], divisor: int) -> None:
+    def _average(self, params: list[torch.Tensor], divisor: int, over_workers: bool = True) -> None:
         """Gradients ← their sum over workers / (workers × this worker's passes); a parameter with a gradient on
         some worker gets one everywhere (zeros where it had none), one with none anywhere keeps None, as the
         optimizer would skip it in one process."""
-        if self.replicas.distributed:
+        if self.replicas.distributed and over_workers:
             device = params[0].device if params else torch.device("cpu")
             has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
             dist.all_reduce(has)

@@ -20,7 +20,8 @@ def training_forward_macs(method, batch, step) -> float | None:
     """
     if type(method).losses is Method.losses:
         return None
-    clone = copy.deepcopy(method, memo={id(method.ctx): method.ctx, id(method.optimizers): {}})
+    clone = copy.deepcopy(method, memo={id(method.ctx): method.ctx, id(method.optimizers): {},
+                                        id(method.reduced_losses): None})
     devices = [batch.y.device] if batch.y.device.type == "cuda" else []
     counter = FlopCounterMode(display=False)
     with torch.random.fork_rng(devices=devices), torch.no_grad(), counter:
