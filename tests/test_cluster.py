@@ -9,6 +9,7 @@ A Ray Train run costs about a minute of fixed time here, so the data-parallel ce
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,21 +65,32 @@ def test_two_workers_on_two_nodes_equal_one_process_and_survive_losing_a_node(ra
     assert code == 0, out
     (acc,) = records(tmp_path / "acc")
     assert dp["hash"] == acc["hash"] and dp["parallel"]["workers"] == 2 and acc["parallel"]["grad_accumulation"] == 2
+    # placed PACK: both workers on the head, which holds them (SPREAD put one on each node, all-reducing over the
+    # network)
+    assert dp["parallel"]["workers_on_first_node"] == 2
     for a, b in zip(dp["history"], acc["history"]):
         for key in (k for k in b if k.startswith(("top1/", "loss/"))):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["epoch"], key)
 
-    # 2. a second cell on the same store; the second node dies while it trains
+    # 2. a second cell on the same store; the second node dies while it trains.  A CPU of the head is held by
+    # another job meanwhile, so the cell's workers must span both nodes (PACK keeps them on one where it can);
+    # the job ends with the node, and Ray Train restarts the workers on the head
     (folder / "dp.yaml").write_text(yaml.safe_dump(suite([0, 1], workers=2, cpu_per_worker=1)))
     finished_before = (folder / "dp" / "cells" / f"{dp['hash']}.json").stat().st_mtime_ns
-    job = run(cluster, folder / "dp.yaml", folder / "dp", "--max-failures", "2")
-    lines, killed = [], False
-    for line in job.stdout:
-        lines.append(line)
-        if not killed and f"epoch 2/{EPOCHS}" in line:
-            cluster.remove_node(second, allow_graceful=False)  # its raylet and workers, killed
-            killed = True
-    job.wait(timeout=600)
+    other_job = hold_a_cpu_of_the_head(cluster)
+    try:
+        job = run(cluster, folder / "dp.yaml", folder / "dp", "--max-failures", "2")
+        lines, killed = [], False
+        for line in job.stdout:
+            lines.append(line)
+            if not killed and f"epoch 2/{EPOCHS}" in line:
+                cluster.remove_node(second, allow_graceful=False)  # its raylet and workers, killed
+                other_job.kill()
+                killed = True
+        job.wait(timeout=600)
+    finally:
+        other_job.kill()
+        other_job.wait()
     out = "".join(lines)
     assert killed and job.returncode == 0, out
     assert "1 finished already, 1 to run" in out
@@ -87,6 +99,25 @@ def test_two_workers_on_two_nodes_equal_one_process_and_survive_losing_a_node(ra
     assert new["status"] == "ok" and [h["epoch"] for h in new["history"]] == list(range(1, EPOCHS + 1))
     resumed = re.findall(r"resumed .* from epoch (\d+)", out)  # Ray Train restarted the workers, from a checkpoint
     assert resumed and int(resumed[-1]) >= 1, out
+
+
+def hold_a_cpu_of_the_head(cluster) -> subprocess.Popen:
+    """Another Ray job on the cluster that holds one CPU of the head node until killed (and then ends, freeing
+    it); returns once the CPU is held."""
+    script = (
+        "import sys, time, ray\n"
+        f"ray.init(address={cluster.address!r}, logging_level='ERROR')\n"
+        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy\n"
+        "@ray.remote(num_cpus=1)\n"
+        "class Holder:\n"
+        "    def ready(self): return True\n"
+        f"head = NodeAffinitySchedulingStrategy({cluster.head_node.node_id!r}, soft=False)\n"
+        "holder = Holder.options(scheduling_strategy=head).remote()\n"
+        "ray.get(holder.ready.remote()); print('held', flush=True)\n"
+        "time.sleep(3600)\n")
+    job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "held"
+    return job
 
 
 def test_a_data_parallel_cell_is_a_named_run_in_the_train_view(ray_cluster, dp_run):

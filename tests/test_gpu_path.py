@@ -304,21 +304,82 @@ def _gather_rank(rank: int, world: int, out: str) -> None:
 
     from harness.training.parallel import Replicas
 
-    syncs = []
+    import torch.distributed as dist
+
+    syncs, collectives = [], []
     for name in ("item", "tolist"):
         real = getattr(torch.Tensor, name)
         setattr(torch.Tensor, name, lambda self, real=real, name=name: syncs.append(name) or real(self))
-    gathered = Replicas(rank=rank, world=world).gather(torch.full((3 + rank, 2), float(rank)))
-    torch.save({"gathered": gathered, "syncs": syncs}, os.path.join(out, f"{rank}.pt"))
+    real_all_gather = dist.all_gather
+    dist.all_gather = lambda *a, **k: collectives.append("all_gather") or real_all_gather(*a, **k)
+    replicas, mine = Replicas(rank=rank, world=world), torch.full((3 + rank, 2), float(rank))
+    exchanged = replicas.gather(mine)
+    counted = (list(syncs), list(collectives))
+    syncs.clear(), collectives.clear()
+    known = replicas.gather(mine, sizes=[3, 4])
+    try:
+        replicas.gather(mine, sizes=[4, 3])
+        refused = ""
+    except ValueError as e:
+        refused = str(e)
+    torch.save({"gathered": [exchanged, known], "counted": [counted, (syncs, collectives)], "refused": refused},
+               os.path.join(out, f"{rank}.pt"))
 
 
-def test_gathering_a_per_sample_state_costs_one_host_sync(tmp_path):
+def test_gathering_a_per_sample_state_costs_no_host_sync(tmp_path):
     """TSB and CRD gather their per-sample state every step: it cost one .item() per worker and one more (a host
-    sync each on a GPU); now one .tolist() for all the sizes."""
+    sync each on a GPU) and two all-gathers.  The sizes of a pass's parts follow from the global batch: the
+    trainer passes them, and a gather is one all-gather without a host sync (with unknown sizes, one .tolist());
+    a tensor that is not this worker's rows is refused, before any collective."""
+    from harness.data.batches import Shard
     from tests.helpers import gloo_ranks
 
     assert gloo_ranks(_gather_rank, str(tmp_path)) == [0, 0]
     for rank in range(2):
         result = torch.load(tmp_path / f"{rank}.pt")
-        assert torch.equal(result["gathered"], torch.cat([torch.zeros(3, 2), torch.ones(4, 2)]))
-        assert result["syncs"] == ["tolist"], result["syncs"]
+        for gathered in result["gathered"]:
+            assert torch.equal(gathered, torch.cat([torch.zeros(3, 2), torch.ones(4, 2)]))
+        (syncs, collectives), (known_syncs, known_collectives) = result["counted"]
+        assert syncs == ["tolist"] and collectives == ["all_gather"] * 2, result["counted"]
+        assert known_syncs == [] and known_collectives == ["all_gather"], result["counted"]
+        assert "(4 rows), got a tensor of 3" in result["refused"] or "(3 rows), got a tensor of 4" in result["refused"]
+    # the sizes the trainer passes: pass k of a global batch of 7 cut into 2 workers × 2 passes
+    assert [Shard(0, 2, 2).sizes_of_pass(7, k) for k in range(2)] == [[2, 2], [2, 1]]
+
+
+def _average_rank(rank: int, world: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from harness.training.parallel import Replicas, SharedStep
+
+    syncs, collectives = [], []
+    real_tolist, real_all_reduce = torch.Tensor.tolist, dist.all_reduce
+    torch.Tensor.tolist = lambda self: syncs.append("tolist") or real_tolist(self)
+    dist.all_reduce = lambda *a, **k: collectives.append("all_reduce") or real_all_reduce(*a, **k)
+    a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    optimizer = SharedStep(torch.optim.SGD([a, b, c], lr=1.0), Replicas(rank=rank, world=world))
+    if rank == 0:
+        a.grad = torch.tensor([2.0, 4.0])  # a: a gradient on rank 0 only; b: on none; c: on both
+    c.grad = torch.full((2,), float(rank + 1))
+    optimizer.step()
+    torch.save({"params": [a.detach(), b.detach(), c.detach()], "grads": [a.grad, b.grad, c.grad],
+                "counted": (syncs, collectives)}, os.path.join(out, f"{rank}.pt"))
+
+
+def test_the_hand_written_average_is_one_all_reduce_and_one_host_sync(tmp_path):
+    """The update orders DDP cannot express average their gradients by hand after the backward pass: it was two
+    all-reduces (flags, then gradients) and a host sync; now one all-reduce (gradients, then a flag per parameter)
+    and one host sync.  A parameter with a gradient on one worker gets the mean with zeros; one with none on any
+    worker keeps None (the optimizer skips it, as in one process)."""
+    from tests.helpers import gloo_ranks
+
+    assert gloo_ranks(_average_rank, str(tmp_path)) == [0, 0]
+    for rank in range(2):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        grad_a, grad_b, grad_c = result["grads"]
+        assert torch.equal(grad_a, torch.tensor([1.0, 2.0])) and grad_b is None
+        assert torch.equal(grad_c, torch.full((2,), 1.5))
+        assert torch.equal(result["params"][1], torch.zeros(2))
+        assert result["counted"] == (["tolist"], ["all_reduce"]), result["counted"]

@@ -73,6 +73,11 @@ class Shard:
         start = first * small + min(first, extra)
         return slice(start, start + sum(self.part_sizes(n)))
 
+    def sizes_of_pass(self, n: int, k: int) -> list[int]:
+        """Sizes of every worker's part in pass ``k`` of a global batch of ``n`` images, in rank order."""
+        small, extra = divmod(n, self.parts)
+        return [small + (r * self.accumulation + k < extra) for r in range(self.world)]
+
     def takes(self, b: int) -> bool:
         """Whether test batch ``b`` is this worker's (the test set's batches dealt out in turn)."""
         return b % self.world == self.rank

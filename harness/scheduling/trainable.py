@@ -149,14 +149,16 @@ def _train_in_process(config: dict, parallel: dict) -> None:
 
 
 def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str, session_checkpoint, report,
-           device: str | None = None) -> None:
-    """Train one cell (this process's share of it), report every epoch, store weights and record (rank 0)."""
+           device: str | None = None, placement: dict | None = None) -> None:
+    """Train one cell (this process's share of it), report every epoch, store weights and record (rank 0);
+    ``placement``: where the data-parallel workers ran, for the record."""
     cell = Cell.from_dict(config["cell"])
     store = ResultStore(config["results"])
     torch.set_num_threads(max(cpus, 1))
     started = time.time()
     record = _new_record(cell, config, trial, {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
-                                               "images_per_pass": cell.recipe["batch_size"] // replicas.parts})
+                                               "images_per_pass": cell.recipe["batch_size"] // replicas.parts,
+                                               **(placement or {})})
     lead = replicas.rank == 0
     try:
         trainer = Trainer(cell, _runtime(config, cpus, gpus, device), replicas)
@@ -311,11 +313,13 @@ def _train_data_parallel(config: dict, cell: Cell, store: ResultStore) -> None:
     parallel = config["parallel"]
     resources = {"CPU": parallel.get("cpu", 1), **({"GPU": parallel["gpu"]} if parallel.get("gpu") else {})}
     attempt = uuid.uuid4().hex  # names this attempt's record: an earlier run's failed record is not this failure
+    # PACK (Ray's default): a cell's workers on as few nodes as will hold them, so that its all-reduce runs over
+    # NVLink or shared memory; SPREAD put them on different nodes, over the network
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={**config, "attempt": attempt},
         scaling_config=ray.train.ScalingConfig(num_workers=parallel["workers"], use_gpu=bool(parallel.get("gpu")),
-                                               resources_per_worker=resources, placement_strategy="SPREAD"),
+                                               resources_per_worker=resources, placement_strategy="PACK"),
         run_config=ray.train.RunConfig(
             name=trial_dirname(cell), **store.location.ray_storage("ray/train"),
             callbacks=[TuneReportCallback()],
@@ -358,4 +362,4 @@ def _worker_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     _train(config, replicas, int(parallel.get("cpu", 1)), float(parallel.get("gpu", 0)),
            f"{context.get_experiment_name()} rank {replicas.rank}", ray.train.get_checkpoint(), report,
-           device=str(device))
+           device=str(device), placement={"workers_on_first_node": context.get_local_world_size()})

@@ -133,7 +133,7 @@ class Trainer:
             image_size=self.inputs.image_size, num_train=self.inputs.num_train, epochs=self.recipe.epochs,
             steps_per_epoch=len(self.train_batches), device=self.device, batch_size=self.recipe.batch_size,
             create_model=lambda name: timm.create_model(name, num_classes=data.num_classes, in_chans=data.in_chans),
-            validation=self.inputs.validation, gather=replicas.gather,
+            validation=self.inputs.validation, gather=self.gather_rows,
         )
         self.stages = method_cls.stages(hparams, cell)
         self.stage_provenance: dict[str, dict] = {}
@@ -176,6 +176,12 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
         self.restarts = 0  # times training resumed from a checkpoint (a lost worker or node, an interrupted run)
+        self._pass_sizes: list[int] | None = None  # every worker's rows in the pass being trained
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A method's ``ctx.gather``: rows of this worker's part from every worker; the parts' sizes follow from
+        the global batch, so no worker asks another for them."""
+        return self.replicas.gather(tensor, self._pass_sizes)
 
     def _load_stage(self, name: str) -> list[torch.nn.Module]:
         """The networks of stage ``name`` (a teacher), frozen and on this trainer's device; recorded."""
@@ -324,6 +330,7 @@ class Trainer:
         for k, part in enumerate(passes):
             for optimizer in shared:
                 optimizer.pass_index, optimizer.passes = k, len(passes)
+            self._pass_sizes = self.replicas.sizes_of_pass(batch.global_size, k)
             # DDP reduces the gradients in the last pass's backward only (the earlier passes accumulate)
             last = k == len(passes) - 1
             with self.autocast(), (self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()):

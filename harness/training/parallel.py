@@ -51,19 +51,25 @@ class Replicas(Shard):
         return [Batch(views=[v[i] for v in views], y=pieces[0][i], index=pieces[1][i], total=n)
                 for i in range(len(sizes))]
 
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` (rows of this worker's part) from every worker, concatenated in rank order (detached)."""
+    def gather(self, tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+        """``tensor`` (rows of this worker's part) from every worker, concatenated in rank order (detached).
+        ``sizes``: every worker's rows, where the caller knows them (the parts of a pass: one all-gather, no host
+        sync); otherwise they are exchanged first (one more all-gather and one host sync)."""
         if not self.distributed:
             return tensor.detach()
         tensor = tensor.detach().contiguous()
-        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
-        counts = torch.cat(sizes).tolist()  # one host sync (it was one per worker, and one more for the longest)
-        padded = torch.zeros((max(counts), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        if sizes is not None and sizes[self.rank] != len(tensor):
+            raise ValueError(f"gather takes rows of this worker's part of the batch ({sizes[self.rank]} rows), got "
+                             f"a tensor of {len(tensor)}")
+        if sizes is None:
+            counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world)]
+            dist.all_gather(counts, torch.tensor([len(tensor)], device=tensor.device))
+            sizes = torch.cat(counts).tolist()
+        padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
         padded[: len(tensor)] = tensor
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded)
-        return torch.cat([p[:n] for p, n in zip(parts, counts)])
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
     def mean(self, values: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         """Each value averaged over the workers (one all-reduce; float64 so that epoch sums lose nothing)."""
@@ -217,24 +223,22 @@ class SharedStep:
     def _average(self, params: list[torch.Tensor], divisor: int, over_workers: bool = True) -> None:
         """Gradients ← their sum over workers / (workers × this worker's passes); a parameter with a gradient on
         some worker gets one everywhere (zeros where it had none), one with none anywhere keeps None, as the
-        optimizer would skip it in one process."""
-        if self.replicas.distributed and over_workers:
-            device = params[0].device if params else torch.device("cpu")
-            has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
-            dist.all_reduce(has)
-            live = [p for p, h in zip(params, has.tolist()) if h]
-            for p in live:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            if live:
-                flat = torch.cat([p.grad.reshape(-1) for p in live])
-                dist.all_reduce(flat)
-                flat /= self.replicas.world * divisor
-                offset = 0
-                for p in live:
-                    n = p.grad.numel()
-                    p.grad.copy_(flat[offset: offset + n].view_as(p.grad))
-                    offset += n
+        optimizer would skip it in one process.  Over the workers: one all-reduce of every gradient and, after
+        them, of a flag per parameter, then one host sync, to read which parameters have a gradient anywhere
+        (the host decides which ones the optimizer updates)."""
+        if self.replicas.distributed and over_workers and params:
+            device = params[0].device
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flags = torch.tensor([float(p.grad is not None) for p in params], dtype=grads[0].dtype)
+            flat = torch.cat([*(g.reshape(-1) for g in grads), flags.to(device, non_blocking=True)])
+            dist.all_reduce(flat)
+            live = flat[-len(params):].tolist()  # the one host sync
+            flat = flat[: -len(params)] / (self.replicas.world * divisor)
+            offset = 0
+            for p, grad, has in zip(params, grads, live):
+                n = p.numel()
+                p.grad = grad.copy_(flat[offset: offset + n].view_as(p)) if has else None
+                offset += n
         elif divisor > 1:
             for p in params:
                 if p.grad is not None:
