@@ -14,7 +14,7 @@ from harness.config.cell import Cell
 from harness.data.batches import Batch
 from harness.suite.schema import load_suite
 from harness.training.engine import Runtime, Trainer
-from harness.training.method import Method, OptimGroup
+from harness.training.method import Method
 from harness.training.parallel import Replicas, SharedStep
 
 from tests.helpers import gloo_ranks, tiny_suite_dict

@@ -10,7 +10,7 @@ from torch import nn
 
 from methods.common.feature_losses import (ConvRegressor, at_loss, attention_map, hint_loss, nst_loss,
                                            pairwise_distances, pkt_loss, rkd_loss, sp_loss)
-from tests.helpers import np_adaptive_pool, np_at, np_attention, np_hint, np_nst, np_pkt, np_rkd_parts, np_sp, tt
+from tests.helpers import np_at, np_attention, np_hint, np_nst, np_pkt, np_rkd_parts, np_sp, tt
 
 RNG = np.random.default_rng(0)
 S_MAPS = [RNG.normal(size=(3, 4, 4, 4)), RNG.normal(size=(3, 5, 2, 2))]

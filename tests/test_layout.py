@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import harness
 from harness.training.method import load_methods
 
 ROOT = Path(__file__).parents[1]

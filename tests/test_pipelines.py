@@ -58,7 +58,6 @@ def test_uint8_images_finished_on_the_device_equal_the_per_image_torchvision_cha
     """The standard path sends uint8 images and their draws to the device and finishes them there; the numbers
     are bit for bit those of the per-image chain ToTensor → lighting → Normalize → Cutout that it replaced (written
     here with torchvision's own ToTensor and Normalize), for RGB and grey images, training and test."""
-    from PIL import Image
     from torchvision import transforms
     from harness.data.pipelines import _EIGVAL, _EIGVEC
 

@@ -147,7 +147,7 @@ def test_the_teacher_row_is_the_stage_teacher_the_students_learnt_from(tmp_path,
     assert table.entries[(("ind", "net2"), column)].ours == 40.0 and table.entries[(("kd", "net1"), column)].ours == 50.5
     paths = write_report(suite, store, tmp_path / "reports")
     csv = paths["csv"].read_text()
-    assert f"ind,net1,0,73.0" in csv.replace('"', "") and teacher.hash in csv
+    assert "ind,net1,0,73.0" in csv.replace('"', "") and teacher.hash in csv
     raw["table"]["stage_values"] = {"ind/ens": "teacher"}
     with pytest.raises(Exception, match=r"table.stage_values.ind/ens: 'ind/ens' is not 'method label/value'"):
         load_suite(write_suite(raw))

@@ -7,7 +7,6 @@ import copy
 import pytest
 import timm
 import torch
-import yaml
 
 import harness.models  # noqa: F401
 from harness.config.cell import Cell

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import yaml
 from pydantic import (BaseModel, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator,
                       model_validator)
 
