@@ -82,7 +82,8 @@ class CRD(ContrastiveModules, OfflineMethod):
         modules["embed"] = nn.ModuleDict(
             {role: Embed(adapter.shapes(networks[role], input_size)["embedding"][0], hp.feat_dim) for role in ROLES})
         modules["memory"] = nn.ModuleDict({role: MemoryBank(n, hp.feat_dim, hp.momentum) for role in ROLES})
-        modules["negatives"] = NegativeSampler(n, self.num_negatives, hp.negatives, hp.replacement)
+        modules["negatives"] = NegativeSampler(n, self.num_negatives, hp.negatives, hp.replacement,
+                                               num_classes=self.ctx.num_classes)
         return modules
 
     def optim_groups(self) -> dict[str, OptimGroup]:

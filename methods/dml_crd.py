@@ -93,7 +93,8 @@ class DMLCRD(ContrastiveModules, Method):
         self.num_negatives = clamp_negatives(hp.num_negatives, n)
         modules["embed"] = nn.ModuleList(Embed(w, hp.feat_dim) for w in widths)
         modules["memory"] = nn.ModuleList(MemoryBank(n, hp.feat_dim, hp.momentum, readers=k - 1) for _ in range(k))
-        modules["negatives"] = NegativeSampler(n, self.num_negatives, hp.negatives, hp.replacement)
+        modules["negatives"] = NegativeSampler(n, self.num_negatives, hp.negatives, hp.replacement,
+                                               num_classes=self.ctx.num_classes)
         return modules
 
     def optim_groups(self) -> dict[str, OptimGroup]:

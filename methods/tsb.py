@@ -54,6 +54,8 @@ checkpoint, with the epoch counters used for the bias correction, so a resume co
 - "host_fp16": float16 in host memory, 2·N·C bytes per peer: CIFAR-100 10 MB, ImageNet 2.6 GB of host RAM per
   peer; each step moves only the batch's rows (B·C·2 bytes each way, 0.5 MB for B = 256 on ImageNet).  Values are
   rounded to fp16 when stored (relative error ≈ 5e-4; the read-out of the current step is computed in float32).
+  The rows cross through the host, so on a GPU each step waits for them (host syncs): the price of keeping the
+  tables off the GPU; "device" has none.
 Duplicate indices within one batch are not supported (the engine's batches never have them).
 
 Evaluation: the peers only.  The spatial integrator at test time, the mean of the peers' softmax at T = 1, is

@@ -362,3 +362,38 @@ def test_end_to_end_and_resume(group):
     timing = {"images_per_s", "train_time_s", "eval_time_s"}
     assert {key: v for key, v in resumed.history[-1].items() if key not in timing} == \
         {key: v for key, v in last.items() if key not in timing}
+
+
+def test_the_sampler_draws_the_same_negatives_with_one_host_sync(monkeypatch):
+    """CRD's sampler read the class counts through a masked selection and ``int(y.max())``, then asked twice
+    whether any anchor's pool was empty or short: four host syncs per draw on a GPU.  Knowing the number of
+    classes, it counts with a fixed-size scatter and reads both flags at once: no scalar read in the dispatched
+    ops, one ``.tolist()``, and the very same negatives."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from methods.common.contrastive import NegativeSampler
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    y = torch.arange(100) % 10
+    drawn, syncing, reads = [], [], []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or real_tolist(self))
+    for classes in (0, 10):
+        sampler = NegativeSampler(100, 20, "other_class", replacement=False, num_classes=classes)
+        sampler.observe(torch.arange(100), y)
+        torch.manual_seed(0)
+        reads.clear()
+        with Ops() as ops:
+            drawn.append(sampler.sample(torch.arange(8), y[:8]))
+        syncing.append({n for n in ops.names if n in ("aten._local_scalar_dense", "aten.bincount", "aten.nonzero")})
+    assert torch.equal(drawn[0], drawn[1])
+    assert syncing[0] and syncing[1] == set() and reads == [1]
+    assert not (y[drawn[1][:, 1:]] == y[:8, None]).any()  # negatives of other classes only

@@ -11,7 +11,10 @@ blocks listed by :func:`blocks`, applied in order; ``tests/test_adapter.py`` che
 """
 from __future__ import annotations
 
+import functools
+import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -34,10 +37,26 @@ class Features:
         return self.stages[1:]
 
 
-def extract(model: nn.Module, x: torch.Tensor) -> Features:
+def _parts(model: nn.Module, x: torch.Tensor) -> tuple:
     last, stages = model.forward_intermediates(x)
     embedding = model.forward_head(last, pre_logits=True)
-    return Features(model.get_classifier()(embedding), stages, last, embedding)
+    return model.get_classifier()(embedding), stages, last, embedding
+
+
+# networks whose feature path was compiled (resources.compile): extract runs the compiled function; copies of them
+# (deep copies, loaded stages) are not in it and run eagerly
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, Callable]" = weakref.WeakKeyDictionary()
+
+
+def extract(model: nn.Module, x: torch.Tensor) -> Features:
+    compiled = _COMPILED.get(model)
+    return Features(*(compiled(x) if compiled is not None else _parts(model, x)))
+
+
+def compile_features(model: nn.Module, **options) -> None:
+    """``torch.compile`` of :func:`extract` on ``model`` (``forward_intermediates`` is not the compiled
+    ``__call__``, so compiling the module alone leaves every feature method eager)."""
+    _COMPILED[model] = torch.compile(functools.partial(_parts, model), **options)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from harness.models.adapter import Features
+from harness.models.adapter import Features, extract
 
 TOLERANCE = 1e-4  # relative, of the build-time check of the stacked against the separate networks
 
@@ -143,11 +143,9 @@ class StackedPeers(nn.Module):
 
     def features(self, views: Sequence[torch.Tensor]) -> list[Features]:
         """Each peer's :class:`Features` (logits, stage maps, last map, embedding) from one pass."""
-        last, stages = self.net.forward_intermediates(self._join(views))
-        embedding = self.net.forward_head(last, pre_logits=True)
-        logits = self.net.get_classifier()(embedding)
-        split = [t.chunk(self.k, 1) for t in (logits, last, embedding)]
-        maps = [s.chunk(self.k, 1) for s in stages]
+        joint = extract(self.net, self._join(views))
+        split = [t.chunk(self.k, 1) for t in (joint.logits, joint.last, joint.embedding)]
+        maps = [s.chunk(self.k, 1) for s in joint.stages]
         return [Features(split[0][i], [m[i] for m in maps], split[1][i], split[2][i]) for i in range(self.k)]
 
     def __len__(self) -> int:

@@ -156,7 +156,7 @@ class SeedBundle:
             terms = self.train_step(batches, Step(epoch, i, self.recipe.epochs, self.steps))
             for s, seed_terms in terms.items():
                 for name, value in seed_terms.items():
-                    sums[s][name] = sums[s].get(name, 0.0) + value
+                    sums[s][name] = sums[s].get(name, 0.0) + value.float()  # fp32 sums whatever the term's dtype
             images += len(batches[alive[0]])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

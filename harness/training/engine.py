@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import harness.models  # noqa: F401  (registers the CIFAR networks in timm)
+from harness.models.adapter import compile_features
 from harness.config.cell import Cell
 from harness.config.recipe import Recipe, build_optimizer, build_scheduler, OptimizerSpec
 from harness.data.batches import Batch
@@ -77,10 +78,14 @@ def seed_everything(seed: int) -> None:
 
 
 def compile_networks(method) -> None:
-    """``torch.compile`` of each peer's forward (of the grouped network where stacked), in place: parameters and
-    state-dict keys stay those of the eager modules, so checkpoints and optimizers are unchanged."""
+    """``torch.compile`` of each peer's forward and of its feature path (``adapter.extract``, which feature methods
+    reach it through), of the grouped network where stacked, in place: parameters and state-dict keys stay those of
+    the eager modules, so checkpoints and optimizers are unchanged.  Static shapes: each batch size (a last, smaller
+    batch; the test batches) gets its own graph once, and the full batches keep theirs (with dynamic shapes, every
+    step after the first smaller batch ran a slower, shape-generic graph)."""
     for network in ([method.peers.net] if method.stacked else list(method.peers)):
-        network.compile()  # shapes made dynamic after a first recompile (a last, smaller batch)
+        network.compile(dynamic=False)
+        compile_features(network, dynamic=False)
 
 
 def build_method_optimizer(recipe: Recipe, group: OptimGroup) -> torch.optim.Optimizer:
@@ -300,8 +305,8 @@ class Trainer:
         images, start = 0, time.perf_counter()
         for i, batch in enumerate(self.train_batches.epoch(epoch)):
             terms, n = self.train_step(batch, Step(epoch, i, self.recipe.epochs, steps, global_batch=batch.global_size))
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value
+            for name, value in terms.items():  # summed in fp32 whatever the term's dtype (a bf16 sum stalls)
+                sums[name] = sums.get(name, 0.0) + value.float()
             images += n
             for scheduler in self.schedulers.values():
                 scheduler.step()
@@ -336,7 +341,7 @@ class Trainer:
             with self.autocast(), (self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()):
                 terms = self.method.train_step(part, step)
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value / len(passes)
+                sums[name] = sums.get(name, 0.0) + value.float() / len(passes)
             if self._running_stats:
                 self._running_stats.after_pass()
         if self._running_stats and passes:

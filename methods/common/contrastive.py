@@ -156,8 +156,11 @@ class NegativeSampler(nn.Module):
     """The positive (the sample's own index) and ``num_negatives`` negative indices for every sample of a batch."""
 
     def __init__(self, num_samples: int, num_negatives: int, rule: Literal["other_class", "any"] = "other_class",
-                 replacement: bool | None = None, labels: torch.Tensor | None = None):
+                 replacement: bool | None = None, labels: torch.Tensor | None = None, num_classes: int = 0):
+        """``num_classes`` (0: not known): the per-class counts of the "other_class" rule are then a fixed-size
+        scatter, without the host syncs of a masked selection and a maximum."""
         super().__init__()
+        self.num_classes = num_classes
         if rule not in ("other_class", "any"):
             raise ValueError(f"negative rule must be 'other_class' or 'any', got {rule!r}")
         if not 1 <= num_negatives <= num_samples - 1:
@@ -187,8 +190,12 @@ class NegativeSampler(nn.Module):
         """How many samples each anchor may draw its negatives from."""
         if self.rule == "any":
             return torch.full_like(index, self.num_samples - 1)
-        known = self.labels[self.labels >= 0]
-        counts = torch.bincount(known, minlength=int(y.max()) + 1)
+        if self.num_classes:  # unknown labels (−1) counted in bin 0, dropped
+            counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=self.labels.device)
+            counts = counts.scatter_add_(0, self.labels + 1, torch.ones_like(self.labels))[1:]
+        else:
+            known = self.labels[self.labels >= 0]
+            counts = torch.bincount(known, minlength=int(y.max()) + 1)
         anchor_in_class = self.labels[index] == y  # the anchor is already counted with its class
         return self.num_samples - counts[y] - (~anchor_in_class).long()
 
@@ -214,14 +221,16 @@ class NegativeSampler(nn.Module):
         device = self.labels.device if self.rule == "other_class" else index.device
         index, y = index.to(device), y.to(device, torch.long)
         pools = self.pool_sizes(index, y)
-        if bool((pools < 1).any()):
+        short = pools < self.num_negatives
+        # one host sync for both questions (the rejection loop of draws with replacement adds one per round)
+        empty, any_short = torch.stack([(pools < 1).any(), short.any()]).tolist()
+        if empty:
             raise ValueError("a CRD anchor has no possible negative: every other training sample shares its class")
         if self.replacement:
             negatives = self._with_replacement(index, y)
         else:
             negatives = self._without_replacement(index, y)
-            short = pools < self.num_negatives
-            if bool(short.any()):  # RepDistiller: replace = k > len(pool)
+            if any_short:  # RepDistiller: replace = k > len(pool)
                 negatives[short] = self._with_replacement(index[short], y[short])
         return torch.cat([index[:, None], negatives], dim=1)
 
