@@ -299,6 +299,18 @@ def test_ray_trains_state_tracking_is_off_without_a_dashboard():
     assert RAY_ENV["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # unchanged for the next run
 
 
+def test_trials_get_pytorchs_expandable_segments_unless_the_user_set_the_allocator(monkeypatch):
+    """Packed trials share a GPU, each capped to its share of its memory: the caching allocator's expandable
+    segments keep fragmentation (freed blocks of odd sizes) from pushing one over its cap; a user's own
+    PYTORCH_CUDA_ALLOC_CONF reaches the trials unchanged."""
+    from harness.scheduling.runner import ray_env
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert ray_env(None, dashboard=False)["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert ray_env("10.0.0.1:6379", dashboard=True)["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+
+
 def _gather_rank(rank: int, world: int, out: str) -> None:
     import os
 

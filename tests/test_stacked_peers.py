@@ -182,3 +182,21 @@ def test_a_checkpoint_of_the_other_mode_is_refused_in_one_line(write_suite):
     stacked = Trainer(Cell.from_dict(cell.to_dict()), Runtime(device="cpu", channels_last=False, stack_peers=True))
     with pytest.raises(ValueError, match="trained with separate peers, this run asks for resources.stack_peers: true"):
         stacked.load_state_dict(separate.state_dict())
+
+
+def test_the_build_time_check_compares_in_full_fp32_and_restores_tf32():
+    """The check of stacked against separate outputs (tolerance 1e-4) runs with TF32 off: on a GPU, TF32's
+    10-bit products (on by default for cuDNN convolutions) differ by more and raised a false StackingError.
+    The user's TF32 settings are restored afterwards."""
+    seen = []
+    nets = [timm.create_model("cifar_resnet8", num_classes=10) for _ in range(2)]
+    nets[0].register_forward_hook(
+        lambda *_: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        StackedPeers(nets)
+        assert seen and set(seen) == {(False, False)}  # (the stacked copy of nets[0] carries the hook too)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

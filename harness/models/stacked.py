@@ -212,12 +212,15 @@ class StackedPeers(nn.Module):
         generator = torch.Generator().manual_seed(0)
         x = [torch.randn(2, in_chans, *size, generator=generator).to(param) for _ in models]
         modes = [m.training for m in models] + [self.training]
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         for m in (*models, self):
             m.eval()
-        try:
+        try:  # in full fp32 on a GPU too: TF32's 10-bit products differ by more than the tolerance
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             separate = [m(v) for m, v in zip(models, x)]
             stacked = self(x)
         finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
             for m, mode in zip((*models, self), modes):
                 m.train(mode)
         for k, (a, b) in enumerate(zip(separate, stacked)):

@@ -84,13 +84,17 @@ class RunSummary:
 
 
 def ray_env(address: str | None, dashboard: bool) -> dict[str, str]:
-    """The environment of the run's Ray processes: ``RAY_ENV``, less Ray Train's state tracking on a local instance
+    """The environment of the run's Ray processes: ``RAY_ENV`` and PyTorch's allocator setting, less Ray Train's
+    state tracking on a local instance
     without a dashboard (its state actor polls the dashboard, and printed a traceback every few seconds for as long
     as a data-parallel cell trained: about 1,200 lines in 8 minutes).  A cluster joined by address keeps it (its
     dashboard's Train view shows the cells)."""
     env = dict(RAY_ENV)
     if not address and not dashboard:
         env["RAY_TRAIN_ENABLE_STATE_TRACKING"] = "0"
+    # PyTorch's caching allocator grows segments in place rather than keeping freed blocks of odd sizes: less
+    # fragmentation, so trials packed on one GPU stay within their memory share; a user's own setting is kept
+    env["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     return env
 
 
