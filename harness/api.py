@@ -31,8 +31,10 @@ def suite_problems(suite) -> list[str]:
 def prepare_run(suite, results: str = "results", data_root: str | None = None, log=print):
     """Every check a run makes before Ray starts (the data and networks fit, the resources, each cell's first
     batch, the data bound to its records); returns (the suite bound to the data here, its store)."""
+    from harness.reporting.index import bench_memory
     from harness.results.store import ResultStore
     from harness.scheduling.data_keys import bind_data, dataset_loader
+    from harness.suite.packing import repack
     from harness.suite.preflight import input_errors
     from harness.suite.schema import SuiteError
 
@@ -40,6 +42,7 @@ def prepare_run(suite, results: str = "results", data_root: str | None = None, l
     if problems:  # refused before Ray starts: such a trial would queue, allocate and die
         raise SuiteError(problems)
     store = ResultStore(results)
+    repack(suite, bench_memory(store))  # gpu: auto by what `harness bench` measured, where it did
     data_of = dataset_loader(data_root)  # a missing dataset fails here, in one line, not in every trial
     suite = bind_data(suite, store, data_of, log)
     problems = input_errors(suite, data_of)

@@ -145,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args) -> int:
     from harness.api import suite_problems
-    from harness.reporting.index import measured_rate
+    from harness.reporting.index import bench_memory, measured_rate
     from harness.results.store import ResultStore
+    from harness.suite.packing import repack
     from harness.suite.schema import SuiteError, load_suite
 
-    rate = measured_rate(ResultStore(args.results))
+    store = ResultStore(args.results)
+    rate, measured = measured_rate(store), bench_memory(store)
     status = 0
     overrides = [a for a in args.suites if "=" in a and not Path(a).exists()]
     for path in [a for a in args.suites if a not in overrides]:
@@ -159,6 +161,7 @@ def cmd_validate(args) -> int:
             print(e, file=sys.stderr)
             status = 2
             continue
+        repack(suite, measured)
         problems = suite_problems(suite)
         if problems:
             print("\n".join(problems), file=sys.stderr)

@@ -443,3 +443,34 @@ def test_where_fake_tensor_mode_stops_on_this_cpu_only_torch():
                       lambda: torch.zeros(2).to("cuda")):
             with pytest.raises(RuntimeError, match="not linked with support for cuda"):
                 stops()
+
+
+def test_gpu_auto_packs_by_the_memory_harness_bench_measured(write_suite, tmp_path, capfd, monkeypatch):
+    """gpu: auto packs by the analytic estimate until `harness bench` has measured the cell on a GPU (peak reserved
+    memory plus the CUDA context, kept in the result store); then by the measurement, which `harness validate`
+    and a run both say.  The bench file here is written by the bench's own writer, its hardware patched to a GPU."""
+    import harness.reporting.bench as bench_report
+    from harness.api import prepare_run
+    from harness.reporting.index import bench_memory
+    from harness.results.store import ResultStore
+    from harness.suite.schema import load_suite
+    from harness.training.bench import Measure
+    from tests.helpers import TINY_DATA, cli, tiny_suite_dict
+
+    path = write_suite(tiny_suite_dict(methods=["dml"], seeds=[0], dataset=TINY_DATA,
+                                       resources={"cpu": 1, "gpu": "auto", "gpu_memory_gb": 16}))
+    suite = load_suite(path)
+    assert suite.spec.resources.gpu == 1 / 8 and "estimated" in suite.spec.resources.packing  # a tiny cell
+    cell = suite.cells[0]
+    store = ResultStore(str(tmp_path / "results"))
+    monkeypatch.setattr(bench_report, "hardware", lambda device: {"host": "gpu-node", "gpu": "NVIDIA H200"})
+    measured = Measure("separate", cell.describe(), 1, 1000.0, 7 * 2**30, cell_hash=cell.hash)
+    other = Measure("packed", cell.describe(), 4, 900.0, 30 * 2**30, cell_hash=cell.hash)  # not one cell alone
+    bench_report.save_bench(store, suite, [measured, other], "cuda", 100)
+    assert {k: v[0] for k, v in bench_memory(store).items()} == {(cell.hash, "separate"): 7 * 2**30}
+
+    code, out, err = cli(capfd, "validate", path, "--results", tmp_path / "results")
+    assert code == 0 and "2 cell(s) per 16 GB GPU (largest cell 7.0 GiB measured by harness bench on NVIDIA H200" \
+        in out, out + err
+    bound, _ = prepare_run(load_suite(path), str(tmp_path / "results"))
+    assert bound.spec.resources.gpu == 0.5  # 16 // (7 × 1.1)

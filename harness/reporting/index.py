@@ -92,6 +92,29 @@ def bench_rate(store: ResultStore) -> dict | None:
     return None
 
 
+def bench_memory(store: ResultStore) -> dict[tuple[str, str], tuple[int, str]]:
+    """(cell hash, mode) → (bytes, where and when): the GPU memory ``harness bench`` measured for one cell trained
+    alone (``separate`` or ``stacked`` peers; peak reserved plus the CUDA context), the newest measurement of each
+    in the store's benches; what ``gpu: auto`` packs by where it exists."""
+    import json
+
+    measured: dict[tuple[str, str], tuple[int, str]] = {}
+    entries = sorted((e for e in store.location.entries(BENCH_DIR) if e.path.endswith(".json")),
+                     key=lambda e: e.mtime, reverse=True)
+    for entry in entries:
+        try:
+            bench = json.loads(store.location.read_bytes(entry.path) or b"{}")
+        except ValueError:
+            continue
+        gpu = bench.get("hardware", {}).get("gpu")
+        for m in bench.get("measures", []):
+            if (gpu and m.get("cell_hash") and m.get("cells") == 1 and m.get("memory_bytes")
+                    and m.get("mode") in ("separate", "stacked") and (m["cell_hash"], m["mode"]) not in measured):
+                measured[(m["cell_hash"], m["mode"])] = (int(m["memory_bytes"]),
+                                                         f"measured by harness bench on {gpu}, {bench.get('date', '?')}")
+    return measured
+
+
 def cell_gpu_hours(cell, macs_per_s: float = ASSUMED_MACS_PER_S) -> float:
     """Estimated GPU-hours of one cell (see the module docstring)."""
     _, size, classes = DATASET_FACTS[cell.dataset["name"]]

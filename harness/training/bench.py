@@ -45,6 +45,7 @@ class Measure:
     memory_bytes: int | None  # peak device memory (CUDA); None on a CPU
     macs_per_image: float | None = None  # the cell's training forward multiply-adds per image
     error: str | None = None
+    cell_hash: str = ""  # the cell measured (``gpu: auto`` reads its memory)
 
     @property
     def aggregate(self) -> float:
@@ -136,9 +137,10 @@ def measure_cell(cell: dict, runtime: Runtime, timing: Timing, mode: str = "sepa
     except (ValueError, RuntimeError) as e:
         if barrier is not None:
             barrier.abort()  # the other packed processes do not wait for this one
-        return Measure(mode, cell.describe(), cells, 0.0, None, error=str(e).splitlines()[0][:300])
+        return Measure(mode, cell.describe(), cells, 0.0, None, error=str(e).splitlines()[0][:300],
+                       cell_hash=cell.hash)
     macs = trainer.costs().get("train_forward_macs_per_image")
-    return Measure(mode, cell.describe(), cells, rate, peak_memory(trainer.device), macs)
+    return Measure(mode, cell.describe(), cells, rate, peak_memory(trainer.device), macs, cell_hash=cell.hash)
 
 
 def _packed_worker(args) -> Measure:
