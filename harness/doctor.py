@@ -5,8 +5,8 @@ names what it skipped.
 Each check reproduces, on the real device, a defect a review of the GPU path found from the code alone: a
 trial without a GPU landing on GPU 0, a method's step failing on CUDA or in half precision, a host sync inside
 the step loop, re-training that does not repeat bit for bit under ``resources.deterministic``, stacked peers
-that differ from separate ones, and the throughput figures ``harness bench`` gives for the shipped ResNet-32
-pair."""
+that differ from separate ones, the throughput figures ``harness bench`` gives for the shipped ResNet-32 pair, and
+data-parallel workers that do not train as one process or a SyncBN cell that hangs after its last epoch."""
 from __future__ import annotations
 
 import hashlib
@@ -194,6 +194,59 @@ def check_bench(device: torch.device) -> Outcome:
                    "" if code == 0 else f"exit {code}")
 
 
+def _data_parallel_rank(rank: int, world: int, cells: list[dict], device_type: str, out: str) -> None:
+    """One rank of :func:`check_data_parallel`: trains each cell on its part of every batch; rank 0 keeps the
+    weights."""
+    from harness.config.cell import Cell
+    from harness.training.engine import Runtime, Trainer
+    from harness.training.parallel import Replicas
+
+    device = f"cuda:{rank}" if device_type == "cuda" else "cpu"
+    for i, cell in enumerate(cells):
+        trainer = Trainer(Cell.from_dict(cell), Runtime(device=device, deterministic=True), Replicas(rank, world))
+        trainer.run()
+        if rank == 0:
+            torch.save({k: v.cpu() for k, v in trainer.method.modules.state_dict().items()}, Path(out) / f"{i}.pt")
+
+
+def check_data_parallel(device_type: str, backend: str) -> Outcome:
+    """A DML cell on 2 data-parallel workers (one process group) ends with the weights of one process
+    accumulating the same two parts; on GPUs (NCCL, a GPU each) a SyncBN cell ends too, rather than waiting for
+    the collective timeout after its last epoch."""
+    import dataclasses
+
+    from harness.training.engine import Runtime, Trainer
+    from harness.training.launch import local_ranks
+    from harness.training.parallel import Replicas
+
+    cell = check_cell("dml", 2)
+    cells = [cell] + ([dataclasses.replace(cell, recipe={**cell.recipe, "sync_bn": True})]
+                      if device_type == "cuda" else [])
+    where = f"2 {'GPUs, NCCL' if backend == 'nccl' else 'CPU workers, gloo'}"
+    check = f"a data-parallel cell on {where} equals one process" + (", a SyncBN cell ends" if len(cells) > 1 else "")
+    with tempfile.TemporaryDirectory() as out:
+        began = time.time()
+        codes = local_ranks(_data_parallel_rank, [c.to_dict() for c in cells], device_type, out, backend=backend,
+                            timeout=300)
+        if codes != [0, 0]:
+            stuck = " (still running after 300 s: killed)" if None in codes else ""
+            return Outcome("FAIL", check, f"the ranks exited {codes}{stuck}")
+        spent = time.time() - began
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each rank: a CPU's kernels add up in another order on more threads
+        try:
+            alone = Trainer(cell, Runtime(device=device_type, deterministic=True), Replicas(accumulation=2))
+            alone.run()
+        finally:
+            torch.set_num_threads(threads)
+        workers = torch.load(Path(out) / "0.pt")
+    one = {k: v.cpu() for k, v in alone.method.modules.state_dict().items()}
+    worst = max((workers[k].double() - one[k].double()).abs().max().item() for k in one if one[k].is_floating_point())
+    status = "PASS" if worst < 1e-4 else "FAIL"
+    return Outcome(status, check, f"largest weight difference {worst:.1e} (at most 1e-4); {len(cells)} cell(s) "
+                                  f"on 2 ranks in {spent:.0f} s")
+
+
 def run_doctor(log=print) -> int:
     """Every check this machine allows, one line each; 0 where none failed."""
     import platform
@@ -235,9 +288,12 @@ def run_doctor(log=print) -> int:
         run(check_bench, device)
     else:
         skip("harness bench of the ResNet-32 pair", "needs a GPU (run `harness bench` for CPU figures)")
-    skip("a data-parallel cell equal to one process on NCCL, a SyncBN cell that ends",
-         "not yet part of doctor, and needs 2 GPUs (tests/test_data_parallel.py and tests/test_gpu_path.py check "
-         "both mechanisms on gloo)")
+    if cuda and torch.cuda.device_count() >= 2:
+        run(check_data_parallel, "cuda", "nccl")
+    else:
+        run(check_data_parallel, "cpu", "gloo")
+        skip("a data-parallel cell on NCCL, a SyncBN cell that ends", "needs 2 GPUs (the gloo check above is the "
+             "same cell on CPU workers; SyncBN runs on CUDA only)")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "SKIP")}
     log(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in {time.time() - started:.0f} s")
     return 1 if counts["FAIL"] else 0

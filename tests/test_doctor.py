@@ -24,10 +24,11 @@ def test_on_this_cpu_it_runs_what_a_cpu_allows_and_names_what_it_skipped(capfd, 
     assert status["a trial without a GPU trains on the CPU"] == "PASS"
     assert status["re-training under resources.deterministic on cpu"] == "PASS"
     assert status["stacked peers equal separate ones on cpu"] == "PASS"
+    assert status["a data-parallel cell on 2 CPU workers, gloo equals one process"] == "PASS"
     assert status["no host sync in the fast path's steps"] == status["harness bench of the ResNet-32 pair"] \
         == "SKIP"
     assert all("needs a GPU" in line or "needs 2 GPUs" in line for line in lines if line.startswith("SKIP"))
-    assert lines[-1].startswith("6 passed, 0 failed, 3 skipped in ")
+    assert lines[-1].startswith("7 passed, 0 failed, 3 skipped in ")
 
 
 def test_a_step_of_each_method_passes_and_a_non_finite_loss_fails_naming_the_method(tmp_path, monkeypatch):
@@ -53,4 +54,16 @@ def test_a_check_that_breaks_is_a_fail_line_and_exit_1(capfd, monkeypatch):
     code, out, _ = cli(capfd, "doctor")
     assert code == 1
     assert "FAIL  stacked peers equal separate ones: RuntimeError: Expected all tensors to be on the same device" in out
-    assert out.strip().splitlines()[-1].startswith("5 passed, 1 failed, 3 skipped")
+    assert out.strip().splitlines()[-1].startswith("6 passed, 1 failed, 3 skipped")
+
+
+def test_the_data_parallel_check_fails_where_the_workers_do_not_train_as_one_process(monkeypatch):
+    """The doctor's data-parallel check, run here on gloo as on a CPU machine (on 2 GPUs it is the same code on
+    NCCL, with a SyncBN cell): it fails where the workers' update is not one process's, here with the workers'
+    gradient reduction turned off (each worker then follows its own half of every batch)."""
+    from harness.training import engine
+
+    monkeypatch.setattr(engine, "reduce_gradients", lambda method: None)
+    monkeypatch.setattr(engine.SharedStep, "_average", lambda self, params, divisor, over_workers=True: None)
+    outcome = doctor.check_data_parallel("cpu", "gloo")
+    assert outcome.status == "FAIL" and outcome.detail.startswith("largest weight difference"), outcome

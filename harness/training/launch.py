@@ -32,14 +32,15 @@ def _rank(rank: int, world: int, port: int, backend: str, target, args: tuple) -
 
 
 def local_ranks(target, *args, world: int = 2, backend: str = "gloo", timeout: float = 300) -> list[int | None]:
-    """Run ``target(rank, world, *args)`` in ``world`` forked processes of one process group; their exit codes,
-    each waited for up to ``timeout`` seconds (one still running then, stuck in a collective, is killed and its
-    code is None).  Forked, the ranks start with everything imported (spawned, each spent 5-7 s importing torch
-    and timm); NCCL needs the parent not to have touched CUDA."""
+    """Run ``target(rank, world, *args)`` in ``world`` processes of one process group; their exit codes, each
+    waited for up to ``timeout`` seconds (one still running then, stuck in a collective, is killed and its code
+    is None).  gloo's ranks are forked: they start with everything imported (spawned, each spent 5-7 s importing
+    torch and timm); NCCL's are spawned (CUDA cannot start again in a process forked from one that used it), so
+    ``target`` and ``args`` must be picklable."""
     import torch.multiprocessing as mp
 
     context = mp.start_processes(_rank, args=(world, free_port(), backend, target, args), nprocs=world,
-                                 start_method="fork", join=False)
+                                 start_method="spawn" if backend == "nccl" else "fork", join=False)
     for process in context.processes:
         process.join(timeout=timeout)
     codes = [process.exitcode for process in context.processes]
