@@ -24,7 +24,7 @@ def test_on_this_cpu_it_runs_what_a_cpu_allows_and_names_what_it_skipped(capfd, 
     assert status["a trial without a GPU trains on the CPU"] == "PASS"
     assert status["re-training under resources.deterministic on cpu"] == "PASS"
     assert status["stacked peers equal separate ones on cpu"] == "PASS"
-    assert status["a data-parallel cell on 2 CPU workers, gloo equals one process"] == "PASS"
+    assert status["data-parallel cells on 2 CPU workers, gloo equal one process"] == "PASS"
     assert status["no host sync in the fast path's steps"] == status["harness bench of the ResNet-32 pair"] \
         == "SKIP"
     assert all("needs a GPU" in line or "needs 2 GPUs" in line for line in lines if line.startswith("SKIP"))
