@@ -144,3 +144,19 @@ def test_the_spine_names_no_method():
 def test_no_method_building_block_is_left_in_the_spine():
     blocks = {p.stem for p in (ROOT / "methods" / "common").glob("*.py")} - {"__init__"}
     assert not blocks & {m.rsplit(".", 1)[-1] for m in HARNESS}
+
+
+# What the repository root may hold: the design card's top level, the CI script, the install's constraints and the
+# repository's own files; a development run's leftovers (a suite file, a report folder) have no place here.
+ROOT_ENTRIES = {"harness", "methods", "suites", "reports", "tests", "benchmarks", "pyproject.toml", "README.md",
+                "constraints.txt", ".ci", ".gitignore"}
+
+
+def test_the_repository_root_holds_only_what_it_may():
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    top = {line.split("/", 1)[0] for line in tracked.splitlines() if line}
+    assert top <= ROOT_ENTRIES, sorted(top - ROOT_ENTRIES)
+    assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "reports").rglob("*") if p.is_file()
+            and p.relative_to(ROOT).as_posix() in tracked.splitlines()} == {"reports/README.md"}
