@@ -5,7 +5,7 @@
     summary = run_suite(suite, results="results", reports="reports", num_cpus=2)
     frame = results_frame(suite, results="results")   # one row per (finished cell, output), with its hash and seed
 
-Errors are the command's one-line ones: :class:`harness.suite.schema.SuiteError` (its ``lines``),
+Errors are the command's one-line ones: :class:`harness.suite.spec.SuiteError` (its ``lines``),
 ``DatasetError``, ``StorageError`` and so on, raised instead of printed."""
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import torch
 from harness.cli import main
 from harness.config.cell import Cell
 from harness.suite.capacity import capacity_errors
-from harness.suite.schema import Resources, load_suite
+from harness.suite.schema import load_suite
+from harness.suite.spec import Resources
 from harness.suite.smoke import smoke_suite
 from harness.training.memory import GIB, _network_figures, cell_memory
 

@@ -525,6 +525,6 @@ def test_the_paper_delta_can_be_left_out_for_a_shorter_cell():
 
     entry = Entry(70.0, 2, paper=71.25)
     assert entry.text(True) == "70.00 (71.25, -1.25)" and entry.text(True, delta=False) == "70.00 (71.25)"
-    from harness.suite.schema import Layout
+    from harness.suite.spec import Layout
 
     assert Layout.model_validate({"paper_delta": False}).paper_delta is False and Layout().paper_delta is True

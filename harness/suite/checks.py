@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from harness.suite.capacity import capacity_errors
 from harness.suite.fit import fit_errors
-from harness.suite.schema import Suite
+from harness.suite.spec import Suite
 
 
 def suite_problems(suite: Suite) -> list[str]:

@@ -16,7 +16,8 @@ import torch
 from harness.config.cell import Cell
 from harness.data.facts import DATASET_FACTS, fewest_per_class, train_images
 from harness.models.meta import ShapesOnly, Template
-from harness.suite.schema import Suite, method_where
+from harness.suite.consistency import method_where
+from harness.suite.spec import Suite
 from harness.training.method import MethodContext, load_methods
 from harness.training.stages import stages_of, waves
 

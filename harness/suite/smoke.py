@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from harness.data.datasets import DatasetError, load_dataset
-from harness.suite.schema import DatasetSpec, Suite
+from harness.suite.spec import DatasetSpec, Suite
 
 # Batches of 8: 50 steps in 2 epochs, enough for BatchNorm's running statistics to follow the weights.  With 14
 # steps of 32, a smoke-trained ResNet-110 teacher's eval-mode features were ~1e8 (train mode ~0.05), and CC, VID and
