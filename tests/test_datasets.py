@@ -5,7 +5,8 @@ import struct
 import numpy as np
 import pytest
 
-from harness.data.datasets import DEBIAN_FASHION_MNIST, DatasetError, load_dataset, read_idx
+from harness.data.datasets import DatasetError, load_dataset
+from harness.data.formats.idx import DEBIAN_FASHION_MNIST, read_idx
 
 
 def write_idx(path, array: np.ndarray, compress=True):
@@ -38,7 +39,7 @@ def test_reads_torchvision_layout_uncompressed(tmp_path):
 
 
 def test_missing_data_names_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setattr("harness.data.datasets.DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr("harness.data.formats.idx.DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     with pytest.raises(DatasetError) as info:
         load_dataset({"name": "fashion_mnist"}, str(tmp_path / "empty"))
     message = str(info.value)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.datasets import balanced_subset, read_fashion_mnist
+from harness.data.datasets import balanced_subset
+from harness.data.formats.idx import read_fashion_mnist
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 300, 200
 
