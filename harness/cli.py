@@ -193,23 +193,21 @@ def _cost_words(suite, rate: dict | None) -> str:
 
 
 def cmd_run(args) -> int:
-    from harness.api import prepare_run
-    from harness.reporting.report import write_report
-    from harness.scheduling.runner import dry_run_lines, run_suite
-    from harness.training.engine import Runtime
+    from harness import api
 
-    suite, store = prepare_run(_load(args), args.results, args.data_root)
+    suite = _load(args)
     if args.dry_run:
         from harness.reporting.index import measured_rate
+        from harness.scheduling.runner import dry_run_lines
 
+        suite, store = api.prepare_run(suite, args.results, args.data_root)
         cost = _cost_words(suite, measured_rate(store))
         print("\n".join(dry_run_lines(suite, store)) + (f"\nwhole suite{cost.removeprefix(';')}" if cost else ""))
         return 0
-    store.check_writable()
-    runtime = Runtime(device=args.device, data_root=args.data_root, require_every_term=args.smoke)
-    summary = run_suite(suite, store, runtime, address=args.address, dashboard=not args.no_dashboard,
-                        num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures)
-    write_report(suite, store, args.reports)
+    summary = api.run_suite(suite, results=args.results, reports=args.reports, data_root=args.data_root,
+                            device=args.device, address=args.address, dashboard=not args.no_dashboard,
+                            num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures,
+                            smoke_checks=args.smoke)
     if summary.unfinished:
         print(f"interrupted with {len(summary.unfinished)} cell(s) unfinished: run the same command again to "
               "resume; finished cells are kept", file=sys.stderr)
@@ -245,11 +243,9 @@ def _bound(suite, store, args):
 
 
 def _load(args):
-    from harness.suite.schema import load_suite
-    from harness.suite.smoke import smoke_suite
+    from harness.api import load_suite
 
-    suite = load_suite(args.suite, getattr(args, "overrides", []))
-    return smoke_suite(suite, args.data_root) if args.smoke else suite
+    return load_suite(args.suite, *getattr(args, "overrides", []), smoke=args.smoke, data_root=args.data_root)
 
 
 def cmd_status(args) -> int:
