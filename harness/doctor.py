@@ -59,8 +59,9 @@ def check_cell(method: str, k: int, precision: str = "fp32"):
 def check_zero_gpu_device() -> Outcome:
     """A trial that asked for no GPU trains on the CPU although CUDA is visible to it (Ray 2.60 does not hide it)."""
     from harness.scheduling.trainable import _runtime
+    from harness.training.engine import Runtime
 
-    device = _runtime({"results": "results", "runtime": {}}, cpus=1, gpus=0).torch_device()
+    device = _runtime(Runtime(), "results", cpus=1, gpus=0).torch_device()
     return Outcome("PASS" if device.type == "cpu" else "FAIL", "a trial without a GPU trains on the CPU",
                    f"device {device}" + ("" if torch.cuda.is_available() else " (no CUDA here: trivially)"))
 

@@ -1,10 +1,13 @@
 """Defects of the GPU path, each reproduced by its mechanism on this CPU-only machine: what CUDA would do is
 patched in (CUDA reported available, Ray's environment as 2.60 leaves it), fp16 runs through the CPU's
 gradient scaler, collectives run on gloo."""
+import dataclasses
+
 import pytest
 import torch
 
 from harness.scheduling.trainable import _runtime
+from harness.training.engine import Runtime
 
 
 def test_a_trial_without_a_gpu_trains_on_the_cpu_where_cuda_is_visible(monkeypatch):
@@ -12,15 +15,14 @@ def test_a_trial_without_a_gpu_trains_on_the_cpu_where_cuda_is_visible(monkeypat
     device auto (or Ray Train's get_device(), cuda:0) would put the trial on GPU 0."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    config = {"results": "r", "runtime": {}}
-    assert _runtime(config, cpus=1, gpus=0).torch_device() == torch.device("cpu")
-    assert _runtime(config, cpus=1, gpus=0, device="cuda:0").torch_device() == torch.device("cpu")  # Ray Train's
-    assert _runtime(config, cpus=1, gpus=1).torch_device() == torch.device("cuda")
-    assert _runtime(config, cpus=1, gpus=0.25).torch_device() == torch.device("cuda")
-    assert _runtime(config, cpus=1, gpus=1, device="cuda:0").torch_device() == torch.device("cuda:0")
+    given = Runtime()
+    assert _runtime(given, "r", cpus=1, gpus=0).torch_device() == torch.device("cpu")
+    assert _runtime(given, "r", cpus=1, gpus=0, device="cuda:0").torch_device() == torch.device("cpu")  # Ray Train's
+    assert _runtime(given, "r", cpus=1, gpus=1).torch_device() == torch.device("cuda")
+    assert _runtime(given, "r", cpus=1, gpus=0.25).torch_device() == torch.device("cuda")
+    assert _runtime(given, "r", cpus=1, gpus=1, device="cuda:0").torch_device() == torch.device("cuda:0")
     # a device the run named (harness run --device) is the user's choice
-    named = {"results": "r", "runtime": {"device": "cuda:1"}}
-    assert _runtime(named, cpus=1, gpus=0).torch_device() == torch.device("cuda:1")
+    assert _runtime(Runtime(device="cuda:1"), "r", cpus=1, gpus=0).torch_device() == torch.device("cuda:1")
 
 
 @pytest.mark.parametrize("method", [{"name": "dml", "update": "sequential"},
@@ -57,9 +59,11 @@ def test_an_fp16_bench_times_its_steps(write_suite):
 
 def _sync_rank(rank: int, world: int, config: dict) -> None:
     from harness.scheduling.trainable import _train
+    from harness.scheduling.trial import TrialConfig
     from harness.training.parallel import Replicas
 
-    _train(config, Replicas(rank=rank, world=world), 1, 0, f"rank {rank}", None, lambda trainer, metrics: None)
+    _train(TrialConfig.decode(config), Replicas(rank=rank, world=world), 1, 0, f"rank {rank}", None,
+           lambda trainer, metrics: None)
 
 
 def test_a_data_parallel_cell_whose_forward_synchronises_ends_with_its_costs(tmp_path, monkeypatch):
@@ -474,3 +478,24 @@ def test_gpu_auto_packs_by_the_memory_harness_bench_measured(write_suite, tmp_pa
         in out, out + err
     bound, _ = prepare_run(load_suite(path), str(tmp_path / "results"))
     assert bound.spec.resources.gpu == 0.5  # 16 // (7 × 1.1)
+
+
+def test_a_trial_is_encoded_once_and_decoded_to_the_same_trial(write_suite):
+    """The runner encodes each trial into Tune's config (JSON values) and the trainable decodes it once: a trial of
+    stacked seeds, with its runtime, store, parallelism, overrides and attempt, comes back equal, and Tune's param
+    space of a wave decodes to the trials its grid names."""
+    import json
+
+    from harness.scheduling.trial import Parallel, TrialConfig
+    from tests.helpers import tiny_cell
+
+    cells = tuple(dataclasses.replace(tiny_cell(), seed=s) for s in (0, 1, 2))
+    trial = TrialConfig(cells, Runtime(device="cpu", stack_peers=True), "s3://bucket/results", {"commit": "abc"},
+                        Parallel(workers=2, cpu=4, gpu=1, max_failures=2), ("seeds=[0,1,2]",), attempt="a1")
+    assert TrialConfig.decode(json.loads(json.dumps(trial.encode()))) == trial
+    alone = TrialConfig.decode(trial.alone(cells[2]).encode())
+    assert alone.cells == (cells[2],) and alone.parallel == trial.parallel
+    space = TrialConfig.param_space([list(cells), [tiny_cell(method="ind")]], trial.runtime, trial.results,
+                                    trial.code, trial.parallel, trial.overrides)
+    decoded = [TrialConfig.decode({**space, "cell": cell}) for cell in space["cell"]["grid_search"]]
+    assert [t.cells for t in decoded] == [cells, (tiny_cell(method="ind"),)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from harness.config.cell import Cell
@@ -12,7 +12,8 @@ from harness.results.provenance import code_version
 from harness.results.location import StorageError
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
-from harness.scheduling.trainable import stacked_cells, trial_dirname
+from harness.scheduling.trainable import trial_dirname
+from harness.scheduling.trial import Parallel, TrialConfig
 from harness.training.bundle import seed_bundles
 from harness.training.engine import Runtime
 from harness.training.stages import stages_of, waves
@@ -171,7 +172,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _progress_callback(total: int, store: ResultStore, bundles: dict | None = None):
+def _progress_callback(total: int, store: ResultStore):
     from ray import tune
 
     class Progress(tune.Callback):
@@ -184,7 +185,7 @@ def _progress_callback(total: int, store: ResultStore, bundles: dict | None = No
         @staticmethod
         def _cells(trial) -> list[Cell]:
             """The trial's cells: its own, or every seed it trains stacked (``resources.stack_seeds``)."""
-            return stacked_cells(trial.config["cell"], bundles)
+            return list(TrialConfig.decode(trial.config).cells)
 
         def _counts(self, trials, ending=None) -> str:
             # cells, not trials (a trial trains several seeds where they are stacked); not the one ending now
@@ -314,8 +315,8 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     # this run) sees its raylet's environment, not this process's $HARNESS_DATA_ROOT
     runtime = replace(runtime, stack_peers=spec.stack_peers, compile=spec.compile, deterministic=spec.deterministic,
                       data_root=runtime.data_root or os.environ.get("HARNESS_DATA_ROOT"))
-    parallel = {"workers": spec.workers, "grad_accumulation": spec.grad_accumulation, "cpu": spec.cpu,
-                "gpu": spec.gpu, "max_failures": max_failures}
+    parallel = Parallel(workers=spec.workers, grad_accumulation=spec.grad_accumulation, cpu=spec.cpu, gpu=spec.gpu,
+                        max_failures=max_failures)
     _check_resources(suite)
     # a data-parallel cell's trial is only its driver: Ray Train asks for the workers' CPUs and GPUs itself
     resources = {"cpu": spec.cpu, "gpu": spec.gpu} if spec.workers == 1 else {"cpu": DRIVER_CPU}
@@ -385,7 +386,7 @@ def _stage_failed(cell: Cell, store: ResultStore) -> bool:
     return False
 
 
-def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, parallel: dict,
+def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, parallel: Parallel,
          max_failures: int, log, overrides: list[str] = (), stack_seeds: bool = False) -> None:
     """One Ray Tune experiment: a trial per cell (per bundle of seeds where they are stacked); returns when all
     ended or after Ctrl-C."""
@@ -410,21 +411,13 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
     StoreUnwritable.reason = None
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     groups = seed_bundles(cells) if stack_seeds else [[c] for c in cells]
-    bundles = {g[0].hash: [c.seed for c in g] for g in groups if len(g) > 1}
+    bundles = [g for g in groups if len(g) > 1]
     if bundles:
-        log(f"stack_seeds: {sum(len(b) for b in bundles.values())} cells train as {len(bundles)} bundle(s) of "
+        log(f"stack_seeds: {sum(len(b) for b in bundles)} cells train as {len(bundles)} bundle(s) of "
             f"seeds, one trial each")
     tuner = tune.Tuner(
         tune.with_resources(cell_trainable(), resources),
-        param_space={
-            "cell": tune.grid_search([g[0].to_dict() for g in groups]),
-            "bundles": bundles,  # first cell's hash -> the seeds its trial trains (resources.stack_seeds)
-            "runtime": asdict(runtime),
-            "results": store.uri,
-            "code": code_version(),
-            "parallel": parallel,
-            "overrides": list(overrides),  # the command line's key=value, into every record
-        },
+        param_space=TrialConfig.param_space(groups, runtime, store.uri, code_version(), parallel, overrides),
         tune_config=tune.TuneConfig(
             trial_dirname_creator=lambda trial: trial_dirname(Cell.from_dict(trial.config["cell"])),
         ),
@@ -433,7 +426,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
             **store.location.ray_storage("ray"),
             verbose=0,
             stop=StopWhenUnwritable(),
-            callbacks=[_progress_callback(len(cells), store, bundles)],
+            callbacks=[_progress_callback(len(cells), store)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),

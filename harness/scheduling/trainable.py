@@ -26,6 +26,7 @@ from harness.data.pipelines import loader_workers
 from harness.results.provenance import hardware, package_versions
 from harness.results.store import ResultStore
 from harness.scheduling.metrics import EpochMetrics
+from harness.scheduling.trial import TrialConfig
 from harness.training.engine import NonFiniteLoss, Runtime, Trainer
 from harness.training.memory import cap_gpu_memory
 from harness.training.parallel import Replicas
@@ -94,29 +95,21 @@ def saved_state(trainer: Trainer):
 
 
 def train_cell(config: dict) -> None:
-    """Tune entry point. ``config`` = {"cell": Cell.to_dict(), "runtime": {...}, "results": dir, "code": {...},
-    "parallel": {"workers", "grad_accumulation", "cpu", "gpu", "max_failures"}}.  A cell on several workers runs
-    as a Ray Train ``TorchTrainer`` launched from this trial (Ray's Train-inside-Tune pattern)."""
-    parallel = config.get("parallel") or {}
-    cell = Cell.from_dict(config["cell"])
-    store = ResultStore(config["results"])
-    bundle = stacked_cells(config["cell"], config.get("bundles"))
-    if len(bundle) > 1:
-        return _train_bundle_trial(config, bundle, store)
+    """Tune entry point: ``config`` is a :class:`~harness.scheduling.trial.TrialConfig`, encoded; decoded here,
+    once.  A cell on several workers runs as a Ray Train ``TorchTrainer`` launched from this trial (Ray's
+    Train-inside-Tune pattern)."""
+    trial = TrialConfig.decode(config)
+    store = ResultStore(trial.results)
+    if len(trial.cells) > 1:
+        return _train_bundle_trial(trial, store)
+    cell = trial.cell
     with store.cell_lock(cell.hash):
         if store.is_finished(cell) and store.has_weights(cell.hash):
             print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
             return
-        if parallel.get("workers", 1) > 1:
-            return _train_data_parallel(config, cell, store)
-        _train_in_process(config, parallel)
-
-
-def stacked_cells(cell: dict, bundles: dict | None) -> list[Cell]:
-    """The cells a trial trains: its own cell, or, where its seeds are stacked (``resources.stack_seeds``), that
-    cell under each seed of its bundle (``bundles``: first cell's hash -> seeds; the cells differ in seed only)."""
-    first = Cell.from_dict(cell)
-    return [dataclasses.replace(first, seed=seed) for seed in (bundles or {}).get(first.hash, [first.seed])]
+        if trial.parallel.workers > 1:
+            return _train_data_parallel(trial, store)
+        _train_in_process(trial)
 
 
 def cell_trainable():
@@ -134,7 +127,7 @@ def cell_trainable():
     return CellTrial
 
 
-def _train_in_process(config: dict, parallel: dict) -> None:
+def _train_in_process(trial: TrialConfig) -> None:
     from ray import tune
 
     required = tune.get_context().get_trial_resources().required_resources
@@ -144,24 +137,24 @@ def _train_in_process(config: dict, parallel: dict) -> None:
         with saved_state(trainer) as folder:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    _train(config, Replicas(accumulation=parallel.get("grad_accumulation", 1)), cpus, gpus,
+    _train(trial, Replicas(accumulation=trial.parallel.grad_accumulation), cpus, gpus,
            tune.get_context().get_trial_name(), tune.get_checkpoint(), report)
 
 
-def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str, session_checkpoint, report,
+def _train(trial: TrialConfig, replicas: Replicas, cpus: int, gpus: float, name: str, session_checkpoint, report,
            device: str | None = None, placement: dict | None = None) -> None:
     """Train one cell (this process's share of it), report every epoch, store weights and record (rank 0);
     ``placement``: where the data-parallel workers ran, for the record."""
-    cell = Cell.from_dict(config["cell"])
-    store = ResultStore(config["results"])
+    cell = trial.cell
+    store = ResultStore(trial.results)
     torch.set_num_threads(max(cpus, 1))
     started = time.time()
-    record = _new_record(cell, config, trial, {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
+    record = _new_record(cell, trial, name, {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
                                                "images_per_pass": cell.recipe["batch_size"] // replicas.parts,
                                                **(placement or {})})
     lead = replicas.rank == 0
     try:
-        trainer = Trainer(cell, _runtime(config, cpus, gpus, device), replicas)
+        trainer = Trainer(cell, _runtime(trial.runtime, trial.results, cpus, gpus, device), replicas)
         cap_gpu_memory(trainer.device, gpus)
         record["data"] = trainer.data_fingerprint
         # of one GPU, for the index's rates: every worker's share
@@ -198,29 +191,28 @@ def _train(config: dict, replicas: Replicas, cpus: int, gpus: float, trial: str,
             store.put(_finish(record, started))
 
 
-def _new_record(cell: Cell, config: dict, trial: str, parallel: dict) -> dict:
+def _new_record(cell: Cell, trial: TrialConfig, name: str, parallel: dict) -> dict:
     """What a cell's record holds from the start: the cell, its code and packages, the trial and how it ran."""
     return {
         "hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(), "seed": cell.seed,
-        "code": config.get("code", {}), "packages": package_versions(),
+        "code": trial.code, "packages": package_versions(),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "trial": trial,
-        **({"attempt": config["attempt"]} if config.get("attempt") else {}),
-        **({"overrides": config["overrides"]} if config.get("overrides") else {}),
+        "trial": name,
+        **({"attempt": trial.attempt} if trial.attempt else {}),
+        **({"overrides": list(trial.overrides)} if trial.overrides else {}),
         "parallel": parallel,
     }
 
 
-def _runtime(config: dict, cpus: int, gpus: float, device: str | None = None) -> Runtime:
+def _runtime(given: Runtime, results: str, cpus: int, gpus: float, device: str | None = None) -> Runtime:
     """How this trial (or data-parallel worker) trains: ``device`` is Ray Train's answer for a worker.  A trial that
     asked for no GPU trains on the CPU unless the run named a device: Ray 2.60 no longer hides the GPUs from an
     actor that asked for none, so ``auto`` (and Ray Train's ``get_device()``, cuda:0) would put it on GPU 0,
     beside the trials Ray placed there."""
-    given = config.get("runtime", {})
-    if not gpus and given.get("device", "auto") == "auto":
+    if not gpus and given.device == "auto":
         device = "cpu"
-    return Runtime(**{**given, "results": config["results"], **({"device": device} if device else {}),
-                      "workers": given.get("workers") or loader_workers(cpus)})
+    return dataclasses.replace(given, results=results, **({"device": device} if device else {}),
+                               workers=given.workers or loader_workers(cpus))
 
 
 def _finish(record: dict, started: float) -> dict:
@@ -229,11 +221,12 @@ def _finish(record: dict, started: float) -> dict:
     return record
 
 
-def _train_bundle_trial(config: dict, cells: list[Cell], store: ResultStore) -> None:
+def _train_bundle_trial(trial: TrialConfig, store: ResultStore) -> None:
     """One trial for several seeds of a cell (``resources.stack_seeds``): each seed's lock held while they train;
     seeds another run finished meanwhile are left out, and a single seed left trains as a cell of its own."""
     from ray import tune
 
+    cells = trial.cells
     with contextlib.ExitStack() as locks:
         for cell in sorted(cells, key=lambda c: c.hash):  # one order everywhere: two runs never deadlock
             locks.enter_context(store.cell_lock(cell.hash))
@@ -242,7 +235,7 @@ def _train_bundle_trial(config: dict, cells: list[Cell], store: ResultStore) -> 
             if cell not in todo:
                 print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
         if len(todo) == 1:
-            return _train_in_process({**config, "cell": todo[0].to_dict()}, config.get("parallel") or {})
+            return _train_in_process(trial.alone(todo[0]))
         if not todo:
             return
         required = tune.get_context().get_trial_resources().required_resources
@@ -252,23 +245,23 @@ def _train_bundle_trial(config: dict, cells: list[Cell], store: ResultStore) -> 
             with saved_state(bundle) as folder:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-        _train_bundle(config, todo, cpus, gpus, tune.get_context().get_trial_name(), tune.get_checkpoint(), report)
+        _train_bundle(trial, todo, cpus, gpus, tune.get_context().get_trial_name(), tune.get_checkpoint(), report)
 
 
-def _train_bundle(config: dict, cells: list[Cell], cpus: int, gpus: float, trial: str, session_checkpoint,
+def _train_bundle(trial: TrialConfig, cells: list[Cell], cpus: int, gpus: float, name: str, session_checkpoint,
                   report) -> None:
     """Train several seeds of a cell as one grouped network, report every epoch, store each seed's weights and
     record; a seed that fails (a NaN loss) is recorded failed while the others go on."""
     from harness.training.bundle import SeedBundle
 
-    store = ResultStore(config["results"])
+    store = ResultStore(trial.results)
     torch.set_num_threads(max(cpus, 1))
     started = time.time()
     parallel = {"workers": 1, "grad_accumulation": 1, "images_per_pass": cells[0].recipe["batch_size"],
                 "stacked_seeds": len(cells)}
-    records = {c.hash: _new_record(c, config, trial, dict(parallel)) for c in cells}
+    records = {c.hash: _new_record(c, trial, name, dict(parallel)) for c in cells}
     try:
-        bundle = SeedBundle(cells, _runtime(config, cpus, gpus))
+        bundle = SeedBundle(cells, _runtime(trial.runtime, trial.results, cpus, gpus))
         cap_gpu_memory(bundle.device, gpus)
         for cell, trainer in zip(cells, bundle.trainers):
             # the device is shared by the seeds: each one's share, for the index's rates
@@ -303,28 +296,28 @@ def _train_bundle(config: dict, cells: list[Cell], cpus: int, gpus: float, trial
                 store.put(_finish(record, started))
 
 
-def _train_data_parallel(config: dict, cell: Cell, store: ResultStore) -> None:
+def _train_data_parallel(trial: TrialConfig, store: ResultStore) -> None:
     """The trial's driver: a TorchTrainer with one worker per share of the cell, its checkpoints under the result
     store's ``ray/train/<trial folder>`` (a re-run of the cell resumes there), metrics passed on to Tune."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    parallel = config["parallel"]
-    resources = {"CPU": parallel.get("cpu", 1), **({"GPU": parallel["gpu"]} if parallel.get("gpu") else {})}
+    cell, parallel = trial.cell, trial.parallel
+    resources = {"CPU": parallel.cpu, **({"GPU": parallel.gpu} if parallel.gpu else {})}
     attempt = uuid.uuid4().hex  # names this attempt's record: an earlier run's failed record is not this failure
     # PACK (Ray's default): a cell's workers on as few nodes as will hold them, so that its all-reduce runs over
     # NVLink or shared memory; SPREAD put them on different nodes, over the network
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={**config, "attempt": attempt},
-        scaling_config=ray.train.ScalingConfig(num_workers=parallel["workers"], use_gpu=bool(parallel.get("gpu")),
+        train_loop_config=dataclasses.replace(trial, attempt=attempt).encode(),
+        scaling_config=ray.train.ScalingConfig(num_workers=parallel.workers, use_gpu=bool(parallel.gpu),
                                                resources_per_worker=resources, placement_strategy="PACK"),
         run_config=ray.train.RunConfig(
             name=trial_dirname(cell), **store.location.ray_storage("ray/train"),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=parallel.get("max_failures", 0)),
+            failure_config=ray.train.FailureConfig(max_failures=parallel.max_failures),
             # our progress line reports each epoch; Train's own INFO/WARNING lines (resource requests, each
             # checkpoint and report) would bury it
             logging_config=ray.train.LoggingConfig(log_level="ERROR"),
@@ -348,9 +341,9 @@ def _worker_loop(config: dict) -> None:
     # already one FAILED line there, with the traceback in its record
     logging.getLogger("ray.train.v2._internal.util").setLevel(logging.CRITICAL)
     context = ray.train.get_context()
-    parallel = config["parallel"]
+    trial = TrialConfig.decode(config)
     replicas = Replicas(rank=context.get_world_rank(), world=context.get_world_size(),
-                        accumulation=parallel.get("grad_accumulation", 1))
+                        accumulation=trial.parallel.grad_accumulation)
 
     def report(trainer: Trainer, metrics: dict) -> None:
         if replicas.rank != 0:
@@ -360,6 +353,6 @@ def _worker_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()
-    _train(config, replicas, int(parallel.get("cpu", 1)), float(parallel.get("gpu", 0)),
+    _train(trial, replicas, int(trial.parallel.cpu), float(trial.parallel.gpu),
            f"{context.get_experiment_name()} rank {replicas.rank}", ray.train.get_checkpoint(), report,
            device=str(device), placement={"workers_on_first_node": context.get_local_world_size()})
