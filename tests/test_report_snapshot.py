@@ -78,7 +78,7 @@ def test_latex_compiles_and_fits_the_page(layout, tmp_path, write_suite):
 def test_a_wide_table_is_scaled_to_the_text_width_and_a_narrow_one_is_not(inline, tmp_path, write_suite):
     """The snapshot's 12 columns of "ours (paper, Δ)" are wider than a page (estimated from its characters): a
     table* scaled to the text width; one method's two numbers without the paper are not touched."""
-    from harness.reporting.report import TEXT_WIDTH_PT, latex_width
+    from harness.reporting.latex import TEXT_WIDTH_PT, latex_width
 
     assert "\\resizebox{\\textwidth}{!}{%" in inline["tex"] and "\\begin{table*}" in inline["tex"]
     raw = tiny_suite_dict(seeds=[0], methods=["ind"], table={"rows": ["group"], "columns": ["method", "value"],
@@ -128,7 +128,7 @@ def test_the_paper_layouts_put_the_same_numbers_inline_in_adjacent_columns_or_ro
 
 
 def test_rows_are_about_half_as_wide_as_inline_and_without_delta_the_cells_are_shorter(tmp_path, write_suite):
-    from harness.reporting.report import latex_width
+    from harness.reporting.latex import latex_width
 
     widths = {}
     for layout in ("inline", "columns", "rows"):
