@@ -42,7 +42,7 @@ def prepare_run(suite, results: str = "results", data_root: str | None = None, l
     if problems:  # refused before Ray starts: such a trial would queue, allocate and die
         raise SuiteError(problems)
     store = ResultStore(results)
-    repack(suite, bench_memory(store))  # gpu: auto by what `harness bench` measured, where it did
+    repack(suite, lambda: bench_memory(store))  # gpu: auto by what `harness bench` measured, where it did
     data_of = dataset_loader(data_root)  # a missing dataset fails here, in one line, not in every trial
     suite = bind_data(suite, store, data_of, log)
     problems = input_errors(suite, data_of)

@@ -166,17 +166,13 @@ def check_stacked_peers(device: torch.device) -> Outcome:
     import harness.models  # noqa: F401
     from harness.models.stacked import StackedPeers, StackingError
 
-    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    try:  # the check itself runs with TF32 off
         torch.manual_seed(0)
         nets = [timm.create_model("cifar_resnet32", num_classes=100) for _ in range(2)]
         stacked = StackedPeers(copy.deepcopy(nets)).to(device)  # built on the CPU, as the engine does
         stacked._check([n.to(device) for n in nets], "doctor")
     except StackingError as e:
         return Outcome("FAIL", "stacked peers equal separate ones", str(e))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
     return Outcome("PASS", f"stacked peers equal separate ones on {device.type}",
                    "2 × ResNet-32, fp32, TF32 off, within the build-time tolerance")
 

@@ -73,18 +73,23 @@ def measured_rate(store: ResultStore) -> dict | None:
             "source": f"the median rate of {len(rates)} finished GPU trial(s) of the results store"}
 
 
-def bench_rate(store: ResultStore) -> dict | None:
-    """The rate of the newest ``harness bench`` of the store on a GPU (its ``separate`` mode: what a run does by
-    default), where the store has no finished GPU trial; None where it has no such bench either."""
+def _benches(store: ResultStore):
+    """The store's ``harness bench`` records, newest first (an unreadable one skipped)."""
     import json
 
     entries = sorted((e for e in store.location.entries(BENCH_DIR) if e.path.endswith(".json")),
                      key=lambda e: e.mtime, reverse=True)
     for entry in entries:
         try:
-            bench = json.loads(store.location.read_bytes(entry.path) or b"{}")
+            yield json.loads(store.location.read_bytes(entry.path) or b"{}")
         except ValueError:
             continue
+
+
+def bench_rate(store: ResultStore) -> dict | None:
+    """The rate of the newest ``harness bench`` of the store on a GPU (its ``separate`` mode: what a run does by
+    default), where the store has no finished GPU trial; None where it has no such bench either."""
+    for bench in _benches(store):
         gpu, rate = bench.get("hardware", {}).get("gpu"), bench.get("macs_per_s", {}).get("separate")
         if gpu and rate:
             return {"macs_per_s": rate, "gpus": [gpu], "trials": 0,
@@ -96,16 +101,8 @@ def bench_memory(store: ResultStore) -> dict[tuple[str, str], tuple[int, str]]:
     """(cell hash, mode) → (bytes, where and when): the GPU memory ``harness bench`` measured for one cell trained
     alone (``separate`` or ``stacked`` peers; peak reserved plus the CUDA context), the newest measurement of each
     in the store's benches; what ``gpu: auto`` packs by where it exists."""
-    import json
-
     measured: dict[tuple[str, str], tuple[int, str]] = {}
-    entries = sorted((e for e in store.location.entries(BENCH_DIR) if e.path.endswith(".json")),
-                     key=lambda e: e.mtime, reverse=True)
-    for entry in entries:
-        try:
-            bench = json.loads(store.location.read_bytes(entry.path) or b"{}")
-        except ValueError:
-            continue
+    for bench in _benches(store):
         gpu = bench.get("hardware", {}).get("gpu")
         for m in bench.get("measures", []):
             if (gpu and m.get("cell_hash") and m.get("cells") == 1 and m.get("memory_bytes")

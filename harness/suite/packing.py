@@ -56,9 +56,10 @@ def auto_gpu_share(cells: list[Cell], resources, measured: dict | None = None) -
     return 1.0 / k, f"gpu: auto → {k} {what} per {resources.gpu_memory_gb:g} GB GPU ({said})"
 
 
-def repack(suite, measured: dict) -> None:
-    """``gpu: auto`` again, where the suite asked for it, with the sizes ``harness bench`` measured (in place)."""
+def repack(suite, measured) -> None:
+    """``gpu: auto`` again, where the suite asked for it, with the sizes ``harness bench`` measured (in place);
+    ``measured()`` gives them (read only for such a suite)."""
     resources = suite.spec.resources
-    if resources.packing and measured:
-        resources.gpu, packing = auto_gpu_share(suite.cells, resources, measured)
+    if resources.packing and (sizes := measured()):
+        resources.gpu, packing = auto_gpu_share(suite.cells, resources, sizes)
         object.__setattr__(resources, "packing", packing)
