@@ -323,8 +323,7 @@ class Trainer:
         """One update of the method on a global batch: this worker's passes (forward under the recipe's autocast),
         their batch-norm statistics as one update, fp16's scale settled.  Returns the terms (mean over the passes)
         and the images trained on every worker (the global batch, or 0 where it was too small to train on); the
-        learning-rate schedules are the caller's.  ``harness bench``
-        times this very step."""
+        learning-rate schedules are the caller's.  ``harness bench`` times this very step."""
         shared = self._shared
         passes = self.replicas.passes(batch)
         if self._running_stats and passes:

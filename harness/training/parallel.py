@@ -211,10 +211,8 @@ class SharedStep:
         if self.pass_index < self.passes - 1:
             return None
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if self.reducer is not None and self.reducer.used:  # DDP averaged over the workers already
-            self._average(params, divisor=self.passes, over_workers=False)
-        else:
-            self._average(params, divisor=self.passes)
+        reduced = self.reducer is not None and self.reducer.used  # DDP averaged over the workers already
+        self._average(params, divisor=self.passes, over_workers=not reduced)
         if self.scaler is not None:  # fp16: unscale, and skip the update where a gradient overflowed
             self.scaled_steps += 1
             return self.scaler.step(self.optimizer)
