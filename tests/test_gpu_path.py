@@ -260,7 +260,7 @@ def test_bench_times_full_batches_only(write_suite):
     trainer = Trainer(load_suite(write_suite(suite)).cells[0], Runtime(device="cpu"))
     assert sorted({len(b) for b in trainer.train_batches.epoch(0)}) == [4, 32]  # 100 images at batch 32
     stream = _batches(trainer)
-    assert {len(next(stream)) for _ in range(10)} == {TINY_RECIPE["batch_size"]}
+    assert {len(next(stream)[0]) for _ in range(10)} == {TINY_RECIPE["batch_size"]}
 
 
 def test_rkd_has_no_data_dependent_shape_so_no_host_sync():
@@ -493,7 +493,7 @@ def test_a_trial_is_encoded_once_and_decoded_to_the_same_trial(write_suite):
     trial = TrialConfig(cells, Runtime(device="cpu", stack_peers=True), "s3://bucket/results", {"commit": "abc"},
                         Parallel(workers=2, cpu=4, gpu=1, max_failures=2), ("seeds=[0,1,2]",), attempt="a1")
     assert TrialConfig.decode(json.loads(json.dumps(trial.encode()))) == trial
-    alone = TrialConfig.decode(trial.alone(cells[2]).encode())
+    alone = TrialConfig.decode(trial.only([cells[2]]).encode())
     assert alone.cells == (cells[2],) and alone.parallel == trial.parallel
     space = TrialConfig.param_space([list(cells), [tiny_cell(method="ind")]], trial.runtime, trial.results,
                                     trial.code, trial.parallel, trial.overrides)

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import io
 import logging
 import os
 import re
 import tempfile
-import time
-import traceback
 import uuid
 from pathlib import Path
 
@@ -23,9 +20,9 @@ import torch
 import harness  # noqa: F401  (torchvision shim before timm)
 from harness.config.cell import Cell
 from harness.data.pipelines import loader_workers
-from harness.results.provenance import hardware, package_versions
 from harness.results.store import ResultStore
 from harness.scheduling.metrics import EpochMetrics
+from harness.scheduling.record import CellRecord, recorded
 from harness.scheduling.trial import TrialConfig
 from harness.training.engine import NonFiniteLoss, Runtime, Trainer
 from harness.training.memory import cap_gpu_memory
@@ -59,7 +56,7 @@ def previous_checkpoints(store: ResultStore, cell_hash: str) -> list[tuple[str, 
             for e in store.checkpoints(cell_hash, CHECKPOINT_FILE)]
 
 
-def resume_state(trainer: Trainer, store: ResultStore, log, session_checkpoint=None, lead: bool = True) -> None:
+def resume_state(trainer, store: ResultStore, log, session_checkpoint=None, lead: bool = True) -> None:
     """Load the session's own checkpoint (a retried trial, a restarted worker group), else the newest readable one
     an earlier run of the cell left in the store."""
     if session_checkpoint is not None:
@@ -70,7 +67,7 @@ def resume_state(trainer: Trainer, store: ResultStore, log, session_checkpoint=N
     _load_first(trainer, store, previous_checkpoints(store, trainer.cell.hash), log, lead)
 
 
-def _load_first(trainer: Trainer, store: ResultStore, candidates: list[tuple], log, lead: bool = True) -> None:
+def _load_first(trainer, store: ResultStore, candidates: list[tuple], log, lead: bool = True) -> None:
     """Resume from the first readable candidate; an unreadable one in the store is moved aside (kept)."""
     for name, read, relative in candidates:
         try:
@@ -87,7 +84,7 @@ def _load_first(trainer: Trainer, store: ResultStore, candidates: list[tuple], l
 
 
 @contextlib.contextmanager
-def saved_state(trainer: Trainer):
+def saved_state(trainer):
     """A temporary folder holding the trainer's state as a checkpoint, for Tune or Train to take a copy of."""
     with tempfile.TemporaryDirectory() as folder:
         torch.save(trainer.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
@@ -96,17 +93,21 @@ def saved_state(trainer: Trainer):
 
 def train_cell(config: dict) -> None:
     """Tune entry point: ``config`` is a :class:`~harness.scheduling.trial.TrialConfig`, encoded; decoded here,
-    once.  A cell on several workers runs as a Ray Train ``TorchTrainer`` launched from this trial (Ray's
-    Train-inside-Tune pattern)."""
+    once.  Each cell's lock is held while it trains; a cell another run finished meanwhile is left out (a bundle's
+    last seed left trains alone).  A cell on several workers runs as a Ray Train ``TorchTrainer`` launched from this
+    trial (Ray's Train-inside-Tune pattern)."""
     trial = TrialConfig.decode(config)
     store = ResultStore(trial.results)
-    if len(trial.cells) > 1:
-        return _train_bundle_trial(trial, store)
-    cell = trial.cell
-    with store.cell_lock(cell.hash):
-        if store.is_finished(cell) and store.has_weights(cell.hash):
-            print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
+    with contextlib.ExitStack() as locks:
+        for cell in sorted(trial.cells, key=lambda c: c.hash):  # one order everywhere: two runs never deadlock
+            locks.enter_context(store.cell_lock(cell.hash))
+        todo = [c for c in trial.cells if not (store.is_finished(c) and store.has_weights(c.hash))]
+        for cell in trial.cells:
+            if cell not in todo:
+                print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
+        if not todo:
             return
+        trial = trial.only(todo)
         if trial.parallel.workers > 1:
             return _train_data_parallel(trial, store)
         _train_in_process(trial)
@@ -133,8 +134,8 @@ def _train_in_process(trial: TrialConfig) -> None:
     required = tune.get_context().get_trial_resources().required_resources
     cpus, gpus = int(required.get("CPU", 1) or 1), float(required.get("GPU", 0) or 0)
 
-    def report(trainer: Trainer, metrics: dict) -> None:
-        with saved_state(trainer) as folder:
+    def report(loop, metrics: dict) -> None:
+        with saved_state(loop) as folder:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     _train(trial, Replicas(accumulation=trial.parallel.grad_accumulation), cpus, gpus,
@@ -143,65 +144,51 @@ def _train_in_process(trial: TrialConfig) -> None:
 
 def _train(trial: TrialConfig, replicas: Replicas, cpus: int, gpus: float, name: str, session_checkpoint, report,
            device: str | None = None, placement: dict | None = None) -> None:
-    """Train one cell (this process's share of it), report every epoch, store weights and record (rank 0);
-    ``placement``: where the data-parallel workers ran, for the record."""
-    cell = trial.cell
+    """Train the trial's cells (one cell, this process's share of it, or several seeds as one grouped network),
+    report every epoch, store each cell's weights and record (rank 0); a stacked seed that fails (a NaN loss) is
+    recorded failed while the others go on.  ``placement``: where the data-parallel workers ran, for the record."""
+    from harness.training.bundle import SeedBundle
+
+    cells = list(trial.cells)
     store = ResultStore(trial.results)
     torch.set_num_threads(max(cpus, 1))
-    started = time.time()
-    record = _new_record(cell, trial, name, {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
-                                               "images_per_pass": cell.recipe["batch_size"] // replicas.parts,
-                                               **(placement or {})})
+    parallel = {"workers": replicas.world, "grad_accumulation": replicas.accumulation,
+                "images_per_pass": cells[0].recipe["batch_size"] // replicas.parts, **(placement or {}),
+                **({"stacked_seeds": len(cells)} if len(cells) > 1 else {})}
+    records = [CellRecord(cell, trial, name, dict(parallel)) for cell in cells]
     lead = replicas.rank == 0
-    try:
-        trainer = Trainer(cell, _runtime(trial.runtime, trial.results, cpus, gpus, device), replicas)
-        cap_gpu_memory(trainer.device, gpus)
-        record["data"] = trainer.data_fingerprint
-        # of one GPU, for the index's rates: every worker's share
-        record["hardware"] = {**hardware(str(trainer.device)), "gpu_share": gpus * replicas.world}
-        resume_state(trainer, store, print if lead else (lambda line: None), session_checkpoint, lead)
-        replicas.broadcast(trainer.method.modules)
-        exported = EpochMetrics(cell) if lead else None
+    # a data-parallel worker's failure ends the worker group (the trial's driver finds the record), except a
+    # non-finite loss: every rank raises it at the same step (the losses are averaged across ranks before the check),
+    # so no rank is left waiting in a collective when all of them return
+    with recorded(store, records, write=lead,
+                  raises=lambda e: replicas.distributed and not isinstance(e, NonFiniteLoss)):
+        runtime = _runtime(trial.runtime, trial.results, cpus, gpus, device)
+        loop = Trainer(cells[0], runtime, replicas) if len(cells) == 1 else SeedBundle(cells, runtime)
+        cap_gpu_memory(loop.device, gpus)
+        for record, member in zip(records, loop.members):
+            # of one GPU, for the index's rates: every worker's share, a stacked seed's part of the trial's
+            record.ran_on(member.data_fingerprint, str(loop.device), gpus * replicas.world / len(cells))
+        resume_state(loop, store, print if lead else (lambda line: None), session_checkpoint, lead)
+        replicas.broadcast(loop.members[0].method.modules)
+        exported = [EpochMetrics(cell) for cell in cells] if lead else []
 
-        def on_epoch(trainer: Trainer, metrics: dict) -> None:
-            if exported is not None:
-                exported.record(metrics)
-            report(trainer, metrics)
+        def on_epoch(loop, metrics: dict) -> None:
+            for gauges, member in zip(exported, loop.members):
+                if member.cell.hash not in loop.failed and member.epoch == loop.epoch:
+                    gauges.record(member.history[-1])
+            report(loop, metrics)
 
-        summary = trainer.run(on_epoch=on_epoch)
+        summaries = loop.run_members(on_epoch=on_epoch)
         # counted on every worker: the counted training forward runs SyncBatchNorm's all-gathers, which wait for
         # every rank (counted by rank 0 alone, it waited for ranks that had returned, until NCCL's timeout)
-        costs = trainer.costs()
+        costs = loop.member_costs()
         if not lead:
             return
-        relative, digest = store.save_weights(cell.hash, trainer.save_weights)
-        record.update(status="ok", history=trainer.history, restarts=trainer.restarts, **summary,
-                      params=trainer.method.parameter_counts(), costs=costs, stages=trainer.stage_provenance,
-                      weights={"file": relative, "sha256": digest})
-    except Exception as e:
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        if replicas.distributed and not isinstance(e, NonFiniteLoss):
-            raise  # Ray Train ends the worker group; the trial's driver finds the record
-        # otherwise the trial ends normally: recorded, it is not retried (by Tune, or by Ray Train, which would
-        # restart the whole worker group max_failures times), since it would fail again.  A non-finite loss is
-        # raised by every rank at the same step (the losses are averaged across ranks before the check), so no
-        # rank is left waiting in a collective when all of them return
-    finally:
-        if "status" in record and lead:
-            store.put(_finish(record, started))
-
-
-def _new_record(cell: Cell, trial: TrialConfig, name: str, parallel: dict) -> dict:
-    """What a cell's record holds from the start: the cell, its code and packages, the trial and how it ran."""
-    return {
-        "hash": cell.hash, "cell": cell.to_dict(), "identity": cell.identity(), "seed": cell.seed,
-        "code": trial.code, "packages": package_versions(),
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "trial": name,
-        **({"attempt": trial.attempt} if trial.attempt else {}),
-        **({"overrides": list(trial.overrides)} if trial.overrides else {}),
-        "parallel": parallel,
-    }
+        for record, member, params, cost in zip(records, loop.members, loop.member_parameters(), costs):
+            if member.cell.hash in loop.failed:
+                record.fail(loop.failed[member.cell.hash], history=member.history)
+            else:
+                record.finish(store, member, summaries[member.cell.hash], loop.restarts, params, cost)
 
 
 def _runtime(given: Runtime, results: str, cpus: int, gpus: float, device: str | None = None) -> Runtime:
@@ -213,87 +200,6 @@ def _runtime(given: Runtime, results: str, cpus: int, gpus: float, device: str |
         device = "cpu"
     return dataclasses.replace(given, results=results, **({"device": device} if device else {}),
                                workers=given.workers or loader_workers(cpus))
-
-
-def _finish(record: dict, started: float) -> dict:
-    record["wall_time_s"] = round(time.time() - started, 2)
-    record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return record
-
-
-def _train_bundle_trial(trial: TrialConfig, store: ResultStore) -> None:
-    """One trial for several seeds of a cell (``resources.stack_seeds``): each seed's lock held while they train;
-    seeds another run finished meanwhile are left out, and a single seed left trains as a cell of its own."""
-    from ray import tune
-
-    cells = trial.cells
-    with contextlib.ExitStack() as locks:
-        for cell in sorted(cells, key=lambda c: c.hash):  # one order everywhere: two runs never deadlock
-            locks.enter_context(store.cell_lock(cell.hash))
-        todo = [c for c in cells if not (store.is_finished(c) and store.has_weights(c.hash))]
-        for cell in cells:
-            if cell not in todo:
-                print(f"{cell.describe()} was finished by another run meanwhile; not trained again")
-        if len(todo) == 1:
-            return _train_in_process(trial.alone(todo[0]))
-        if not todo:
-            return
-        required = tune.get_context().get_trial_resources().required_resources
-        cpus, gpus = int(required.get("CPU", 1) or 1), float(required.get("GPU", 0) or 0)
-
-        def report(bundle, metrics: dict) -> None:
-            with saved_state(bundle) as folder:
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-
-        _train_bundle(trial, todo, cpus, gpus, tune.get_context().get_trial_name(), tune.get_checkpoint(), report)
-
-
-def _train_bundle(trial: TrialConfig, cells: list[Cell], cpus: int, gpus: float, name: str, session_checkpoint,
-                  report) -> None:
-    """Train several seeds of a cell as one grouped network, report every epoch, store each seed's weights and
-    record; a seed that fails (a NaN loss) is recorded failed while the others go on."""
-    from harness.training.bundle import SeedBundle
-
-    store = ResultStore(trial.results)
-    torch.set_num_threads(max(cpus, 1))
-    started = time.time()
-    parallel = {"workers": 1, "grad_accumulation": 1, "images_per_pass": cells[0].recipe["batch_size"],
-                "stacked_seeds": len(cells)}
-    records = {c.hash: _new_record(c, trial, name, dict(parallel)) for c in cells}
-    try:
-        bundle = SeedBundle(cells, _runtime(trial.runtime, trial.results, cpus, gpus))
-        cap_gpu_memory(bundle.device, gpus)
-        for cell, trainer in zip(cells, bundle.trainers):
-            # the device is shared by the seeds: each one's share, for the index's rates
-            records[cell.hash].update(data=trainer.data_fingerprint,
-                                      hardware={**hardware(str(bundle.device)), "gpu_share": gpus / len(cells)})
-        resume_state(bundle, store, print, session_checkpoint)
-        exported = [EpochMetrics(cell) for cell in cells]
-
-        def on_epoch(bundle, metrics: dict) -> None:
-            for gauges, trainer in zip(exported, bundle.trainers):
-                if trainer.cell.hash not in bundle.failed and trainer.epoch == bundle.epoch:
-                    gauges.record(trainer.history[-1])
-            report(bundle, metrics)
-
-        summaries = bundle.run(on_epoch=on_epoch)
-        for s, (cell, trainer) in enumerate(zip(cells, bundle.trainers)):
-            record = records[cell.hash]
-            if cell.hash in bundle.failed:
-                record.update(status="failed", error=bundle.failed[cell.hash], history=trainer.history)
-                continue
-            relative, digest = store.save_weights(cell.hash, trainer.save_weights)
-            record.update(status="ok", history=trainer.history, restarts=bundle.restarts, **summaries[cell.hash],
-                          params=bundle.parameter_counts[s], costs=bundle.costs[s], stages=trainer.stage_provenance,
-                          weights={"file": relative, "sha256": digest})
-    except Exception as e:
-        for record in records.values():
-            if "status" not in record:
-                record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-    finally:
-        for record in records.values():
-            if "status" in record:
-                store.put(_finish(record, started))
 
 
 def _train_data_parallel(trial: TrialConfig, store: ResultStore) -> None:

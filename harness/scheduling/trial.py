@@ -40,9 +40,9 @@ class TrialConfig:
     def cell(self) -> Cell:
         return self.cells[0]
 
-    def alone(self, cell: Cell) -> "TrialConfig":
-        """This trial for one of its cells (a bundle's last seed left to train)."""
-        return dataclasses.replace(self, cells=(cell,))
+    def only(self, cells: list[Cell]) -> "TrialConfig":
+        """This trial for those of its cells still to train (a bundle's last seed left trains alone)."""
+        return dataclasses.replace(self, cells=tuple(cells))
 
     def encode(self) -> dict:
         """Tune's (or Ray Train's) config: JSON values only."""

@@ -22,6 +22,7 @@ import torch
 from harness.config.cell import Cell
 from harness.data.datasets import DatasetError
 from harness.training.engine import Runtime, Trainer
+from harness.training.loop import Loop
 from harness.training.memory import CONTEXT_GIB, GIB, cap_gpu_memory
 from harness.training.method import Step, load_methods
 
@@ -65,16 +66,16 @@ def seed_stack_error(cell: Cell) -> str | None:
     return bundle_error([cell, dataclasses.replace(cell, seed=cell.seed + 1)])
 
 
-def _batches(trainer: Trainer):
-    """The trainer's batches epoch after epoch, full ones only where there are any: a last, smaller batch would
-    be one timed step of a different shape (cuDNN autotuning it, a recompile) and few images."""
-    full = trainer.recipe.batch_size
-    any_full = trainer.inputs.num_train >= full
+def _batches(loop: Loop):
+    """The loop's batches (``{member: batch}``) epoch after epoch, full ones only where there are any: a last,
+    smaller batch would be one timed step of a different shape (cuDNN autotuning it, a recompile) and few images."""
+    full = loop.recipe.batch_size
+    any_full = loop.members[0].inputs.num_train >= full
     epoch = 0
     while True:
-        for batch in trainer.train_batches.epoch(epoch):
-            if len(batch) == full or not any_full:
-                yield batch
+        for batches in loop.batches_of(epoch, loop.alive):
+            if len(batches[0]) == full or not any_full:
+                yield batches
         epoch += 1
 
 
@@ -101,17 +102,19 @@ def timed(step, timing: Timing, device: torch.device, barrier=None) -> float:
     return sorted(rates)[len(rates) // 2]
 
 
-def time_steps(trainer: Trainer, timing: Timing, barrier=None) -> float:
-    """Images per second of one cell's training steps (see :func:`timed`)."""
-    trainer.method.modules.train()
-    trainer.method.on_epoch_start(0)
-    batches, n = _batches(trainer), len(trainer.train_batches)
+def time_steps(loop: Loop, timing: Timing, barrier=None) -> float:
+    """Images per second of one cell (a Trainer, or one seed of a SeedBundle) trained by the loop's own step
+    (:meth:`~harness.training.loop.Loop.step_members`: its passes, autocast and fp16 scale; no schedule), see
+    :func:`timed`."""
+    loop.start_members(0, loop.alive)
+    batches, n = _batches(loop), len(loop.members[0].train_batches)
 
-    def step(i: int) -> int:  # the engine's own step: its passes, autocast and fp16 scale (no schedule)
-        batch = next(batches)
-        return trainer.train_step(batch, Step(0, i % n, trainer.recipe.epochs, n, global_batch=batch.global_size))[1]
+    def step(i: int) -> int:
+        members = next(batches)
+        step = Step(0, i % n, loop.recipe.epochs, n, global_batch=members[0].global_size)
+        return loop.step_members(members, step)[1]
 
-    return timed(step, timing, trainer.device, barrier)
+    return timed(step, timing, loop.device, barrier)
 
 
 def peak_memory(device: torch.device) -> int | None:
@@ -182,15 +185,7 @@ def measure_seeds(cell: dict, runtime: Runtime, timing: Timing, k: int) -> Measu
         bundle = SeedBundle(cells, runtime)
         if bundle.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(bundle.device)
-        bundle.start_epoch(0)
-        streams = [_batches(t) for t in bundle.trainers]
-
-        def step(i: int) -> int:
-            batches = {s: next(stream) for s, stream in enumerate(streams)}
-            bundle.train_step(batches, Step(0, i % bundle.steps, bundle.recipe.epochs, bundle.steps))
-            return len(batches[0])
-
-        rate = timed(step, timing, bundle.device)
+        rate = time_steps(bundle, timing)
     except DatasetError:
         raise
     except (ValueError, RuntimeError) as e:

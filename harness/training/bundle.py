@@ -12,8 +12,6 @@ fails alone, the others go on.  Two things are shared and say so in the records:
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Callable
 
 import torch
 
@@ -22,8 +20,8 @@ from harness.data.batches import Batch
 from harness.data.datasets import load_dataset
 from harness.data.fingerprint import fingerprint
 from harness.models.stacked import StackedPeers, StackingError, StackSlice
-from harness.training.engine import NonFiniteLoss, Runtime, Trainer, UnexercisedTerm, build_method_optimizer, \
-    summarize
+from harness.training.engine import Runtime, Trainer, build_method_optimizer
+from harness.training.loop import Loop
 from harness.training.method import OptimGroup, Step, load_methods
 from harness.config.recipe import build_scheduler
 
@@ -49,12 +47,9 @@ def bundle_error(cells: list[Cell]) -> str | None:
     return cls.seed_stack_error(cls.HParams.model_validate(first.hparams), tuple(first.group))
 
 
-class SeedBundle:
-    """The seeds of one cell, trained together; ``run`` trains them to the recipe's end.
-
-    Looks like a :class:`Trainer` to the code that resumes and checkpoints one (``cell``, ``epoch``,
-    ``state_dict``, ``load_state_dict``): the bundle is named after its first cell.
-    """
+class SeedBundle(Loop):
+    """The seeds of one cell, trained together by the one loop (:class:`~harness.training.loop.Loop`, each seed's
+    Trainer a member); ``run`` trains them to the recipe's end.  The bundle is named after its first cell."""
 
     def __init__(self, cells: list[Cell], runtime: Runtime = Runtime()):
         problem = bundle_error(cells)
@@ -66,6 +61,7 @@ class SeedBundle:
         separate = dataclasses.replace(runtime, stack_peers=False, compile=False,
                                        workers=max(runtime.workers // len(cells), 0))
         self.trainers = [Trainer(cell, separate, data=data, data_fingerprint=digest) for cell in cells]
+        self.members = self.trainers
         first = self.trainers[0]
         self.device, self.recipe, self.k = first.device, first.recipe, len(self.cell.group)
         self.data_fingerprint = first.data_fingerprint
@@ -105,11 +101,8 @@ class SeedBundle:
         self.restarts = 0
         self.failed: dict[str, str] = {}  # cell hash -> its one-line error
 
-    @property
-    def alive(self) -> list[int]:
-        return [s for s, cell in enumerate(self.cells) if cell.hash not in self.failed]
-
-    def _fail(self, s: int, error: Exception) -> None:
+    def fail(self, s: int, error: Exception) -> None:
+        """A seed whose loss was not finite fails alone; the others go on."""
         self.failed[self.cells[s].hash] = f"{type(error).__name__}: {error}"
 
     def train_step(self, batches: dict[int, Batch], step: Step) -> dict[int, dict[str, torch.Tensor]]:
@@ -131,109 +124,62 @@ class SeedBundle:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        self.scheduler.step()
         return {s: {name: value.detach() for name, value in t.items()} for s, t in terms.items()}
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_members(self, epoch: int, alive: list[int]) -> None:
         """Every network in training mode, and each live seed's method's per-epoch hook."""
         self.stack.train()
-        for s in self.alive:
+        for s in alive:
             self.trainers[s].method.modules.train()
             self.trainers[s].method.on_epoch_start(epoch)
 
-    # --- one epoch -----------------------------------------------------------------------------------------
-    def train_epoch(self) -> dict[int, dict]:
-        """One epoch of every live seed; each seed's metrics, by its index (a seed whose loss was not finite is
-        failed and left out)."""
-        epoch, alive = self.epoch, self.alive
-        self.start_epoch(epoch)
-        lrs = self.trainers[alive[0]].learning_rates()
-        streams = {s: iter(self.trainers[s].train_batches.epoch(epoch)) for s in alive}
-        sums: dict[int, dict[str, torch.Tensor]] = {s: {} for s in alive}
-        images, start = 0, time.perf_counter()
-        for i in range(self.steps):
-            batches = {s: next(stream) for s, stream in streams.items()}
-            terms = self.train_step(batches, Step(epoch, i, self.recipe.epochs, self.steps))
-            for s, seed_terms in terms.items():
-                for name, value in seed_terms.items():
-                    sums[s][name] = sums[s].get(name, 0.0) + value.float()  # fp32 sums whatever the term's dtype
-            images += len(batches[alive[0]])
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
-        out = {}
-        for s in alive:
-            losses = {f"loss/{name}": float(total) / self.steps for name, total in sums[s].items()}
-            try:
-                self.trainers[s].check_finite(losses, epoch)
-            except NonFiniteLoss as e:
-                self._fail(s, e)
-                continue
-            out[s] = {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses,
-                      **self.trainers[s].method.epoch_metrics()}
-        return out
+    def start_epoch(self, epoch: int) -> None:
+        self.start_members(epoch, self.alive)
 
-    @torch.inference_mode()
-    def evaluate(self, seeds: list[int]) -> dict[int, dict]:
+    def step_members(self, batches: dict[int, Batch], step: Step) -> tuple[dict[int, dict[str, torch.Tensor]], int]:
+        return self.train_step(batches, step), len(next(iter(batches.values())))
+
+    def step_schedules(self) -> None:
+        self.scheduler.step()
+
+    def evaluate_members(self, alive: list[int]) -> dict[int, dict]:
         """Every seed's test accuracies from one pass of the shared network per test batch (the test data is the
         same for every seed of a cell)."""
         self.stack.eval()
-        for s in seeds:
-            self.trainers[s].method.modules.eval()
-        correct: dict[int, dict] = {s: {} for s in seeds}
-        n = 0
-        for batch in self.trainers[seeds[0]].inputs.test():
-            n += len(batch)
-            with self.trainers[0].autocast():
-                logits = self.stack([batch.x] * (self.k * len(self.cells)))
-            for s in seeds:
-                self.trainers[s].method.peers.prime([batch.x] * self.k, logits[s * self.k:(s + 1) * self.k])
-                self.trainers[s].count_hits(batch, correct[s])
-        return {s: self.trainers[s].accuracies(correct[s], n) for s in seeds}
+        return super().evaluate_members(alive)
 
-    # --- the whole run -------------------------------------------------------------------------------------
-    def run(self, on_epoch: Callable[["SeedBundle", dict], None] | None = None) -> dict[str, dict]:
-        """Train the remaining epochs; ``on_epoch(bundle, metrics)`` after each, with the first live seed's
-        metrics (the progress line).  Returns each finished seed's summary by cell hash (failed: ``self.failed``)."""
-        while self.epoch < self.last_epoch and self.alive:
-            trained = self.train_epoch()
-            if not trained:
-                break
-            tested = self.evaluate(list(trained))
-            self.epoch += 1
-            for s, metrics in trained.items():
-                self.trainers[s].history.append({"epoch": self.epoch, **metrics, **tested[s]})
-                self.trainers[s].epoch = self.epoch
-            if on_epoch is not None:
-                first = min(trained)
-                on_epoch(self, {**self.trainers[first].history[-1], "stacked_seeds_alive": len(trained)})
-        summaries = {}
-        for s in self.alive:
-            trainer = self.trainers[s]
-            if self.runtime.require_every_term:
-                try:
-                    trainer.check_every_term()
-                except UnexercisedTerm as e:
-                    self._fail(s, e)
-                    continue
-            summaries[trainer.cell.hash] = summarize(trainer.history)
-        return summaries
+    def test_members(self, alive: list[int], batch: Batch) -> None:
+        with self.trainers[0].autocast():
+            logits = self.stack([batch.x] * (self.k * len(self.cells)))
+        for s in alive:
+            self.trainers[s].method.peers.prime([batch.x] * self.k, logits[s * self.k:(s + 1) * self.k])
+
+    def progress(self, first: dict, alive: int) -> dict:
+        return {**first, "stacked_seeds_alive": alive}
+
+    def run(self, on_epoch=None) -> dict[str, dict]:
+        """Train the remaining epochs; ``on_epoch(bundle, metrics)`` after each, with the first live seed's metrics
+        (the progress line).  Returns each finished seed's summary by cell hash (failed: ``self.failed``)."""
+        return self.run_members(on_epoch)
+
+    def member_parameters(self) -> list[dict]:
+        return self.parameter_counts
+
+    def member_costs(self) -> list[dict]:
+        return self.costs
 
     # --- checkpoints -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def own_state(self) -> dict:
         seeds = {}
         for trainer in self.trainers:
             own = {key: m.state_dict() for key, m in trainer.method.modules.items() if key != "peers"}
             seeds[trainer.cell.hash] = {"history": trainer.history, "method": trainer.method.extra_state(),
                                         "modules": own, "epoch": trainer.epoch}
-        state = {"bundle": [c.hash for c in self.cells], "epoch": self.epoch, "stack": self.stack.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "seeds": seeds,
-                 "failed": dict(self.failed), "torch_rng": torch.get_rng_state(), "restarts": self.restarts}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
+        return {"bundle": [c.hash for c in self.cells], "stack": self.stack.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "seeds": seeds,
+                "failed": dict(self.failed)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_own_state(self, state: dict) -> None:
         hashes = [c.hash for c in self.cells]
         if state.get("bundle") != hashes:
             said = (f"the stacked seeds {', '.join(state['bundle'])}" if "bundle" in state
@@ -249,14 +195,7 @@ class SeedBundle:
                 trainer.method.modules[key].load_state_dict(module_state)
             trainer.method.load_extra_state(seed["method"])
             trainer.history, trainer.epoch = seed["history"], seed["epoch"]
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.epoch, self.failed = state["epoch"], dict(state["failed"])
-        self.restarts = state.get("restarts", 0) + 1
-        for trainer in self.trainers:
-            trainer.restarts = self.restarts
-
+        self.failed = dict(state["failed"])
 
 def seed_bundles(cells: list[Cell]) -> list[list[Cell]]:
     """The cells grouped into bundles of one cell under several seeds (in the cells' order); a cell that cannot

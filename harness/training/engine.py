@@ -7,7 +7,6 @@ import math
 import os
 import random
 import socket
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,16 +23,9 @@ from harness.data.batches import Batch
 from harness.data.datasets import DatasetError, load_dataset
 from harness.data.fingerprint import describe as describe_fingerprint, fingerprint
 from harness.data.inputs import build_inputs
+from harness.training.loop import Loop, NonFiniteLoss, UnexercisedTerm, summarize  # noqa: F401  (the engine's names)
 from harness.training.method import MethodContext, OptimGroup, Step, load_methods
 from harness.training.parallel import OneUpdateOfRunningStats, Replicas, SharedStep, reduce_gradients, settle_scale
-
-
-class NonFiniteLoss(FloatingPointError):
-    """A loss term became NaN or infinite; the message names the cell, the term and the epoch."""
-
-
-class UnexercisedTerm(RuntimeError):
-    """A smoke run ended with a loss term that was zero on every step; the message names the cell and the terms."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +92,9 @@ def build_method_optimizer(recipe: Recipe, group: OptimGroup) -> torch.optim.Opt
     return build_optimizer(spec, params, recipe.lr_scale())
 
 
-class Trainer:
-    """Builds a cell's data, method, optimizers and schedules; ``run`` trains it to the recipe's end."""
+class Trainer(Loop):
+    """Builds a cell's data, method, optimizers and schedules; ``run`` trains it to the recipe's end (the one
+    loop, :class:`~harness.training.loop.Loop`, with this cell its single member)."""
 
     def __init__(self, cell: Cell, runtime: Runtime = Runtime(), replicas: Replicas = Replicas(), data=None,
                  data_fingerprint: dict | None = None):
@@ -180,6 +173,7 @@ class Trainer:
         self.last_epoch = min(cell.stop_epoch or self.recipe.epochs, self.recipe.epochs)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
+        self.members, self.failed = [self], {}
         self.restarts = 0  # times training resumed from a checkpoint (a lost worker or node, an interrupted run)
         self._pass_sizes: list[int] | None = None  # every worker's rows in the pass being trained
 
@@ -230,6 +224,12 @@ class Trainer:
             self.method.ctx.gather = gather
         return {"train_forward_macs_per_image": macs}
 
+    def member_parameters(self) -> list[dict]:
+        return [self.method.parameter_counts()]
+
+    def member_costs(self) -> list[dict]:
+        return [self.costs()]
+
     def save_weights(self, path) -> str:
         """Save what later stages load (the deployed networks and the method's saved modules); returns the SHA-256."""
         from harness.results.weights import save_networks
@@ -238,25 +238,19 @@ class Trainer:
                              self.data.in_chans, self.method.saved_modules())
 
     # --- checkpoints -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        state = {
+    def own_state(self) -> dict:
+        return {
             "cell_hash": self.cell.hash,
-            "epoch": self.epoch,
             "history": self.history,
             "modules": self.method.modules.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.method.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "method": self.method.extra_state(),
-            "torch_rng": torch.get_rng_state(),
-            "restarts": self.restarts,
             "stacked": self.method.stacked,  # the optimizers' state is per stacked tensor then
             **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_own_state(self, state: dict) -> None:
         if "bundle" in state:
             raise ValueError(f"checkpoint of the stacked seeds {', '.join(state['bundle'])}, not of cell "
                              f"{self.cell.describe()} alone; it starts over")
@@ -275,11 +269,7 @@ class Trainer:
         self.method.load_extra_state(state["method"])
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.epoch, self.history = state["epoch"], state["history"]
-        self.restarts = state.get("restarts", 0) + 1
+        self.history = state["history"]
 
     def learning_rates(self) -> dict[str, float]:
         """The learning rate of every parameter group of every optimizer, as this epoch starts: ``lr/netk`` for the
@@ -297,27 +287,20 @@ class Trainer:
 
     # --- one epoch -----------------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
-        epoch, steps = self.epoch, len(self.train_batches)
+        """One epoch of the loop; its metrics."""
+        return self.train_members()[0]
+
+    def start_members(self, epoch: int, alive: list[int]) -> None:
         self.method.modules.train()
         self.method.on_epoch_start(epoch)
-        lrs = self.learning_rates()
-        sums: dict[str, torch.Tensor] = {}
-        images, start = 0, time.perf_counter()
-        for i, batch in enumerate(self.train_batches.epoch(epoch)):
-            terms, n = self.train_step(batch, Step(epoch, i, self.recipe.epochs, steps, global_batch=batch.global_size))
-            for name, value in terms.items():  # summed in fp32 whatever the term's dtype (a bf16 sum stalls)
-                sums[name] = sums.get(name, 0.0) + value.float()
-            images += n
-            for scheduler in self.schedulers.values():
-                scheduler.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
-        losses = {f"loss/{name}": float(total) / steps for name, total in self.replicas.mean(sums, self.device).items()}
-        self.replicas.average_buffers(self.method.modules)
-        self.check_finite(losses, epoch)
-        return {**lrs, "images_per_s": images / seconds, "train_time_s": seconds, **losses,
-                **self.method.epoch_metrics()}
+
+    def step_members(self, batches: dict[int, Batch], step: Step) -> tuple[dict[int, dict[str, torch.Tensor]], int]:
+        terms, n = self.train_step(batches[0], step)
+        return {0: terms}, n
+
+    def step_schedules(self) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.step()
 
     def train_step(self, batch: Batch, step: Step) -> tuple[dict[str, torch.Tensor], int]:
         """One update of the method on a global batch: this worker's passes (forward under the recipe's autocast),
@@ -364,18 +347,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    @torch.inference_mode()
     def evaluate(self) -> dict:
         """Top-1/top-5 (%) of every output, the mean of the peers ('avg') and their ensemble ('ens'); data-parallel
         workers each load and test every world-th test batch and add up their counts."""
-        self.method.modules.eval()
-        correct: dict[str, torch.Tensor] = {}
-        n = 0
-        for batch in self.inputs.test():
-            n += len(batch)
-            self.count_hits(batch, correct)
-        correct, n = self.replicas.sum_counts(correct, n, self.device)
-        return self.accuracies(correct, n)
+        return self.evaluate_members([0])[0]
 
     def count_hits(self, batch: Batch, correct: dict[str, torch.Tensor]) -> None:
         """Add one test batch's top-1 and top-5 hits of every output (and the ensemble) to ``correct``."""
@@ -403,15 +378,7 @@ class Trainer:
     # --- the whole run -------------------------------------------------------------------------------------
     def run(self, on_epoch: Callable[["Trainer", dict], None] | None = None) -> dict:
         """Train the remaining epochs; ``on_epoch(trainer, metrics)`` runs after each (report, checkpoint)."""
-        while self.epoch < self.last_epoch:
-            metrics = {"epoch": self.epoch + 1, **self.train_epoch(), **self.evaluate()}
-            self.epoch += 1
-            self.history.append(metrics)
-            if on_epoch is not None:
-                on_epoch(self, metrics)
-        if self.runtime.require_every_term:
-            self.check_every_term()
-        return summarize(self.history)
+        return self.run_members(on_epoch)[self.cell.hash]
 
     def check_every_term(self) -> None:
         """Every loss term the method logged was non-zero in some epoch (its epoch mean is exactly 0 only when
@@ -424,13 +391,3 @@ class Trainer:
                 f"step of its {len(self.history)} epochs, so this run did not exercise them (a warm-up or ramp-up "
                 "longer than the run?)")
 
-
-def summarize(history: list[dict]) -> dict:
-    """Last-epoch and best-epoch accuracy of every output; best is taken per output, as KD code bases do."""
-    outputs = sorted({key.split("/", 1)[1] for key in history[-1] if key.startswith("top1/")})
-    last = {o: {"top1": history[-1][f"top1/{o}"], "top5": history[-1][f"top5/{o}"]} for o in outputs}
-    best = {}
-    for o in outputs:
-        row = max(history, key=lambda h: h[f"top1/{o}"])
-        best[o] = {"top1": row[f"top1/{o}"], "top5": row[f"top5/{o}"], "epoch": row["epoch"]}
-    return {"epochs": len(history), "last": last, "best": best}
