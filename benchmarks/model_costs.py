@@ -12,7 +12,7 @@ import timm
 import torch
 from tabulate import tabulate
 
-from harness.models.costs import flops, parameters, seconds_per_image
+from harness.costs.networks import flops, parameters, seconds_per_image
 from harness.models.zoo import PAPER_MODELS, RESOLUTION
 
 

@@ -31,10 +31,10 @@ def suite_problems(suite) -> list[str]:
 def prepare_run(suite, results: str = "results", data_root: str | None = None, log=print):
     """Every check a run makes before Ray starts (the data and networks fit, the resources, each cell's first
     batch, the data bound to its records); returns (the suite bound to the data here, its store)."""
-    from harness.reporting.index import bench_memory
+    from harness.costs.rates import bench_memory
     from harness.results.store import ResultStore
-    from harness.scheduling.data_keys import bind_data, dataset_loader
-    from harness.suite.packing import repack
+    from harness.suite.binding import bind_data, dataset_loader
+    from harness.costs.packing import repack
     from harness.suite.preflight import input_errors
     from harness.suite.schema import SuiteError
 
@@ -76,7 +76,7 @@ def results_frame(suite, results: str = "results", data_root: str | None = None,
     (the suite's first ``evaluation.epoch`` by default), method, group, seed, hash, code version and hardware."""
     from harness.reporting.frames import trial_frame
     from harness.results.store import ResultStore
-    from harness.scheduling.data_keys import bind_data, dataset_loader
+    from harness.suite.binding import bind_data, dataset_loader
 
     store = ResultStore(results)
     return trial_frame(bind_data(suite, store, dataset_loader(data_root), log=lambda line: None), store, epoch=epoch)

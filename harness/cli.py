@@ -147,9 +147,9 @@ def cmd_validate(args) -> int:
     import functools
 
     from harness.api import suite_problems
-    from harness.reporting.index import bench_memory, measured_rate
+    from harness.costs.rates import bench_memory, cost_words, measured_rate
     from harness.results.store import ResultStore
-    from harness.suite.packing import repack
+    from harness.costs.packing import repack
     from harness.suite.schema import SuiteError, load_suite
 
     store = ResultStore(args.results)
@@ -172,26 +172,8 @@ def cmd_validate(args) -> int:
         groups = {c.row_name for c in suite.cells}
         print(f"{path}: ok, {len({c.hash for c in suite.cells})} cells ({len(groups)} groups × "
               f"{len(suite.labels())} methods × {len(suite.spec.seeds)} seeds)"
-              + _cost_words(suite, rate) + (f"; {suite.spec.resources.packing}" if suite.spec.resources.packing else ""))
+              + cost_words(suite, rate) + (f"; {suite.spec.resources.packing}" if suite.spec.resources.packing else ""))
     return status
-
-
-def _cost_words(suite, rate: dict | None) -> str:
-    """``; est. 41 GPU-h (longest cell 2.1 h on 8 workers × 1 GPU), 13.2 GiB per worker``, from the measured rate
-    (``measured_rate`` of a store) or the assumed one (it says which)."""
-    from harness.reporting.index import ASSUMED_MACS_PER_S, suite_cost
-
-    cost = suite_cost(suite, rate["macs_per_s"] if rate else ASSUMED_MACS_PER_S)
-    if cost["gpu_hours"] is None:
-        return ""
-    resources = suite.spec.resources
-    on = f"{resources.workers} workers × {resources.gpu:g} GPU" if resources.workers > 1 else f"{resources.gpu:g} GPU"
-    wall = f" (longest cell {cost['cell_wall_h']:.1f} h on {on})" if cost["cell_wall_h"] is not None else ""
-    memory = f", {cost['memory_gib']:.1f} GiB per worker" if cost["memory_gib"] is not None else ""
-    source = (f"measured rate of {rate['trials']} GPU trial(s)" if rate and rate["trials"] else
-              f"rate of `harness bench` on {rate['gpus'][0]}" if rate else "assumed GPU rate, see suites/README.md")
-    hours = "<0.1" if cost["gpu_hours"] < 0.05 else f"{cost['gpu_hours']:.1f}"
-    return f"; est. {hours} GPU-h{wall}{memory} ({source})"
 
 
 def cmd_run(args) -> int:
@@ -199,11 +181,11 @@ def cmd_run(args) -> int:
 
     suite = _load(args)
     if args.dry_run:
-        from harness.reporting.index import measured_rate
+        from harness.costs.rates import cost_words, measured_rate
         from harness.scheduling.runner import dry_run_lines
 
         suite, store = api.prepare_run(suite, args.results, args.data_root)
-        cost = _cost_words(suite, measured_rate(store))
+        cost = cost_words(suite, measured_rate(store))
         print("\n".join(dry_run_lines(suite, store)) + (f"\nwhole suite{cost.removeprefix(';')}" if cost else ""))
         return 0
     summary = api.run_suite(suite, results=args.results, reports=args.reports, data_root=args.data_root,
@@ -233,7 +215,7 @@ def cmd_report(args) -> int:
 def _bound(suite, store, args):
     """The suite's cells for the data here (the keys its run used); the plain keys where the data is not here."""
     from harness.data.datasets import DatasetError
-    from harness.scheduling.data_keys import bind_data, dataset_loader
+    from harness.suite.binding import bind_data, dataset_loader
 
     try:
         return bind_data(suite, store, dataset_loader(args.data_root), log=lambda line: print(line, file=sys.stderr),
@@ -283,7 +265,7 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from harness.reporting.bench import bench_table, save_bench
     from harness.results.store import ResultStore
-    from harness.training.bench import MODES, Timing, measure_cell, measure_packed, measure_seeds, seed_stack_error, \
+    from harness.costs.bench import MODES, Timing, measure_cell, measure_packed, measure_seeds, seed_stack_error, \
         stack_error
     from harness.training.engine import Runtime
 

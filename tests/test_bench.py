@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from harness.reporting.index import bench_rate, measured_rate
+from harness.costs.rates import bench_rate, measured_rate
 from harness.results.store import ResultStore
 from tests.helpers import cli, tiny_suite_dict
 

@@ -6,11 +6,11 @@ import torch
 
 from harness.cli import main
 from harness.config.cell import Cell
-from harness.suite.capacity import capacity_errors
+from harness.costs.capacity import capacity_errors
 from harness.suite.schema import load_suite
 from harness.suite.spec import Resources
 from harness.suite.smoke import smoke_suite
-from harness.training.memory import GIB, _network_figures, cell_memory
+from harness.costs.memory import GIB, _network_figures, cell_memory
 
 from tests.helpers import cli, tiny_suite_dict
 
@@ -115,7 +115,7 @@ def test_validate_prints_the_cost_divided_across_workers(write_suite, tmp_path, 
     """The same cell on 8 workers: the same GPU-hours, an eighth of the wall time, an eighth of the activations."""
     import re
 
-    from harness.reporting.index import cell_gpu_hours
+    from harness.costs.rates import cell_gpu_hours
 
     def validate(**resources):
         path = kdcl_like(write_suite, **resources)

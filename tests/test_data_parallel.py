@@ -134,7 +134,7 @@ def test_a_batch_is_cut_into_contiguous_parts_and_a_tiny_one_is_skipped_by_all()
 def test_sync_bn_is_a_new_cell_refused_on_cpu_workers(write_suite):
     """SyncBN (torch's SyncBatchNorm) runs on GPUs only: asked for on CPU workers it is one line before any trial,
     and one clear error in a trainer; where it is off, no cell changes its hash."""
-    from harness.suite.capacity import capacity_errors
+    from harness.costs.capacity import capacity_errors
 
     plain = tiny_suite_dict(methods=["dml"], seeds=[0], resources={"workers": 2, "cpu_per_worker": 1})
     synced = {**plain, "recipe": {**plain["recipe"], "sync_bn": True}}

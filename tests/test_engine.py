@@ -104,7 +104,7 @@ def test_training_cost_counts_every_network_and_leaves_the_run_alone():
     stream, so the run that follows is the run that would have been."""
     import timm
 
-    from harness.models.costs import flops
+    from harness.costs.networks import flops
 
     one = flops(timm.create_model("cifar_resnet8", num_classes=10, in_chans=1), (1, 28, 28)) / 2
     measured = Trainer(tiny_cell())

@@ -12,7 +12,7 @@ import timm
 import torch
 
 from harness.doctor import check_cell
-from harness.models.costs import flops
+from harness.costs.networks import flops
 from harness.training.engine import Runtime, Trainer
 from harness.training.method import Method, load_methods
 from methods.common.offline import OfflineMethod

@@ -48,7 +48,7 @@ def test_an_fp16_bench_times_its_steps(write_suite):
     """harness bench stepped the method without ever settling the scale: every fp16 bench raised at its second
     step. It now times the engine's own step."""
     from harness.suite.schema import load_suite
-    from harness.training.bench import Timing, time_steps
+    from harness.costs.bench import Timing, time_steps
     from harness.training.engine import Runtime, Trainer
     from tests.helpers import TINY_DATA, TINY_RECIPE, tiny_suite_dict
 
@@ -227,7 +227,7 @@ def test_bench_windows_start_after_the_warm_up_and_barrier_last_long_enough_and_
     Now: warm-up, then the barrier, then 3 windows of at least the steps and the seconds asked, median kept."""
     import time
 
-    from harness.training.bench import WINDOWS, Timing, timed
+    from harness.costs.bench import WINDOWS, Timing, timed
 
     calls, waited_at = [], []
 
@@ -251,7 +251,7 @@ def test_bench_times_full_batches_only(write_suite):
     """200 images at batch 64 gave batches 64, 64, 64, 8: one timed step in four was a tiny batch of another
     shape (cuDNN autotuning it inside the window, a recompile)."""
     from harness.suite.schema import load_suite
-    from harness.training.bench import _batches
+    from harness.costs.bench import _batches
     from harness.training.engine import Runtime, Trainer
     from tests.helpers import TINY_RECIPE, tiny_suite_dict
 
@@ -282,7 +282,7 @@ def test_rkd_has_no_data_dependent_shape_so_no_host_sync():
 
 
 def test_a_trial_with_a_share_of_a_gpu_is_capped_to_that_share_of_its_memory(monkeypatch):
-    from harness.training.memory import cap_gpu_memory
+    from harness.training.engine import cap_gpu_memory
 
     capped = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda share, device: capped.append(share))
@@ -455,10 +455,10 @@ def test_gpu_auto_packs_by_the_memory_harness_bench_measured(write_suite, tmp_pa
     and a run both say.  The bench file here is written by the bench's own writer, its hardware patched to a GPU."""
     import harness.reporting.bench as bench_report
     from harness.api import prepare_run
-    from harness.reporting.index import bench_memory
+    from harness.costs.rates import bench_memory
     from harness.results.store import ResultStore
     from harness.suite.schema import load_suite
-    from harness.training.bench import Measure
+    from harness.costs.bench import Measure
     from tests.helpers import TINY_DATA, cli, tiny_suite_dict
 
     path = write_suite(tiny_suite_dict(methods=["dml"], seeds=[0], dataset=TINY_DATA,

@@ -87,7 +87,7 @@ def test_a_cell_trains_in_low_precision_on_the_cpu_with_fp32_losses(write_suite,
 
 
 def test_low_precision_halves_the_activation_estimate(write_suite):
-    from harness.training.memory import cell_memory
+    from harness.costs.memory import cell_memory
 
     full, half = cell_memory(cell(write_suite, "fp32")), cell_memory(cell(write_suite, "bf16"))
     assert half.activation_bytes == pytest.approx(full.activation_bytes / 2, abs=1)

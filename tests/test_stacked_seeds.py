@@ -185,8 +185,8 @@ def test_harness_run_trains_each_bundle_as_one_trial_with_a_record_per_seed(tmp_
 def test_gpu_auto_and_the_memory_check_count_every_stacked_seed(write_suite):
     """A trial of stacked seeds holds all of them: ``gpu: auto`` packs by the bundle's memory, and a share too small
     for the bundle is refused in one line."""
-    from harness.suite.capacity import capacity_errors
-    from harness.training.memory import GIB, cell_memory
+    from harness.costs.capacity import capacity_errors
+    from harness.costs.memory import GIB, cell_memory
 
     recipe = {**tiny_suite_dict()["recipe"], "batch_size": 1024}
     suite = load_suite(write_suite(tiny_suite_dict(

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from harness.papers.tables import PAPER_TABLES
-from harness.reporting.index import (ASSUMED_MACS_PER_S, NO_SUITE, build_index, cell_gpu_hours, forward_macs,
-                                     render_index)
+from harness.costs.rates import ASSUMED_MACS_PER_S, cell_gpu_hours, forward_macs
+from harness.reporting.index import NO_SUITE, build_index, render_index
 from harness.suite.schema import load_suite
 from harness.suite.smoke import smoke_suite
 from harness.training.stages import waves
@@ -55,7 +55,8 @@ def test_gpu_hours_by_hand(write_suite):
 def test_gpu_rate_measured_by_finished_gpu_trials(tmp_path, write_suite):
     """Images/s × 3 × forward multiply-adds per image, per whole GPU, median over GPU trials; CPU trials and trials
     without a cost do not count; the estimate of a suite scales with the measured rate."""
-    from harness.reporting.index import measured_rate, suite_line
+    from harness.costs.rates import measured_rate
+    from harness.reporting.index import suite_line
     from harness.results.store import ResultStore
 
     store = ResultStore(tmp_path / "results")

@@ -2,7 +2,7 @@
 
 A cell's hash says which dataset (its name, subset and pipeline), not which copy of it: the same suite on a
 20-image toy layout and on the real CIFAR-10 has the same hashes.  The fingerprint tells them apart; it goes into
-every record, and the run keys cells of different data apart (:mod:`harness.scheduling.data_keys`).  The checksum
+every record, and the run keys cells of different data apart (:mod:`harness.suite.binding`).  The checksum
 reads the arrays of an in-memory dataset (CIFAR-100: 150 MB, a fraction of a second) and, for a dataset of image
 files, their class folder and file names, not their bytes (ImageNet's 1.3M files would take minutes); where the
 data lives (its root) does not enter it."""

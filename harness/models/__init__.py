@@ -1,6 +1,6 @@
 """Networks and how to reach inside them: the CIFAR families registered in timm's registry (importing this package
 registers them all), the map from the papers' names to registry names (``zoo``), the adapter every method uses to
-read features and split networks, and the networks' costs (parameters, multiply-adds, time per image).
+read features and split networks (their costs: ``harness.costs``).
 
 May import: nothing of harness.
 """

@@ -1,5 +1,5 @@
 """Networks on the meta device, where only shapes exist: what ``harness validate`` builds to check that a method can
-train a cell's networks (``harness.suite.fit``) and runs to estimate a cell's memory (``harness.training.memory``).
+train a cell's networks (``harness.suite.fit``) and runs to estimate a cell's memory (``harness.costs.memory``).
 
 Nothing is allocated there, but every operation without a C++ meta kernel runs through PyTorch's Python
 decompositions, op by op.  Two of them were most of the time of checking a suite, and neither changes a shape or

@@ -1,6 +1,6 @@
 """What ``harness bench`` prints and keeps: images/s per cell and per device in each mode, memory, and what the
 measured rates project for the whole suite (GPU-hours and wall time), written to the results store so that
-``harness index`` and ``harness validate`` estimate with the measured rate (:func:`harness.reporting.index.bench_rate`)."""
+``harness index`` and ``harness validate`` estimate with the measured rate (:func:`harness.costs.rates.bench_rate`)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,11 +9,11 @@ import statistics
 
 from tabulate import tabulate
 
-from harness.reporting.index import BENCH_DIR, TRAIN_PASSES, suite_cost
+from harness.costs.rates import BENCH_DIR, TRAIN_PASSES, suite_cost
 from harness.results.provenance import hardware
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
-from harness.training.bench import Measure
+from harness.costs.bench import Measure
 
 
 def mode_label(m: Measure) -> str:

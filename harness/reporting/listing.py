@@ -42,7 +42,7 @@ def list_models() -> str:
     """Every network the tables name, at its dataset's resolution: parameters and FLOPs."""
     import timm
 
-    from harness.models.costs import flops, parameters
+    from harness.costs.networks import flops, parameters
     from harness.models.zoo import PAPER_MODELS, RESOLUTION
 
     rows = []

@@ -9,11 +9,10 @@ import statistics
 
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
-from harness.training.stages import waves
 
 
 def suite_status(suite: Suite, store: ResultStore) -> dict:
-    everything = list({c.hash: c for wave in waves(suite.cells) for c in wave}.values())
+    everything = suite.plan.everything
     out: dict = {"finished": [], "failed": [], "training": [], "missing": []}
     for cell in everything:
         record = store.get(cell.hash)

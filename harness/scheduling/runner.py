@@ -14,9 +14,7 @@ from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 from harness.scheduling.trainable import trial_dirname
 from harness.scheduling.trial import Parallel, TrialConfig
-from harness.training.bundle import seed_bundles
 from harness.training.engine import Runtime
-from harness.training.stages import stages_of, waves
 
 RAY_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -242,9 +240,9 @@ def _progress_callback(total: int, store: ResultStore):
     return Progress()
 
 
-def _finished_test(plan: list[list[Cell]], store: ResultStore):
+def _finished_test(plan, store: ResultStore):
     """Whether a cell of ``plan`` is finished: its record ok, and a stage's saved networks intact too."""
-    stage_hashes = {s.cell.hash for wave in plan for c in wave for s in stages_of(c).values() if s.cell}
+    stage_hashes = plan.stage_hashes
 
     def done(cell: Cell) -> bool:
         return store.is_finished(cell) and (cell.hash not in stage_hashes or store.weights_intact(cell.hash))
@@ -253,33 +251,31 @@ def _finished_test(plan: list[list[Cell]], store: ResultStore):
 
 
 @dataclass
-class Plan:
-    """A run's waves of cells (teachers first), which are finished, and its first line."""
+class Progress:
+    """Where a suite's plan (``suite.plan``) stands in a store: which cells are finished, which are pending, and the
+    run's first line."""
 
-    waves: list[list[Cell]]
     done: Callable[[Cell], bool]
-    everything: list[Cell]
     pending: list[Cell]
     headline: str
 
 
-def plan_of(suite: Suite, store: ResultStore) -> Plan:
-    cells = list({c.hash: c for c in suite.cells}.values())
-    plan = waves(cells)
+def progress_of(suite: Suite, store: ResultStore) -> Progress:
+    plan = suite.plan
     done = _finished_test(plan, store)
-    everything = [c for wave in plan for c in wave]
+    everything = plan.everything
     pending = [c for c in everything if not done(c)]
-    extra = len(everything) - len(cells)
-    headline = (f"{suite.name}: {len(cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
+    extra = len(everything) - len(plan.cells)
+    headline = (f"{suite.name}: {len(plan.cells)} cells{f' + {extra} stage cells (teachers)' if extra else ''}, "
                 f"{len(everything) - len(pending)} finished already, {len(pending)} to run (results in {store.uri})")
-    return Plan(plan, done, everything, pending, headline)
+    return Progress(done, pending, headline)
 
 
 def dry_run_lines(suite: Suite, store: ResultStore) -> list[str]:
     """What ``harness run`` would train, wave by wave (teachers first), and what it would skip; trains nothing."""
-    planned = plan_of(suite, store)
-    plan, done = planned.waves, planned.done
-    lines = [f"{planned.headline}; dry run: nothing trains"]
+    progress = progress_of(suite, store)
+    plan, done = suite.plan.waves, progress.done
+    lines = [f"{progress.headline}; dry run: nothing trains"]
     for i, wave in enumerate(plan):
         todo = [c for c in wave if not done(c)]
         if not todo:
@@ -287,10 +283,10 @@ def dry_run_lines(suite: Suite, store: ResultStore) -> list[str]:
         if len(plan) > 1:
             lines.append(f"stage {i + 1} of {len(plan)}: {len(todo)} cell(s)")
         for cell in todo:
-            needs = [f"{name}: {s.describe()}" for name, s in stages_of(cell).items()]
+            needs = [f"{name}: {s.describe()}" for name, s in suite.plan.stages[cell.hash].items()]
             lines.append(f"  {cell.describe()} [{cell.hash}]" + (f" after {'; '.join(needs)}" if needs else ""))
         if suite.spec.resources.stack_seeds:
-            bundles = seed_bundles(todo)
+            bundles = suite.plan.seed_bundles(todo)
             lines.append(f"  stack_seeds: these {len(todo)} cell(s) train as {len(bundles)} trial(s) "
                          f"({sum(len(b) > 1 for b in bundles)} of them several seeds stacked)")
     return lines
@@ -301,9 +297,9 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
               max_failures: int = 0, log=print) -> RunSummary:
     """Run the suite's unfinished cells, after the stage cells (teachers) they need; finished cells (in
     ``store``) are skipped, failed ones retried.  Stages run in waves, one Ray Tune experiment each."""
-    planned = plan_of(suite, store)
-    plan, done, everything, pending = planned.waves, planned.done, planned.everything, planned.pending
-    log(planned.headline)
+    progress = progress_of(suite, store)
+    plan, done, everything, pending = suite.plan.waves, progress.done, suite.plan.everything, progress.pending
+    log(progress.headline)
     todo = {c.hash for c in pending}
     _prune(store, [c for c in everything if c.hash not in todo], log)  # finished by an earlier, killed run
     if not pending:
@@ -323,21 +319,22 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     blocked: list[Cell] = []
     for i, wave in enumerate(plan):
         todo = [c for c in wave if not done(c)]
-        ready = [c for c in todo if all(done(s.cell) for s in stages_of(c).values() if s.cell)]
+        ready = [c for c in todo if all(done(s) for s in suite.plan.needs(c))]
         blocked += [c for c in todo if c not in ready]
         if not ready:
             continue
         if len(plan) > 1:
             log(f"stage {i + 1} of {len(plan)}: {len(ready)} cell(s)")
-        _fit(f"{suite.name}-stage{i + 1}" if len(plan) > 1 else suite.name, ready, store, runtime, resources,
-             parallel, max_failures, log, suite.overrides, stack_seeds=spec.stack_seeds)
+        groups = suite.plan.seed_bundles(ready) if spec.stack_seeds else [[c] for c in ready]
+        _fit(f"{suite.name}-stage{i + 1}" if len(plan) > 1 else suite.name, groups, store, runtime, resources,
+             parallel, max_failures, log, suite.overrides)
         if any(store.get(c.hash) is None for c in ready):
             break  # interrupted: nothing that depends on this wave may start
     records = {c.hash: store.get(c.hash) for c in pending}
     failed = [c.describe() for c in pending if records[c.hash] and records[c.hash].get("status") == "failed"]
     failed += [f"{c.describe()} (a stage it needs failed)" for c in blocked
-               if records[c.hash] is None and _stage_failed(c, store)]
-    unfinished = [c.describe() for c in pending if records[c.hash] is None and not _stage_failed(c, store)]
+               if records[c.hash] is None and _stage_failed(suite.plan, c, store)]
+    unfinished = [c.describe() for c in pending if records[c.hash] is None and not _stage_failed(suite.plan, c, store)]
     return RunSummary(len(everything), len(everything) - len(pending), len(pending), failed, unfinished)
 
 
@@ -377,19 +374,18 @@ def _check_resources(suite: Suite) -> None:
                 f"(which trains on the CPU when there is no GPU)")
 
 
-def _stage_failed(cell: Cell, store: ResultStore) -> bool:
-    for stage in stages_of(cell).values():
-        if stage.cell is not None:
-            record = store.get(stage.cell.hash)
-            if (record is not None and record.get("status") == "failed") or _stage_failed(stage.cell, store):
-                return True
+def _stage_failed(plan, cell: Cell, store: ResultStore) -> bool:
+    for stage in plan.needs(cell):
+        record = store.get(stage.hash)
+        if (record is not None and record.get("status") == "failed") or _stage_failed(plan, stage, store):
+            return True
     return False
 
 
-def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, resources: dict, parallel: Parallel,
-         max_failures: int, log, overrides: list[str] = (), stack_seeds: bool = False) -> None:
-    """One Ray Tune experiment: a trial per cell (per bundle of seeds where they are stacked); returns when all
-    ended or after Ctrl-C."""
+def _fit(name: str, groups: list[list[Cell]], store: ResultStore, runtime: Runtime, resources: dict,
+         parallel: Parallel, max_failures: int, log, overrides: list[str] = ()) -> None:
+    """One Ray Tune experiment: a trial per group of cells (a cell, or a bundle of seeds where they are stacked);
+    returns when all ended or after Ctrl-C."""
     from ray import tune
 
     from harness.scheduling.trainable import cell_trainable
@@ -410,7 +406,7 @@ def _fit(name: str, cells: list[Cell], store: ResultStore, runtime: Runtime, res
 
     StoreUnwritable.reason = None
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    groups = seed_bundles(cells) if stack_seeds else [[c] for c in cells]
+    cells = [c for g in groups for c in g]
     bundles = [g for g in groups if len(g) > 1]
     if bundles:
         log(f"stack_seeds: {sum(len(b) for b in bundles)} cells train as {len(bundles)} bundle(s) of "

@@ -25,7 +25,7 @@ from harness.scheduling.metrics import EpochMetrics
 from harness.scheduling.record import CellRecord, recorded
 from harness.scheduling.trial import TrialConfig
 from harness.training.engine import NonFiniteLoss, Runtime, Trainer
-from harness.training.memory import cap_gpu_memory
+from harness.training.engine import cap_gpu_memory
 from harness.training.parallel import Replicas
 
 CHECKPOINT_FILE = "state.pt"

@@ -19,7 +19,6 @@ from harness.models.meta import ShapesOnly, Template
 from harness.suite.consistency import method_where
 from harness.suite.spec import Suite
 from harness.training.method import MethodContext, load_methods
-from harness.training.stages import stages_of, waves
 
 
 # the networks built so far on the meta device (they hold no memory), copied for each method that asks: building one
@@ -39,14 +38,13 @@ def fit_errors(suite: Suite) -> list[str]:
     built: set[tuple] = set()
     entry = {c.hash: method_where(c, suite.spec.methods) for c in suite.cells}
     for c in suite.cells:  # a stage (a teacher) is the business of the entry that asks for it
-        for stage in stages_of(c).values():
+        for stage in suite.plan.stages[c.hash].values():
             if stage.cell is not None:
                 entry.setdefault(stage.cell.hash, f"{entry[c.hash]}.teacher")
     recipes = Counter(json.dumps(c.recipe, sort_keys=True) for c in suite.cells)
     shared = recipes.most_common(1)[0][0]  # the suite's ``recipe`` (as --smoke scaled it), unless entries override it
     said: set[str] = set()  # a mistake met again in another recipe (a teacher's, copied from the suite's) is one line
-    stage_cells = [c for wave in waves(suite.cells) for c in wave]
-    for cell in {c.hash: c for c in [*suite.cells, *stage_cells]}.values():
+    for cell in suite.plan.everything:
         if cell.dataset["name"] not in DATASET_FACTS:
             continue
         method = methods.get(cell.method)
@@ -62,7 +60,7 @@ def fit_errors(suite: Suite) -> list[str]:
                (cell.recipe.get("augment") or {}).get("train_size"))
         if key not in built:
             built.add(key)
-            problem = _build_error(cell, method, hp)
+            problem = _build_error(cell, method, hp, suite.plan.stages[cell.hash])
             if problem:
                 lines.setdefault(f"{suite.path}: {where}: {cell.method} cannot train {'+'.join(cell.group)}: {problem}")
     return list(lines)
@@ -96,12 +94,11 @@ def _data_errors(cell: Cell, held_out: int, where: str, recipe_key: str) -> list
     return problems
 
 
-def _build_error(cell: Cell, method, hp) -> str | None:
+def _build_error(cell: Cell, method, hp, stages: dict) -> str | None:
     """Why the method cannot be built for the cell's networks and input (its own one-line ValueError), else None;
     answered once per process for each set of what it reads (a suite validated again, or another suite asking the
     same, costs nothing)."""
     side = (cell.recipe.get("augment") or {}).get("train_size")
-    stages = stages_of(cell)
     key = (method, json.dumps(cell.hparams, sort_keys=True), tuple(cell.group), cell.dataset["name"], side,
            cell.recipe["epochs"], cell.recipe["batch_size"],
            tuple((name, tuple(s.models or (s.cell.group if s.cell else ()))) for name, s in sorted(stages.items())))
@@ -127,7 +124,10 @@ def build_on_meta(cell: Cell, method=None, hp=None, side: int | None = None, sta
     method = method or load_methods().get(cell.method)
     hp = hp if hp is not None else method.HParams.model_validate(cell.hparams)
     side = side if side is not None else (cell.recipe.get("augment") or {}).get("train_size")
-    stages = stages if stages is not None else stages_of(cell)
+    if stages is None:
+        from harness.training.stages import stages_of
+
+        stages = stages_of(cell)
     _, (chans, height, width), classes = DATASET_FACTS[cell.dataset["name"]]
     size = (side, side) if side else (height, width)
 

@@ -17,7 +17,6 @@ from harness.data.datasets import ImageData
 from harness.data.inputs import build_inputs
 from harness.suite.schema import Suite
 from harness.training.method import load_methods
-from harness.training.stages import waves
 
 PROBE_BATCH = 8
 
@@ -27,7 +26,7 @@ def input_errors(suite: Suite, data_of: Callable[[dict], ImageData]) -> list[str
     methods = load_methods()
     tried: dict[str, str | None] = {}
     lines = []
-    for cell in {c.hash: c for wave in waves(suite.cells) for c in wave}.values():
+    for cell in suite.plan.everything:
         method = methods.get(cell.method)
         hp = method.HParams.model_validate(cell.hparams)
         views = method.views_of(hp, cell)

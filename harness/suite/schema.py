@@ -158,9 +158,9 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
         raise SuiteError([f"{path}: {line}" for line in dict.fromkeys(errors)])
     suite = Suite(spec, path, cells, scaled_down_notes(spec, raw_recipe, presets), list(overrides))
     if spec.resources.gpu == "auto":
-        from harness.suite.packing import auto_gpu_share
+        from harness.costs.packing import auto_gpu_share
 
-        spec.resources.gpu, packing = auto_gpu_share(cells, spec.resources)
+        spec.resources.gpu, packing = auto_gpu_share(suite.plan, spec.resources)
         object.__setattr__(spec.resources, "packing", packing)
     return suite
 

@@ -4,6 +4,7 @@ Parsing a file and expanding it into cells is :mod:`harness.suite.schema`'s; the
 :mod:`harness.suite.consistency`'s."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -241,6 +242,13 @@ class Suite:
     def name(self) -> str:
         return self.spec.name
 
+    @functools.cached_property
+    def plan(self):
+        """The plan of a run of this suite (:class:`harness.suite.plan.RunPlan`), derived on first use, once."""
+        from harness.suite.plan import RunPlan
+
+        return RunPlan.of(self.cells)
+
     def labels(self) -> list[str]:
         return list(dict.fromkeys(c.label for c in self.cells))
 
@@ -248,11 +256,9 @@ class Suite:
         """Per group (its ``group_name``): the cell of the stage ``name`` that the group's cells declare (the
         teacher they learn from), the one most of them share where they differ (ESKD's own teacher is a stage of
         another name)."""
-        from harness.training.stages import stages_of
-
         found: dict[str, list[Cell]] = {}
         for cell in self.cells:
-            stage = stages_of(cell).get(name)
+            stage = self.plan.stages[cell.hash].get(name)
             if stage is not None and stage.cell is not None:
                 found.setdefault(cell.group_name, []).append(stage.cell)
         return {group: max(cells, key=lambda c: sum(o.hash == c.hash for o in cells)) for group, cells in found.items()}

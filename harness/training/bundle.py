@@ -211,11 +211,3 @@ def seed_bundles(cells: list[Cell]) -> list[list[Cell]]:
         out += [group] if len(group) > 1 and bundle_error(group) is None else [[c] for c in group]
     return out
 
-
-def stacked_seed_counts(cells: list[Cell]) -> dict[str, int]:
-    """Cell hash -> the cells its trial trains where seeds are stacked (1 for a cell trained by itself), over the
-    distinct cells of ``cells``: what a trial's memory is multiplied by."""
-    counts: dict[str, int] = {}
-    for bundle in seed_bundles(list({c.hash: c for c in cells}.values())):
-        counts.update({c.hash: len(bundle) for c in bundle})
-    return counts

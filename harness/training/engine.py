@@ -63,6 +63,15 @@ def set_determinism(runtime: Runtime) -> None:
     torch.use_deterministic_algorithms(runtime.deterministic)
 
 
+def cap_gpu_memory(device: torch.device, share: float) -> None:
+    """A process given a share of a GPU (a trial with ``gpu: 0.25``, one of ``harness bench``'s packed processes)
+    may allocate only that share of its memory: the caching allocator of one would otherwise keep what its
+    neighbours on the GPU need, and they would fail with an out-of-memory error that is not theirs.  This process
+    fails instead, if it outgrows its share."""
+    if device.type == "cuda" and 0 < share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -204,7 +213,7 @@ class Trainer(Loop):
         return self._stage_modules[name]
 
     def costs(self) -> dict:
-        """What one training step costs, per image (``harness/models/costs.py``), for the tables that print it.
+        """What one training step costs, per image (``harness/costs/networks.py``), for the tables that print it.
 
         Measured after training: a failure here is recorded as the cost's error, never as the trial's.
         """

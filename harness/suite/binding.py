@@ -16,8 +16,7 @@ from typing import Callable
 from harness.data.datasets import ImageData, load_dataset
 from harness.data.fingerprint import describe, fingerprint
 from harness.results.store import ResultStore
-from harness.suite.schema import Suite
-from harness.training.stages import waves
+from harness.suite.spec import Suite
 
 
 def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageData], log=print,
@@ -25,7 +24,7 @@ def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageD
     """``suite`` with every cell's dataset entry bound to the data found here; ``data_of`` loads an entry.
     ``say_unchecked``: say how many finished records hold no fingerprint (a run says it; a report need not)."""
     bound: dict[str, dict] = {}
-    everything = [c for wave in waves(suite.cells) for c in wave]
+    everything = suite.plan.everything
     for key in dict.fromkeys(_key(c.dataset) for c in suite.cells):
         entry = json.loads(key)
         fp = fingerprint(data_of(entry))
@@ -53,8 +52,13 @@ def bind_data(suite: Suite, store: ResultStore, data_of: Callable[[dict], ImageD
             log(f"{suite.name}: {unchecked} finished cell(s) were recorded before records held a data fingerprint "
                 "(2026-12-02): reused without that check")
         bound[key] = entry
-    cells = [replace(c, dataset=bound[_key(c.dataset)]) for c in suite.cells]
-    return Suite(suite.spec, suite.path, cells, suite.scaled_down, suite.overrides)
+    def bind(cell):
+        key = _key(cell.dataset)
+        return replace(cell, dataset=bound[key]) if key in bound else cell
+
+    out = Suite(suite.spec, suite.path, [bind(c) for c in suite.cells], suite.scaled_down, suite.overrides)
+    out.plan = suite.plan.mapped(bind)  # the same plan under the bound cells: not derived again
+    return out
 
 
 def _key(dataset: dict) -> str:

@@ -1,10 +1,8 @@
 """``resources: {gpu: auto}``: how many cells share one GPU, from the cells' memory estimates
-(``harness.training.memory``: what autograd keeps, measured on the meta device, plus weights and optimizer state)."""
+(``harness.costs.memory``: what autograd keeps, measured on the meta device, plus weights and optimizer state)."""
 from __future__ import annotations
 
-from harness.config.cell import Cell
-from harness.training.memory import CONTEXT_GIB, GIB, cell_memory
-from harness.training.stages import waves
+from harness.costs.memory import CONTEXT_GIB, GIB, cell_memory
 
 
 AUTO_HEADROOM = 1.25  # the estimate misses the allocator's fragmentation and cuDNN's workspaces
@@ -14,21 +12,19 @@ MAX_CELLS_PER_GPU = 8  # beyond this the host's CPUs, not the GPU, set the pace 
 MEASURED_HEADROOM = 1.1  # a measured peak (reserved memory and context) misses only run-to-run variation
 
 
-def auto_gpu_share(cells: list[Cell], resources, measured: dict | None = None) -> tuple[float, str]:
+def auto_gpu_share(plan, resources, measured: dict | None = None) -> tuple[float, str]:
     """``resources: {gpu: auto}``: the share of a GPU each cell asks for, 1/k with k the cells of the suite's
     largest that fit in ``gpu_memory_gb``, at most 8; and the reason in words.  A cell's size is what ``harness
     bench`` measured for it where ``measured`` has it (``(hash, mode) → (bytes, words)``, from
-    ``harness.reporting.index.bench_memory``), with a little headroom; else the estimate, with headroom for what
+    ``harness.costs.rates.bench_memory``), with a little headroom; else the estimate, with headroom for what
     it misses and a CUDA context.  One whole GPU where a cell's size is not known before its data is read, and
     for every worker of a data-parallel cell (one NCCL rank per GPU)."""
     if resources.workers > 1:  # a data-parallel worker holds a whole GPU (NCCL: one rank per GPU)
         return 1.0, f"gpu: auto → 1 GPU per worker ({resources.workers} workers: one rank per GPU)"
-    unique = list({c.hash: c for wave in waves(cells) for c in wave}.values())
+    unique = plan.everything  # a run's plan (harness.suite.plan.RunPlan): every cell and stage cell
     stacked = 1
     if getattr(resources, "stack_seeds", False):  # a trial holds every seed of its cell (not benched alone)
-        from harness.training.bundle import stacked_seed_counts
-
-        stacked = max(stacked_seed_counts(cells).values())
+        stacked = max(plan.stacked_seeds(c) for c in plan.cells)
     mode = "stacked" if getattr(resources, "stack_peers", False) else "separate"
     sizes, sources = [], set()
     for cell in unique:
@@ -61,5 +57,5 @@ def repack(suite, measured) -> None:
     ``measured()`` gives them (read only for such a suite)."""
     resources = suite.spec.resources
     if resources.packing and (sizes := measured()):
-        resources.gpu, packing = auto_gpu_share(suite.cells, resources, sizes)
+        resources.gpu, packing = auto_gpu_share(suite.plan, resources, sizes)
         object.__setattr__(resources, "packing", packing)

@@ -1,22 +1,20 @@
 """Whether each cell of a suite can run on what its ``resources`` ask for, checked before any trial starts.
 
 A batch must split into ``workers × grad_accumulation`` equal parts, and a cell on a GPU must fit in the GPU
-memory it asks for (the estimate of ``harness.training.memory``); otherwise the trial would start, allocate and die
+memory it asks for (the estimate of ``harness.costs.memory``); otherwise the trial would start, allocate and die
 hours into a queue.  Each problem is one line: the cell, the estimate, what was asked, how to fix it."""
 from __future__ import annotations
 
-from harness.suite.schema import Suite
-from harness.training.memory import GIB, cell_memory
+from harness.costs.memory import GIB, cell_memory
 from harness.training.method import load_methods
-from harness.training.stages import waves
 
 
-def capacity_errors(suite: Suite) -> list[str]:
+def capacity_errors(suite) -> list[str]:
     """One line per (networks, batch) that cannot run as the suite's resources say, naming the first such cell."""
     resources = suite.spec.resources
     problems: dict[tuple, list] = {}
     methods = load_methods()
-    for cell in {c.hash: c for wave in waves(suite.cells) for c in wave}.values():
+    for cell in suite.plan.everything:
         method = methods.get(cell.method)
         if cell.recipe.get("sync_bn") and resources.workers > 1 and not resources.gpu:
             problems.setdefault(("sync_bn",), [cell])
@@ -32,11 +30,6 @@ def capacity_errors(suite: Suite) -> list[str]:
         problems.setdefault(key, []).append(cell)
     lines = []
     asked = resources.gpu * resources.gpu_memory_gb * GIB
-    stacked: dict[str, int] = {}  # cell hash -> the seeds its trial trains (resources.stack_seeds)
-    if resources.stack_seeds:
-        from harness.training.bundle import stacked_seed_counts
-
-        stacked = stacked_seed_counts(suite.cells)
     for key, cells in problems.items():
         cell = cells[0]
         if key[0] == "accumulation":
@@ -58,7 +51,7 @@ def capacity_errors(suite: Suite) -> list[str]:
                 f"whose product divides {key[1]}")
             continue
         estimate = cell_memory(cell, resources.workers, resources.grad_accumulation)
-        seeds = stacked.get(cell.hash, 1)
+        seeds = suite.plan.stacked_seeds(cell) if resources.stack_seeds else 1  # the seeds its trial trains
         if estimate is not None and seeds > 1 and estimate.total_bytes * seeds > asked:
             lines.append(f"{suite.path}: resources.stack_seeds: {seeds} seeds of {batch_desc(cell)} share a trial and "
                          f"need an estimated {estimate.total_bytes * seeds / GIB:.1f} GiB together, but a trial has "

@@ -23,7 +23,8 @@ from harness.config.cell import Cell
 from harness.data.datasets import DatasetError
 from harness.training.engine import Runtime, Trainer
 from harness.training.loop import Loop
-from harness.training.memory import CONTEXT_GIB, GIB, cap_gpu_memory
+from harness.costs.memory import CONTEXT_GIB, GIB
+from harness.training.engine import cap_gpu_memory
 from harness.training.method import Step, load_methods
 
 MODES = ("separate", "stacked", "packed", "seeds")

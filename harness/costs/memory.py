@@ -23,15 +23,6 @@ GIB = 2**30
 CONTEXT_GIB = 0.5  # what each process's CUDA context takes before any tensor (an assumption: no GPU measured it)
 
 
-def cap_gpu_memory(device: torch.device, share: float) -> None:
-    """A process given a share of a GPU (a trial with ``gpu: 0.25``, one of ``harness bench``'s packed processes)
-    may allocate only that share of its memory: the caching allocator of one would otherwise keep what its
-    neighbours on the GPU need, and they would fail with an out-of-memory error that is not theirs.  This process
-    fails instead, if it outgrows its share."""
-    if device.type == "cuda" and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share, device)
-
-
 @lru_cache(maxsize=None)
 def _network_figures(model: str, input_shape: tuple[int, int, int], num_classes: int) -> tuple[int, int]:
     """(bytes autograd saves per training image, parameters) of timm network ``model``."""
