@@ -18,6 +18,7 @@ Choices (methods_spec.md §1.7, ambiguity 12):
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field
@@ -38,11 +39,13 @@ class ESKDParams(KDParams):
 
 
 def compressed_recipe(recipe: dict, epochs: int) -> dict:
-    """``recipe`` shortened to ``epochs``, its milestones and warm-up scaled by the same factor."""
+    """``recipe`` shortened to ``epochs``, its milestones and warm-up scaled by the same factor; a scaled milestone
+    falls on the last whole epoch not past its fraction of training (100/150 of 200 → 32/48 of 65), one rule for
+    every milestone (Python's ``round`` gave 32 and 49: halves to even, three quarters up)."""
     factor = epochs / recipe["epochs"]
     schedule = dict(recipe.get("schedule") or {})
     if schedule.get("milestones"):
-        schedule["milestones"] = sorted({max(1, round(m * factor)) for m in schedule["milestones"]})
+        schedule["milestones"] = sorted({max(1, math.floor(m * factor + 1e-9)) for m in schedule["milestones"]})
     warmup = recipe.get("warmup_epochs", 0)
     return {**recipe, "epochs": epochs, "schedule": schedule, "warmup_epochs": min(warmup, epochs - 1)}
 

@@ -26,7 +26,7 @@ def test_eskd_teacher_is_a_compressed_65_epoch_run_by_default():
     teacher = stages_of(cell("eskd", PAPER_RECIPE))["teacher"].cell
     assert teacher.method == "ind" and teacher.group == ("cifar_resnet14",) and teacher.seed == 0
     assert teacher.recipe["epochs"] == 65 and teacher.stop_epoch is None
-    assert teacher.recipe["schedule"]["milestones"] == [round(100 * 65 / 200), round(150 * 65 / 200)]
+    assert teacher.recipe["schedule"]["milestones"] == [32, 48]  # 32.5 and 48.75, each down to its whole epoch
     imagenet = stages_of(cell("eskd", PAPER_RECIPE, dataset={"name": "imagenet"}))["teacher"].cell
     assert imagenet.recipe["epochs"] == 35
     # the snapshot reading: the unchanged 200-epoch schedule, stopped after epoch 65
@@ -39,7 +39,7 @@ def test_eskd_teacher_is_a_compressed_65_epoch_run_by_default():
 def test_compressed_recipe_scales_milestones_and_warmup():
     out = compressed_recipe({**PAPER_RECIPE, "warmup_epochs": 5}, 20)
     assert out["epochs"] == 20 and out["schedule"]["milestones"] == [10, 15] and out["warmup_epochs"] == 5
-    assert compressed_recipe(PAPER_RECIPE, 2)["schedule"]["milestones"] == [1, 2]
+    assert compressed_recipe(PAPER_RECIPE, 2)["schedule"]["milestones"] == [1]  # 1.0 and 1.5: one decay
 
 
 def test_eskd_teacher_stops_where_told(tmp_path):

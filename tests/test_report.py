@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from harness.reporting.report import build_table, write_report
+from harness.reporting.report import build_table, notes, write_report
 from harness.results.store import ResultStore
 from harness.suite.schema import load_suite
 from tests.helpers import TINY_RECIPE as TINY_RECIPE_FOR_GAINS, fake_record, tiny_suite_dict
@@ -310,19 +310,19 @@ def test_a_scaled_down_paper_suite_says_so_in_its_title(tmp_path, write_suite):
                                  "3 of tsb_cifar's 240 epochs", "5 of kdcl_cifar's 200 epochs"]
     title = build_table(small, ResultStore(tmp_path / "results")).title
     assert title == ("SCALED DOWN (fashion_mnist_mini in place of cifar100, 20 train images per class, 3 of "
-                     "tsb_cifar's 240 epochs, 5 of kdcl_cifar's 200 epochs), not a reproduction — TSB Table 1 — best or "
-                     "last epoch per method, as each method's paper reports (see the notes)")
+                     "tsb_cifar's 240 epochs, 5 of kdcl_cifar's 200 epochs), not a reproduction — TSB Table 1 — last "
+                     "epoch (see the notes)")
     no_paper = load_suite(write_suite({**tiny_suite_dict(), "name": "np"}, "np.yaml"))
     assert no_paper.scaled_down == []  # claims no table, so nothing to mistake for a reproduction
 
 
 def test_the_epoch_shown_is_the_papers_and_both_when_asked(tmp_path, write_suite):
-    """evaluation.epoch "paper" (the default): the best test epoch under a RepDistiller-based preset (tsb_cifar), the
-    last, marked as assumed, under a paper that does not say (kdcl_cifar); [best, last]: one table of each, both in
+    """evaluation.epoch "paper" (the default): the best test epoch under a preset whose paper's code reports it
+    (one_cifar: ONE's official code), the last, marked as assumed, under a paper that does not say (kdcl_cifar); [best, last]: one table of each, both in
     the CSV; the title says which."""
     base = {"dataset": {"name": "fashion_mnist_mini"}, "groups": [["cifar_resnet8"] * 2], "methods": ["dml"],
             "seeds": [0, 1]}
-    tsb = load_suite(write_suite({**base, "name": "tsb", "recipe": "tsb_cifar"}, "tsb.yaml"))
+    tsb = load_suite(write_suite({**base, "name": "tsb", "recipe": "one_cifar"}, "tsb.yaml"))  # ONE's code: best
     kdcl = load_suite(write_suite({**base, "name": "kdcl", "recipe": "kdcl_cifar"}, "kdcl.yaml"))
     assert {c.hash for c in tsb.cells} != {c.hash for c in kdcl.cells}
     store = ResultStore(tmp_path / "results")
@@ -331,7 +331,8 @@ def test_the_epoch_shown_is_the_papers_and_both_when_asked(tmp_path, write_suite
     row = ("cifar_resnet8+cifar_resnet8",)
     table = build_table(tsb, store)
     assert table.entries[(row, ("dml", "net1"))].ours == 61.0  # best: median of 60.5, 61.5
-    assert table.title.endswith("best test epoch, as the paper's code reports")
+    assert table.title.endswith("best test epoch (see the notes)")
+    assert any(n.startswith("best epoch: ONE's official code") for n in notes(tsb)["assumed"])
     table = build_table(kdcl, store)
     assert table.entries[(row, ("dml", "net1"))].ours == 60.5  # last: median of 60, 61
     assert table.title.endswith("last epoch (the paper does not say which; assumed)")
@@ -411,7 +412,7 @@ def test_a_row_of_another_group_of_the_paper_table(tmp_path):
     for cell in suite.cells:
         store.put(fake_record(cell, 70.0, 69.0))
     entry = build_table(suite, store).entries[(("one",), ("net1",))]
-    assert (entry.paper, entry.ours) == (29.45, pytest.approx(100 - 70.5))  # best epoch (ackd_imagenet): 70.5
+    assert (entry.paper, entry.ours) == (29.45, pytest.approx(100 - 70.0))  # last epoch (ackd_imagenet): 70.0
 
 
 def test_amln_table4_in_the_papers_layout(tmp_path):
@@ -528,3 +529,11 @@ def test_the_paper_delta_can_be_left_out_for_a_shorter_cell():
     from harness.suite.spec import Layout
 
     assert Layout.model_validate({"paper_delta": False}).paper_delta is False and Layout().paper_delta is True
+
+
+def test_a_report_with_no_finished_cell_says_so_not_zero_seeds(tmp_path, write_suite):
+    suite = load_suite(write_suite(tiny_suite_dict()))
+    paths = write_report(suite, ResultStore(tmp_path / "results"), tmp_path / "reports", log=lambda *a: None)
+    for kind in ("md", "tex"):
+        text = paths[kind].read_text()
+        assert "no cell finished yet" in text and "0 seeds" not in text, kind

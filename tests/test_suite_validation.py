@@ -65,6 +65,18 @@ def test_unknown_recipe_preset(write_suite):
     assert "recipe.base: unknown recipe 'tsb_cifra' (did you mean 'tsb_cifar'?)" in lines[0]
 
 
+def test_an_empty_grid_is_one_line_not_a_method_silently_gone(write_suite):
+    lines = errors_of(write_suite, tiny_suite_dict(methods=["ind", {"name": "dml", "temperature": {"grid": []}}]))
+    assert len(lines) == 1 and "methods[1].temperature: grid: [] sweeps no value" in lines[0]
+
+
+def test_presets_in_a_loop_are_one_line_even_where_no_cell_uses_them(write_suite):
+    suite = {**tiny_suite_dict(), "recipes": {"mine": {"base": "yours"}, "yours": {"base": "mine"},
+                                              "fine": {"base": "tsb_cifar", "epochs": 3}}}
+    lines = errors_of(write_suite, suite)
+    assert len(lines) == 1 and "recipes.mine.base: presets inherit from each other in a loop: mine -> yours -> mine" in lines[0]
+
+
 def test_bad_recipe_value(write_suite):
     lines = errors_of(write_suite, tiny_suite_dict(recipe={"base": "tsb_cifar", "optimizer": {"lr": "fast"}}))
     assert len(lines) == 1 and "recipe.optimizer.lr:" in lines[0] and "'fast'" in lines[0]

@@ -51,7 +51,8 @@ class AugmentSpec(Strict):
     zeroed square, KDCL Table 10).  ImageNet-style: random-resized crop to ``train_size`` (scale and aspect
     ratio), flip, photometric distortion (``color_jitter``: brightness, contrast and saturation strength;
     ``lighting``: AlexNet-style PCA lighting noise), and at test time resize to ``test_resize`` then centre
-    crop ``test_crop``.
+    crop ``test_crop``: a number resizes the shorter side to it (torchvision's ``Resize(256)``, the torchvision
+    reference), ``[h, w]`` the whole image to h × w (KDCL and TSB: "resized to 256×256").
     """
 
     crop_padding: NonNegativeInt = Field(4, le=64)  # pixels of zeros around a CIFAR-style image (4 in every paper)
@@ -61,7 +62,7 @@ class AugmentSpec(Strict):
     train_size: PositiveInt | None = None
     color_jitter: NonNegativeFloat = 0.0
     lighting: NonNegativeFloat = 0.0
-    test_resize: PositiveInt | None = None
+    test_resize: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None
     test_crop: PositiveInt | None = None
 
 

@@ -65,7 +65,7 @@ class ImageTransform:
                 steps.append(transforms.ColorJitter(augment.color_jitter, augment.color_jitter, augment.color_jitter))
         else:
             if augment.test_resize:
-                steps.append(transforms.Resize(augment.test_resize))
+                steps.append(transforms.Resize(augment.test_resize))  # an int: the shorter side; (h, w): exactly
             if augment.test_crop:
                 steps.append(transforms.CenterCrop(augment.test_crop))
         self.pil = transforms.Compose([*steps, transforms.PILToTensor()])

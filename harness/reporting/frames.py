@@ -63,11 +63,12 @@ def epoch_text(suite: Suite, choice: str) -> str:
     if choice != "paper":
         return "best test epoch" if choice == "best" else "last epoch"
     stated = {cell.recipe.get("report_epoch") for cell in suite.cells}
-    if len(stated) > 1:
-        return "best or last epoch per method, as each method's paper reports (see the notes)"
+    if len({cell_epoch(choice, c) for c in suite.cells}) > 1:
+        return "best or last epoch per method, as each recipe says (see the notes)"
     if stated == {None}:
         return "last epoch (the paper does not say which; assumed)"
-    return "best test epoch, as the paper's code reports" if stated == {"best"} else "last epoch, as the paper reports"
+    # why this epoch is the recipe's own word, in the notes (its source's "best epoch: ..." / "last epoch: ...")
+    return "best test epoch (see the notes)" if stated == {"best"} else "last epoch (see the notes)"
 
 
 def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | None = None,

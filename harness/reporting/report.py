@@ -315,7 +315,9 @@ def notes(suite: Suite) -> dict:
     assumed = []
     for cell in suite.cells:
         for clause in cell.recipe.get("source", "").split(";"):
-            if any(word in clause for word in ("assum", "not stated", "not given")) and clause.strip() not in assumed:
+            stated = any(word in clause for word in ("assum", "not stated", "not given"))
+            why_epoch = clause.strip().startswith(("best epoch", "last epoch"))  # which epoch the table shows, and why
+            if (stated or why_epoch) and clause.strip() not in assumed:
                 assumed.append(clause.strip())
     resources = suite.spec.resources
     if resources.replicas > 1:

@@ -68,6 +68,11 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None,
                           f"which only methods whose networks learn from the labels alone ({alone_methods}) can; "
                           "remove it")
             continue
+        empty = [k for k, v in entry.items() if isinstance(v, dict) and set(v) == {"grid"} and not v["grid"]]
+        if empty:
+            errors.append(f"{where}.{empty[0]}: grid: [] sweeps no value, so the entry would train no cell; give "
+                          "one value or more (grid: [a, b]), or a plain value")
+            continue
         grid = _expand_hparam_grid(entry)
         for hparams in grid:
             hparams = _unknown_keys(hparams, method_cls.HParams, where, errors)
@@ -115,6 +120,15 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
     errors: list[str] = []
 
     presets = {**load_presets(), **(raw.get("recipes") or {})}
+    looped: set[str] = set()
+    for name in raw.get("recipes") or {}:  # each of the suite's own presets, used by a cell or not
+        try:
+            resolve_recipe(name, presets, f"recipes.{name}")
+        except KeyError as e:
+            chain = str(e.args[0]).rsplit(": ", 1)[-1].split(" -> ") if "in a loop" in str(e.args[0]) else []
+            if name not in looped:  # a loop is one line, not one per preset in it
+                errors.append(str(e.args[0]))
+            looped.update(chain)
     raw_recipe = raw.get("recipe")
     recipe_dict = None
     if "recipe" in raw:
