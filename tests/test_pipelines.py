@@ -153,3 +153,23 @@ def test_standard_batches_do_not_depend_on_the_number_of_workers():
             assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(alone[0][0][0], alone[1][0][0])  # epochs differ
     assert not torch.equal(alone[0][0][0], alone[0][0][1])  # the two views differ
+
+
+def test_a_test_resize_of_two_sides_resizes_the_whole_image_before_the_centre_crop():
+    """KDCL and TSB: test images "resized to 256×256" then centre-cropped to 224 (test_resize: [256, 256]); a number
+    resizes the shorter side (torchvision's reference).  On a 300 × 500 image the two differ."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    mean_std = ((0.5,) * 3, (0.25,) * 3)
+    square = ImageTransform(AugmentSpec(test_resize=(256, 256), test_crop=224), *mean_std, (224, 224), train=False)
+    shorter = ImageTransform(AugmentSpec(test_resize=256, test_crop=224), *mean_std, (224, 224), train=False)
+    expected = transforms.PILToTensor()(transforms.CenterCrop(224)(image.resize((256, 256), Image.BILINEAR)))
+    got = square(image)[0]
+    assert got.shape == (3, 224, 224)
+    assert (got.int() - expected.int()).abs().max() <= 1  # PIL's bilinear resize, as torchvision's on a PIL image
+    assert (shorter(image)[0].int() - expected.int()).abs().float().mean() > 10
+    assert AugmentSpec.model_validate({"test_resize": [256, 256]}).model_dump(mode="json")["test_resize"] == [256, 256]

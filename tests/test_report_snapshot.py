@@ -62,17 +62,48 @@ def test_best_method_is_bold_per_value(rendered):
     assert "\\textbf{72.80}" in rendered["tex"]
 
 
-@pytest.mark.skipif(not shutil.which("pdflatex"), reason="no TeX engine installed (none is on the package index)")
+NO_TEX = pytest.mark.skipif(not shutil.which("pdflatex"), reason="no TeX engine installed (.ci/run installs Debian's "
+                            "texlive-latex-base and texlive-latex-recommended with apt-get where it can)")
+
+
+def compile_latex(tmp_path, body: str) -> str:
+    """``body`` in an article with booktabs and graphicx, through pdflatex: its log (the test fails on an error)."""
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n"
+                   + body + "\n\\end{document}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:]
+    return (tmp_path / "doc.log").read_text(errors="replace")
+
+
+@NO_TEX
 @pytest.mark.parametrize("layout", ["auto", "inline", "columns", "rows"])
 def test_latex_compiles_and_fits_the_page(layout, tmp_path, write_suite):
     rendered = render_snapshot(tmp_path, write_suite, **({} if layout == "auto" else {"paper_layout": layout}))
-    doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n"
-                   + rendered["tex"] + "\n\\end{document}\n")
-    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout[-2000:]
-    assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in compile_latex(tmp_path, rendered["tex"])
+
+
+@NO_TEX
+@pytest.mark.slow
+def test_every_shipped_suites_latex_skeleton_compiles_without_an_overfull_box(tmp_path):
+    """Each shipped suite's report before any cell finished (its paper's numbers, our cells empty), set as a paper
+    sets it: one pdflatex run over all of them, no error, no overfull box, nothing shrunk below 80 %."""
+    from pathlib import Path
+
+    from tests.helpers import shipped_suite
+
+    from harness.reporting.latex import MIN_SCALE, TEXT_WIDTH_PT, latex_parts, part_width
+
+    store = ResultStore(tmp_path / "empty")
+    tables = []
+    for path in sorted((Path(__file__).parents[1] / "suites").glob("*.yaml")):
+        suite = shipped_suite(path)
+        table = build_table(suite, store)
+        assert all(part_width(table, part) <= TEXT_WIDTH_PT / MIN_SCALE for part in latex_parts(table)), path.name
+        tables.append(render(table, suite, store)["tex"] + "\n\\clearpage\n")
+    log = compile_latex(tmp_path, "\n".join(tables))
+    assert "Overfull \\hbox" not in log and len(tables) >= 50
 
 
 def test_a_wide_table_is_scaled_to_the_text_width_and_a_narrow_one_is_not(inline, tmp_path, write_suite):
@@ -100,9 +131,13 @@ def test_the_latex_names_networks_as_papers_do_and_typesets_minus_signs(inline):
 
 def body_rows(text: str, start: str) -> list[list[str]]:
     """The cells of a LaTeX tabular's body (after \\midrule) or a Markdown table's rows (after its rule)."""
-    if start == "tex":
-        lines = text.split("\\midrule", 1)[1].split("\\bottomrule", 1)[0].strip().splitlines()
-        return [[c.strip() for c in line.removesuffix("\\\\").split("&")] for line in lines]
+    if start == "tex":  # a table set in stacked parts: each row's cells from every part, in order
+        rows: list[list[str]] = []
+        for part in text.split("\\midrule")[1:]:
+            lines = part.split("\\bottomrule", 1)[0].strip().splitlines()
+            cells = [[c.strip() for c in line.removesuffix("\\\\").split("&")] for line in lines]
+            rows = cells if not rows else [r + c[1:] for r, c in zip(rows, cells)]
+        return rows
     lines = [line for line in text.splitlines() if line.startswith("|")][2:]
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
 

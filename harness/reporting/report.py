@@ -17,8 +17,8 @@ from tabulate import tabulate
 from harness.data.fingerprint import describe as describe_fingerprint
 from harness.papers.tables import load_paper_table, paper_lookup
 from harness.reporting.frames import COST_VALUES, epoch_text, report_cells, stage_value_cells, trial_frame
-from harness.reporting.latex import (TEXT_WIDTH_PT, _latex_escape, _latex_header_rows, _latex_minus, latex_width,
-                                     paper_style)
+from harness.reporting.latex import (TEXT_WIDTH_PT, _latex_escape, _latex_header_rows, _latex_minus, latex_parts,
+                                     latex_width, paper_style, part_width)
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
 
@@ -354,18 +354,22 @@ def render(table: Table, suite: Suite, store: ResultStore) -> dict[str, str]:
     env = Environment(loader=FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
     env.filters["tex"] = _latex_escape
+    body = table.body("tex")
     context = {
         "table": table, "suite": suite.spec, "prov": provenance(suite, store, table),
-        "latex_body": table.body("tex"),
-        "latex_wide": latex_width(table) > TEXT_WIDTH_PT,
+        "latex_parts": [{"columns": part, "header": _latex_header_rows(table, part),
+                         "body": [[row[0]] + [row[j + 1] for j in part] for row in body],
+                         "scaled": part_width(table, part) > TEXT_WIDTH_PT} for part in latex_parts(table)],
+        "latex_wide": latex_width(table) > TEXT_WIDTH_PT,  # table*: wider than a column of a two-column page
         "resize_open": "\\resizebox{\\textwidth}{!}{%",  # in a variable: "{%" would open a Jinja tag
         "metric_text": METRIC_TEXT[suite.spec.evaluation.metric],
         "markdown_table": tabulate(table.body("md"), headers=table.header(), tablefmt="pipe", disable_numparse=True,
                                    colalign=["left"] + ["right"] * len(table.shown_columns())),
-        "latex_header": _latex_header_rows(table), "missing": MISSING, "not_applicable": NOT_APPLICABLE,
+        "missing": MISSING, "not_applicable": NOT_APPLICABLE,
         "costs": {v: COST_VALUES[v][0] for v in suite.spec.table.values if v in COST_VALUES},
         "notes": notes(suite),
     }
+    context["latex_scaled"] = any(part["scaled"] for part in context["latex_parts"])
     return {ext: env.get_template(f"report.{ext}.j2").render(**context) for ext in ("md", "tex")}
 
 
