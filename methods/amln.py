@@ -251,6 +251,14 @@ class AMLN(Method):
     HParams = AMLNParams
     min_peers = 2
 
+    @classmethod
+    def report_notes(cls, hp: AMLNParams, cell) -> list[str]:
+        if hp.update != "joint":
+            return []
+        return ["AMLN updates its peers jointly (every peer once per step, then one discriminator step and one step "
+                "of the peers on the sum of their losses), where the paper's Algorithm 1 updates S1, then S2; "
+                "update: sequential follows the algorithm"]
+
     # --- structure -------------------------------------------------------------------------------------
     def block_maps(self, features: adapter.Features) -> list[torch.Tensor]:
         """f^1..f^B: the last ``blocks`` stage outputs (every stage after the stem by default)."""

@@ -537,3 +537,22 @@ def test_a_report_with_no_finished_cell_says_so_not_zero_seeds(tmp_path, write_s
     for kind in ("md", "tex"):
         text = paths[kind].read_text()
         assert "no cell finished yet" in text and "0 seeds" not in text, kind
+
+
+def test_a_report_states_where_its_cells_differ_from_the_papers_text(write_suite, tmp_path):
+    """From one place each: timm's zero-initialised residual batch norm (the ImageNet ResNets), AMLN's joint update;
+    neither for CIFAR networks or a sequential AMLN."""
+    import timm
+
+    from tests.helpers import shipped_suite
+
+    said = notes(shipped_suite("amln_table4.yaml"))["deviations"]
+    assert any("ResNet-34 is timm's ResNet" in n and "γ = 0" in n for n in said)
+    assert any("Algorithm 1 updates S1, then S2" in n for n in said)
+    net = timm.create_model("resnet34")
+    assert float(net.layer1[0].bn2.weight.abs().sum()) == 0.0  # what the note says timm does
+    cifar = load_suite(write_suite(tiny_suite_dict(methods=[{"name": "amln", "update": "sequential"}])))
+    assert notes(cifar)["deviations"] == []
+    md = write_report(shipped_suite("amln_table4.yaml"), ResultStore(tmp_path / "r"), tmp_path / "rep",
+                      log=lambda *a: None)["md"].read_text()
+    assert "Differs from the paper's text: ResNet-34 is timm's ResNet" in md

@@ -36,6 +36,18 @@ def dataset_kind(dataset: str) -> str:
     return "imagenet" if dataset in IMAGENET_DATASETS else "cifar"
 
 
+def init_notes(model: str) -> list[str]:
+    """How the network ``model`` starts that differs from the torchvision networks the papers' code trained, in
+    words for a report's Notes (one home: every report reads it here)."""
+    from timm.models import is_model
+    from timm.models._registry import model_entrypoint
+
+    if not is_model(model) or model_entrypoint(model).__module__ != "timm.models.resnet":
+        return []
+    return [f"{display_name(model)} is timm's ResNet, whose last batch norm of every residual block starts at "
+            "γ = 0 (zero_init_last; torchvision's default, which the papers' code used, starts it at 1)"]
+
+
 def timm_name(paper_name: str, dataset: str) -> str | None:
     """The timm name of the table's network ``paper_name`` on ``dataset``, or None if there is none."""
     return PAPER_MODELS[dataset_kind(dataset)].get(paper_name)

@@ -15,12 +15,14 @@ from jinja2 import Environment, FileSystemLoader
 from tabulate import tabulate
 
 from harness.data.fingerprint import describe as describe_fingerprint
+from harness.models.zoo import init_notes
 from harness.papers.tables import load_paper_table, paper_lookup
 from harness.reporting.frames import COST_VALUES, epoch_text, report_cells, stage_value_cells, trial_frame
 from harness.reporting.latex import (TEXT_WIDTH_PT, _latex_escape, _latex_header_rows, _latex_minus, latex_parts,
                                      latex_width, paper_style, part_width)
 from harness.results.store import ResultStore
 from harness.suite.schema import Suite
+from harness.training.method import load_methods
 
 TEMPLATES = Path(__file__).with_name("templates")
 METRIC_TEXT = {"top1": "Top-1 test accuracy", "top5": "Top-5 test accuracy", "top1_error": "Top-1 test error",
@@ -319,6 +321,14 @@ def notes(suite: Suite) -> dict:
             why_epoch = clause.strip().startswith(("best epoch", "last epoch"))  # which epoch the table shows, and why
             if (stated or why_epoch) and clause.strip() not in assumed:
                 assumed.append(clause.strip())
+    deviations: list[str] = []  # what the cells do otherwise than their papers' text, in the code's own words
+    methods = load_methods()
+    for cell in suite.plan.everything:
+        cls = methods.get(cell.method)
+        for note in [*cls.report_notes(cls.HParams.model_validate(cell.hparams), cell),
+                     *(n for model in cell.group for n in init_notes(model))]:
+            if note not in deviations:
+                deviations.append(note)
     resources = suite.spec.resources
     if resources.replicas > 1:
         batches = sorted({c.recipe["batch_size"] for c in suite.cells})
@@ -335,7 +345,7 @@ def notes(suite: Suite) -> dict:
             header.append(line[1:].removeprefix(" "))
     except OSError:
         pass
-    return {"assumed": assumed, "header": "\n".join(header).strip(), "file": str(suite.path)}
+    return {"assumed": assumed, "deviations": deviations, "header": "\n".join(header).strip(), "file": str(suite.path)}
 
 
 def _recipe_text(recipe: dict) -> str:

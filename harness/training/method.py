@@ -255,6 +255,12 @@ class Method:
         return {}
 
     @classmethod
+    def report_notes(cls, hp: HParams, cell) -> list[str]:
+        """What a report of ``cell`` must say because this method's setting differs from its paper's text (a
+        deliberate deviation, in words); none by default.  Each is stated once, here, and reaches every report."""
+        return []
+
+    @classmethod
     def analysis_roles(cls, hp: HParams, cell) -> dict:
         """Stages whose networks ``harness analyze`` compares with this cell's network, by role (``teacher``,
         ``proxy``); none by default, so the cell is not analysed."""
