@@ -56,6 +56,7 @@ class FitNetParams(OnlineFeatureParams):
 
 @register_method("dml_fitnet")
 class DMLFitNet(OnlineFeatureKD):
+    display = "DML+FitNet"
     HParams = FitNetParams
     term = "hint"
 

@@ -10,6 +10,7 @@ from harness.training.method import Method, register_method
 class Independent(Method):
     """Each network of the group learns only from the labels; the group's ensemble is still evaluated."""
 
+    display = "Ind"  # TSB's and KDCL's name; an offline table's rows say Teacher and Student
     trains_alone = True
     stackable = True
 

@@ -154,6 +154,7 @@ def semckd_loss(values, targets, attention: torch.Tensor) -> torch.Tensor:
 class SemCKD(OfflineMethod):
     """Cross-layer distillation with a per-sample attention over the teacher's stages."""
 
+    display = "SemCKD"
     HParams = SemCKDParams
 
     def build(self) -> nn.ModuleDict:

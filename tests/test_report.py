@@ -556,3 +556,18 @@ def test_a_report_states_where_its_cells_differ_from_the_papers_text(write_suite
     md = write_report(shipped_suite("amln_table4.yaml"), ResultStore(tmp_path / "r"), tmp_path / "rep",
                       log=lambda *a: None)["md"].read_text()
     assert "Differs from the paper's text: ResNet-34 is timm's ResNet" in md
+
+
+def test_rows_of_methods_read_as_the_papers_print_them(tmp_path):
+    """ACKD Table 2: the stage teacher's row is "Teacher", the network trained alone "Student", every other method
+    its card's display name (SemCKD, not SEMCKD); a method showing several outputs keeps "method / output"."""
+    from harness.training.method import load_methods
+    from tests.helpers import shipped_suite
+
+    table = build_table(shipped_suite("ackd_table2.yaml"), ResultStore(tmp_path / "empty"))
+    names = [row[0] for row in table.body("md")][::3 if table.paper_layout == "rows" else 1]
+    assert names[:4] == ["Teacher", "Student", "AT", "SP"] and "SemCKD" in names and "ACKD" in names
+    methods = load_methods()
+    assert methods.get("at_kd").display_name() == "AT+KD" and methods.get("dml_fitnet").display_name() == "DML+FitNet"
+    kdcl = build_table(shipped_suite("kdcl_table2.yaml"), ResultStore(tmp_path / "empty"))
+    assert [row[0] for row in kdcl.body("md")][0] == "ind / net1"

@@ -91,6 +91,7 @@ class Table:
     show_spread: bool = False  # ``evaluation.spread``: ± the standard deviation over seeds
     paper_delta: bool = True  # ``table.paper_delta``: ours − paper beside the paper's number
     paper_layout: str = "inline"  # ``table.paper_layout``: the paper's number in our cell, or its own column/row
+    row_names: dict = field(default_factory=dict)  # row key -> its name as the papers print it (Teacher, KD, ...)
 
     def parts(self, side: str) -> tuple:
         """The parts each row or column ("rows"/"columns") is split into: (None,) where a cell holds them all."""
@@ -130,6 +131,8 @@ class Table:
             if part not in (None, OURS):  # the paper's row under ours
                 return f"({'ours − paper' if part == DELTA else part})" if style != "tex" else \
                     ("\\quad " + ("$\\Delta$" if part == DELTA else part))
+            if r in self.row_names:
+                return _latex_escape(self.row_names[r]) if style == "tex" else self.row_names[r]
             if style != "tex":
                 return " / ".join(map(str, r))
             return _latex_escape(" / ".join(paper_style(k, v) for k, v in zip(self.row_keys, r)))
@@ -265,7 +268,7 @@ def build_table(suite: Suite, store: ResultStore, epoch: str | None = None, reco
     layout = spec.table.paper_layout
     table = Table(title, spec.table.rows, spec.table.columns, rows, columns, entries, paper is not None, trials, best,
                   records, when, footnotes, within, spec.evaluation.spread, spec.table.paper_delta,
-                  "inline" if layout == "auto" else layout)
+                  "inline" if layout == "auto" else layout, row_names(suite, rows))
     if layout == "auto" and table.with_paper and latex_width(table) > TEXT_WIDTH_PT:
         table.paper_layout = "rows"
     return table
@@ -346,6 +349,30 @@ def notes(suite: Suite) -> dict:
     except OSError:
         pass
     return {"assumed": assumed, "deviations": deviations, "header": "\n".join(header).strip(), "file": str(suite.path)}
+
+
+def row_names(suite: Suite, rows: list[tuple]) -> dict[tuple, str]:
+    """Rows of methods named as the papers print them: the stage teacher's row "Teacher", the other outputs of its
+    method (the network trained alone) "Student", and a method that shows one output by its display name (its
+    card's, or the suite's own label); a method showing several outputs keeps "method / output"."""
+    table = suite.spec.table
+    if table.rows[:1] != ["method"]:
+        return {}
+    teacher = {key for key, role in table.stage_values.items() if role == "teacher"}
+    method_of = {c.label: c.method for c in suite.cells}
+    methods = load_methods()
+    names = {}
+    for r in rows:
+        where = dict(zip(table.rows, r))
+        label, value = where["method"], where.get("value")
+        shown = table.method_values.get(label, table.method_values.get("*", table.values))
+        if f"{label}/{value}" in teacher:
+            names[r] = "Teacher"
+        elif any(key.split("/")[0] == label for key in teacher):
+            names[r] = "Student"
+        elif (value is None or len(shown) == 1) and len(r) <= 2:
+            names[r] = label if label != method_of.get(label) else methods.get(label).display_name()
+    return names
 
 
 def _recipe_text(recipe: dict) -> str:

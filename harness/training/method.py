@@ -107,6 +107,8 @@ class Method:
     """K peers created by name from the cell's group, trained on the sum of the terms :meth:`losses` returns."""
 
     name: ClassVar[str] = ""
+    # how its papers print it in a table ("AT+KD", "SemCKD"); by default the registry name in capitals, "_" as "+"
+    display: ClassVar[str] = ""
     HParams: ClassVar[type[HParams]] = HParams
     min_peers: ClassVar[int] = 1
     max_peers: ClassVar[int | None] = None
@@ -253,6 +255,10 @@ class Method:
         The method gets their networks through ``ctx.load_stage(name)``.
         """
         return {}
+
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.display or cls.name.upper().replace("_", "+")
 
     @classmethod
     def report_notes(cls, hp: HParams, cell) -> list[str]:
