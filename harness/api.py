@@ -12,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def load_suite(path: str | Path, *overrides: str, smoke: bool = False, data_root: str | None = None):
-    """A validated suite with ``key=value`` overrides applied (``--smoke``'s scale-down if asked)."""
+def load_suite(path: str | Path, *overrides: str, smoke: bool = False, data_root: str | None = None,
+               plugins: list[str] | tuple = ()):
+    """A validated suite with ``key=value`` overrides applied (``--smoke``'s scale-down if asked); ``plugins``:
+    modules or .py files registering methods, models or datasets, besides the suite's ``plugins:``."""
     from harness.suite.schema import load_suite as load
     from harness.suite.smoke import smoke_suite
 
-    suite = load(path, list(overrides))
+    suite = load(path, list(overrides), plugins)
     return smoke_suite(suite, data_root) if smoke else suite
 
 

@@ -50,6 +50,13 @@ OVERRIDES_HELP = ("key=value changes to the suite file, validated like it and re
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    _add_plugins(p)
+
+
+def _add_plugins(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugins", nargs="+", default=[], metavar="MODULE|FILE.py",
+                   help="modules or .py files that register your own methods, models or datasets (besides the "
+                        "suite's plugins: key and installed packages' okd_harness.* entry points)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("suites", nargs="+", help="suite files, then any key=value overrides for all of them")
     validate.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
                           help="a store whose finished GPU trials give the rate of the cost estimate (default: results)")
+    _add_plugins(validate)
 
     report = sub.add_parser("report", help="aggregate finished cells into Markdown and LaTeX tables")
     report.add_argument("suite")
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "on a CPU the checks it allows, and what it skipped)")
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
+    _add_plugins(lister)
     return parser
 
 
@@ -158,7 +167,7 @@ def cmd_validate(args) -> int:
     overrides = [a for a in args.suites if "=" in a and not Path(a).exists()]
     for path in [a for a in args.suites if a not in overrides]:
         try:
-            suite = load_suite(path, overrides)
+            suite = load_suite(path, overrides, args.plugins)
         except SuiteError as e:
             print(e, file=sys.stderr)
             status = 2
@@ -229,7 +238,8 @@ def _bound(suite, store, args):
 def _load(args):
     from harness.api import load_suite
 
-    return load_suite(args.suite, *getattr(args, "overrides", []), smoke=args.smoke, data_root=args.data_root)
+    return load_suite(args.suite, *getattr(args, "overrides", []), smoke=args.smoke, data_root=args.data_root,
+                      plugins=getattr(args, "plugins", []))
 
 
 def cmd_status(args) -> int:
@@ -337,15 +347,18 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from harness.registry import load_plugin
     from harness.reporting.listing import listing
 
+    for spec in args.plugins:
+        load_plugin(spec)
     print(listing(args.what))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from harness.data.datasets import DatasetError
-    from harness.registry import UnknownName
+    from harness.registry import NameClash, PluginError, UnknownName
     from harness.results.location import StorageError
     from harness.scheduling.runner import ResourceError
     from harness.suite.schema import SuiteError
@@ -358,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except (SuiteError, DatasetError, UnknownName, StageError, ResourceError,
-            StorageError) as e:
+            StorageError, PluginError, NameClash) as e:
         print(f"error: {e}" if not isinstance(e, SuiteError) else str(e), file=sys.stderr)
         return 2
 

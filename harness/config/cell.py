@@ -40,6 +40,9 @@ class Cell:
     # ``position`` (0-based) it is; cosmetic, not hashed: the same cell serves every row that has the network
     row: tuple[str, ...] | None = field(default=None, compare=False)
     position: int = field(default=0, compare=False)
+    # the plug-ins its method, networks and dataset come from ("<module or file>@<source SHA-256>"): hashed, so that
+    # results of two versions of a plug-in never mix; empty for built-in entries (their code is the harness's)
+    plugins: tuple[str, ...] = ()
 
     def identity(self) -> dict:
         """What defines the result: every field that changes the numbers, and nothing else."""
@@ -54,6 +57,8 @@ class Cell:
         }
         if self.stop_epoch is not None:  # absent otherwise, so that earlier hashes stay valid
             ident["stop_epoch"] = self.stop_epoch
+        if self.plugins:  # likewise
+            ident["plugins"] = list(self.plugins)
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.recipe.get("peer_lr") or {} for name in self.group):
             ident["peer_lr_reaches"] = "followers"  # since 2026-12-01 also the extra modules that follow a network
         if any(name.startswith("cifar_mobilenetv2") for name in self.group):
@@ -86,9 +91,14 @@ class Cell:
             del out["row"], out["position"]
         else:
             out["row"] = list(self.row)
+        if self.plugins:
+            out["plugins"] = list(self.plugins)
+        else:
+            del out["plugins"]
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Cell":
         row = data.get("row")
-        return cls(**{**data, "group": tuple(data["group"]), "row": tuple(row) if row else None})
+        return cls(**{**data, "group": tuple(data["group"]), "row": tuple(row) if row else None,
+                      "plugins": tuple(data.get("plugins") or ())})

@@ -8,6 +8,7 @@ from tabulate import tabulate
 
 from harness.config.recipe import Recipe, load_presets, resolve_recipe
 from harness.data.datasets import DATASETS
+from harness.registry import origin, plugin_of
 from harness.training.method import load_methods
 
 HARNESS_MODEL_PREFIX = "cifar_"
@@ -33,14 +34,15 @@ def list_methods() -> str:
         peers = f"{cls.min_peers}..{cls.max_peers or 'K'}"
         doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
         summary = doc.strip().splitlines()[0] if doc.strip() else ""
-        rows.append([name, peers, hparams, summary])
-    return tabulate(rows, headers=["method", "networks", "hyper-parameters = defaults", "what it is"],
-                    maxcolwidths=[None, None, None, 48])
+        rows.append([name, peers, hparams, summary, origin(cls)])
+    return tabulate(rows, headers=["method", "networks", "hyper-parameters = defaults", "what it is", "from"],
+                    maxcolwidths=[None, None, None, 48, 40])
 
 
 def list_models() -> str:
     """Every network the tables name, at its dataset's resolution: parameters and FLOPs."""
     import timm
+    from timm.models._registry import model_entrypoint
 
     from harness.costs.networks import flops, parameters
     from harness.models.zoo import PAPER_MODELS, RESOLUTION
@@ -51,18 +53,24 @@ def list_models() -> str:
         for paper, name in PAPER_MODELS[kind].items():
             by_model.setdefault(name, []).append(paper)
         extra = [n for n in timm.list_models(f"{HARNESS_MODEL_PREFIX}*") if kind == "cifar" and n not in by_model]
+        if kind == "cifar":  # networks a plug-in registered in timm
+            extra += [n for n in timm.list_models() if n not in by_model and n not in extra
+                      and plugin_of(model_entrypoint(n))]
         for name in list(by_model) + extra:
             model = timm.create_model(name, num_classes=classes)
             size = (3, *RESOLUTION[kind])
             rows.append([name, ", ".join(by_model.get(name, [])), "x".join(map(str, size)), classes,
-                         f"{parameters(model) / 1e6:.2f}", f"{flops(model, size) / 2e9:.3f}"])
+                         f"{parameters(model) / 1e6:.2f}", f"{flops(model, size) / 2e9:.3f}",
+                         origin(model_entrypoint(name))])
     return tabulate(rows, headers=["model", "paper names", "input", "classes", "params (M)",
-                                   "GMACs ('FLOPs' in papers)"])
+                                   "GMACs ('FLOPs' in papers)", "from"])
 
 
 def list_datasets() -> str:
-    rows = [[name, (fn.__doc__ or "").strip().splitlines()[0]] for name, fn in DATASETS.items()]
-    return tabulate(rows, headers=["dataset", "what it is"])
+    load_methods()  # and the installed plug-ins' datasets
+    rows = [[name, (fn.__doc__ or "").strip().splitlines()[0] if (fn.__doc__ or "").strip() else "", origin(fn)]
+            for name, fn in DATASETS.items()]
+    return tabulate(rows, headers=["dataset", "what it is", "from"])
 
 
 def list_recipes() -> str:

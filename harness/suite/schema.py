@@ -6,6 +6,7 @@ Every mistake is reported on one line: the file, the key path, the bad value and
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from harness.suite.consistency import (_check_groups, _check_layout, _check_pape
                                        _check_stages)
 from harness.suite.overrides import OverrideError, apply_overrides
 from harness.suite.spec import Suite, SuiteError, SuiteSpec, _pydantic_lines, _unknown_keys
+from harness.registry import NameClash, PluginError, load_plugin, plugin_of
 from harness.training.method import load_methods
 
 def _expand_hparam_grid(hparams: dict) -> list[dict]:
@@ -94,6 +96,16 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None,
     return entries
 
 
+def _plugins_of(cell: Cell) -> tuple[str, ...]:
+    """The plug-ins (module or file, and its source's hash) that the cell's method, networks and dataset come from."""
+    from timm.models import is_model
+    from timm.models._registry import model_entrypoint
+
+    entries = [load_methods().get(cell.method), DATASETS.get(cell.dataset["name"])]
+    entries += [model_entrypoint(m) for m in cell.group if is_model(m)]
+    return tuple(sorted({p for p in map(plugin_of, entries) if p}))
+
+
 def _resolved_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict | None:
     """A recipe (preset name or mapping) resolved and validated: the suite's, or a method entry's own (its paper's,
     in a suite comparing methods each under its own recipe); None, with the errors listed, when it is invalid."""
@@ -107,14 +119,26 @@ def _resolved_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict 
     return None
 
 
-def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
-    """Parse, validate and expand a suite file, with command-line ``key=value`` overrides applied to it first;
-    raises :class:`SuiteError` listing every problem."""
+def load_suite(path: str | Path, overrides: list[str] | tuple = (), plugins: list[str] | tuple = ()) -> Suite:
+    """Parse, validate and expand a suite file, with command-line ``key=value`` overrides applied to it first and
+    its plug-ins (``plugins:``, and ``plugins`` from the command line) imported; raises :class:`SuiteError` listing
+    every problem."""
     path = Path(path)
     try:
         raw = apply_overrides(dict(read_yaml_mapping(path, "suite file")), list(overrides))
     except (YamlFileError, OverrideError) as e:
         raise SuiteError([f"{path}: {e}" if isinstance(e, OverrideError) else str(e)]) from None
+    named = raw.get("plugins") or []
+    if not isinstance(named, list) or not all(isinstance(p, str) for p in named):
+        raise SuiteError([f"{path}: plugins: expected a list of module names or .py files, got {named!r}"])
+    try:
+        for spec in named:
+            load_plugin(spec, path.parent)
+        for spec in plugins:
+            load_plugin(spec)
+        load_methods()  # and every installed plug-in's entry points
+    except (PluginError, NameClash) as e:
+        raise SuiteError([f"{path}: plugins: {e}"]) from None
     if isinstance(raw.get("dataset"), str):
         raw["dataset"] = {"name": raw["dataset"]}
     errors: list[str] = []
@@ -164,6 +188,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = ()) -> Suite:
                               for i, model in enumerate(group)]
                 else:
                     cells.append(Cell(group=tuple(group), **common))
+            cells = [dataclasses.replace(c, plugins=_plugins_of(c)) for c in cells]
         _check_stages(cells, spec.methods, errors)
         if spec.resources.stack_seeds and any(c.recipe.get("precision") == "fp16" for c in cells):
             errors.append("resources.stack_seeds: a recipe trains in fp16, whose loss scale would be shared by "

@@ -211,6 +211,7 @@ class SuiteSpec(Strict):
     evaluation: Evaluation = Evaluation()
     table: Layout = Layout()
     paper_table: PaperTableRef | None = None
+    plugins: list[str] = []  # modules or .py files (relative to the suite file) that register methods, models, datasets
 
     @field_validator("name")
     @classmethod

@@ -376,7 +376,11 @@ def register_method(name: str):
 
 
 def load_methods() -> Registry[type[Method]]:
-    """Import the ``methods`` package (each module registers itself) and return the registry."""
+    """Import the ``methods`` package (each module registers itself) and every installed plug-in (entry points of
+    methods, models and datasets), and return the registry."""
     import methods  # noqa: F401
+    from harness.registry import ENTRY_POINT_GROUPS, load_entry_points
 
+    for kind in ENTRY_POINT_GROUPS:
+        load_entry_points(kind)
     return METHODS
