@@ -73,3 +73,28 @@ def test_fast_pipeline_refuses_what_it_cannot_do(tmp_path):
     auto = Cell(**{**cell.to_dict(), "group": ("cifar_resnet8",),
                    "dataset": {**cell.dataset, "pipeline": "auto"}})
     assert Trainer(auto).inputs.pipeline == "standard"
+
+
+def test_a_stated_image_size_is_honoured_and_train_and_test_images_reach_the_network_alike(tmp_path):
+    """A folder of 96 × 96 JPEGs under a recipe of 32-pixel images with no random-resized crop: each image is
+    resized whole to 32 × 32 for training (then padded and cropped) and for testing; before, training saw 96-pixel
+    images (or 32-pixel patches of them) and the test a 32-pixel centre crop."""
+    from torchvision import transforms
+
+    write_tree(tmp_path, "train", ["a", "b"], 4, size=(96, 96))
+    write_tree(tmp_path, "val", ["a", "b"], 2, size=(96, 96))
+    recipe = {**TINY_RECIPE, "batch_size": 4, "augment": {"crop_padding": 0, "flip": False, "train_size": 32,
+                                                          "test_crop": 32}}
+    cell = Cell(method="ind", hparams={}, group=("cifar_resnet8",),
+                dataset={"name": "imagefolder", "root": str(tmp_path), "pipeline": "standard"}, recipe=recipe, seed=0)
+    trainer = Trainer(cell)
+    train = next(iter(trainer.train_batches.epoch(0)))
+    test = next(iter(trainer.inputs.test()))
+    assert train.x.shape[1:] == test.x.shape[1:] == (3, 32, 32)
+    first = sorted((tmp_path / "val" / "a").iterdir())[0]
+    whole = transforms.PILToTensor()(Image.open(first).convert("RGB").resize((32, 32), Image.BILINEAR)).float()
+    crop = transforms.PILToTensor()(transforms.CenterCrop(32)(Image.open(first).convert("RGB"))).float()
+    mean = torch.tensor(trainer.data.mean).view(3, 1, 1) * 255
+    std = torch.tensor(trainer.data.std).view(3, 1, 1) * 255
+    shown = test.x[0].float() * std + mean  # back to pixel values
+    assert (shown - whole).abs().max() < 1.0 and (shown - crop).abs().mean() > 10

@@ -43,6 +43,19 @@ def cutout_centre(h: int, w: int) -> torch.Tensor:
     return torch.stack([torch.randint(h, ()), torch.randint(w, ())])
 
 
+class ToSize:
+    """The whole image resized to ``size`` (h, w) where it is not that size already: the size a recipe states
+    (``train_size``, else ``test_crop``) is what the network sees, even where no crop or resize of the recipe would
+    get there (a folder of 384-pixel images under a 32-pixel recipe).  Deterministic; a no-op on images of that
+    size."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = (size[1], size[0])  # PIL's (width, height)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.size == self.size else image.resize(self.size, Image.BILINEAR)
+
+
 class ImageTransform:
     """One image's augmentation, cut where the data crosses to the device.  On the host: the PIL transforms (crop,
     resize, flip, colour jitter) give a uint8 tensor, then the per-image draws of the tensor steps are made in their
@@ -57,8 +70,10 @@ class ImageTransform:
         if train:
             if augment.random_resized_crop:
                 steps.append(transforms.RandomResizedCrop(augment.train_size or size[0]))
-            elif augment.crop_padding:
-                steps.append(transforms.RandomCrop(size, padding=augment.crop_padding))
+            else:
+                steps.append(ToSize(size))
+                if augment.crop_padding:
+                    steps.append(transforms.RandomCrop(size, padding=augment.crop_padding))
             if augment.flip:
                 steps.append(transforms.RandomHorizontalFlip())
             if augment.color_jitter:
@@ -66,6 +81,8 @@ class ImageTransform:
         else:
             if augment.test_resize:
                 steps.append(transforms.Resize(augment.test_resize))  # an int: the shorter side; (h, w): exactly
+            else:  # no resize stated: the test images reach the network at the training size, whole
+                steps.append(ToSize(size))
             if augment.test_crop:
                 steps.append(transforms.CenterCrop(augment.test_crop))
         self.pil = transforms.Compose([*steps, transforms.PILToTensor()])
