@@ -71,7 +71,7 @@ def check_every_method(device: torch.device, precision: str, results: Path, meth
     losses, no device mismatch (a CPU tensor in a CUDA computation raises)."""
     from harness.training.engine import Runtime, Trainer
     from harness.training.method import Step, load_methods
-    from harness.training.stages import train_stages_in_process
+    from harness.training.engine import train_stages_in_process
 
     failed, names = [], sorted(methods or load_methods())
     for name in names:

@@ -186,7 +186,7 @@ def train_stages(cell, results_dir):
     ``results_dir`` as the trainable does; returns the Runtime that lets a Trainer of ``cell`` find them."""
     from harness.results.store import ResultStore
     from harness.training.engine import Runtime
-    from harness.training.stages import train_stages_in_process
+    from harness.training.engine import train_stages_in_process
 
     train_stages_in_process(cell, results_dir)
     return Runtime(results=str(ResultStore(results_dir).root))

@@ -86,6 +86,13 @@ def test_a_plugins_source_enters_the_hash_of_the_cells_that_use_it(tmp_path):
     after = {c.method: c for c in load_suite(plugin_suite(first, ["my_plugin.py"], "smoothed_v", "net_v")).cells}
     assert before["smoothed_v"].hash != after["smoothed_v"].hash and before["ind"].hash != after["ind"].hash
     assert before["smoothed_v"].plugins != after["smoothed_v"].plugins
+    # a teacher stage of a plug-in network (KD's `ind` teacher) carries the plug-in as well
+    suite = {"name": "kd_plug", "dataset": TINY_DATA, "groups": [["net_v", "net_v"]], "methods": ["kd"],
+             "seeds": [0], "recipe": TINY_RECIPE, "resources": {"cpu": 1}, "plugins": ["my_plugin.py"]}
+    (first / "kd.yaml").write_text(yaml.safe_dump(suite))
+    plan = load_suite(first / "kd.yaml").plan
+    teacher = next(c for c in plan.everything if c.label == "teacher")
+    assert teacher.method == "ind" and teacher.plugins == after["ind"].plugins
 
 
 def test_an_installed_packages_entry_points_register_and_harness_list_says_where_from(tmp_path, monkeypatch,

@@ -20,7 +20,8 @@ from harness.suite.consistency import (_check_groups, _check_layout, _check_pape
                                        _check_stages)
 from harness.suite.overrides import OverrideError, apply_overrides
 from harness.suite.spec import Suite, SuiteError, SuiteSpec, _pydantic_lines, _unknown_keys
-from harness.registry import NameClash, PluginError, load_plugin, plugin_of
+from harness.registry import NameClash, PluginError, load_plugin
+from harness.training.stages import cell_plugins
 from harness.training.method import load_methods
 
 def _expand_hparam_grid(hparams: dict) -> list[dict]:
@@ -94,16 +95,6 @@ def _method_entries(raw_methods, errors: list[str], presets: dict | None = None,
     for label in sorted({l for l in labels if labels.count(l) > 1}):
         errors.append(f"methods: label {label!r} is used twice; give one entry a distinct 'label'")
     return entries
-
-
-def _plugins_of(cell: Cell) -> tuple[str, ...]:
-    """The plug-ins (module or file, and its source's hash) that the cell's method, networks and dataset come from."""
-    from timm.models import is_model
-    from timm.models._registry import model_entrypoint
-
-    entries = [load_methods().get(cell.method), DATASETS.get(cell.dataset["name"])]
-    entries += [model_entrypoint(m) for m in cell.group if is_model(m)]
-    return tuple(sorted({p for p in map(plugin_of, entries) if p}))
 
 
 def _resolved_recipe(raw, presets: dict, where: str, errors: list[str]) -> dict | None:
@@ -188,7 +179,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = (), plugins: lis
                               for i, model in enumerate(group)]
                 else:
                     cells.append(Cell(group=tuple(group), **common))
-            cells = [dataclasses.replace(c, plugins=_plugins_of(c)) for c in cells]
+            cells = [dataclasses.replace(c, plugins=cell_plugins(c)) for c in cells]
         _check_stages(cells, spec.methods, errors)
         if spec.resources.stack_seeds and any(c.recipe.get("precision") == "fp16" for c in cells):
             errors.append("resources.stack_seeds: a recipe trains in fp16, whose loss scale would be shared by "

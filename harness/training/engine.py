@@ -25,6 +25,7 @@ from harness.data.fingerprint import describe as describe_fingerprint, fingerpri
 from harness.data.inputs import build_inputs
 from harness.training.loop import Loop, NonFiniteLoss, UnexercisedTerm, summarize  # noqa: F401  (the engine's names)
 from harness.training.method import MethodContext, OptimGroup, Step, load_methods
+from harness.training.stages import stages_of, waves
 from harness.training.parallel import OneUpdateOfRunningStats, Replicas, SharedStep, reduce_gradients, settle_scale
 
 
@@ -142,7 +143,7 @@ class Trainer(Loop):
             create_model=lambda name: timm.create_model(name, num_classes=data.num_classes, in_chans=data.in_chans),
             validation=self.inputs.validation, gather=self.gather_rows,
         )
-        self.stages = method_cls.stages(hparams, cell)
+        self.stages = stages_of(cell)  # as the plan has them (a plug-in network's teacher carries its plug-in)
         self.stage_provenance: dict[str, dict] = {}
         self._stage_modules: dict[str, dict] = {}
         ctx.load_stage = self._load_stage
@@ -400,3 +401,19 @@ class Trainer(Loop):
                 f"step of its {len(self.history)} epochs, so this run did not exercise them (a warm-up or ramp-up "
                 "longer than the run?)")
 
+
+def train_stages_in_process(cell: Cell, results) -> None:
+    """Train, in this process and without Ray, every stage ``cell`` needs (its teachers, recursively) that the
+    local result store ``results`` does not hold yet, and save their networks there as a run's trial does; a
+    Trainer of ``cell`` with ``Runtime(results=...)`` then finds them (``harness doctor``, the tests)."""
+    from harness.results.store import ResultStore
+
+    store = ResultStore(results)
+    runtime = Runtime(results=str(store.root))
+    for wave in waves([cell])[:-1]:
+        for stage_cell in wave:
+            path = store.weights_path(stage_cell.hash)
+            if not path.is_file():
+                trainer = Trainer(stage_cell, runtime)
+                trainer.run()
+                trainer.save_weights(path)

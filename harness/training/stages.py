@@ -9,7 +9,7 @@ what nothing depends on being unfinished, before the cells that need them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.config.cell import Cell
 from harness.results.weights import StageError  # also what a method raises about its stages
@@ -28,12 +28,30 @@ class Stage:
         return self.cell.describe() if self.cell else f"checkpoint {self.checkpoint}"
 
 
+def cell_plugins(cell: Cell) -> tuple[str, ...]:
+    """The plug-ins (module or file, and its source's hash) the cell's method, networks and dataset come from."""
+    from timm.models import is_model
+    from timm.models._registry import model_entrypoint
+
+    from harness.data.image_data import DATASETS
+    from harness.registry import plugin_of
+    from harness.training.method import load_methods
+
+    entries = [load_methods().get(cell.method)] + [model_entrypoint(m) for m in cell.group if is_model(m)]
+    if cell.dataset["name"] in DATASETS:
+        entries.append(DATASETS.get(cell.dataset["name"]))
+    return tuple(sorted({p for p in map(plugin_of, entries) if p}))
+
+
 def stages_of(cell: Cell) -> dict[str, Stage]:
-    """The named stages ``cell`` needs, as its method declares them."""
+    """The named stages ``cell`` needs, as its method declares them; a stage cell of a plug-in's network (or
+    method) carries that plug-in, as any cell does."""
     from harness.training.method import load_methods
 
     method_cls = load_methods().get(cell.method)
-    return method_cls.stages(method_cls.HParams.model_validate(cell.hparams), cell)
+    stages = method_cls.stages(method_cls.HParams.model_validate(cell.hparams), cell)
+    return {name: replace(s, cell=replace(s.cell, plugins=cell_plugins(s.cell))) if s.cell is not None else s
+            for name, s in stages.items()}
 
 
 def waves(cells: list[Cell]) -> list[list[Cell]]:
@@ -58,20 +76,3 @@ def waves(cells: list[Cell]) -> list[list[Cell]]:
         out[d].append(by_hash[h])
     return out
 
-
-def train_stages_in_process(cell: Cell, results) -> None:
-    """Train, in this process and without Ray, every stage ``cell`` needs (its teachers, recursively) that the
-    local result store ``results`` does not hold yet, and save their networks there as a run's trial does; a
-    Trainer of ``cell`` with ``Runtime(results=...)`` then finds them (``harness doctor``, the tests)."""
-    from harness.results.store import ResultStore
-    from harness.training.engine import Runtime, Trainer
-
-    store = ResultStore(results)
-    runtime = Runtime(results=str(store.root))
-    for wave in waves([cell])[:-1]:
-        for stage_cell in wave:
-            path = store.weights_path(stage_cell.hash)
-            if not path.is_file():
-                trainer = Trainer(stage_cell, runtime)
-                trainer.run()
-                trainer.save_weights(path)
