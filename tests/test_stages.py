@@ -11,7 +11,7 @@ from harness.config.cell import Cell
 from harness.results.store import ResultStore
 from harness.results.weights import load_networks, save_networks
 from harness.suite.schema import SuiteError, load_suite
-from harness.training.engine import Trainer
+from harness.training.engine import Runtime, Trainer
 from harness.training.stages import StageError, stages_of, waves
 from tests.helpers import harness_main, records, TINY_RECIPE, tiny_suite_dict, train_stages
 
@@ -178,3 +178,59 @@ def test_teacher_trained_once_for_two_students_through_ray_its_damaged_files_rep
     third = run()
     assert "2 cells + 1 stage cells (teachers), 0 finished already, 3 to run" in third, third
     assert len([r for r in records(results).values() if r["cell"]["method"] == "ind"]) == 2
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving a folder (no internet in the tests): (folder, base URL)."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_teacher_from_a_url_is_downloaded_once_checked_and_recorded(tmp_path, http_folder, monkeypatch,
+                                                                     write_suite):
+    """A RepDistiller-style teacher file ({"model": state_dict}) served over HTTP: the suite must give its SHA-256
+    (one line otherwise); the student loads it from the cache, the provenance keeps the URL and the hash; a file
+    whose hash does not match is one line and is not kept."""
+    import timm
+
+    from harness.results.weights import file_sha256
+
+    folder, base = http_folder
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    teacher = timm.create_model("cifar_resnet14", num_classes=10, in_chans=1)
+    torch.save({"model": teacher.state_dict(), "epoch": 240}, folder / "resnet14.pth")
+    digest = file_sha256(folder / "resnet14.pth")
+    url = f"{base}/resnet14.pth"
+    raw = tiny_suite_dict(groups=[["cifar_resnet14", "cifar_resnet8"]], dataset=DATA,
+                          methods=[{"name": "kd", "teacher_checkpoint": url}])
+    with pytest.raises(SuiteError) as info:
+        load_suite(write_suite(raw))
+    assert any("teacher_checkpoint: a teacher from a URL needs its SHA-256" in line for line in info.value.lines)
+    raw["methods"][0]["teacher_sha256"] = digest
+    cell = load_suite(write_suite(raw)).cells[0]
+    trainer = Trainer(cell, Runtime(device="cpu", results=str(tmp_path / "results")))
+    provenance = trainer.stage_provenance["teacher"]
+    assert provenance["url"] == url and provenance["sha256"] == digest
+    assert (tmp_path / "cache" / "teachers" / f"{digest}.pt").is_file()
+    loaded = trainer.method.modules["teacher"]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), teacher.state_dict().values()))
+    (folder / "other.pth").write_bytes(b"not the teacher")
+    bad = {**raw, "methods": [{"name": "kd", "teacher_checkpoint": f"{base}/other.pth", "teacher_sha256": "0" * 64}]}
+    with pytest.raises(StageError) as info:
+        Trainer(load_suite(write_suite(bad)).cells[0], Runtime(device="cpu", results=str(tmp_path / "results")))
+    assert "\n" not in str(info.value) and "was not kept" in str(info.value)
+    assert not list((tmp_path / "cache" / "teachers").glob("0000*")) and not list(
+        (tmp_path / "cache" / "teachers").glob("*.part"))

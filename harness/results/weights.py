@@ -72,15 +72,56 @@ def _state_dicts(payload, path: Path, models: tuple[str, ...]) -> list[tuple[str
                      f"state_dict for {', '.join(models) or 'a named model'})")
 
 
+def is_url(source: str | Path) -> bool:
+    return str(source).startswith(("https://", "http://"))
+
+
+def cache_folder() -> Path:
+    """Where downloaded teachers are kept: ``$HARNESS_CACHE``, else the user's cache folder."""
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "okd-harness")
+
+
+def fetch(url: str, sha256: str | None) -> Path:
+    """The file at ``url``, downloaded once into the cache (named by its SHA-256, which is required and checked: a
+    download that does not match is one line and is not kept)."""
+    import urllib.request
+
+    if not sha256:
+        raise StageError(f"{url}: a teacher from a URL needs its SHA-256 (teacher_sha256), so that a changed or "
+                         "damaged file is never used")
+    target = cache_folder() / "teachers" / f"{sha256.lower()}.pt"
+    if target.is_file() and file_sha256(target) == sha256.lower():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        digest = file_sha256(partial)
+        if digest != sha256.lower():
+            raise StageError(f"{url}: the downloaded file's SHA-256 is {digest}, not the expected {sha256}; it was "
+                             "not kept (a damaged download, or another file at that address)")
+        os.replace(partial, target)
+    except OSError as e:
+        raise StageError(f"{url}: cannot download the teacher ({type(e).__name__}: {e})") from None
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
 def load_networks(path: str | Path, models: tuple[str, ...] = (), sha256: str | None = None,
                   num_classes: int | None = None, in_chans: int | None = None) -> tuple[list[nn.Module], dict]:
-    """The networks saved in ``path``, created by name through timm and loaded, frozen, in eval mode; and
-    their provenance (file, SHA-256, the cell that trained them)."""
+    """The networks saved in ``path`` (a file, or an ``https://`` URL with its SHA-256, downloaded once into the
+    cache), created by name through timm and loaded, frozen, in eval mode; and their provenance (file or URL,
+    SHA-256, the cell that trained them)."""
     import timm
 
     import harness.models  # noqa: F401
 
-    path = Path(path)
+    source = str(path)
+    path = fetch(source, sha256) if is_url(source) else Path(path)
     if not path.is_file():
         raise StageError(f"{path}: stage weights not found; run the suite again to train the stage, or fix the "
                          "checkpoint path")
@@ -111,5 +152,5 @@ def load_networks(path: str | Path, models: tuple[str, ...] = (), sha256: str | 
         net.requires_grad_(False).eval()
         networks.append(net)
     provenance = {"file": str(path), "sha256": digest, "cell_hash": meta.get("cell_hash"),
-                  "modules": meta.get("modules", {})}
+                  "modules": meta.get("modules", {}), **({"url": source} if is_url(source) else {})}
     return networks, provenance

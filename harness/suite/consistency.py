@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from harness.config.cell import Cell, hashed_recipe
 from harness.registry import did_you_mean
+from harness.results.weights import is_url
 from harness.suite.spec import Resources, SuiteSpec, _pydantic_lines
 from harness.training.method import load_methods
 
@@ -193,7 +194,12 @@ def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
             errors.append(f"{where(cell)}.{e}")
             continue
         for stage in stages.values():
+            key = next((k for k, v in cell.hparams.items() if v == stage.checkpoint), "checkpoint")
+            if stage.checkpoint and is_url(stage.checkpoint):
+                if not stage.sha256:
+                    errors.append(f"{where(cell)}.{key}: a teacher from a URL needs its SHA-256 (teacher_sha256: the "
+                                  "file's 64 hex digits), so that a changed or damaged download is never used")
+                continue
             if stage.checkpoint and not Path(stage.checkpoint).expanduser().is_file():
-                key = next((k for k, v in cell.hparams.items() if v == stage.checkpoint), "checkpoint")
                 errors.append(f"{where(cell)}.{key}: no such file {stage.checkpoint!r}; give the path of a saved "
                               "network (the harness's results/weights/<hash>.pt or a state_dict file)")
