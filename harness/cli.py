@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-root", default=None, help="as given to 'harness run'")
     sub.add_parser("doctor", help="check this machine's GPU path (PASS/FAIL per check, sized for 10 min on one GPU; "
                                   "on a CPU the checks it allows, and what it skipped)")
+    data = sub.add_parser("data", help="datasets here: 'harness data check' says which load, from where, and their "
+                                       "fingerprints")
+    data.add_argument("action", choices=["check"])
+    data.add_argument("names", nargs="*", help="datasets to check (default: every registered one)")
+    data.add_argument("--data-root", default=None, help="folder with the datasets (default: $HARNESS_DATA_ROOT)")
+    _add_plugins(data)
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
     _add_plugins(lister)
@@ -346,6 +352,21 @@ def cmd_doctor(args) -> int:
     return run_doctor()
 
 
+def cmd_data(args) -> int:
+    """``harness data check``: one line per dataset; exit 1 where a dataset asked for by name is not here."""
+    from harness.data.fingerprint import data_check
+    from harness.registry import load_plugin
+    from harness.training.method import load_methods
+
+    for spec in args.plugins:
+        load_plugin(spec)
+    load_methods()  # and the installed plug-ins' datasets
+    results = data_check(args.names, args.data_root)
+    for name, present, what in results:
+        print(f"{name}: {'present' if present else 'missing'}: {what}")
+    return 1 if args.names and not all(present for _, present, _ in results) else 0
+
+
 def cmd_list(args) -> int:
     from harness.registry import load_plugin
     from harness.reporting.listing import listing
@@ -366,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,
-               "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench, "list": cmd_list,
+               "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench, "list": cmd_list, "data": cmd_data,
                "doctor": cmd_doctor}[args.command]
     try:
         return command(args)

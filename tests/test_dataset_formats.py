@@ -255,3 +255,23 @@ def test_tiny_imagenet_unreadable_and_wrong_size_images_are_named(tmp_path):
     one_line_error({"name": "tiny_imagenet"}, tmp_path, image, "32x32", "expected 64x64")
     image.write_bytes(b"\xff\xd8\xff truncated")
     one_line_error({"name": "tiny_imagenet"}, tmp_path, image, "PIL cannot open")
+
+
+def test_harness_data_check_says_what_is_here_from_where_with_its_fingerprint(tmp_path, capfd):
+    """One line per dataset: present (its images, classes and checksum, the checksum a record keeps) or missing (the
+    loader's own line, naming where it looked); exit 1 where a dataset asked for is missing; an unknown name is the
+    registry's one line."""
+    from harness.data.fingerprint import fingerprint
+    from tests.helpers import cli
+
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    checksum = fingerprint(load_dataset({"name": "cifar10"}, str(tmp_path)))["checksum"]
+    code, out, _ = cli(capfd, "data", "check", "cifar10", "fashion_mnist_mini", "--data-root", tmp_path)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 2
+    assert lines[0].startswith("cifar10: present: 40 training and 10 test images, 10 classes;") and checksum in lines[0]
+    assert lines[1].startswith("fashion_mnist_mini: present:")
+    code, out, _ = cli(capfd, "data", "check", "cifar100", "--data-root", tmp_path)
+    assert code == 1 and out.startswith("cifar100: missing: ") and str(tmp_path) in out and len(out.splitlines()) == 1
+    code, out, err = cli(capfd, "data", "check", "cifar1000")
+    assert code == 2 and "unknown dataset 'cifar1000' (did you mean 'cifar100'?)" in err

@@ -14,7 +14,7 @@ from pathlib import PurePath
 import numpy as np
 import torch
 
-from harness.data.datasets import ImageData
+from harness.data.datasets import DATASETS, DatasetError, ImageData, load_dataset
 
 
 def fingerprint(data: ImageData) -> dict:
@@ -43,3 +43,19 @@ def describe(fp: dict) -> str:
     per = fp["train"]["per_class"]
     spread = f"{per} per class" if isinstance(per, int) else f"{min(per)} to {max(per)} per class"
     return f"checksum {fp['checksum']}, {fp['train']['images']} training images ({spread})"
+
+
+def data_check(names: list[str], data_root: str | None = None) -> list[tuple[str, bool, str]]:
+    """``harness data check``: for each dataset (every registered one where ``names`` is empty), whether it loads
+    from here, and either its fingerprint (images, classes, checksum) or the one-line reason it does not."""
+    out = []
+    for name in names or list(DATASETS):
+        DATASETS.get(name)  # an unknown name: one line with the valid ones
+        try:
+            data = load_dataset({"name": name}, data_root)
+        except DatasetError as e:
+            out.append((name, False, str(e)))
+            continue
+        out.append((name, True, f"{len(data.train_y)} training and {len(data.test_y)} test images, "
+                                f"{data.num_classes} classes; {describe(fingerprint(data))}"))
+    return out
