@@ -100,7 +100,7 @@ def plugin_of(entry) -> str | None:
     module = sys.modules.get(getattr(entry, "__module__", "") or "")
     if module is None or module.__name__.split(".")[0] in BUILT_IN:
         return None
-    where = getattr(module, "__harness_plugin__", module.__name__)
+    where = _where(entry)
     try:
         source = Path(inspect.getsourcefile(module)).read_bytes()
     except (TypeError, OSError):
@@ -114,9 +114,9 @@ def origin(entry) -> str:
     return "built in" if plugin is None else f"plug-in {plugin.rsplit('@', 1)[0]}"
 
 
-def load_cell_plugins(specs) -> None:
-    """Import, in this process (a trial, a data-parallel worker), the plug-ins a cell's entries come from."""
-    for spec in specs:
+def load_cell_plugins(cells) -> None:
+    """Import, in this process (a trial, a data-parallel worker), the plug-ins the cells' entries come from."""
+    for spec in {p for cell in cells for p in cell.plugins}:
         load_plugin(spec.rsplit("@", 1)[0])
 
 
@@ -158,5 +158,6 @@ class Registry(Generic[T]):
 
 
 def _where(entry) -> str:
+    """The plug-in file an entry was loaded from, else its module's name."""
     module = sys.modules.get(getattr(entry, "__module__", "") or "")
     return getattr(module, "__harness_plugin__", None) or getattr(entry, "__module__", "?")

@@ -98,7 +98,7 @@ def train_cell(config: dict) -> None:
     last seed left trains alone).  A cell on several workers runs as a Ray Train ``TorchTrainer`` launched from this
     trial (Ray's Train-inside-Tune pattern)."""
     trial = TrialConfig.decode(config)
-    load_cell_plugins({p for c in trial.cells for p in c.plugins})  # a plug-in's method, networks or dataset
+    load_cell_plugins(trial.cells)  # a plug-in's method, networks or dataset
     store = ResultStore(trial.results)
     with contextlib.ExitStack() as locks:
         for cell in sorted(trial.cells, key=lambda c: c.hash):  # one order everywhere: two runs never deadlock
@@ -250,7 +250,7 @@ def _worker_loop(config: dict) -> None:
     logging.getLogger("ray.train.v2._internal.util").setLevel(logging.CRITICAL)
     context = ray.train.get_context()
     trial = TrialConfig.decode(config)
-    load_cell_plugins({p for c in trial.cells for p in c.plugins})
+    load_cell_plugins(trial.cells)
     replicas = Replicas(rank=context.get_world_rank(), world=context.get_world_size(),
                         accumulation=trial.parallel.grad_accumulation)
 

@@ -194,12 +194,14 @@ def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
             errors.append(f"{where(cell)}.{e}")
             continue
         for stage in stages.values():
+            if not stage.checkpoint:
+                continue
             key = next((k for k, v in cell.hparams.items() if v == stage.checkpoint), "checkpoint")
-            if stage.checkpoint and is_url(stage.checkpoint):
+            if is_url(stage.checkpoint):
                 if not stage.sha256:
                     errors.append(f"{where(cell)}.{key}: a teacher from a URL needs its SHA-256 (teacher_sha256: the "
                                   "file's 64 hex digits), so that a changed or damaged download is never used")
                 continue
-            if stage.checkpoint and not Path(stage.checkpoint).expanduser().is_file():
+            if not Path(stage.checkpoint).expanduser().is_file():
                 errors.append(f"{where(cell)}.{key}: no such file {stage.checkpoint!r}; give the path of a saved "
                               "network (the harness's results/weights/<hash>.pt or a state_dict file)")

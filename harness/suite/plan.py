@@ -36,10 +36,16 @@ class RunPlan:
         global _derived
         _derived += 1
         distinct = tuple({c.hash: c for c in cells}.values())
-        ordered = tuple(tuple(wave) for wave in waves(list(distinct)))
-        everything = [c for wave in ordered for c in wave]
+        found: dict[str, dict[str, Stage]] = {}  # each cell's stages, asked of its method once
+
+        def stages(cell: Cell) -> dict[str, Stage]:
+            if cell.hash not in found:
+                found[cell.hash] = stages_of(cell)
+            return found[cell.hash]
+
+        ordered = tuple(tuple(wave) for wave in waves(list(distinct), stages))
         bundles = {c.hash: tuple(b.hash for b in bundle) for bundle in seed_bundles(list(distinct)) for c in bundle}
-        return cls(distinct, ordered, {c.hash: stages_of(c) for c in everything}, bundles)
+        return cls(distinct, ordered, {c.hash: found[c.hash] for wave in ordered for c in wave}, bundles)
 
     @property
     def everything(self) -> list[Cell]:

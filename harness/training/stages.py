@@ -54,9 +54,11 @@ def stages_of(cell: Cell) -> dict[str, Stage]:
             for name, s in stages.items()}
 
 
-def waves(cells: list[Cell]) -> list[list[Cell]]:
+def waves(cells: list[Cell], stages=None) -> list[list[Cell]]:
     """Every cell and, recursively, every stage cell, deduplicated by hash, in the order they must run:
-    wave i holds the cells whose stages are all in earlier waves."""
+    wave i holds the cells whose stages are all in earlier waves.  ``stages``: how a cell's stages are found
+    (:func:`stages_of` by default; the run plan passes one that keeps what it found)."""
+    stages = stages or stages_of
     depth: dict[str, int] = {}
     by_hash: dict[str, Cell] = {}
 
@@ -64,7 +66,7 @@ def waves(cells: list[Cell]) -> list[list[Cell]]:
         if cell.hash in path:
             raise StageError(f"cell {cell.describe()} depends on itself through its stages")
         if cell.hash not in depth:
-            needs = [s.cell for s in stages_of(cell).values() if s.cell is not None]
+            needs = [s.cell for s in stages(cell).values() if s.cell is not None]
             depth[cell.hash] = 1 + max((visit(c, path + (cell.hash,)) for c in needs), default=-1)
             by_hash[cell.hash] = cell
         return depth[cell.hash]
