@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -59,6 +60,20 @@ def _add_plugins(p: argparse.ArgumentParser) -> None:
                         "suite's plugins: key and installed packages' okd_harness.* entry points)")
 
 
+def _add_data(p: argparse.ArgumentParser, root_help: str) -> None:
+    p.add_argument("--data-root", default=None, help=root_help)
+    p.add_argument("--offline", action="store_true",
+                   help="never download a missing dataset (as $HARNESS_OFFLINE=1): stop in one line instead")
+    p.add_argument("--mirror", default=None, metavar="URL",
+                   help="fetch dataset archives from URL/<archive file name> (as $HARNESS_DATA_MIRROR)")
+
+
+def _download_settings(args) -> dict[str, str]:
+    """The environment that --offline and --mirror stand for (read by the dataset loaders, here and in trials)."""
+    env = {"HARNESS_OFFLINE": "1"} if getattr(args, "offline", False) else {}
+    return {**env, **({"HARNESS_DATA_MIRROR": args.mirror} if getattr(args, "mirror", None) else {})}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -72,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     run.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance")
     run.add_argument("--num-gpus", type=float, default=None, help="GPUs of the local Ray instance")
-    run.add_argument("--data-root", default=None, help="folder with the datasets (default: $HARNESS_DATA_ROOT)")
+    _add_data(run, "folder with the datasets (default: $HARNESS_DATA, else ~/.cache/okd-harness/data)")
     run.add_argument("--device", default="auto", help="auto (cuda when the trial has a GPU), cpu or cuda")
     run.add_argument("--max-failures", type=int, default=2,
                      help="restarts of a trial whose worker or node was lost, each from its last checkpoint (default "
@@ -94,14 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(report)
     _add_store_args(report)
     report.add_argument("--smoke", action="store_true", help="the report of the suite's --smoke run")
-    report.add_argument("--data-root", default=None, help="as given to 'harness run --smoke'")
+    _add_data(report, "as given to 'harness run --smoke'")
 
     analyze = sub.add_parser("analyze", help="CKA and KL between each student and its teacher / proxy (ACKD Table 1)")
     analyze.add_argument("suite")
     _add_overrides(analyze)
     _add_store_args(analyze)
     analyze.add_argument("--smoke", action="store_true", help="analyse the suite's --smoke run")
-    analyze.add_argument("--data-root", default=None, help="where datasets live (as given to 'harness run')")
+    _add_data(analyze, "where datasets live (as given to 'harness run')")
     index = sub.add_parser("index", help="write suites/README.md: every suite, its table, needs, GPU-hours, status")
     index.add_argument("--suites", default="suites", help="folder of suite files (default: suites)")
     index.add_argument("--results", default="results", help="results store whose status is shown (default: results)")
@@ -113,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
                         help=f"the results store (default: ./{DEFAULT_RESULTS})")
     status.add_argument("--smoke", action="store_true", help="the suite's --smoke run")
-    status.add_argument("--data-root", default=None, help="as given to 'harness run'")
+    _add_data(status, "as given to 'harness run'")
     compare = sub.add_parser("compare", help="two result sets cell by cell: one suite in two stores, or two suites; "
                                              "the per-seed difference B − A of every output")
     compare.add_argument("suite", help="suite A")
@@ -122,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                          f"./{DEFAULT_RESULTS})")
     compare.add_argument("--other-results", default=None, metavar="DIR|URI", help="the store of B (default: A's)")
     compare.add_argument("--smoke", action="store_true", help="the suites' --smoke runs")
-    compare.add_argument("--data-root", default=None, help="as given to 'harness run'")
+    _add_data(compare, "as given to 'harness run'")
     bench = sub.add_parser("bench", help="train a suite's first cells for a few steps in each mode (separate, "
                                          "stacked peers, k cells packed per device): images/s, memory, and the "
                                          "projected GPU-hours of the whole suite")
@@ -143,14 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR|URI",
                        help="the store the measurement is kept in, for 'harness index' and 'validate'")
     bench.add_argument("--smoke", action="store_true", help="the suite's --smoke cells")
-    bench.add_argument("--data-root", default=None, help="as given to 'harness run'")
+    _add_data(bench, "as given to 'harness run'")
     sub.add_parser("doctor", help="check this machine's GPU path (PASS/FAIL per check, sized for 10 min on one GPU; "
                                   "on a CPU the checks it allows, and what it skipped)")
     data = sub.add_parser("data", help="datasets here: 'harness data check' says which load, from where, and their "
-                                       "fingerprints")
-    data.add_argument("action", choices=["check"])
-    data.add_argument("names", nargs="*", help="datasets to check (default: every registered one)")
-    data.add_argument("--data-root", default=None, help="folder with the datasets (default: $HARNESS_DATA_ROOT)")
+                                       "fingerprints; 'harness data get NAME' downloads one")
+    data.add_argument("action", choices=["check", "get"],
+                      help="check: what is here; get: download (or unpack) the datasets named, then check them")
+    data.add_argument("names", nargs="*", help="datasets (default for check: every registered one)")
+    _add_data(data, "folder with the datasets (default: $HARNESS_DATA, else ~/.cache/okd-harness/data)")
     _add_plugins(data)
     lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
     lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
@@ -353,15 +369,18 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_data(args) -> int:
-    """``harness data check``: one line per dataset; exit 1 where a dataset asked for by name is not here."""
-    from harness.data.fingerprint import data_check
+    """``harness data check|get``: one line per dataset; exit 1 where a dataset asked for by name is not here."""
+    from harness.data.fingerprint import data_check, data_get
     from harness.registry import load_plugin
     from harness.training.method import load_methods
 
     for spec in args.plugins:
         load_plugin(spec)
     load_methods()  # and the installed plug-ins' datasets
-    results = data_check(args.names, args.data_root)
+    if args.action == "get" and not args.names:
+        print("error: harness data get: name the datasets to get, e.g. harness data get cifar100", file=sys.stderr)
+        return 2
+    results = (data_get if args.action == "get" else data_check)(args.names, args.data_root)
     for name, present, what in results:
         print(f"{name}: {'present' if present else 'missing'}: {what}")
     return 1 if args.names and not all(present for _, present, _ in results) else 0
@@ -389,12 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     command = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "analyze": cmd_analyze, "index": cmd_index,
                "status": cmd_status, "compare": cmd_compare, "bench": cmd_bench, "list": cmd_list, "data": cmd_data,
                "doctor": cmd_doctor}[args.command]
+    settings = _download_settings(args)
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         return command(args)
     except (SuiteError, DatasetError, UnknownName, StageError, ResourceError,
             StorageError, PluginError, NameClash) as e:
         print(f"error: {e}" if not isinstance(e, SuiteError) else str(e), file=sys.stderr)
         return 2
+    finally:  # a command run in process (the tests, a notebook) leaves the caller's environment as it was
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,20 @@ Under pytest-xdist (``-n 2 --dist loadgroup``, the default in pyproject.toml) ea
 the tests that share them are one group, run on one worker (``ray_group`` below), which stops its local instance when
 it gets to the cluster (and starts it again if a later test asks for it).
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No test reaches the internet, nor the user's own data or cache: datasets are never downloaded (a test that checks a
+# download serves its own archive on 127.0.0.1 and turns this off), and the default data root is an empty temporary one
+os.environ["HARNESS_OFFLINE"] = "1"
+os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["HARNESS_CACHE"], True)
+for _name in ("HARNESS_DATA", "HARNESS_DATA_ROOT", "HARNESS_DATA_MIRROR"):
+    os.environ.pop(_name, None)
 
 import harness  # noqa: E402,F401  (torchvision shim before anything imports timm)
 import pytest  # noqa: E402
@@ -163,3 +173,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving a folder (no internet in the tests): (folder, base URL); the paths it
+    was asked for are in ``folder.requests``."""
+    import http.server
+    import threading
+
+    class Served(tuple):
+        requests: list[str]
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, format, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    served = Served((folder, f"http://127.0.0.1:{server.server_address[1]}"))
+    served.requests = requests
+    yield served
+    server.shutdown()
+    server.server_close()

@@ -11,7 +11,8 @@ from harness.training.method import load_methods
 
 ROOT = Path(__file__).parents[1]
 REGISTRY_LOADER = "harness.training.method"
-TOP_LEVEL = {"harness", "harness._compat", "harness.registry", "harness.cli", "harness.api", "harness.doctor"}  # not stages; cli, api and doctor, the fronts, use them all
+TOP_LEVEL = {"harness", "harness._compat", "harness.registry", "harness.fetching", "harness.cli", "harness.api",
+             "harness.doctor"}  # not stages; cli, api and doctor, the fronts, use them all
 
 
 def module_name(path: Path) -> str:

@@ -180,25 +180,6 @@ def test_teacher_trained_once_for_two_students_through_ray_its_damaged_files_rep
     assert len([r for r in records(results).values() if r["cell"]["method"] == "ind"]) == 2
 
 
-@pytest.fixture
-def http_folder(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving a folder (no internet in the tests): (folder, base URL)."""
-    import functools
-    import http.server
-    import threading
-
-    folder = tmp_path / "served"
-    folder.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 def test_a_teacher_from_a_url_is_downloaded_once_checked_and_recorded(tmp_path, http_folder, monkeypatch,
                                                                      write_suite):
     """A RepDistiller-style teacher file ({"model": state_dict}) served over HTTP: the suite must give its SHA-256

@@ -2,5 +2,5 @@
 the batch type every method receives, the fast (tensor) and standard (DataLoader) input pipelines, and
 the one function that builds a cell's inputs from its recipe.
 
-May import: harness.config, harness.registry.
+May import: harness.config, harness.registry, harness.fetching.
 """

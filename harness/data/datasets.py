@@ -4,18 +4,17 @@ The loaders live in one registry (:data:`harness.data.image_data.DATASETS`), one
 returns whole uint8 tensors (or lists of image files): the engine augments on the training device."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
+from harness.data import downloads
 from harness.data.formats import cifar, folders, idx, synthetic  # noqa: F401  (each registers its datasets)
 from harness.data.image_data import DATASETS, DatasetError, ImageData  # noqa: F401  (the names callers use)
 
 
 def load_dataset(spec: dict, data_root: str | None = None) -> ImageData:
     """Load ``spec['name']``, then keep the first ``train_per_class`` / ``test_per_class`` images per class."""
-    data = DATASETS.get(spec["name"])(spec, spec.get("root") or data_root or os.environ.get("HARNESS_DATA_ROOT"))
+    data = DATASETS.get(spec["name"])(spec, str(downloads.data_root(spec.get("root") or data_root)))
     for split, key in (("train", "train_per_class"), ("test", "test_per_class")):
         if spec.get(key):
             x, y = balanced_subset(getattr(data, f"{split}_x"), getattr(data, f"{split}_y"), spec[key])

@@ -14,7 +14,9 @@ from pathlib import PurePath
 import numpy as np
 import torch
 
+from harness.data import downloads
 from harness.data.datasets import DATASETS, DatasetError, ImageData, load_dataset
+from harness.data.downloads import ARCHIVES, fetch
 
 
 def fingerprint(data: ImageData) -> dict:
@@ -47,15 +49,37 @@ def describe(fp: dict) -> str:
 
 def data_check(names: list[str], data_root: str | None = None) -> list[tuple[str, bool, str]]:
     """``harness data check``: for each dataset (every registered one where ``names`` is empty), whether it loads
-    from here, and either its fingerprint (images, classes, checksum) or the one-line reason it does not."""
+    from here (nothing is downloaded), and either its fingerprint (images, classes, checksum) or the one-line reason
+    it does not."""
+    return [_check(name, data_root) for name in names or list(DATASETS)]
+
+
+def data_get(names: list[str], data_root: str | None = None) -> list[tuple[str, bool, str]]:
+    """``harness data get``: each dataset that is not here downloaded into the data root from its public archive
+    (even with downloads off: this is the command that fetches), or unpacked from the archives that lie there (ImageNet),
+    then checked as :func:`data_check` does."""
     out = []
-    for name in names or list(DATASETS):
-        DATASETS.get(name)  # an unknown name: one line with the valid ones
-        try:
-            data = load_dataset({"name": name}, data_root)
-        except DatasetError as e:
-            out.append((name, False, str(e)))
-            continue
-        out.append((name, True, f"{len(data.train_y)} training and {len(data.test_y)} test images, "
-                                f"{data.num_classes} classes; {describe(fingerprint(data))}"))
+    for name in names:
+        found = _check(name, data_root)
+        if not found[1] and name in ARCHIVES:
+            try:
+                fetch(name, downloads.data_root(data_root))
+            except DatasetError as e:
+                out.append((name, False, str(e)))
+                continue
+            found = _check(name, data_root)
+        elif not found[1]:  # what only its loader can make (ImageNet's folders from its archives)
+            found = _check(name, data_root, unpack=True)
+        out.append(found)
     return out
+
+
+def _check(name: str, data_root: str | None, unpack: bool = False) -> tuple[str, bool, str]:
+    DATASETS.get(name)  # an unknown name: one line with the valid ones
+    try:
+        data = load_dataset({"name": name, "download": None if unpack else downloads.CHECK}, data_root)
+    except DatasetError as e:
+        return name, False, str(e)
+    where = downloads.data_root(data_root)
+    return name, True, (f"{len(data.train_y)} training and {len(data.test_y)} test images, {data.num_classes} "
+                        f"classes; {describe(fingerprint(data))} (data root {where})")

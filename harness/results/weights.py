@@ -2,7 +2,6 @@
 with their SHA-256, read back into networks created by name through timm, frozen, with their provenance."""
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from harness.config.cell import Cell
+from harness.fetching import FetchError, cache_folder, download, file_digest
 from harness.results.location import readable_as_umask_allows
 WEIGHTS_FORMAT = 1
 
@@ -21,11 +21,7 @@ class StageError(RuntimeError):
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def save_networks(path: Path, cell: Cell, networks: list[tuple[str, nn.Module]], num_classes: int,
@@ -76,39 +72,16 @@ def is_url(source: str | Path) -> bool:
     return str(source).startswith(("https://", "http://"))
 
 
-def cache_folder() -> Path:
-    """Where downloaded teachers are kept: ``$HARNESS_CACHE``, else the user's cache folder."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "okd-harness")
-
-
 def fetch(url: str, sha256: str | None) -> Path:
     """The file at ``url``, downloaded once into the cache (named by its SHA-256, which is required and checked: a
     download that does not match is one line and is not kept)."""
-    import urllib.request
-
     if not sha256:
         raise StageError(f"{url}: a teacher from a URL needs its SHA-256 (teacher_sha256), so that a changed or "
                          "damaged file is never used")
-    target = cache_folder() / "teachers" / f"{sha256.lower()}.pt"
-    if target.is_file() and file_sha256(target) == sha256.lower():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        digest = file_sha256(partial)
-        if digest != sha256.lower():
-            raise StageError(f"{url}: the downloaded file's SHA-256 is {digest}, not the expected {sha256}; it was "
-                             "not kept (a damaged download, or another file at that address)")
-        os.replace(partial, target)
-    except OSError as e:
-        raise StageError(f"{url}: cannot download the teacher ({type(e).__name__}: {e})") from None
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return target
+        return download([url], cache_folder() / "teachers" / f"{sha256.lower()}.pt", sha256)
+    except FetchError as e:
+        raise StageError(f"teacher {url}: {e}") from None
 
 
 def load_networks(path: str | Path, models: tuple[str, ...] = (), sha256: str | None = None,

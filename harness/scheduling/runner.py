@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from harness.data.downloads import data_root
 from harness.config.cell import Cell
 from harness.results.provenance import code_version
 from harness.results.location import StorageError
@@ -89,6 +90,8 @@ def ray_env(address: str | None, dashboard: bool) -> dict[str, str]:
     as a data-parallel cell trained: about 1,200 lines in 8 minutes).  A cluster joined by address keeps it (its
     dashboard's Train view shows the cells)."""
     env = dict(RAY_ENV)
+    # this run's download settings (--offline, --mirror) reach its trials wherever they run
+    env.update({k: os.environ[k] for k in ("HARNESS_OFFLINE", "HARNESS_DATA_MIRROR") if os.environ.get(k)})
     if not address and not dashboard:
         env["RAY_TRAIN_ENABLE_STATE_TRACKING"] = "0"
     # PyTorch's caching allocator grows segments in place rather than keeping freed blocks of odd sizes: less
@@ -308,9 +311,9 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
     init_ray(address, dashboard, num_cpus, num_gpus, log)
     spec = suite.spec.resources
     # the data root is resolved here, on the driver: a trial on another node (or on a Ray instance started before
-    # this run) sees its raylet's environment, not this process's $HARNESS_DATA_ROOT
+    # this run) sees its raylet's environment, not this process's $HARNESS_DATA
     runtime = replace(runtime, stack_peers=spec.stack_peers, compile=spec.compile, deterministic=spec.deterministic,
-                      data_root=runtime.data_root or os.environ.get("HARNESS_DATA_ROOT"))
+                      data_root=str(data_root(runtime.data_root)))
     parallel = Parallel(workers=spec.workers, grad_accumulation=spec.grad_accumulation, cpu=spec.cpu, gpu=spec.gpu,
                         max_failures=max_failures)
     _check_resources(suite)

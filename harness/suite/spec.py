@@ -34,7 +34,9 @@ class SuiteError(ValueError):
 class DatasetSpec(Strict):
     name: str
     root: str | None = None
-    download: bool = False
+    # a dataset with a public archive that is missing from the data root is downloaded there (unless --offline);
+    # false: never for this suite (the run stops in one line instead)
+    download: bool | None = None
     pipeline: Literal["auto", "fast", "standard"] = "auto"  # auto: fast where the data and augmentation allow
     views: Literal["shared", "per_peer"] = "shared"  # per_peer: each peer its own random view (KDCL's ICL)
     train_per_class: PositiveInt | None = None

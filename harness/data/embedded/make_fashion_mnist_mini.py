@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.datasets import balanced_subset
-from harness.data.formats.idx import read_fashion_mnist
+from harness.data.formats.idx import read_idx_splits
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 300, 200
 
 
 def main(root: str) -> None:
     out = Path(__file__).with_name("fashion_mnist_mini.npz")
-    train, test = read_fashion_mnist(Path(root))
+    train, test = read_idx_splits(Path(root))
     (xtr, ytr), (xte, yte) = balanced_subset(*train, TRAIN_PER_CLASS), balanced_subset(*test, TEST_PER_CLASS)
     np.savez_compressed(out, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {len(ytr)} train, {len(yte)} test images")

@@ -5,15 +5,16 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data.downloads import fetch, may_download, why_not_downloaded
 from harness.data.image_data import DATASETS, DatasetError, ImageData, _image_data, _looked_in, _one_line
 
 _CIFAR = {
-    # name: (folder, train batches, test batch, label key, classes, mean, std, torchvision class, tarball)
+    # name: (folder, train batches, test batch, label key, classes, mean, std, archive)
     "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels", 10,
-                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10",
+                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                 "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
     "cifar100": ("cifar-100-python", ("train",), "test", b"fine_labels", 100,
-                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100",
+                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                  "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
 }
 
@@ -53,7 +54,7 @@ def read_cifar_batch(path: Path, label_key: bytes, num_classes: int):
 
 
 def _load_cifar(name: str, spec: dict, root: str | None) -> ImageData:
-    folder_name, train_names, test_name, label_key, classes, mean, std, tv_class, url = _CIFAR[name]
+    folder_name, train_names, test_name, label_key, classes, mean, std, url = _CIFAR[name]
     names = (*train_names, test_name)
     candidates = []
     if root:
@@ -62,21 +63,13 @@ def _load_cifar(name: str, spec: dict, root: str | None) -> ImageData:
     # the conventional sub-folder if it exists at all, else the root itself if it holds any batch file
     folder = next((c for c in candidates[:1] if c.is_dir()), None) or next(
         (c for c in candidates[1:] if any((c / n).is_file() for n in names)), None)
-    if folder is None and spec.get("download") and root:
-        try:
-            from torchvision import datasets as tv_datasets
-
-            getattr(tv_datasets, tv_class)(root, train=True, download=True)
-            getattr(tv_datasets, tv_class)(root, train=False, download=True)
-        except Exception as e:
-            raise DatasetError(f"dataset {name}: download into {root} with torchvision failed "
-                               f"({type(e).__name__}: {_one_line(e)}); fetch {url} and extract it there") from None
+    if folder is None and root and may_download(spec):
+        fetch(name, Path(root).expanduser())
         folder = candidates[0]
     if folder is None:
         raise DatasetError(
             f"dataset {name}: no {folder_name}/ (the pickled 'python version': {', '.join(names)}) in "
-            f"{_looked_in(candidates)}; extract {url} into DIR and pass --data-root DIR, "
-            "or set dataset.download: true where a network exists"
+            f"{_looked_in(candidates)}; extract {url} into DIR and pass --data-root DIR{why_not_downloaded(name, spec)}"
         )
     present = [n for n in train_names if (folder / n).is_file()]
     if train_names[0] not in present:  # data_batch_1 (CIFAR-10) or train (CIFAR-100) is required

@@ -2,10 +2,13 @@
 folders (torchvision's ImageFolder convention)."""
 from __future__ import annotations
 
+import shutil
+import tarfile
 from pathlib import Path
 
 import torch
 
+from harness.data.downloads import CHECK, fetch, may_download, why_not_downloaded
 from harness.data.image_data import (DATASETS, DatasetError, ImageData, _image_data, _looked_in, _one_line,
                                    read_rgb_images)
 
@@ -79,8 +82,12 @@ def tiny_imagenet(spec: dict, root: str | None) -> ImageData:
         (c for c in candidates[1:] if (c / "wnids.txt").is_file()), None)
     layout = ("tiny-imagenet-200/ with wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
               "val/val_annotations.txt")
+    if folder is None and root and may_download(spec):
+        fetch("tiny_imagenet", Path(root).expanduser())
+        folder = candidates[0]
     if folder is None:
-        raise DatasetError(f"dataset tiny_imagenet: no {layout} in {_looked_in(candidates)}; {TINY_IMAGENET_HOW}")
+        raise DatasetError(f"dataset tiny_imagenet: no {layout} in {_looked_in(candidates)}; {TINY_IMAGENET_HOW}"
+                           f"{why_not_downloaded('tiny_imagenet', spec)}")
     wnids_file = folder / "wnids.txt"
     if not wnids_file.is_file():
         raise DatasetError(f"{wnids_file}: Tiny-ImageNet class list is missing (expected {layout}); "
@@ -182,18 +189,62 @@ def _one_size(files: list[str]) -> tuple[int, int] | None:
     return height, width
 
 
+IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+IMAGENET_UNFINISHED = ".harness-unpacking"  # present while the archives are being unpacked
+
+
 @DATASETS.register("imagenet")
 def imagenet(spec: dict, root: str | None) -> ImageData:
-    """ImageNet-1k as class folders: <root>/imagenet/{train,val}/<wnid>/*.JPEG (or <root>/{train,val})."""
+    """ImageNet-1k as class folders: <root>/imagenet/{train,val}/<wnid>/*.JPEG (or <root>/{train,val}), unpacked
+    once from the official archives (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and the devkit
+    ILSVRC2012_devkit_t12.tar.gz) where those lie there instead: torchvision's ImageNet reads the devkit and sorts
+    the validation images into their class folders."""
     candidates = [Path(root).expanduser() / "imagenet", Path(root).expanduser()] if root else []
     for folder in candidates:
-        if (folder / "train").is_dir() and (folder / "val").is_dir():
+        if (folder / "train").is_dir() and (folder / "val").is_dir() and not (folder / IMAGENET_UNFINISHED).exists():
+            return _folder_dataset("imagenet", folder / "train", folder / "val", IMAGENET_MEAN, IMAGENET_STD)
+    for folder in candidates:
+        if all((folder / a).is_file() for a in IMAGENET_ARCHIVES):
+            if spec.get("download") in (False, CHECK):
+                raise DatasetError(f"dataset imagenet: the official archives in {folder} are not unpacked yet: "
+                                   "run 'harness data get imagenet' (or a suite that does not set download: false)")
+            unpack_imagenet(folder)
             return _folder_dataset("imagenet", folder / "train", folder / "val", IMAGENET_MEAN, IMAGENET_STD)
     raise DatasetError(
-        f"dataset imagenet: no train/ and val/ class folders (imagenet/{{train,val}}/<wnid>/*.JPEG, the val "
-        f"images sorted into class folders) {_looked_in(candidates)}; get ILSVRC2012 from image-net.org, "
-        "arrange it so (e.g. with its valprep script) and pass --data-root DIR"
+        f"dataset imagenet: no train/ and val/ class folders (imagenet/{{train,val}}/<wnid>/*.JPEG), nor the "
+        f"official archives ({', '.join(IMAGENET_ARCHIVES)}), in {_looked_in(candidates)}; download the archives "
+        "from image-net.org (an account is needed) into DIR/imagenet and pass --data-root DIR"
     )
+
+
+def unpack_imagenet(folder: Path) -> None:
+    """train/ and val/ class folders from the official archives in ``folder``, with torchvision's ImageNet (it
+    checks the archives' MD5 sums).  A marker file stands while this runs: an unpacking cut short is done again,
+    from scratch, the next time."""
+    from filelock import FileLock
+
+    try:
+        from torchvision.datasets import ImageNet
+    except ImportError as e:  # pragma: no cover - torchvision is a dependency
+        raise DatasetError(f"dataset imagenet: torchvision cannot be imported ({_one_line(e)})") from None
+    marker = folder / IMAGENET_UNFINISHED
+    with FileLock(str(folder / ".imagenet.unpack.lock")):
+        if (folder / "train").is_dir() and (folder / "val").is_dir() and not marker.exists():
+            return  # another process unpacked it meanwhile
+        if marker.exists():  # cut short earlier: what it left is ours to remove
+            for leftover in ("train", "val", "meta.bin"):
+                path = folder / leftover
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        marker.touch()
+        try:
+            for split in ("train", "val"):
+                ImageNet(str(folder), split=split)
+        except ModuleNotFoundError as e:
+            raise DatasetError(f"dataset imagenet: reading the devkit needs {e.name}: pip install "
+                               "\"okd-harness[imagenet]\"") from None
+        except (RuntimeError, OSError, tarfile.TarError) as e:
+            raise DatasetError(f"dataset imagenet: cannot unpack the archives in {folder} ({_one_line(e)})") from None
+        marker.unlink()
 
 
 @DATASETS.register("imagefolder")

@@ -1,5 +1,5 @@
-"""Fashion-MNIST as IDX files (the format of MNIST's distribution; gzipped or not), from a data root, its
-torchvision layout or Debian's package, and the class-balanced subset embedded in the package."""
+"""MNIST and Fashion-MNIST as IDX files (the format of their distribution; gzipped or not), from a data root, its
+torchvision layout or Debian's package, and the class-balanced Fashion-MNIST subset embedded in the package."""
 from __future__ import annotations
 
 import gzip
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.data.downloads import fetch, may_download, why_not_downloaded
 from harness.data.image_data import DATASETS, DatasetError, ImageData
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -44,7 +45,7 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_fashion_mnist(folder: Path):
+def read_idx_splits(folder: Path):
     """((train_x, train_y), (test_x, test_y)) as numpy arrays from the four IDX files in ``folder``."""
     splits = []
     for split in ("train", "test"):
@@ -58,7 +59,7 @@ def read_fashion_mnist(folder: Path):
     return tuple(splits)
 
 
-def _fashion_mnist_data(name: str, train, test) -> ImageData:
+def _idx_data(name: str, train, test, mean=(0.2860,), std=(0.3530,)) -> ImageData:
     (xtr, ytr), (xte, yte) = train, test
     return ImageData(
         name=name,
@@ -67,33 +68,43 @@ def _fashion_mnist_data(name: str, train, test) -> ImageData:
         test_x=torch.from_numpy(np.ascontiguousarray(xte)),
         test_y=torch.from_numpy(np.asarray(yte, dtype=np.int64)),
         num_classes=10,
-        mean=(0.2860,),
-        std=(0.3530,),
+        mean=mean,
+        std=std,
     )
+
+
+def _load_idx(name: str, spec: dict, root: str | None, folders: tuple[str, ...], extra: tuple[Path, ...],
+              stats: tuple) -> ImageData:
+    """An MNIST-like dataset from the first of ``root/<folders>`` and ``extra`` that holds its IDX files, else
+    downloaded into ``root/<its torchvision folder>`` (the last of ``folders``)."""
+    base = Path(root).expanduser() if root else None
+    candidates = [base / f for f in folders] if base else []
+    candidates += list(extra)
+    for folder in candidates:
+        if _find_idx(folder, _IDX_NAMES["train"][0]):
+            return _idx_data(name, *read_idx_splits(folder), *stats)
+    if base and may_download(spec):
+        fetch(name, base)
+        return _idx_data(name, *read_idx_splits(base / folders[-1]), *stats)
+    looked = ", ".join(str(c) for c in candidates) or "no folder"
+    debian = " install Debian's 'dataset-fashion-mnist'," if extra else ""
+    raise DatasetError(f"dataset {name}: no train-images-idx3-ubyte[.gz] (IDX layout) in {looked};{debian} pass "
+                       f"--data-root DIR{why_not_downloaded(name, spec)}")
 
 
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(spec: dict, root: str | None) -> ImageData:
-    """Full Fashion-MNIST from IDX files: the data root, its torchvision layout, or Debian's package."""
-    candidates = []
-    if root:
-        base = Path(root).expanduser()
-        candidates += [base, base / "fashion-mnist", base / "FashionMNIST" / "raw"]
-    candidates.append(DEBIAN_FASHION_MNIST)
-    for folder in candidates:
-        if _find_idx(folder, _IDX_NAMES["train"][0]):
-            return _fashion_mnist_data("fashion_mnist", *read_fashion_mnist(folder))
-    if spec.get("download") and root:
-        from torchvision.datasets import FashionMNIST
+    """Full Fashion-MNIST from IDX files: the data root, its torchvision layout, or Debian's package; downloaded
+    into the torchvision layout when missing."""
+    return _load_idx("fashion_mnist", spec, root, (".", "fashion-mnist", "FashionMNIST/raw"),
+                     (DEBIAN_FASHION_MNIST,), ((0.2860,), (0.3530,)))
 
-        FashionMNIST(root, train=True, download=True)
-        FashionMNIST(root, train=False, download=True)
-        return _fashion_mnist_data("fashion_mnist", *read_fashion_mnist(Path(root) / "FashionMNIST" / "raw"))
-    looked = ", ".join(str(c) for c in candidates)
-    raise DatasetError(
-        f"dataset fashion_mnist: no train-images-idx3-ubyte[.gz] (IDX layout) in {looked}; install Debian's "
-        "'dataset-fashion-mnist', pass --data-root DIR, or set dataset.download: true where a network exists"
-    )
+
+@DATASETS.register("mnist")
+def mnist(spec: dict, root: str | None) -> ImageData:
+    """MNIST from IDX files in <root>/mnist or torchvision's <root>/MNIST/raw; downloaded into the latter when
+    missing."""
+    return _load_idx("mnist", spec, root, ("mnist", "MNIST/raw"), (), ((0.1307,), (0.3081,)))
 
 
 @DATASETS.register("fashion_mnist_mini")
@@ -102,4 +113,4 @@ def fashion_mnist_mini(spec: dict, root: str | None) -> ImageData:
     if not EMBEDDED_FASHION_MNIST.exists():
         raise DatasetError(f"dataset fashion_mnist_mini: {EMBEDDED_FASHION_MNIST} is missing; reinstall the package")
     with np.load(EMBEDDED_FASHION_MNIST) as z:
-        return _fashion_mnist_data("fashion_mnist_mini", (z["train_x"], z["train_y"]), (z["test_x"], z["test_y"]))
+        return _idx_data("fashion_mnist_mini", (z["train_x"], z["train_y"]), (z["test_x"], z["test_y"]))
