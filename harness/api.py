@@ -37,7 +37,7 @@ def prepare_run(suite, results: str = "results", data_root: str | None = None, l
     from harness.results.store import ResultStore
     from harness.suite.binding import bind_data, dataset_loader
     from harness.costs.packing import repack
-    from harness.suite.preflight import input_errors
+    from harness.suite.preflight import fetch_teachers, input_errors
     from harness.suite.schema import SuiteError
 
     problems = suite_problems(suite)
@@ -47,7 +47,7 @@ def prepare_run(suite, results: str = "results", data_root: str | None = None, l
     repack(suite, lambda: bench_memory(store))  # gpu: auto by what `harness bench` measured, where it did
     data_of = dataset_loader(data_root)  # a missing dataset fails here, in one line, not in every trial
     suite = bind_data(suite, store, data_of, log)
-    problems = input_errors(suite, data_of)
+    problems = input_errors(suite, data_of) + fetch_teachers(suite, data_of, log)
     if problems:
         raise SuiteError(problems)
     return suite, store

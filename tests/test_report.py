@@ -2,6 +2,7 @@
 import statistics
 
 import pytest
+import torch
 
 from harness.reporting.report import build_table, notes, write_report
 from harness.results.store import ResultStore
@@ -151,6 +152,39 @@ def test_the_teacher_row_is_the_stage_teacher_the_students_learnt_from(tmp_path,
     raw["table"]["stage_values"] = {"ind/ens": "teacher"}
     with pytest.raises(Exception, match=r"table.stage_values.ind/ens: 'ind/ens' is not 'method label/value'"):
         load_suite(write_suite(raw))
+
+
+def test_a_teacher_from_elsewhere_is_shown_once_in_the_teacher_row(tmp_path, write_suite):
+    """A teacher file (here a local one; a URL or hub name alike) has no cell: the Teacher row shows its accuracy
+    once per group, as its first student (by seed) measured it on the test set, keyed by the file's SHA-256; Ind's
+    own teacher network is not shown in its place, and the row is named "Teacher"."""
+    from harness.reporting.report import row_names
+    from harness.results.weights import file_sha256
+
+    teacher_file = tmp_path / "teacher.pth"
+    torch.save({"model": {}}, teacher_file)
+    digest = file_sha256(teacher_file)
+    raw = tiny_suite_dict(groups=[["cifar_resnet20", "cifar_resnet8"]], seeds=[0, 1],
+                          methods=["ind", {"name": "kd", "teacher_checkpoint": str(teacher_file)}],
+                          table={"rows": ["method", "value"], "columns": ["group"], "values": ["net1", "net2"],
+                                 "method_values": {"ind": ["net1", "net2"], "*": ["net1"]},
+                                 "stage_values": {"ind/net1": "teacher"}})
+    suite = load_suite(write_suite(raw))
+    store = ResultStore(tmp_path / "results")
+    for cell in suite.cells:
+        record = fake_record(cell, 50.0 + cell.seed, 40.0)
+        if cell.method == "kd":  # the student's record: its output and the frozen teacher's, measured each epoch
+            record["last"] = {"net1": {"top1": 60.0 + cell.seed}, "teacher": {"top1": 74.0 + cell.seed / 100}}
+            record["stages"] = {"teacher": {"file": str(teacher_file), "sha256": digest, "cell_hash": None}}
+        store.put(record)
+    column = ("cifar_resnet20+cifar_resnet8",)
+    table = build_table(suite, store)
+    teacher = table.entries[(("ind", "net1"), column)]
+    assert (teacher.ours, teacher.n) == (74.0, 1)  # seed 0's measurement, once; not Ind's 50.5
+    assert table.entries[(("kd", "net1"), column)].ours == 60.5 and table.entries[(("ind", "net2"), column)].ours == 40
+    assert row_names(suite, table.rows)[("ind", "net1")] == "Teacher"
+    csv = write_report(suite, store, tmp_path / "reports")["csv"].read_text()
+    assert digest[:16] in csv
 
 
 def test_method_values_must_name_labels_and_values(write_suite):

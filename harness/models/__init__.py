@@ -2,7 +2,7 @@
 registers them all), the map from the papers' names to registry names (``zoo``), the adapter every method uses to
 read features and split networks (their costs: ``harness.costs``).
 
-May import: nothing of harness.
+May import: harness.registry.
 """
 import importlib
 import pkgutil

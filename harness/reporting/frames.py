@@ -48,6 +48,19 @@ def stage_value_cells(suite: Suite) -> dict[tuple[str, str, str], Cell]:
     return out
 
 
+def stage_value_checkpoints(suite: Suite) -> dict[tuple[str, str, str], tuple[str, list[Cell]]]:
+    """(group, method label, value) -> (stage name, the suite's cells that learn from a checkpoint as that stage):
+    a teacher from a file, a URL or a hub has no cell of its own; its accuracy is what its students measured."""
+    out: dict[tuple[str, str, str], tuple[str, list[Cell]]] = {}
+    for entry, name in suite.spec.table.stage_values.items():
+        label, _, value = entry.rpartition("/")
+        for cell in suite.cells:
+            stage = suite.plan.stages[cell.hash].get(name)
+            if stage is not None and stage.cell is None:
+                out.setdefault((cell.group_name, label, value), (name, []))[1].append(cell)
+    return out
+
+
 def report_cells(suite: Suite) -> list[Cell]:
     """The cells whose records a report reads: the suite's own and the stages its table shows."""
     return list(suite.cells) + [c for c in stage_value_cells(suite).values() if c not in suite.cells]
@@ -80,25 +93,15 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
     costs_shown = [v for v in suite.spec.table.values if v in COST_VALUES]
     other_metrics = [v for v in suite.spec.table.values if ":" in v]
     records = store.records(report_cells(suite)) if records is None else records
-    stage_entries = stage_value_cells(suite)
+    stage_entries = {**stage_value_cells(suite), **stage_value_checkpoints(suite)}
     shown = [(cell, cell.row_name, cell.label, None) for cell in suite.cells]
-    shown += [(stage, group, label, value) for (group, label, value), stage in stage_entries.items()]
+    shown += [(stage, group, label, value) for (group, label, value), stage in stage_value_cells(suite).items()]
     for cell, group, label, only in shown:
         record = records.get(cell.hash)
         if record is None or record.get("status") != "ok":
             continue
         epoch = cell_epoch(choice, cell)
-        trial = {
-            "dataset": cell.dataset["name"], "group": group, "method": label, "seed": cell.seed,
-            "epoch": epoch, "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),
-            "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
-            "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
-            "torch": record.get("packages", {}).get("torch"),
-            "deployed_params": record.get("params", {}).get("deployed"),
-            "added_params": record.get("params", {}).get("added_total"),
-            "stages": " ".join(f"{name}={stage.get('cell_hash') or stage.get('sha256')}"
-                               for name, stage in sorted(record.get("stages", {}).items())),
-        }
+        trial = _trial(cell, record, group, label, epoch)
         if only is not None:  # a stage's accuracy in the place of a method's value (its net1: the stage network)
             rows.append({**trial, "value": only, metric: metric_value(record[epoch]["net1"], metric)})
             continue
@@ -119,9 +122,37 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
             number = COST_VALUES[value][1](record, cell)
             if number is not None:
                 rows.append({**trial, "value": value, metric: number})
+    for (group, label, value), (name, students) in stage_value_checkpoints(suite).items():
+        # a teacher from elsewhere, once per group: as the first of its students (by seed) measured it on the test
+        # set; the same file on the same images for every student, so one is its accuracy, not a seed's
+        measured = [(c, records[c.hash]) for c in sorted(students, key=lambda c: c.seed)
+                    if records.get(c.hash, {}).get("status") == "ok"
+                    and name in records[c.hash].get(cell_epoch(choice, c), {})]
+        if measured:
+            cell, record = measured[0]
+            epoch = cell_epoch(choice, cell)
+            stage = record.get("stages", {}).get(name, {})
+            rows.append({**_trial(cell, record, group, label, epoch), "value": value,
+                         "hash": str(stage.get("sha256"))[:16], "stages": "", "deployed_params": None,
+                         "added_params": None, metric: metric_value(record[epoch][name], metric)})
     columns = ["dataset", "group", "method", "value", "seed", metric, "epoch", "hash", "trial", "epochs_run",
                "git_sha", "dirty", "device", "torch", "deployed_params", "added_params", "stages"]
     return pd.DataFrame(rows + _alone_averages(suite, rows, metric), columns=columns)
+
+
+def _trial(cell: Cell, record: dict, group: str, label: str, epoch: str) -> dict:
+    """The provenance columns of a row: where its number comes from."""
+    return {
+        "dataset": cell.dataset["name"], "group": group, "method": label, "seed": cell.seed,
+        "epoch": epoch, "hash": cell.hash, "trial": record.get("trial"), "epochs_run": record.get("epochs"),
+        "git_sha": record.get("code", {}).get("git_sha"), "dirty": record.get("code", {}).get("dirty"),
+        "device": record.get("hardware", {}).get("gpu") or record.get("hardware", {}).get("cpu"),
+        "torch": record.get("packages", {}).get("torch"),
+        "deployed_params": record.get("params", {}).get("deployed"),
+        "added_params": record.get("params", {}).get("added_total"),
+        "stages": " ".join(f"{name}={stage.get('cell_hash') or stage.get('sha256')}"
+                           for name, stage in sorted(record.get("stages", {}).items())),
+    }
 
 
 def _alone_averages(suite: Suite, rows: list[dict], metric: str) -> list[dict]:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from harness.config.cell import Cell
+from harness.models.layouts import KEY_LAYOUTS, fit_state
 from harness.fetching import FetchError, cache_folder, download, file_digest
 from harness.results.location import readable_as_umask_allows
 WEIGHTS_FORMAT = 1
@@ -84,16 +85,95 @@ def fetch(url: str, sha256: str | None) -> Path:
         raise StageError(f"teacher {url}: {e}") from None
 
 
+HUB_PREFIXES = ("timm:", "hf-hub:")
+
+
+def is_hub(source: str | Path) -> bool:
+    """``timm:<model>.<pretrained tag>`` or ``hf-hub:<owner>/<repository>`` (a timm network on the Hugging Face hub)."""
+    return str(source).startswith(HUB_PREFIXES)
+
+
+def hub_networks(source: str, models: tuple[str, ...] = (), sha256: str | None = None,
+                 num_classes: int | None = None, in_chans: int | None = None) -> tuple[list[nn.Module], dict]:
+    """A pretrained network from timm or the Hugging Face hub (downloaded once into their caches), frozen, in eval
+    mode, and its provenance (the name, the weights file and its SHA-256, the hub revision).  Refused in one line:
+    another architecture than the group names, or another number of classes or channels than the dataset has
+    (timm would silently drop the classifier or fold the first convolution)."""
+    import timm
+
+    import harness.models  # noqa: F401
+
+    name = source.removeprefix("timm:")
+    try:
+        net = timm.create_model(name, pretrained=True)
+    except Exception as e:  # unknown name, no network and no cached copy, a damaged file: all one line
+        raise StageError(f"teacher {source}: cannot load it ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+                         "on a node without internet, run once where there is one (harness run fetches hub "
+                         "teachers before its trials start), or point HF_HOME to a copy of the cache") from None
+    cfg = dict(getattr(net, "pretrained_cfg", {}) or {})
+    arch, classes, chans = cfg.get("architecture"), cfg.get("num_classes"), (cfg.get("input_size") or (3,))[0]
+    if models and arch != models[0]:
+        raise StageError(f"teacher {source}: is a {arch}, but the group names {models[0]} as the teacher; put {arch} "
+                         "first in the group")
+    for what, ours, theirs in (("classes", num_classes, classes), ("input channels", in_chans, chans)):
+        if ours is not None and theirs is not None and ours != theirs:
+            raise StageError(f"teacher {source}: was trained for {theirs} {what}, the cell's dataset has {ours}")
+    path = _hub_file(cfg)
+    digest = file_sha256(path) if path else None
+    if sha256 and digest != sha256.lower():
+        raise StageError(f"teacher {source}: its weights file's SHA-256 is {digest}, but the suite expects {sha256}")
+    net.requires_grad_(False).eval()
+    revision = Path(path).parent.name if path and "snapshots" in Path(path).parts else None
+    return [net], {"hub": source, "file": path, "sha256": digest, "revision": revision, "cell_hash": None,
+                   "modules": {}}
+
+
+def hub_name_problem(source: str) -> str | None:
+    """What is wrong with a hub name, as far as it shows without the network: a ``timm:`` name must be one of
+    timm's pretrained tags (``timm.list_pretrained``)."""
+    import timm
+
+    if source.startswith("hf-hub:"):
+        return None if "/" in source.removeprefix("hf-hub:") else (
+            f"{source!r}: expected hf-hub:<owner>/<repository>, as timm spells a Hugging Face hub network")
+    name = source.removeprefix("timm:")
+    tags = timm.list_pretrained(name.split(".")[0] + ".*")
+    if name in tags or ("." not in name and tags):  # a bare name: timm's default tag for it
+        return None
+    from harness.registry import did_you_mean
+
+    return (f"{source!r} is not one of timm's pretrained networks{did_you_mean(name, tags)}; "
+            f"{'its tags: ' + ', '.join(tags[:8]) if tags else 'see timm.list_pretrained()'}")
+
+
+def _hub_file(cfg: dict) -> str | None:
+    """The weights file timm loaded for a pretrained config: in the Hugging Face cache, or torch's hub folder."""
+    if cfg.get("hf_hub_id"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg["hf_hub_id"].partition("@")
+        for file in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, file, revision=revision or None) if file else None
+            if isinstance(found, str):
+                return found
+    if cfg.get("url"):
+        path = Path(torch.hub.get_dir()) / "checkpoints" / cfg["url"].rsplit("/", 1)[-1]
+        return str(path) if path.is_file() else None
+    return None
+
+
 def load_networks(path: str | Path, models: tuple[str, ...] = (), sha256: str | None = None,
                   num_classes: int | None = None, in_chans: int | None = None) -> tuple[list[nn.Module], dict]:
-    """The networks saved in ``path`` (a file, or an ``https://`` URL with its SHA-256, downloaded once into the
-    cache), created by name through timm and loaded, frozen, in eval mode; and their provenance (file or URL,
-    SHA-256, the cell that trained them)."""
+    """The networks saved in ``path`` (a file, an ``https://`` URL with its SHA-256, downloaded once into the
+    cache, or a hub name: :func:`hub_networks`), created by name through timm and loaded, frozen, in eval mode; and
+    their provenance (file or URL, SHA-256, the cell that trained them, the key layout of another codebase's file)."""
     import timm
 
     import harness.models  # noqa: F401
 
     source = str(path)
+    if is_hub(source):
+        return hub_networks(source, models, sha256, num_classes, in_chans)
     path = fetch(source, sha256) if is_url(source) else Path(path)
     if not path.is_file():
         raise StageError(f"{path}: stage weights not found; run the suite again to train the stage, or fix the "
@@ -115,15 +195,23 @@ def load_networks(path: str | Path, models: tuple[str, ...] = (), sha256: str | 
     chans = meta.get("in_chans", in_chans)
     if num_classes is not None and classes != num_classes:
         raise StageError(f"{path}: trained for {classes} classes, the cell's dataset has {num_classes}")
-    networks = []
+    networks, layouts = [], set()
     for name, state in entries:
         net = timm.create_model(name, num_classes=classes, in_chans=chans)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise StageError(f"{path}: weights do not fit {name} ({str(e).splitlines()[0][:200]})") from None
+        fitted = fit_state(state, net)
+        if fitted is None:
+            try:
+                net.load_state_dict(state)  # for torch's own words on what does not fit
+                raise RuntimeError("the parameters' shapes differ")
+            except RuntimeError as e:
+                raise StageError(f"{path}: weights do not fit {name}, under our names or those of "
+                                 f"{', '.join(KEY_LAYOUTS)} ({str(e).splitlines()[0][:200]})") from None
+        net.load_state_dict(fitted[0])
+        layouts.add(fitted[1])
         net.requires_grad_(False).eval()
         networks.append(net)
+    foreign = sorted(layouts - {"harness"})
     provenance = {"file": str(path), "sha256": digest, "cell_hash": meta.get("cell_hash"),
-                  "modules": meta.get("modules", {}), **({"url": source} if is_url(source) else {})}
+                  "modules": meta.get("modules", {}), **({"url": source} if is_url(source) else {}),
+                  **({"key_layout": foreign[0]} if foreign else {})}
     return networks, provenance

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from harness.config.cell import Cell, hashed_recipe
 from harness.registry import did_you_mean
-from harness.results.weights import is_url
+from harness.results.weights import hub_name_problem, is_hub, is_url
 from harness.suite.spec import Resources, SuiteSpec, _pydantic_lines
 from harness.training.method import load_methods
 
@@ -197,6 +197,11 @@ def _check_stages(cells: list[Cell], raw_methods, errors: list[str]) -> None:
             if not stage.checkpoint:
                 continue
             key = next((k for k, v in cell.hparams.items() if v == stage.checkpoint), "checkpoint")
+            if is_hub(stage.checkpoint):
+                problem = hub_name_problem(stage.checkpoint)
+                if problem:
+                    errors.append(f"{where(cell)}.{key}: {problem}")
+                continue
             if is_url(stage.checkpoint):
                 if not stage.sha256:
                     errors.append(f"{where(cell)}.{key}: a teacher from a URL needs its SHA-256 (teacher_sha256: the "

@@ -4,7 +4,9 @@ A dataset and a recipe that do not go together (image files of different sizes w
 the data cannot take, an image file that does not decode) would otherwise fail inside every trial, after a queue
 and a cluster start.  Here each distinct (dataset, augmentation, held-out split, views, pipeline) builds its
 inputs on the CPU at a batch of at most 8 and draws one training and one test batch: the same code paths as the
-trial, at a few images' cost."""
+trial, at a few images' cost.  And each teacher from elsewhere (an ``https://`` URL, a timm or Hugging Face hub
+name) is fetched and loaded here, once, on the driver: its trials find it in the cache (they run with the hub
+offline), and a wrong hash, architecture or number of classes is one line before any trial starts."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,30 @@ from harness.suite.schema import Suite
 from harness.training.method import load_methods
 
 PROBE_BATCH = 8
+
+
+def fetch_teachers(suite: Suite, data_of: Callable[[dict], ImageData], log=print) -> list[str]:
+    """Fetch and load every stage checkpoint that is a URL or a hub name; one line per one that fails."""
+    from harness.results.weights import StageError, is_hub, is_url, load_networks
+
+    lines, seen = [], set()
+    for cell in suite.plan.everything:
+        for stage in suite.plan.stages[cell.hash].values():
+            if not stage.checkpoint or not (is_url(stage.checkpoint) or is_hub(stage.checkpoint)):
+                continue
+            data = data_of(cell.dataset)
+            key = (stage.checkpoint, stage.models, data.num_classes, data.in_chans)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                _, provenance = load_networks(stage.checkpoint, stage.models, stage.sha256, data.num_classes,
+                                              data.in_chans)
+            except StageError as e:
+                lines.append(f"{suite.path}: {cell.describe()}: {e}")
+                continue
+            log(f"teacher {stage.checkpoint}: ready (SHA-256 {str(provenance['sha256'])[:16]}…)")
+    return lines
 
 
 def input_errors(suite: Suite, data_of: Callable[[dict], ImageData]) -> list[str]:
