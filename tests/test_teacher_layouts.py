@@ -98,3 +98,12 @@ def test_a_file_of_another_network_is_one_line(tmp_path):
         load_networks(path, ("cifar_wrn_16_1",), num_classes=100, in_chans=3)
     message = str(info.value)
     assert "\n" not in message and "weights do not fit cifar_wrn_16_1" in message and "repdistiller" in message
+    assert "block1.0.conv1.weight is (32, 16, 3, 3) in the file, (16, 16, 3, 3) in the network" in message
+
+
+def test_a_teacher_for_another_number_of_classes_says_so(tmp_path):
+    path, _, _ = their_file(tmp_path, "cifar_vgg8", num_classes=100)
+    with pytest.raises(StageError) as info:
+        load_networks(path, ("cifar_vgg8",), num_classes=10, in_chans=3)
+    assert "(num_classes 10, in_chans 3)" in str(info.value)
+    assert "fc.weight is (100, 512) in the file, (10, 512) in the network" in str(info.value)

@@ -88,3 +88,17 @@ def fit_state(state: dict, network: nn.Module) -> tuple[dict, str] | None:
         if fits(renamed):
             return renamed, name
     return None
+
+
+def misfit(state: dict, network: nn.Module) -> str:
+    """Where ``state`` and ``network`` part, in a few words, under the layout that names most of its keys: the
+    first tensor whose shape differs (a classifier for another number of classes), else the names missing."""
+    own = network.state_dict()
+    candidates = [state] + [layout(state, network) for _, layout in KEY_LAYOUTS.items()]
+    best = max((c for c in candidates if c is not None), key=lambda c: len(c.keys() & own.keys()))
+    for key, value in own.items():
+        if key in best and tuple(best[key].shape) != tuple(value.shape):
+            return f"{key} is {tuple(best[key].shape)} in the file, {tuple(value.shape)} in the network"
+    missing, extra = sorted(own.keys() - best.keys()), sorted(best.keys() - own.keys())
+    return (f"{len(missing)} of the network's tensors are not in the file (first {missing[:2]}), and {len(extra)} "
+            f"of the file's are not in the network (first {extra[:2]})")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from harness.config.cell import Cell
-from harness.models.layouts import KEY_LAYOUTS, fit_state
+from harness.models.layouts import KEY_LAYOUTS, fit_state, misfit
 from harness.fetching import FetchError, cache_folder, download, file_digest
 from harness.results.location import readable_as_umask_allows
 WEIGHTS_FORMAT = 1
@@ -200,12 +200,8 @@ def load_networks(path: str | Path, models: tuple[str, ...] = (), sha256: str | 
         net = timm.create_model(name, num_classes=classes, in_chans=chans)
         fitted = fit_state(state, net)
         if fitted is None:
-            try:
-                net.load_state_dict(state)  # for torch's own words on what does not fit
-                raise RuntimeError("the parameters' shapes differ")
-            except RuntimeError as e:
-                raise StageError(f"{path}: weights do not fit {name}, under our names or those of "
-                                 f"{', '.join(KEY_LAYOUTS)} ({str(e).splitlines()[0][:200]})") from None
+            raise StageError(f"{path}: weights do not fit {name} (num_classes {classes}, in_chans {chans}), under "
+                             f"our names or those of {', '.join(KEY_LAYOUTS)}: {misfit(state, net)}")
         net.load_state_dict(fitted[0])
         layouts.add(fitted[1])
         net.requires_grad_(False).eval()
