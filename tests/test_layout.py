@@ -12,7 +12,7 @@ from harness.training.method import load_methods
 ROOT = Path(__file__).parents[1]
 REGISTRY_LOADER = "harness.training.method"
 TOP_LEVEL = {"harness", "harness._compat", "harness.registry", "harness.fetching", "harness.cli", "harness.api",
-             "harness.doctor"}  # not stages; cli, api and doctor, the fronts, use them all
+             "harness.doctor", "harness.docsgen"}  # not stages; cli, api and doctor, the fronts, use them all
 
 
 def module_name(path: Path) -> str:
@@ -150,7 +150,7 @@ def test_no_method_building_block_is_left_in_the_spine():
 # What the repository root may hold: the design card's top level, the CI script, the install's constraints and the
 # repository's own files; a development run's leftovers (a suite file, a report folder) have no place here.
 ROOT_ENTRIES = {"harness", "methods", "suites", "reports", "tests", "benchmarks", "pyproject.toml", "README.md",
-                "constraints.txt", ".ci", ".gitignore"}
+                "constraints.txt", ".ci", ".gitignore", "docs", "mkdocs.yml"}
 
 
 def test_the_repository_root_holds_only_what_it_may():

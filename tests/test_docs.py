@@ -1,0 +1,32 @@
+"""The documentation site: its generated pages say what the code says (a new suite key or a changed default fails
+until they are regenerated), and the site builds with MkDocs in strict mode (a broken link, a missing page or an
+anchor that is not there fails)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from harness import docsgen
+
+
+def test_the_generated_pages_are_up_to_date():
+    assert docsgen.stale(docsgen.pages()) == [], "run: python -m harness.docsgen"
+
+
+def test_a_changed_default_makes_its_page_stale(monkeypatch):
+    """The check compares with the code itself: a default changed in code shows in the generated text."""
+    from methods.dml import DMLParams
+
+    before = docsgen.pages()
+    monkeypatch.setattr(DMLParams.model_fields["temperature"], "default", 3.0)
+    after = docsgen.pages()
+    changed = [p.name for p in before if before[p] != after[p]]
+    assert changed == ["dml.md"] and "| `temperature` | number | `3.0` |" in after[docsgen.DOCS / "methods" / "dml.md"]
+
+
+def test_the_site_builds_in_strict_mode(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                            cwd=docsgen.ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "site" / "methods" / "dml" / "index.html").is_file()
+    assert (tmp_path / "site" / "reference" / "suite" / "index.html").is_file()
