@@ -38,11 +38,11 @@ Where the equations contradict the text, the reading that matches the stated int
   learners minimise −L_ad, the discriminators' own cross-entropy, i.e. each learner keeps its maps recognisable
   to its discriminator and unlike the others'; the discriminators are still trained on Eq. 4 alone, in their
   own step.  "fool": the literal Eq. 7 sign, the learners minimise +L_ad (the saturating minimax generator).
-- Eq. 2 and Eq. 6 write the KL with the learner first, KL(p^a, p^t); ``kl_direction`` "forward" (default,
-  methods_spec §0: every public KD code) uses KL(target ‖ learner); "reverse" the literal argument order,
-  KL(p^a ‖ p^t) and KL(p^s ‖ p^a) (sign corrected); the target is constant either way.
+- Eq. 2 and Eq. 6 write the KL with the learner first, KL(p^a, p^t); ``kl_direction`` "forward" (default, every public
+  KD code; ``docs/notes/conventions.md#kl-direction``) uses KL(target ‖ learner); "reverse" the literal argument
+  order, KL(p^a ‖ p^t) and KL(p^s ‖ p^a) (sign corrected); the target is constant either way.
 
-Choices where the paper is silent (there is no code; methods_spec §5 and reference_impls §9):
+Choices where the paper is silent (there is no code; ``docs/notes/ackd.md#open-questions-and-choices``):
 - ``learners``: "DnBm" strings, n the stage (1-based; stage 1 reads the stem's output) before which the branch
   leaves the target learner, m the number of stages it copies; n + m − 1 must equal the target learner's
   number of stages, so every learner ends like the target learner (Table 7's D3B1, D2B2, D1B3 all satisfy it

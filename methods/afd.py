@@ -13,8 +13,8 @@ is the paper's pair: D_1 real = net2, fake = net1; D_2 real = net1, fake = net2.
 with f the last map, sg the stop-gradient and φ_k the transfer layer below (the identity for equal shapes).
 S_k = every other peer (DML's mutual KL, ``logit_peers`` "all") or {s(k)} ("ring").
 
-One ``train_step`` on a mini-batch runs three updates in this order (the paper's alternating scheme as described
-in methods_spec.md §6 / reference_impls.md §8):
+One ``train_step`` on a mini-batch runs three updates in this order (the paper's alternating scheme as a
+third-party summary describes it, ``docs/notes/afd.md#training-step``):
 1. logit step: every peer forwards the batch; Σ_k L_logit_k; the recipe's optimizer ("peers") steps;
 2. generator step: every (updated) peer forwards the batch again; Σ_k L_G_k; the "features" optimizer steps
    (the peers' parameters except their classifiers, and the transfer layers);
@@ -22,12 +22,12 @@ in methods_spec.md §6 / reference_impls.md §8):
 Each step zeroes its own parameters' gradients first, so no step uses gradients of another.  Logged terms:
 ``ce/netk``, ``kl/netk`` (step 1), ``adv/netk`` (step 2), ``disc/netk`` (step 3).
 
-Choices where the paper (we have its abstract only) is silent; defaults from the third-party code read in
-reference_impls.md §8 unless said otherwise:
+Choices where the paper (we have its abstract only) is silent; defaults from the third-party code
+(``docs/notes/official_code.md#afd``) unless said otherwise:
 - Wiring: the abstract's (own = fake, peer = real; the peer fools its D).  The third-party code's wiring is broken
   (its D and G push D(own) the same way) and is not followed.
-- Cyclic direction for K > 2: peer k learns the map distribution of peer k − 1 (a one-directional ring,
-  reference_impls.md §8 summary; methods_spec.md §6 [guess]).  ``self.sources[k]`` = s(k), 0-based.
+- Cyclic direction for K > 2: peer k learns the map distribution of peer k − 1 (a one-directional ring, as the
+  third-party summary describes it; ``docs/notes/afd.md#cyclic-scheme``).  ``self.sources[k]`` = s(k), 0-based.
 - Logit part: ``temperature`` 3, T² scaling, ``kl_weight`` 1, the peer's probabilities detached (this harness's
   DML convention; the third-party code does not detach), mean over S_k.  ``logit_peers`` "all": the cyclic scheme
   is described for feature maps only, so the logits stay DML's all-pairs mutual KL; "ring" restricts it to s(k).

@@ -31,9 +31,10 @@ Modules (keys of ``self.modules``; per ordered pair ``net{j}_from_net{l}``, one 
   by adaptive average pooling (larger) or bilinear interpolation (smaller).  Shapes come from one probe forward
   pass at build time.  Containers belong to peer j: its parameter group of the recipe's optimizer.
 
-Choices where the paper is silent or ambiguous (methods_spec.md §4; there is no reference code):
-- ``adversarial_loss`` "ce": D is a two-class classifier ("two neurons") trained with CE, and generator j is
-  trained so that D labels its feature as the partner's (methods_spec's reading).  "linear" is Eq. 1 literally
+Choices where the paper is silent or ambiguous (``docs/notes/amln.md#open-questions-and-choices``; there is no
+reference code):
+- ``adversarial_loss`` "ce": D is a two-class classifier ("two neurons") trained with CE, and generator j is trained
+  so that D labels its feature as the partner's (``docs/notes/amln.md#adversarial-loss``).  "linear" is Eq. 1 literally
   with D(x) = softmax(D logits)[partner]: D maximises mean(1 − D(f_j)) + mean(D(f_l)) (its loss is the negative),
   generator j minimises mean(1 − D(f_j)).  Either way the generator's term has weight 1 (Eq. 3).
 - ``feature_distance`` "mse": d = mean over all elements of the squared difference; "l2": the Euclidean norm of

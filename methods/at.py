@@ -10,8 +10,8 @@ a(f) = L2-normalise over positions of mean_c f^p (``methods.common.feature_losse
 the stem (``adapter.extract``'s ``blocks``: RepDistiller's ``feat[1:-1]``, three maps on a CIFAR ResNet/WRN).  The
 teacher's maps are computed in eval mode without gradient.  No extra modules.
 
-Choices, with RepDistiller's defaults (``--distill attention -a 0 -b 1000``; methods_spec.md §7, reference_impls.md
-§10):
+Choices, with RepDistiller's defaults (``--distill attention -a 0 -b 1000``;
+``docs/notes/feature_methods.md#features-and-weights``, ``docs/notes/official_code.md#repdistiller``):
 - ``beta`` 1000, ``p`` 2, the per-stage terms summed (the AT author's code also sums them, weighted by β).
 - ``ce_weight`` 1, ``kd_weight`` 0 (RepDistiller's ``-r 1 -a 0``); ``temperature`` 4 and T² scaling for a KD term
   when ``kd_weight`` > 0 (``at_kd`` is that combination with KD's weights).

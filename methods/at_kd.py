@@ -7,7 +7,8 @@ Loss (the same as ``at``, methods/at.py, with the KD term on):
 
 KL batch mean, teacher detached; AT over the stage outputs after the stem, matched by position (see methods/at.py).
 
-Choices (neither AMLN nor methods_spec.md gives the weights of this combination; AMLN only copies the numbers):
+Choices (no source gives the weights of this combination; AMLN only copies the numbers;
+``docs/notes/feature_methods.md#hybrid-offline-methods``):
 - ``temperature`` 4, ``ce_weight`` 0.1, ``kd_weight`` 0.9, ``beta`` 1000: RepDistiller's KD weights
   (``-r 0.1 -a 0.9``, T = 4) with its AT weight (``-b 1000``), which are also the AT authors' KD (``--alpha 0.9``,
   T = 4) and AT (``--beta 1e+3``) flags.  The AT authors' ``distillation`` differs in scale: (1 − α)·CE +

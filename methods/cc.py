@@ -11,12 +11,12 @@ two linear embeddings to ``embed_dim`` (RepDistiller's ``LinearEmbed``), and wit
 "consecutive_difference" L_CC = mean_{i = 1..B−1} Σ_d |Δ_i,d| · |Δ_{i+1},d|, Δ = E_s(e_s) − E_t(e_t).
 
 Choices:
-- ``correlation`` "consecutive_difference": what RepDistiller's ``Correlation`` computes (reference_impls.md §10: the
-  code the CC authors sent, "not the paper's RBF correlation matrix").  "gaussian_rbf_taylor" is the paper's
-  correlation matrix of a Gaussian RBF kernel expanded to Taylor order ``taylor_order`` with ``rbf_gamma``, on
-  L2-normalised embeddings, mean squared difference over the B² entries; "bilinear" the paper's plain correlation
-  xᵀy of the normalised embeddings.  ``rbf_gamma`` 0.4 and ``taylor_order`` 2 are the values third-party
-  re-implementations of the paper use [unverified against the paper].  β was tuned for the default form only.
+- ``correlation`` "consecutive_difference": what RepDistiller's ``Correlation`` computes (the code the CC authors
+  sent, which builds no correlation matrix; ``docs/notes/feature_methods.md#cc-forms``).  "gaussian_rbf_taylor" is the
+  paper's correlation matrix of a Gaussian RBF kernel expanded to Taylor order ``taylor_order`` with ``rbf_gamma``, on
+  L2-normalised embeddings, mean squared difference over the B² entries; "bilinear" the paper's plain correlation xᵀy
+  of the normalised embeddings.  ``rbf_gamma`` 0.4 and ``taylor_order`` 2 are the values third-party re-implementations
+  of the paper use [unverified against the paper].  β was tuned for the default form only.
 - ``embed_dim`` 128 (RepDistiller's ``feat_dim``).  Both embeddings are trainable and trained with the student's
   optimizer, the teacher's too (RepDistiller puts ``embed_t`` in ``trainable_list``); the teacher network itself
   gets no gradient.  PyTorch's default init.

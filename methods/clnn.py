@@ -11,7 +11,7 @@ by n heads gets 1/n of their summed gradient.  Evaluated outputs: ``net1..netH``
 layers, the deployed network h) and the engine's ``ens`` (mean of the heads' probabilities).
 
 Choices the paper leaves open (no official code; defaults from the best third-party version, winycg/MCL-OKD
-@c15a0fd ``main_cifar_cl_ilr.py``, reference_impls.md §4):
+@c15a0fd ``main_cifar_cl_ilr.py``, ``docs/notes/official_code.md#clnn``):
 - The sharing hierarchy: ``branch_stages`` (indices into feature_info, 0 = stem, increasing) with one
   ``fanouts`` entry per split, their product = H.  Default: one split after len(feature_info) - 2 into H heads
   (the last stage duplicated, as ONE and OKDDip's CL-ILR).  Two levels are supported: MCL-OKD's 4-head CIFAR

@@ -21,7 +21,8 @@ Logged terms: ``ce``, ``kd`` (0 with the default weight), ``crd/student`` (stude
 ``crd/teacher`` (teacher anchor, student bank), each with its weight included.
 
 Choices, with their defaults (RepDistiller's ``train_student.py`` and ``scripts/run_cifar_distill.sh``, CRD run
-``--distill crd -r 1 -a 0 -b 0.8``; reference_impls.md §10) and the hyper-parameters that change them:
+``--distill crd -r 1 -a 0 -b 0.8``; ``docs/notes/official_code.md#repdistiller``) and the hyper-parameters that change
+them:
 - ``ce_weight`` 1 (``-r 1``), ``kd_weight`` 0 (``-a 0``), ``beta`` 0.8 (``-b 0.8``).  CRD+KD (the CRD paper's
   "CRD+KD" row) is ``kd_weight: 1``; ``temperature`` 4 (RepDistiller's ``kd_T``) and ``t2_scaling`` true apply to
   that KD term only (RepDistiller's ``DistillKL``: batch mean · T²).

@@ -7,8 +7,9 @@ Loss of peer k (methods/common/online_feature.py gives the DML part and the pair
 a(f) = L2-normalise over positions of mean_c f^p (``methods.common.feature_losses.at_loss``), s over the stage outputs
 without the stem (``adapter.extract``'s ``blocks``).  Peer l's maps are detached.  No extra modules.
 
-Choices where TSB is silent, with defaults from RepDistiller (``-b 1000``, ``feat[1:-1]``, p = 2; the author's
-code also weights β·Σ over the groups; methods_spec.md §7, reference_impls.md §10):
+Choices where TSB is silent, with defaults from RepDistiller (``-b 1000``, ``feat[1:-1]``, p = 2; the author's code
+also weights β·Σ over the groups; ``docs/notes/feature_methods.md#features-and-weights``,
+``docs/notes/official_code.md#repdistiller``):
 - the maps: every stage output after the stem (RepDistiller's ``feat[1:-1]``: three maps on a CIFAR ResNet/WRN).
 - ``beta`` 1000; ``p`` 2; the per-stage terms are summed, each a mean over the batch and positions.
 - Peers of different architectures: the channel mean makes the widths irrelevant; when two maps differ in size the

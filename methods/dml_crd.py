@@ -2,9 +2,10 @@
 every ordered pair of peers, for K ≥ 2 peers.
 
 TSB (Sec. 4.2.3) adapts CRD "into its online version, built upon the scheme of DML" and gives nothing more.  Here
-(methods_spec.md §7; the CRD pieces are ``methods/common/contrastive.py``), with v_k = normalise(W_k e_k + b_k) peer k's embedding
-(e_k its pooled penultimate feature, ``adapter.extract``'s ``embedding``; one Linear head per peer to ``feat_dim``
-dimensions), M_l the memory bank of peer l and i the dataset indices of the batch, the loss of peer k is
+(``docs/notes/feature_methods.md#online-on-top-of-dml``; the CRD pieces are ``methods/common/contrastive.py``), with
+v_k = normalise(W_k e_k + b_k) peer k's embedding (e_k its pooled penultimate feature, ``adapter.extract``'s
+``embedding``; one Linear head per peer to ``feat_dim`` dimensions), M_l the memory bank of peer l and i the dataset
+indices of the batch, the loss of peer k is
 
     CE(z_k, y) + g(t)·w·T²·R_{l≠k} KL(p_l ‖ p_k) + g(t)·β·R_{l≠k} NCE(v_k ; M_l[i], M_l[negatives of i]),
 
@@ -17,19 +18,20 @@ M_l[i] ← normalise(μ·M_l[i] + (1 − μ)·v_l).  With K = 2 the CRD part is 
 
 Logged terms per peer: ``ce/netk``, ``kl/netk`` and ``crd/netk`` (β, the gate and R included).
 
-The memory-bank question (methods_spec.md §7: "unclear whether each network keeps a memory bank of the peer's
-embeddings"): one bank per network, holding that network's own embeddings per sample (K banks, not K(K−1)).  A bank
-is what a network's partners contrast against; this is RepDistiller's layout, where ``memory_v1`` holds the student's
-embeddings (read by the teacher anchor) and ``memory_v2`` the teacher's (read by the student anchor), so each network
-of a pair learns from the other's detached embeddings (through its bank) in both directions.  Separate banks per
-ordered pair would hold identical rows.  Each reader of a bank keeps its own normalisation constant Z_kl (fixed on
-the first step), as RepDistiller keeps one per direction.
+The memory-bank question (TSB does not say whose embeddings a network's bank holds;
+``docs/notes/feature_methods.md#online-crd-memory-banks``): one bank per network, holding that network's own
+embeddings per sample (K banks, not K(K−1)).  A bank is what a network's partners contrast against; this is
+RepDistiller's layout, where ``memory_v1`` holds the student's embeddings (read by the teacher anchor) and
+``memory_v2`` the teacher's (read by the student anchor), so each network of a pair learns from the other's detached
+embeddings (through its bank) in both directions.  Separate banks per ordered pair would hold identical rows.  Each
+reader of a bank keeps its own normalisation constant Z_kl (fixed on the first step), as RepDistiller keeps one per
+direction.
 
 Choices, with their defaults and the hyper-parameters that change them:
 - ``temperature`` 4 (TSB's τ, Sec. 4.1), ``kl_weight`` 1, ``t2_scaling`` true, ``peer_reduction`` "mean": DML under
   TSB's recipe (methods/dml.py), as for the other online feature methods of Table 4 (methods/common/online_feature.py).
 - ``beta`` 0.8 (RepDistiller ``-b 0.8``), ``feat_dim`` 128, ``num_negatives`` 16,384, ``nce_temperature`` 0.07,
-  ``momentum`` 0.5: RepDistiller's CRD defaults (reference_impls.md §10).
+  ``momentum`` 0.5: RepDistiller's CRD defaults (``docs/notes/official_code.md#repdistiller``).
 - ``num_negatives`` is clamped to N − 1 when the training set has fewer than ``num_negatives`` + 1 samples (the
   number used is ``self.num_negatives``); with ``negatives`` "other_class" an anchor whose other-class pool is still
   smaller than that draws with replacement.  No error and no warning: a tiny dataset is a smoke test.

@@ -10,7 +10,9 @@ ReLU), MSE the mean over every element.  Peer l's hint is detached: each peer le
 trains its own regressors; K(K−1) regressors in ``self.modules["connectors"]`` (``net{k}_from_net{l}``).
 
 Choices where TSB is silent (it gives no layer, weight or regressor), with defaults from RepDistiller
-(``hint_layer=2``, ``ConvReg``; methods_spec.md §7, reference_impls.md §10) except for the weight:
+(``hint_layer=2``, ``ConvReg``; ``docs/notes/feature_methods.md#features-and-weights``,
+``docs/notes/official_code.md#repdistiller``) except for the weight
+(``docs/notes/feature_methods.md#online-fitnet-weight``):
 - ``hint_layer`` 2: RepDistiller's ``feat[2]``, the output of the second stage (the middle stage of a CIFAR
   ResNet/WRN); a single hint, not the original FitNet's two-stage training (no separate hint pre-training stage).
 - ``beta`` 1, not RepDistiller's offline 100 (TSB gives no β).  Offline, the student regresses to a frozen
@@ -23,7 +25,7 @@ Choices where TSB is silent (it gives no layer, weight or regressor), with defau
   online feature method trained at its RepDistiller weight in the same probe.
 - ``regressor`` "always": every pair gets a regressor, even between maps of equal shape (RepDistiller always uses
   ``ConvReg``; for equal sizes it is a 1×1 conv + BN + ReLU); "when_shapes_differ" uses the identity between
-  maps of the same shape (methods_spec.md §7 allows it for peers of one architecture) and a regressor otherwise.
+  maps of the same shape (possible for peers of one architecture) and a regressor otherwise.
 - ``regressor_relu`` true: RepDistiller's ``ConvReg`` for FitNet ends with a ReLU.
 - Peers of different architectures: the regressor maps the student's hint to the partner's channels and size
   (3×3 stride-2 conv when the student's map is twice as large, 4×4 stride-2 transposed conv when half as large,

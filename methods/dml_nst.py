@@ -10,7 +10,7 @@ indices (``methods.common.feature_losses.nst_loss``); s over the stage outputs w
 maps are detached (so its k(t,t) term is a constant, as RepDistiller detaches it).  No extra modules.
 
 Choices where TSB is silent, with defaults from RepDistiller (``-b 50``, ``feat[1:-1]``, the "full" MMD with the
-teacher term; methods_spec.md §7, reference_impls.md §10):
+teacher term; ``docs/notes/feature_methods.md#features-and-weights``, ``docs/notes/official_code.md#repdistiller``):
 - the maps: every stage output after the stem; ``beta`` 50; the per-stage terms are summed.
 - the kernel: polynomial of degree 2 with c = 0 (RepDistiller's and the NST paper's best CIFAR choice).
 - Peers of different architectures: the kernel compares channels pairwise, so widths may differ; the larger map is

@@ -8,7 +8,7 @@ P[i, j] = K[i, j] / Σ_j K[i, j], K = (cos(e_i, e_j) + 1) / 2 over the batch's p
 its norm + ε), P_l from peer l's detached embeddings (``methods.common.feature_losses.pkt_loss``).  No extra modules.
 
 Choices where TSB is silent, with defaults from RepDistiller (``-b 30000``, ``feat[-1]``, ε = 1e-7;
-methods_spec.md §7, reference_impls.md §10):
+``docs/notes/feature_methods.md#features-and-weights``, ``docs/notes/official_code.md#repdistiller``):
 - the features: the pooled embedding before the classifier (RepDistiller's ``feat[-1]``).
 - ``beta`` 30000; ``eps`` 1e-7; the mean is over all b² entries (RepDistiller's ``torch.mean``, not a per-row sum),
   the diagonal included.

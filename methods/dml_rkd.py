@@ -10,7 +10,7 @@ the batch divided by their mean over the non-zero ones, ψ_A the cosines of the 
 (``methods.common.feature_losses.rkd_loss``), smooth-L1 with threshold 1, means over all entries.  No extra modules.
 
 Choices where TSB is silent, with defaults from RepDistiller (``-b 1``, ``feat[-1]``, w_d = 25, w_a = 50;
-methods_spec.md §7, reference_impls.md §10):
+``docs/notes/feature_methods.md#features-and-weights``, ``docs/notes/official_code.md#repdistiller``):
 - the features: the pooled embedding before the classifier (RepDistiller's ``feat[-1]``).
 - ``beta`` 1, ``distance_weight`` 25, ``angle_weight`` 50.
 - Peers of different architectures: distances and angles are within one network's embedding space, so different

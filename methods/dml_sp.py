@@ -7,8 +7,8 @@ Loss of peer k (methods/common/online_feature.py gives the DML part and the pair
 G = F Fᵀ the b×b Gram matrix of the batch's flattened last-stage maps, each row L2-normalised, G_l from peer l's
 detached map (``methods.common.feature_losses.sp_loss``).  No extra modules.
 
-Choices where TSB is silent, with defaults from RepDistiller (``-b 3000``, ``feat[-2]``; methods_spec.md §7,
-reference_impls.md §10):
+Choices where TSB is silent, with defaults from RepDistiller (``-b 3000``, ``feat[-2]``;
+``docs/notes/feature_methods.md#features-and-weights``, ``docs/notes/official_code.md#repdistiller``):
 - the map: the output of the last stage (``stages[-1]``: RepDistiller's ``feat[-2]``, the map before pooling;
   for the CIFAR WRN of this harness it includes the final BN-ReLU, which equals ``last``).
 - ``beta`` 3000.

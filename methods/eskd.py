@@ -4,7 +4,7 @@ Hinton KD (``methods/kd.py``) from a teacher whose training stopped early.
 The early-stopped teacher is a stage of its own (the ``ind`` cell of the teacher network, cached by hash like
 any teacher); the student's loss is KD's.
 
-Choices (methods_spec.md §1.7, ambiguity 12):
+Choices (``docs/notes/baselines.md#eskd``):
 - ``teacher_epochs`` None: 65 on CIFAR-100/CINIC-10 and every other dataset, 35 on Tiny-ImageNet/ImageNet
   (ACKD Sec. 4.1); never past the teacher recipe's last epoch minus one, so a scaled-down run still stops early.
 - ``teacher_schedule`` "compressed" (default): the teacher's recipe with ``epochs = teacher_epochs`` and its lr
@@ -13,7 +13,8 @@ Choices (methods_spec.md §1.7, ambiguity 12):
   0.1 without a decay, so this reading is the more plausible.  "snapshot": the teacher's unchanged schedule,
   stopped after ``teacher_epochs`` (the weights of epoch 65 of the 200-epoch run).
 - ``kd_stop_epoch`` None: the KD term stays on to the end, as ACKD describes ESKD.  The only public ESKD code (an
-  mdistiller fork, reference_impls.md) instead turns the KD term off after an epoch: set it to that epoch.
+  mdistiller fork, ``docs/notes/official_code.md#eskd``) instead turns the KD term off after an epoch: set it to that
+  epoch.
 - KD's temperature and weights are KD's defaults (T = 4, 0.1 CE + 0.9 KD, RepDistiller's).
 """
 from __future__ import annotations

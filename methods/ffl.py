@@ -20,7 +20,7 @@ the fusion module is reported apart.
 Evaluated outputs: net1, net2, their ensemble ``ens`` (engine: mean of probabilities), and ``fused`` (z_f).
 
 Choices, with their defaults and sources (official code: Jangho-Kim/FFL-pytorch, ``train_FFL.py``,
-``our_network.py``, ``utils.py``; see reference_impls.md §2):
+``our_network.py``, ``utils.py``; see ``docs/notes/official_code.md#ffl``):
 - ``shared_trunk`` "auto": shared when the two names are equal (the official CIFAR code), separate otherwise
   (the paper's mixed pairs, e.g. WRN-16-2/ResNet-32; those need two networks).  True with two different
   architectures is an error.

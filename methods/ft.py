@@ -1,6 +1,7 @@
 """FT, Factor Transfer (Kim, Park and Kwak, "Paraphrasing Complex Network: Network Compression via Factor
-Transfer", NeurIPS 2018), in RepDistiller's form (``--distill factor``, reference_impls.md §10): the student learns
-the teacher's *factor*, the code of a paraphraser trained beforehand on the teacher's last feature map.
+Transfer", NeurIPS 2018), in RepDistiller's form (``--distill factor``, ``docs/notes/feature_methods.md#ft-versions``):
+the student learns the teacher's *factor*, the code of a paraphraser trained beforehand on the teacher's last feature
+map.
 
 Stages: ``teacher`` (methods/common/offline.py, shared with every other offline method of that teacher), then
 ``paraphraser`` (methods/ft_paraphraser.py: the same teacher stage, the student's recipe with

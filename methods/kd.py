@@ -4,9 +4,9 @@ softened predictions of a frozen teacher trained in an earlier stage (``methods/
 Loss: ce_weight · CE(z_s, y) + kd_weight · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)), batch mean.
 
 Choices (the papers using KD as a baseline do not agree):
-- ``temperature`` 4, ``ce_weight`` 0.1, ``kd_weight`` 0.9: RepDistiller's KD run (methods_spec §1.2), the
-  CRD benchmark that ACKD says its baselines follow.  KDCL's offline rows (Table 7 "2 distill 1") use T = 2 and
-  CE + KL with weight 1: set ``temperature: 2, ce_weight: 1, kd_weight: 1``.
+- ``temperature`` 4, ``ce_weight`` 0.1, ``kd_weight`` 0.9: RepDistiller's KD run (``docs/notes/baselines.md#kd``), the
+  CRD benchmark that ACKD says its baselines follow.  KDCL's offline rows (Table 7 "2 distill 1") use T = 2 and CE + KL
+  with weight 1: set ``temperature: 2, ce_weight: 1, kd_weight: 1``.
 - ``t2_scaling`` True (Hinton's gradient-scale argument; RepDistiller multiplies by T² too).
 - The teacher: see ``methods/common/offline.py`` (``teacher_recipe``, ``teacher_seed`` 0, ``teacher_checkpoint``,
   ``teacher_stop_epoch``).

@@ -4,7 +4,7 @@ with CLNN (``methods/clnn.py``).
 One network of the group's architecture is cut into a shared trunk and a head (``harness.models.adapter.split``);
 the head is cloned into m = K branches (K = the group's size, all names the same network).  Branch i gives
 logits z_i; a gate g = softmax(ReLU(BN1d(Linear(avgpool(trunk output))))) of length m builds the teacher
-logit z_e = Σ_i g_i z_i.  Loss (official code, reference_impls.md §1):
+logit z_e = Σ_i g_i z_i.  Loss (official code, ``docs/notes/official_code.md#one``):
 
     Σ_i CE(z_i, y) + CE(z_e, y) + w(e) · T² · Σ_i KL(softmax(z_e / T) ‖ softmax(z_i / T)),
 

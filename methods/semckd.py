@@ -1,6 +1,6 @@
 """SemCKD, Cross-Layer Distillation with Semantic Calibration (Chen et al., AAAI 2021), as the authors' code does it
-(DefangChen/SemCKD: ``distiller_zoo/SemCKD.py``, ``models/util.py::SelfA``; reference_impls.md §10): every student
-stage learns from every teacher stage, weighted by a per-sample attention over the teacher's stages.
+(DefangChen/SemCKD: ``distiller_zoo/SemCKD.py``, ``models/util.py::SelfA``; ``docs/notes/official_code.md#semckd``):
+every student stage learns from every teacher stage, weighted by a per-sample attention over the teacher's stages.
 
 With f^s_i (i < S) and f^t_j (j < T) the stage outputs (``adapter.extract(...).blocks``: RepDistiller's
 ``feat[1:-1]``, the stem and the pooled vector left out) and B the batch size:

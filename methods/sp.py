@@ -8,8 +8,8 @@ Loss (methods/common/offline_feature.py gives the CE/KD part):
 G = F Fᵀ the b × b Gram matrix of the batch's flattened last-stage maps, each row L2-normalised, G_t from the
 teacher's map computed in eval mode without gradient (``methods.common.feature_losses.sp_loss``).  No extra modules.
 
-Choices, with RepDistiller's defaults (``--distill similarity -a 0 -b 3000``; methods_spec.md §7, reference_impls.md
-§10):
+Choices, with RepDistiller's defaults (``--distill similarity -a 0 -b 3000``;
+``docs/notes/feature_methods.md#features-and-weights``, ``docs/notes/official_code.md#repdistiller``):
 - the map: the output of the last stage (``stages[-1]``: RepDistiller's ``feat[-2]``, the map before pooling; for
   the CIFAR WRN of this harness it includes the final BN-ReLU).
 - ``beta`` 3000; ``ce_weight`` 1, ``kd_weight`` 0 (``-r 1 -a 0``); ``temperature`` 4, T² for an optional KD term.

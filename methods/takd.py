@@ -6,7 +6,7 @@ the teacher network (shared with every other student of it); the assistant is th
 assistant) with this method's KD settings; the student learns by KD from the frozen assistant, which is also
 the output evaluated as ``teacher``.
 
-Choices (methods_spec.md §1.8, reference_impls.md "TAKD"):
+Choices (``docs/notes/baselines.md#takd``, ``docs/notes/official_code.md#takd``):
 - ``assistant`` None: the paper's rule, "the model whose performance is close to the average of the teacher and
   the student", as ACKD names it: ResNet-44 for ResNet-110 → ResNet-20, WRN-28-2 for WRN-28-4 → ResNet-56 (and
   → ResNet-20/56 on CINIC-10).  For the ACKD pairs it does not name, our pick by the same rule, from accuracies

@@ -11,32 +11,34 @@ Loss of peer i in epoch t (1-based), p = softmax(z / τ), CE at τ = 1 (Eq. 9):
 - w(t) = 0 for the first ``warmup_epochs`` (20) epochs, then 1 (Sec. 4.1); τ = 4, β = 0.8, λ_ta = λ_si = 0.5.
 
 Choices the paper leaves open (no code was released), with the default and where it comes from:
-- ``kl_direction`` "forward" = KL(target ‖ student), the direction of every public online-KD code base (spec §0);
-  "reverse" = KL(student ‖ target), the paper's literal Eq. 2 L_kl(p_i, p_j) (a target probability that is exactly
-  0, e.g. an fp16 underflow, is clamped to the smallest positive float inside its log).  The direction applies to
-  every KL term of the method, the DML term of the ablations included.
-- ``t2_scaling`` true: the paper never mentions T²; RepDistiller's convention, whose recipe TSB copies (spec §0).
-  With λ = 0.5 and τ = 4 it changes the effective weight 16-fold.
-- every target (TA read-out, SI, peer) is detached; none is stated (spec §0).
+- ``kl_direction`` "forward" = KL(target ‖ student), the direction of every public online-KD code base
+  (``docs/notes/conventions.md#kl-direction``); "reverse" = KL(student ‖ target), the paper's literal Eq. 2
+  L_kl(p_i, p_j) (a target probability that is exactly 0, e.g. an fp16 underflow, is clamped to the smallest
+  positive float inside its log).  The direction applies to every KL term of the method, the DML term of the
+  ablations included.
+- ``t2_scaling`` true: the paper never mentions T²; RepDistiller's convention, whose recipe TSB copies
+  (``docs/notes/conventions.md#temperature-scaling``).  With λ = 0.5 and τ = 4 it changes the effective weight 16-fold.
+- every target (TA read-out, SI, peer) is detached; none is stated (``docs/notes/conventions.md#detached-targets``).
 - Eq. 5 written as ``Z = Z / (1 − β^t)`` would compound in the stored buffer every epoch; the correction is applied
-  Adam-style to the read-out copy only (spec §3).  ``bias_correction`` "epoch" divides by 1 − β^t with t the
-  number of epochs folded into Z (the paper's t); "row_sum" divides each row by its own sum, which equals
-  1 − β^(visits of that sample) exactly, so it also corrects a sample that missed an epoch (the engine drops a
-  last batch of one image) and fp16 rounding.  Both agree whenever every sample is visited once per epoch.
-- ``ta_update`` "per_visit" (Alg. 1: the rows of the batch are updated when visited, before the loss) or
-  "per_epoch" (Laine & Aila's temporal ensembling, reference_impls §6: the epoch's predictions are collected and
-  folded into Z after the epoch's last step; during epoch t+1 the target is the frozen buffer, corrected with
-  1 − β^t; in epoch 1 there is no target yet and the TA term is 0).
+  Adam-style to the read-out copy only (``docs/notes/tsb.md#open-questions-and-choices``).  ``bias_correction`` "epoch"
+  divides by 1 − β^t with t the number of epochs folded into Z (the paper's t); "row_sum" divides each row by its own
+  sum, which equals 1 − β^(visits of that sample) exactly, so it also corrects a sample that missed an epoch (the
+  engine drops a last batch of one image) and fp16 rounding.  Both agree whenever every sample is visited once per
+  epoch.
+- ``ta_update`` "per_visit" (Alg. 1: the rows of the batch are updated when visited, before the loss) or "per_epoch"
+  (Laine & Aila's temporal ensembling, ``docs/notes/official_code.md#temporal-ensembling``: the epoch's predictions
+  are collected and folded into Z after the epoch's last step; during epoch t+1 the target is the frozen buffer,
+  corrected with 1 − β^t; in epoch 1 there is no target yet and the TA term is 0).
 - ``ta_target_includes_current`` (per_visit only; ignored by per_epoch, whose target never holds the current
   prediction): true = Alg. 1's order, the target already holds this step's prediction with weight
   (1−β)/(1−β^t) (in epoch 1 the read-out *is* the peer's current prediction); false = the row before the update,
   corrected with 1 − β^(t−1), so the TA term is 0 in epoch 1.  Since the engine visits every sample once per
   epoch (a permutation), per_visit with false gives the same targets as per_epoch without per_epoch's second
   buffer; the tests check this.
-- ``warmup_applies_to_si`` true: Sec. 4.1 says "zero-outing the KL divergence loss for the first 20 epochs",
-  although Eq. 6 writes w(t) only on L_ta (spec §3); ``warmup_applies_to_peer_kl`` true for the same sentence.
-  Z is updated during the warm-up too, so the targets are ready when it ends.
-- ablations of Table 5 (spec §3 reading) as settings of this method:
+- ``warmup_applies_to_si`` true: Sec. 4.1 says "zero-outing the KL divergence loss for the first 20 epochs", although
+  Eq. 6 writes w(t) only on L_ta (``docs/notes/tsb.md#open-questions-and-choices``); ``warmup_applies_to_peer_kl``
+  true for the same sentence.  Z is updated during the warm-up too, so the targets are ready when it ends.
+- ablations of Table 5 (the reading of ``docs/notes/tsb.md#ablations-of-table-5``) as settings of this method:
     TSB      use_ta, use_si,  no use_peer_kl   (Eq. 9 has no raw-peer term: its TA term *is* the peer term)
     DML+TA   use_ta, no use_si, no use_peer_kl (the TA target replaces the raw peer prediction)
     DML+SI   no use_ta, use_si, use_peer_kl    (SI added to DML)

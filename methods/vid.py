@@ -14,7 +14,7 @@ eval mode without gradient.  The regressors and their variances (``modules["regr
 student's optimizer, as RepDistiller adds them to ``trainable_list``.
 
 Choices, with RepDistiller's defaults (``--distill vid -a 0 -b 1``, ``VIDLoss(s, t, t)``, the VID authors' code;
-reference_impls.md §10):
+``docs/notes/official_code.md#repdistiller``):
 - ``init_variance`` 5 (σ² at the start, v = softplus⁻¹(5 − ε)), ``variance_eps`` 1e-5; ``mid_channels`` None = the
   teacher's channels (RepDistiller's middle width); PyTorch's default conv init.
 - the loss of each layer is a mean over batch, channels and positions (constant ½ log 2π left out); layers summed.

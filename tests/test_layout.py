@@ -147,10 +147,11 @@ def test_no_method_building_block_is_left_in_the_spine():
     assert not blocks & {m.rsplit(".", 1)[-1] for m in HARNESS}
 
 
-# What the repository root may hold: the design card's top level, the CI script, the install's constraints and the
-# repository's own files; a development run's leftovers (a suite file, a report folder) have no place here.
-ROOT_ENTRIES = {"harness", "methods", "suites", "reports", "tests", "benchmarks", "pyproject.toml", "README.md",
-                "constraints.txt", ".ci", ".gitignore", "docs", "mkdocs.yml"}
+# What the repository root may hold: the design card's top level, the documentation (docs/, its mkdocs.yml, the
+# changelog), the CI script, the install's constraints and the repository's own files; a development run's leftovers
+# (a suite file, a report folder) have no place here.
+ROOT_ENTRIES = {"harness", "methods", "suites", "reports", "tests", "benchmarks", "docs", "mkdocs.yml", "CHANGELOG.md",
+                "pyproject.toml", "README.md", "constraints.txt", ".ci", ".gitignore"}
 
 
 def test_the_repository_root_holds_only_what_it_may():

@@ -1,4 +1,5 @@
-"""The papers' own numbers (copied from ../shared/paper_tables), looked up for the cells of a suite."""
+"""The papers' own numbers (``harness/papers/data/``, copied from the papers' tables), looked up for the cells of
+a suite."""
 from __future__ import annotations
 
 from functools import lru_cache

@@ -4,8 +4,9 @@ Each loss takes the features of the network being trained (``student``) and of t
 (``target``) and returns a scalar; the target is detached inside every function, so no gradient ever reaches it
 whoever calls them (an online peer or an offline teacher).  Nothing here knows about peers, pairs or temperatures.
 
-The forms follow RepDistiller (HobbitLong/RepDistiller, ``distiller_zoo``), the benchmark whose positions and
-weights the online and offline feature methods of this harness take (methods_spec.md §7, reference_impls.md §10):
+The forms follow RepDistiller (HobbitLong/RepDistiller, ``distiller_zoo``), the benchmark whose positions and weights
+the online and offline feature methods of this harness take (``docs/notes/feature_methods.md#features-and-weights``,
+``docs/notes/official_code.md#repdistiller``):
 
 - FitNet (Romero et al. 2015), :func:`hint_loss`: mean squared error between the regressed student hint and the
   target map, averaged over every element (batch, channels, positions).  :class:`ConvRegressor` maps the student's

@@ -1,7 +1,7 @@
 """Offline feature distillation from a frozen teacher: the loss every such method minimises, and the CC and VID pieces.
 
-:class:`OfflineFeatureKD` is RepDistiller's ``train_distill`` step (reference_impls.md §10) for a student and a frozen
-teacher trained in an earlier stage (``methods/common/offline.py``):
+:class:`OfflineFeatureKD` is RepDistiller's ``train_distill`` step (``docs/notes/official_code.md#repdistiller``) for a
+student and a frozen teacher trained in an earlier stage (``methods/common/offline.py``):
 
     ce_weight · CE(z_s, y) + kd_weight · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)) + beta · L_m(φ(f_s), sg(f_t)),
 

@@ -1,7 +1,8 @@
 """Online feature distillation on top of DML: the base of TSB Table 4's online FitNet, AT, NST, SP, RKD and PKT.
 
 TSB (Sec. 4.2.3) adapts classic feature KD methods "into their online versions, built upon the scheme of DML"; no
-formula, layer or weight is given.  Here (methods_spec.md §7), for K ≥ 2 peers, the loss of peer k is
+formula, layer or weight is given.  Here (``docs/notes/feature_methods.md#online-on-top-of-dml``), for K ≥ 2 peers, the
+loss of peer k is
 
     CE(z_k, y) + w · T² · R_{l≠k} KL(p_l ‖ p_k) + g(t) · β · R_{l≠k} L_m(φ_kl(f_k), sg(f_l)),
 
