@@ -119,7 +119,7 @@ def suite_reference() -> str:
     found.update({m: p for m, p in nested_models(Recipe, "recipe").items() if m not in found})
     titles = {m: p or "the top level" for m, p in found.items()}
     anchors = {m: slug(t) for m, t in titles.items()}
-    lines = [GENERATED, "", "# The suite file, key by key", "",
+    lines = ["# The suite file, key by key", "", GENERATED, "",
              "A suite is one YAML file; `harness validate SUITE` checks every key below at once and names each "
              "mistake in one line. `recipe` takes a preset name (`harness list recipes`), a mapping of the "
              f"[recipe keys](#{anchors[Recipe]}), or `{{base: PRESET, ...}}` with the keys that differ; each entry "
@@ -144,7 +144,7 @@ def method_page(name: str, cls) -> str:
     where = source.relative_to(ROOT).as_posix() if source.is_relative_to(ROOT) else cls.__module__
     peers = (f"{cls.min_peers} to {cls.max_peers}" if cls.max_peers and cls.max_peers != cls.min_peers
              else f"{cls.min_peers}" if cls.max_peers else f"{cls.min_peers} or more")
-    lines = [GENERATED, "", f"# {cls.display_name()} (`{name}`)", "",
+    lines = [f"# {cls.display_name()} (`{name}`)", "", GENERATED, "",
              f"Networks per cell: {peers}. Code: `{where}`.", "", _markdown(inspect.getdoc(module) or ""), "",
              "## Hyper-parameters", ""]
     fields = cls.HParams.model_fields
@@ -169,7 +169,7 @@ def _markdown(docstring: str) -> str:
 
 
 def method_index(methods) -> str:
-    lines = [GENERATED, "", "# Methods", "", "| method | name in suites | paper and loss |", "|---|---|---|"]
+    lines = ["# Methods", "", GENERATED, "", "| method | name in suites | paper and loss |", "|---|---|---|"]
     for name, cls in methods:
         first = (inspect.getdoc(sys.modules[cls.__module__]) or "").split("\n\n")[0]
         lines.append(f"| [{cls.display_name()}]({name}.md) | `{name}` | {_cell(first)} |")

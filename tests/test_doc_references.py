@@ -183,7 +183,7 @@ def test_the_anchor_rule_is_markdowns():
     """The ids computed here are the ones Python-Markdown's toc extension (which MkDocs uses) gives."""
     markdown = pytest.importorskip("markdown")
     for page in sorted((ROOT / "docs").rglob("*.md")):
-        md = markdown.Markdown(extensions=["toc", "attr_list", "tables"])
+        md = markdown.Markdown(extensions=["toc", "attr_list", "tables", "fenced_code"])
         md.convert(page.read_text(encoding="utf-8"))
         theirs: list[str] = []
 

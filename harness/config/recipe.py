@@ -18,9 +18,10 @@ PRESETS_FILE = Path(__file__).with_name("recipes.yaml")
 
 
 class Strict(BaseModel):
-    """A config section: unknown keys are errors, and so are infinite and NaN numbers."""
+    """A config section: unknown keys are errors, and so are infinite and NaN numbers.  Each key's docstring is its
+    meaning in the suite file reference (docs/reference/suite.md, generated from these models)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 # A seed: an integer (not a boolean) that every generator we seed takes (numpy's legacy one stops at 2^32 − 1;
@@ -29,19 +30,31 @@ Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]
 
 
 class OptimizerSpec(Strict):
+    """The optimizer of every network of a cell (a method's own modules may add their own)."""
+
     name: Literal["sgd", "adam", "adamw"] = "sgd"
+    """SGD (with momentum), Adam or AdamW."""
     lr: PositiveFloat
+    """Initial learning rate, at ``reference_batch_size`` where ``lr_scaling`` scales it."""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """SGD's momentum."""
     nesterov: bool = False
+    """SGD with Nesterov momentum."""
     weight_decay: NonNegativeFloat = 5e-4
-    # adam/adamw only (GAN discriminators use (0.5, 0.999)); unset = torch's default, left out of hashes
+    """L2 weight decay (decoupled for AdamW)."""
     betas: tuple[float, float] | None = Field(None, exclude_if=lambda v: v is None)
+    """Adam/AdamW only (GAN discriminators use [0.5, 0.999]); unset: torch's default, left out of hashes."""
 
 
 class ScheduleSpec(Strict):
+    """The learning-rate schedule, per epoch after any warm-up."""
+
     name: Literal["multistep", "cosine", "constant"] = "multistep"
+    """Step decay at ``milestones``, cosine annealing to zero, or constant."""
     milestones: list[PositiveInt] = []
+    """Epochs after which a multistep schedule multiplies the rate by ``gamma``."""
     gamma: PositiveFloat = 0.1
+    """A multistep schedule's factor at each milestone."""
 
 
 class AugmentSpec(Strict):
@@ -55,47 +68,62 @@ class AugmentSpec(Strict):
     reference), ``[h, w]`` the whole image to h × w (KDCL and TSB: "resized to 256×256").
     """
 
-    crop_padding: NonNegativeInt = Field(4, le=64)  # pixels of zeros around a CIFAR-style image (4 in every paper)
+    crop_padding: NonNegativeInt = Field(4, le=64)
+    """Pixels of zeros around a CIFAR-style image before its random crop back to size (4 in every paper; 0: none)."""
     flip: bool = True
+    """Random horizontal flip."""
     cutout: NonNegativeInt = 0
+    """Side of the square Cutout zeroes at a random place (0: none)."""
     random_resized_crop: bool = False
+    """ImageNet-style random crop of random scale and aspect ratio, resized to ``train_size``."""
     train_size: PositiveInt | None = None
+    """Side of the training images fed to the networks (resized where no crop makes them so)."""
     color_jitter: NonNegativeFloat = 0.0
+    """Strength of random brightness, contrast and saturation changes (0: none)."""
     lighting: NonNegativeFloat = 0.0
+    """Standard deviation of AlexNet's PCA lighting noise (0: none)."""
     test_resize: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None
+    """Test images resized before the centre crop: a number sets the shorter side, [h, w] the whole image."""
     test_crop: PositiveInt | None = None
+    """Side of the test images' centre crop."""
 
 
 class Recipe(Strict):
-    """Everything that defines how a cell is trained (and so enters its hash), except the method.
-
-    ``peer_lr`` gives networks whose timm name matches a pattern their own initial learning rate (TSB and
-    ACKD lower it for MobileNetV2 / ShuffleNet); each peer is a parameter group of its own.
-    ``warmup_epochs`` rises linearly per step from ``warmup_from`` × lr to lr (KDCL: 0.1 → 0.8 is 0.125).
-    ``lr_scaling`` states how lr follows a batch size that differs from ``reference_batch_size`` (the paper's):
-    "linear" (Goyal et al.), "sqrt", or "none"; the learning rate actually used is recorded with the result.
-    """
+    """Everything that defines how a cell is trained (and so enters its hash), except the method."""
 
     epochs: PositiveInt
+    """Training epochs."""
     batch_size: PositiveInt
+    """The global batch (all of a data-parallel cell's workers together)."""
     optimizer: OptimizerSpec
+    """The optimizer (see its section)."""
     schedule: ScheduleSpec = ScheduleSpec()
+    """The learning-rate schedule (see its section)."""
     warmup_epochs: NonNegativeInt = 0
+    """Epochs over which the rate rises linearly, per step, from ``warmup_from`` × lr to lr."""
     warmup_from: NonNegativeFloat = 0.0
+    """Where a warm-up starts, as a fraction of lr (KDCL: 0.1 → 0.8 is 0.125)."""
     peer_lr: dict[str, PositiveFloat] = {}
+    """Networks whose timm name matches a pattern train at their own initial rate (TSB and ACKD lower it for
+    MobileNetV2 / ShuffleNet); each peer is a parameter group of its own."""
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    """How lr follows a batch that differs from ``reference_batch_size``: linearly (Goyal et al.), by its square
+    root, or not; the rate actually used is recorded with the result."""
     reference_batch_size: PositiveInt | None = None
+    """The batch the paper's learning rate is for."""
     augment: AugmentSpec = AugmentSpec()
-    source: str = ""  # where the numbers come from (paper section, official script); not hashed
-    # which epoch the paper's own numbers are (its code keeps the best test epoch, or the last); None: the paper
-    # does not say, and a report then shows the last, marked as assumed.  Not hashed: it changes no training.
+    """Augmentation and test-time resizing (see its section)."""
+    source: str = ""
+    """Where the numbers come from (paper section, official script), shown in reports; not hashed."""
     report_epoch: Literal["best", "last"] | None = None
-    # the networks' arithmetic: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler); losses stay fp32.  It
-    # enters a cell's hash only where it is not fp32, so that no earlier cell changed its name.
+    """Which epoch the paper's own numbers are (its code keeps the best test epoch, or the last); null: the paper
+    does not say, and a report then shows the last, marked as assumed.  Not hashed: it changes no training."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # batch norm over the global batch of a data-parallel cell (torch's SyncBatchNorm, on GPUs only) instead of each
-    # worker's share, the DDP default; hashed only where true
+    """The networks' arithmetic: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler); losses stay fp32.  It
+    enters a cell's hash only where it is not fp32, so that no earlier cell changed its name."""
     sync_bn: bool = False
+    """Batch norm over the global batch of a data-parallel cell (torch's SyncBatchNorm, on GPUs only) instead of
+    each worker's share, the DDP default; hashed only where true."""
 
     def lr_scale(self) -> float:
         """Factor applied to every initial learning rate for the batch size actually used."""
