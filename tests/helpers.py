@@ -108,6 +108,7 @@ def harness_main(capfd, *argv, address: str) -> tuple[int, str]:
     return code, out + err
 
 
+ROOT = Path(__file__).parents[1]
 SHIPPED = Path(__file__).parents[1] / "suites"
 
 
@@ -417,3 +418,16 @@ def write_batch(path, n, label_key=b"labels", seed=0, classes=10):
 def write_cifar10(folder, batches=2, n=20, n_test=10):
     written = [write_batch(folder / f"data_batch_{i}", n, seed=i) for i in range(1, batches + 1)]
     return written, write_batch(folder / "test_batch", n_test, seed=7)
+
+
+def documented_files(page) -> dict[str, str]:
+    """The files a documentation page shows whole: each fenced block whose first line is a comment naming a file
+    (``# my_work.py, beside my_suite.yaml``), by that name, exactly as a reader would copy it."""
+    import re
+
+    files = {}
+    for block in re.findall(r"```[a-z]*\n(.*?)```", Path(page).read_text(encoding="utf-8"), re.S):
+        match = re.match(r"# ([\w.]+\.(?:py|yaml))\b", block)
+        if match:
+            files[match[1]] = block
+    return files

@@ -30,3 +30,16 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "methods" / "dml" / "index.html").is_file()
     assert (tmp_path / "site" / "reference" / "suite" / "index.html").is_file()
+
+
+def test_the_readmes_own_method_example_validates(tmp_path):
+    """The README's two files, copied as a reader would: `harness validate` accepts the suite with its plug-in (its
+    own process: the example's method name is also a name other tests register)."""
+    from tests.helpers import HARNESS, ROOT, documented_files
+
+    files = documented_files(ROOT / "README.md")
+    assert set(files) == {"my_methods.py", "my_suite.yaml"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = subprocess.run([*HARNESS, "validate", "my_suite.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and "my_suite.yaml: ok, 6 cells" in result.stdout, result.stdout + result.stderr

@@ -53,23 +53,29 @@ def plugin_suite(folder, plugins, method="smoothed_ind", model="my_resnet8"):
     return path
 
 
-def test_a_plugin_file_named_by_a_suite_trains_through_harness_run(tmp_path, ray_address, capfd):
+def test_the_documented_plugin_trains_through_harness_run(tmp_path, ray_address, capfd):
+    """docs/guides/add_method.md's two files, written as a reader copies them: its method, network and dataset train
+    through `harness run`, and every record names the plug-in file and its source's hash."""
     from harness.suite.schema import load_suite
-    from tests.helpers import harness_main, records
+    from tests.helpers import ROOT, documented_files, harness_main, records
 
-    write_plugin(tmp_path, "smoothed_ind_run", "my_resnet8_run")
-    path = plugin_suite(tmp_path, ["my_plugin.py"], "smoothed_ind_run", "my_resnet8_run")
+    files = documented_files(ROOT / "docs" / "guides" / "add_method.md")
+    assert set(files) == {"my_work.py", "my_suite.yaml"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / "my_suite.yaml"
     suite = load_suite(path)
-    mine = next(c for c in suite.cells if c.method == "smoothed_ind_run")
-    assert len(mine.plugins) == 1 and mine.plugins[0].startswith(str(tmp_path / "my_plugin.py") + "@")
+    mine = next(c for c in suite.cells if c.method == "smooth_labels")
+    assert len(mine.plugins) == 1 and mine.plugins[0].startswith(str(tmp_path / "my_work.py") + "@")
     results = tmp_path / "results"
     code, out = harness_main(capfd, "run", path, "--results", results, "--reports", tmp_path / "reports",
                              address=ray_address)
     assert code == 0, out
     final = records(results)
-    assert {r["cell"]["method"] for r in final.values()} == {"smoothed_ind_run", "ind"}
-    assert all(r["status"] == "ok" and len(r["history"]) == TINY_RECIPE["epochs"] for r in final.values())
+    assert {r["cell"]["method"] for r in final.values()} == {"smooth_labels", "ind"}
+    assert all(r["status"] == "ok" and len(r["history"]) == 2 for r in final.values())
     assert final[mine.hash]["cell"]["plugins"] == list(mine.plugins)
+    assert {r["cell"]["dataset"]["name"] for r in final.values()} == {"two_blobs"}
 
 
 def test_a_plugins_source_enters_the_hash_of_the_cells_that_use_it(tmp_path):
