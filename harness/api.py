@@ -53,21 +53,39 @@ def prepare_run(suite, results: str = "results", data_root: str | None = None, l
     return suite, store
 
 
+def trackers(suite, results: str = "results", to: list[str] | None = None, offline: bool = False) -> list:
+    """The experiment trackers a run of ``suite`` logs to, checked (their packages, a W&B key): the suite's ``log:``
+    key, or ``to`` (``--log``: names, ``["none"]`` for none), all offline where ``offline``.  Their local files go
+    under the ``results`` folder (the current folder for a results URI).  Raises ``TrackerError`` (one line)."""
+    from harness.results.location import is_uri
+    from harness.tracking.trackers import chosen_trackers
+
+    local = str(results).removeprefix("file://")
+    folder = Path.cwd() if is_uri(local) else Path(local).expanduser()
+    chosen = chosen_trackers(suite.spec.log, to, offline, suite.name, folder)
+    for tracker in chosen:
+        tracker.check()
+    return chosen
+
+
 def run_suite(suite, results: str = "results", reports: str | None = "reports", data_root: str | None = None,
               device: str = "auto", address: str | None = None, dashboard: bool = False,
               num_cpus: float | None = None, num_gpus: float | None = None, max_failures: int = 2,
-              smoke_checks: bool = False, log=print):
+              smoke_checks: bool = False, log=print, log_to: list[str] | None = None, log_offline: bool = False):
     """Train the suite's unfinished cells on Ray (a local instance unless ``address``), write its report into
-    ``reports`` (None: no report) and return the run's summary (``finished``, ``failed``, ``unfinished``)."""
+    ``reports`` (None: no report) and return the run's summary (``finished``, ``failed``, ``unfinished``).  Each cell
+    is a run of the experiment trackers of :func:`trackers` (``log_to``, ``log_offline``: ``--log``,
+    ``--log-offline``)."""
     from harness.reporting.report import write_report
     from harness.scheduling.runner import run_suite as run
     from harness.training.engine import Runtime
 
+    chosen = trackers(suite, results, log_to, log_offline)  # a missing package: one line before anything starts
     suite, store = prepare_run(suite, results, data_root, log)
     store.check_writable()
     runtime = Runtime(device=device, data_root=data_root, require_every_term=smoke_checks)
     summary = run(suite, store, runtime, address=address, dashboard=dashboard, num_cpus=num_cpus,
-                  num_gpus=num_gpus, max_failures=max_failures, log=log)
+                  num_gpus=num_gpus, max_failures=max_failures, log=log, trackers=chosen)
     if reports is not None:
         write_report(suite, store, reports, log=log)
     return summary

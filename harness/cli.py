@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "2); a cell that fails by itself (a NaN loss, a bad setting) is recorded and not retried")
     run.add_argument("--smoke", action="store_true",
                      help="scaled down: 2 epochs, 20 images per class, the embedded dataset if the suite's is absent")
+    run.add_argument("--log", action="append", default=None, metavar="TRACKER[,TRACKER]",
+                     help="log every cell as a run to these experiment trackers: wandb, mlflow, tensorboard or a "
+                          "plug-in's (comma-separated or repeated; default: the suite's log: key, else none; 'none': "
+                          "no tracker); pip install \"okd-harness[wandb]\" (or [mlflow], [tensorboard]) first")
+    run.add_argument("--log-offline", action="store_true",
+                     help="trackers write local files only: W&B offline runs under --results (wandb sync them "
+                          "later), MLflow its SQLite store there even where $MLFLOW_TRACKING_URI names a server")
     run.add_argument("--dry-run", action="store_true",
                      help="check everything a run checks, list the cells and stages it would train and their "
                           "estimated cost, and train nothing")
@@ -168,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("names", nargs="*", help="datasets (default for check: every registered one)")
     _add_data(data, "folder with the datasets (default: $HARNESS_DATA, else ~/.cache/okd-harness/data)")
     _add_plugins(data)
-    lister = sub.add_parser("list", help="registered methods, models, datasets and recipes")
-    lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes"])
+    lister = sub.add_parser("list", help="registered methods, models, datasets, recipes and experiment trackers")
+    lister.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "recipes", "trackers"])
     _add_plugins(lister)
     return parser
 
@@ -215,14 +222,16 @@ def cmd_run(args) -> int:
         from harness.costs.rates import cost_words, measured_rate
         from harness.scheduling.runner import dry_run_lines
 
+        trackers = api.trackers(suite, args.results, args.log, args.log_offline)
         suite, store = api.prepare_run(suite, args.results, args.data_root)
         cost = cost_words(suite, measured_rate(store))
-        print("\n".join(dry_run_lines(suite, store)) + (f"\nwhole suite{cost.removeprefix(';')}" if cost else ""))
+        print("\n".join(dry_run_lines(suite, store) + [t.opening() for t in trackers])
+              + (f"\nwhole suite{cost.removeprefix(';')}" if cost else ""))
         return 0
     summary = api.run_suite(suite, results=args.results, reports=args.reports, data_root=args.data_root,
                             device=args.device, address=args.address, dashboard=not args.no_dashboard,
                             num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures,
-                            smoke_checks=args.smoke)
+                            smoke_checks=args.smoke, log_to=args.log, log_offline=args.log_offline)
     if summary.unfinished:
         print(f"interrupted with {len(summary.unfinished)} cell(s) unfinished: run the same command again to "
               "resume; finished cells are kept", file=sys.stderr)
@@ -402,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.results.location import StorageError
     from harness.scheduling.runner import ResourceError
     from harness.suite.schema import SuiteError
+    from harness.tracking.trackers import TrackerError
     from harness.training.stages import StageError
 
     args = build_parser().parse_args(argv)
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except (SuiteError, DatasetError, UnknownName, StageError, ResourceError,
-            StorageError, PluginError, NameClash) as e:
+            StorageError, PluginError, NameClash, TrackerError) as e:
         print(f"error: {e}" if not isinstance(e, SuiteError) else str(e), file=sys.stderr)
         return 2
     finally:  # a command run in process (the tests, a notebook) leaves the caller's environment as it was

@@ -40,7 +40,8 @@ class PluginError(ImportError):
 
 
 # the entry-point group of each kind an installed package can add (pyproject: [project.entry-points."okd_harness.methods"])
-ENTRY_POINT_GROUPS = {"method": "okd_harness.methods", "model": "okd_harness.models", "dataset": "okd_harness.datasets"}
+ENTRY_POINT_GROUPS = {"method": "okd_harness.methods", "model": "okd_harness.models", "dataset": "okd_harness.datasets",
+                      "tracker": "okd_harness.trackers"}
 BUILT_IN = ("harness", "methods", "timm", "torchvision")  # top-level packages whose entries are not plug-ins
 _loaded_groups: set[str] = set()
 

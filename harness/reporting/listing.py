@@ -83,7 +83,27 @@ def list_recipes() -> str:
     return tabulate(rows, headers=["recipe", "epochs", "batch", "optimizer", "wd", "schedule", "source"])
 
 
-SECTIONS = {"methods": list_methods, "models": list_models, "datasets": list_datasets, "recipes": list_recipes}
+def list_trackers() -> str:
+    """Every experiment tracker a run can log to (``--log``, a suite's ``log:``): its settings with their defaults,
+    the extra that installs it, and whether it is installed here."""
+    import importlib.util
+
+    from harness.tracking.trackers import load_trackers
+
+    load_methods()  # and the installed plug-ins' trackers
+    rows = []
+    for name, cls in load_trackers().items():
+        settings = "\n".join(_hparam_line(k, f) for k, f in cls.Options.model_fields.items())
+        here = all(importlib.util.find_spec(m) is not None for m in cls.modules)
+        install = f'pip install "okd-harness[{cls.extra}]"' if cls.extra else ""
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if (cls.__doc__ or "").strip() else ""
+        rows.append([name, settings, summary, "yes" if here else f"no: {install}", origin(cls)])
+    return tabulate(rows, headers=["tracker", "settings = defaults", "what it is", "installed", "from"],
+                    maxcolwidths=[None, None, 40, 30, 30])
+
+
+SECTIONS = {"methods": list_methods, "models": list_models, "datasets": list_datasets, "recipes": list_recipes,
+            "trackers": list_trackers}
 
 
 def listing(what: str | None) -> str:

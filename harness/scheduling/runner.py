@@ -297,9 +297,10 @@ def dry_run_lines(suite: Suite, store: ResultStore) -> list[str]:
 
 def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), address: str | None = None,
               dashboard: bool = True, num_cpus: float | None = None, num_gpus: float | None = None,
-              max_failures: int = 0, log=print) -> RunSummary:
+              max_failures: int = 0, log=print, trackers=()) -> RunSummary:
     """Run the suite's unfinished cells, after the stage cells (teachers) they need; finished cells (in
-    ``store``) are skipped, failed ones retried.  Stages run in waves, one Ray Tune experiment each."""
+    ``store``) are skipped, failed ones retried.  Stages run in waves, one Ray Tune experiment each; every cell that
+    trains is a run of each of ``trackers`` (:class:`harness.tracking.trackers.Tracker`, checked already)."""
     progress = progress_of(suite, store)
     plan, done, everything, pending = suite.plan.waves, progress.done, suite.plan.everything, progress.pending
     log(progress.headline)
@@ -309,6 +310,8 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
         return RunSummary(len(everything), len(everything), 0, [], [])
 
     init_ray(address, dashboard, num_cpus, num_gpus, log)
+    for tracker in trackers:
+        log(tracker.opening())
     spec = suite.spec.resources
     # the data root is resolved here, on the driver: a trial on another node (or on a Ray instance started before
     # this run) sees its raylet's environment, not this process's $HARNESS_DATA
@@ -330,9 +333,11 @@ def run_suite(suite: Suite, store: ResultStore, runtime: Runtime = Runtime(), ad
             log(f"stage {i + 1} of {len(plan)}: {len(ready)} cell(s)")
         groups = suite.plan.seed_bundles(ready) if spec.stack_seeds else [[c] for c in ready]
         _fit(f"{suite.name}-stage{i + 1}" if len(plan) > 1 else suite.name, groups, store, runtime, resources,
-             parallel, max_failures, log, suite.overrides)
+             parallel, max_failures, log, suite.overrides, trackers)
         if any(store.get(c.hash) is None for c in ready):
             break  # interrupted: nothing that depends on this wave may start
+    for line in filter(None, (tracker.closing() for tracker in trackers)):
+        log(line)
     records = {c.hash: store.get(c.hash) for c in pending}
     failed = [c.describe() for c in pending if records[c.hash] and records[c.hash].get("status") == "failed"]
     failed += [f"{c.describe()} (a stage it needs failed)" for c in blocked
@@ -385,10 +390,17 @@ def _stage_failed(plan, cell: Cell, store: ResultStore) -> bool:
     return False
 
 
+def trial_cells(trial) -> tuple[list[Cell], dict]:
+    """A Tune trial's cells (one, or the seeds of a bundle) and the code version it runs: what a tracker tags."""
+    decoded = TrialConfig.decode(trial.config)
+    return list(decoded.cells), decoded.code
+
+
 def _fit(name: str, groups: list[list[Cell]], store: ResultStore, runtime: Runtime, resources: dict,
-         parallel: Parallel, max_failures: int, log, overrides: list[str] = ()) -> None:
+         parallel: Parallel, max_failures: int, log, overrides: list[str] = (), trackers=()) -> None:
     """One Ray Tune experiment: a trial per group of cells (a cell, or a bundle of seeds where they are stacked);
-    returns when all ended or after Ctrl-C."""
+    returns when all ended or after Ctrl-C.  The trackers' callbacks come after the progress callback, which records
+    a trial that died before its cell could."""
     from ray import tune
 
     from harness.scheduling.trainable import cell_trainable
@@ -425,7 +437,8 @@ def _fit(name: str, groups: list[list[Cell]], store: ResultStore, runtime: Runti
             **store.location.ray_storage("ray"),
             verbose=0,
             stop=StopWhenUnwritable(),
-            callbacks=[_progress_callback(len(cells), store)],
+            callbacks=[_progress_callback(len(cells), store),
+                       *(tracker.callback(trial_cells, store.get) for tracker in trackers)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),

@@ -3,5 +3,5 @@ cells, the plan of a run derived from them once (``plan``), their binding to the
 and its ``--smoke`` scale-down.
 
 May import: harness.config, harness.costs, harness.data, harness.models, harness.papers, harness.results,
-harness.training, harness.registry.
+harness.tracking, harness.training, harness.registry.
 """

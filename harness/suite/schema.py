@@ -21,6 +21,7 @@ from harness.suite.consistency import (_check_groups, _check_layout, _check_pape
 from harness.suite.overrides import OverrideError, apply_overrides
 from harness.suite.spec import Suite, SuiteError, SuiteSpec, _pydantic_lines, _unknown_keys
 from harness.registry import NameClash, PluginError, load_plugin
+from harness.tracking.trackers import load_trackers
 from harness.training.stages import cell_plugins
 from harness.training.method import load_methods
 
@@ -163,6 +164,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = (), plugins: lis
     if spec is not None:
         if spec.dataset.name not in DATASETS:
             errors.append(f"dataset.name: {DATASETS.unknown_message(spec.dataset.name)}")
+        _check_trackers(spec, errors)
         alone: set[str] = set()
         methods = _method_entries(spec.methods, errors, presets, alone)
         _check_groups(spec.groups, methods, errors, spec.resources.stack_peers, spec.resources.stack_seeds)
@@ -193,6 +195,21 @@ def load_suite(path: str | Path, overrides: list[str] | tuple = (), plugins: lis
         spec.resources.gpu, packing = auto_gpu_share(suite.plan, spec.resources)
         object.__setattr__(spec.resources, "packing", packing)
     return suite
+
+
+def _check_trackers(spec: SuiteSpec, errors: list[str]) -> None:
+    """Each tracker of ``log:`` registered (built in, a plug-in's, an installed package's) and its settings valid;
+    ``spec.log`` then holds every setting, defaults filled in."""
+    registry = load_trackers()
+    for name, given in spec.log.items():
+        if name not in registry:
+            errors.append(f"log: {registry.unknown_message(name)}")
+            continue
+        model = registry.get(name).Options
+        try:
+            spec.log[name] = model.model_validate(_unknown_keys(given, model, f"log.{name}", errors)).model_dump()
+        except ValidationError as e:
+            errors.extend(_pydantic_lines(e, f"log.{name}"))
 
 
 def scaled_down_notes(spec: SuiteSpec, raw_recipe, presets: dict) -> list[str]:

@@ -214,6 +214,9 @@ class SuiteSpec(Strict):
     table: Layout = Layout()
     paper_table: PaperTableRef | None = None
     plugins: list[str] = []  # modules or .py files (relative to the suite file) that register methods, models, datasets
+    # experiment trackers every cell of a run logs to, each with its settings: a name, a list of names, or a mapping
+    # {wandb: {project: okd}, mlflow: {}}; their names and settings are checked by load_suite (the registry's)
+    log: dict[str, dict] = {}
 
     @field_validator("name")
     @classmethod
@@ -223,6 +226,21 @@ class SuiteSpec(Strict):
         if len(name) > 100:
             raise ValueError(f"{len(name)} characters is too long: at most 100 (it names files)")
         return name
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _trackers(cls, value):
+        """One form for the three spellings: ``{name: settings}``."""
+        if value is None:
+            return {}
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return {name: {} for name in value}
+        if isinstance(value, dict) and all(isinstance(v, (dict, type(None))) for v in value.values()):
+            return {name: settings or {} for name, settings in value.items()}
+        raise ValueError("expected a tracker's name, a list of names, or a mapping of names to their settings "
+                         "(log: {wandb: {project: okd}})")
 
     @field_validator("groups", "seeds", "methods")
     @classmethod
