@@ -32,18 +32,28 @@ class SuiteError(ValueError):
 
 
 class DatasetSpec(Strict):
+    """The dataset every cell of the suite trains and is tested on."""
+
     name: str
+    """A registered dataset (``harness list datasets``; a plug-in's too)."""
     root: str | None = None
-    # a dataset with a public archive that is missing from the data root is downloaded there (unless --offline);
-    # false: never for this suite (the run stops in one line instead)
+    """Where it lives, for this suite only (else ``--data-root``, ``$HARNESS_DATA``, ``~/.cache/okd-harness/data``);
+    not hashed."""
     download: bool | None = None
-    pipeline: Literal["auto", "fast", "standard"] = "auto"  # auto: fast where the data and augmentation allow
-    views: Literal["shared", "per_peer"] = "shared"  # per_peer: each peer its own random view (KDCL's ICL)
+    """A dataset with a public archive that is missing from the data root is downloaded there (unless ``--offline``);
+    false: never for this suite (the run stops in one line instead).  Not hashed."""
+    pipeline: Literal["auto", "fast", "standard"] = "auto"
+    """The input pipeline: tensors augmented on the device (fast), a DataLoader with torchvision transforms
+    (standard), or the fast one where the data and augmentation allow (auto)."""
+    views: Literal["shared", "per_peer"] = "shared"
+    """One random augmentation of each image for every peer, or one per peer (KDCL's ICL)."""
     train_per_class: PositiveInt | None = None
+    """Keep the first N training images of each class (a scaled-down run)."""
     test_per_class: PositiveInt | None = None
-    # symmetric label noise on the training labels: each replaced, with this probability, by a class drawn uniformly
-    # (one fixed draw, the same for every cell and seed); the test labels stay clean.  Hashed only where set.
+    """Keep the first N test images of each class."""
     label_noise: float | None = Field(None, ge=0.0, lt=1.0)
+    """Symmetric noise on the training labels: each replaced, with this probability, by a class drawn uniformly
+    (one fixed draw, the same for every cell and seed); the test labels stay clean.  Hashed only where set."""
 
 
 class Resources(Strict):
@@ -55,22 +65,32 @@ class Resources(Strict):
     the memory of one of the cluster's GPUs, against which ``harness validate`` checks each cell's estimate."""
 
     cpu: PositiveFloat = 1
-    gpu: NonNegativeFloat | Literal["auto"] = 0  # "auto": the share whose packing fits the largest cell's memory
+    """CPUs of one trial (of each worker of a data-parallel cell)."""
+    gpu: NonNegativeFloat | Literal["auto"] = 0
+    """GPUs of one trial (a fraction packs several trials on a GPU); "auto": the share whose packing fits the
+    largest cell's memory."""
     cpu_per_worker: PositiveFloat | None = None
+    """``cpu``, under the name suites with several workers use."""
     gpu_per_worker: NonNegativeFloat | None = None
+    """``gpu``, under the name suites with several workers use (0 or 1 where ``workers`` > 1)."""
     workers: PositiveInt = 1
+    """Workers that train one cell data-parallel (Ray Train), each on its share of every batch."""
     grad_accumulation: PositiveInt = 1
-    # the K peers of a cell as one grouped network (harness/models/stacked.py): the same arithmetic up to float
-    # rounding, fewer and larger kernels; torch.compile of each network.  Neither changes a cell's hash.
+    """Passes per worker whose gradients add up before one update (a batch larger than memory)."""
     stack_peers: bool = False
-    # several seeds of a cell as one grouped network of every seed's peers (harness/training/bundle.py): one trial
-    # trains them all on its share; each seed keeps its own record.  Not with workers, grad_accumulation or fp16.
+    """The K peers of a cell as one grouped network: the same arithmetic up to float rounding, fewer and larger
+    kernels.  Not hashed."""
     stack_seeds: bool = False
+    """Several seeds of a cell as one grouped network of every seed's peers, one trial; each seed keeps its own
+    record.  Not with workers, grad_accumulation or fp16.  Not hashed."""
     compile: bool = False
-    # bit-identical re-training on CUDA: deterministic cuDNN and torch algorithms, no autotuning (slower; on the CPU
-    # runs repeat bit for bit without it). Not hashed: the same cell.
+    """torch.compile of each network.  Not hashed."""
     deterministic: bool = False
-    gpu_memory_gb: PositiveFloat = 80  # an assumption (an 80 GB A100/H100) where the suite does not say
+    """Bit-identical re-training on CUDA: deterministic cuDNN and torch algorithms, no autotuning (slower; on the CPU
+    runs repeat bit for bit without it).  Not hashed: the same cell."""
+    gpu_memory_gb: PositiveFloat = 80
+    """The memory of one of the cluster's GPUs, against which each cell's estimate is checked (an 80 GB A100/H100 is
+    assumed where the suite does not say)."""
     packing: ClassVar[str | None] = None  # how gpu: auto was resolved, in words (set on the instance by load_suite)
 
     @model_validator(mode="after")
@@ -94,12 +114,17 @@ class Resources(Strict):
 
 
 class Evaluation(Strict):
-    # "paper": the epoch the paper of each cell's recipe reports (its ``report_epoch``: the best test epoch for the
-    # RepDistiller-based recipes, last where the paper does not say); [best, last] shows one table of each
+    """Which number of each cell the report shows, and how seeds are aggregated."""
+
     epoch: Literal["paper", "last", "best"] | list[Literal["last", "best"]] = "paper"
+    """"paper": the epoch the paper of each cell's recipe reports (its ``report_epoch``; the last where the paper
+    does not say); "last" or "best" test epoch; [best, last] shows one table of each."""
     aggregate: Literal["median", "mean", "std", "min", "max", "n"] = "median"
-    metric: Literal["top1", "top5", "top1_error", "top5_error"] = "top1"  # error = 100 − accuracy (ImageNet tables)
-    spread: bool = False  # each number ± its standard deviation over seeds (and its n where the cells' n differ)
+    """How a cell's seeds make one number."""
+    metric: Literal["top1", "top5", "top1_error", "top5_error"] = "top1"
+    """Accuracy, or error = 100 − accuracy (ImageNet tables)."""
+    spread: bool = False
+    """Each number ± its standard deviation over seeds (and its n where the cells' n differ)."""
 
     @field_validator("epoch")
     @classmethod
@@ -121,8 +146,11 @@ class Gain(Strict):
     which carry FFL's recipe, against a vanilla trained the same way)."""
 
     reference: str
+    """The method label subtracted."""
     of: list[str]
+    """The values summed over (e.g. [avg])."""
     references: dict[str, str] = {}
+    """Another reference for some method labels."""
 
     def reference_of(self, label: str) -> str:
         return self.references.get(label, self.reference)
@@ -132,23 +160,33 @@ class Gain(Strict):
 
 
 class Layout(Strict):
+    """The report's table: what its rows and columns are, and which values it shows."""
+
     rows: list[Literal["group", "method", "dataset", "value"]] = ["group"]
+    """What the rows are, outermost first."""
     columns: list[Literal["group", "method", "dataset", "value"]] = ["method", "value"]
+    """What the columns are, outermost first."""
     values: list[str] = ["net1", "net2", "avg", "ens"]
-    # where method and value are on the same side: the values shown for a method label ("*": any other), so
-    # that an offline table shows Ind's teacher and student but only the student of every other method
+    """The outputs shown: net1..netK, avg, ens, an output a method adds (``teacher``, ``fused``), ``metric:output``
+    (top5:avg), a gain's name, or a cost (params_m, train_gmacs, peer_gmacs)."""
     method_values: dict[str, list[str]] = {}
-    gains: dict[str, Gain] = {}  # derived values by name, usable in ``values`` ({gain: {reference: ind, of: [avg]}})
-    bold_best: bool = True  # the best method's value in bold, as the papers print it
-    paper_delta: bool = True  # beside the paper's number, ours − paper (false: "ours (paper)", a shorter cell)
-    # where the paper's number goes: "inline" in our cell, "ours (paper, Δ)"; "columns": ours, paper (and Δ) in
-    # adjacent columns under each heading; "rows": a paper (and a Δ) row under each of ours, about half as wide;
-    # "auto": inline where the LaTeX fits a page's text width, else rows
+    """Where method and value are on the same side: the values shown for a method label ("*": any other), so that
+    an offline table shows Ind's teacher and student but only the student of every other method."""
+    gains: dict[str, Gain] = {}
+    """Derived values by name, usable in ``values`` ({gain: {reference: ind, of: [avg]}})."""
+    bold_best: bool = True
+    """The best method's value in bold, as the papers print it."""
+    paper_delta: bool = True
+    """Beside the paper's number, ours − paper (false: "ours (paper)", a shorter cell)."""
     paper_layout: Literal["auto", "inline", "columns", "rows"] = "auto"
-    best_excludes: list[str] = []  # "method/value" entries that do not compete (ACKD Table 2's teacher: "ind/net1")
-    # "method/value" entries that show a stage's own accuracy instead of the method's cell: {"ind/net1": teacher} puts
-    # in the Teacher row the stage teacher the group's students learnt from (its own record, seed and hash)
+    """Where the paper's number goes: "inline" in our cell, "ours (paper, Δ)"; "columns": ours, paper (and Δ) in
+    adjacent columns; "rows": a paper (and a Δ) row under each of ours; "auto": inline where the LaTeX fits a page's
+    text width, else rows."""
+    best_excludes: list[str] = []
+    """"method/value" entries that do not compete for bold (ACKD Table 2's teacher: "ind/net1")."""
     stage_values: dict[str, str] = {}
+    """"method/value" entries that show a stage's own accuracy instead of the method's cell: {"ind/net1": teacher}
+    puts in the Teacher row the teacher the group's students learnt from."""
 
     def shows(self, where: dict) -> bool:
         """Whether a row or column (axis → entry) is shown under ``method_values``."""
@@ -170,23 +208,25 @@ class Layout(Strict):
 
 
 class PaperTableRef(Strict):
+    """The paper's table whose numbers the report prints beside ours, and how our cells find their rows."""
+
     name: str
-    nets: dict[str, str] = {}  # our model name -> the paper table's network name
-    # our method label -> the paper table's method name, or several tried in order (the first with a number)
+    """A paper table shipped with the harness (``harness/papers/data``)."""
+    nets: dict[str, str] = {}
+    """Our model name → the paper table's network name."""
     methods: dict[str, str | list[str]] = {}
-    # offline tables (rows with ``eval: teacher|student``): our value -> the role it is, per method label, "*" for
-    # any other; e.g. {"*": {net1: student, teacher: teacher}, ind: {net1: teacher, net2: student}}
+    """Our method label → the paper table's method name, or several tried in order (the first with a number)."""
     eval: dict[str, dict[str, Literal["teacher", "student"]]] = {}
-    # our value -> the key of the paper's row that holds it, per method label ("*" for any other): a table that
-    # keeps numbers under the metric's name ({"*": {net1: top1}}), or prints an offline student as net2 ({kd: {net1:
-    # net2}})
+    """Offline tables (rows with ``eval: teacher|student``): our value → the role it is, per method label, "*" for
+    any other; e.g. {"*": {net1: student}, ind: {net1: teacher, net2: student}}."""
     value_keys: dict[str, dict[str, str]] = {}
-    # per method label, keys a paper row must also have (rows that differ only in them): {"KDCL ICL": {icl: true}}
+    """Our value → the key of the paper's row that holds it, per method label ("*" for any other): a table that
+    keeps numbers under the metric's name ({"*": {net1: top1}}), or prints an offline student as net2."""
     match: dict[str, dict] = {}
-    # the networks the paper's rows name, where they are not this suite's group: ACKD Table 5's ONE row, trained on
-    # ResNet-18 branches, sits in its ResNet-34 -> ResNet-18 table (paper names, e.g. [resnet34, resnet18]); per
-    # method label where they differ (ACKD Table 1's rows name [teacher, proxy, student])
+    """Per method label, keys a paper row must also have (rows that differ only in them): {"KDCL ICL": {icl: true}}."""
     group: list[str] | dict[str, list[str]] | None = None
+    """The networks the paper's rows name, where they are not this suite's group (paper names, e.g. [resnet34,
+    resnet18]); per method label where they differ."""
 
     def group_of(self, label: str) -> list[str] | None:
         return self.group.get(label) if isinstance(self.group, dict) else self.group
@@ -200,23 +240,41 @@ class PaperTableRef(Strict):
 
 
 class SuiteSpec(Strict):
+    """A suite file: a grid of cells (dataset × group × method × seed) and the table they fill."""
+
     name: str
+    """Names the report files and the Ray experiments (letters, digits, '_' and '-')."""
     title: str = ""
+    """The report's title (say "scaled-down" where it is not the paper's setting)."""
     description: str = ""
+    """Free text for the index of suites."""
     dataset: DatasetSpec
+    """The dataset (see its section)."""
     groups: list[list[str]]
+    """Peer groups: each a list of 1..K networks created by name through timm (``harness list models``)."""
     methods: list
+    """Each a method name, or a mapping with ``name``, an optional ``label`` and ``recipe``, and its
+    hyper-parameters (a ``{grid: [...]}`` value sweeps one)."""
     seeds: list[Seed]
+    """The seeds each (group, method) trains with: one cell each."""
     recipe: dict
+    """How cells train: a preset name (``harness list recipes``), a mapping of the recipe's keys, or ``{base: PRESET,
+    ...}`` with the keys that differ."""
     recipes: dict[str, dict] = {}
+    """Presets of this suite, by name, usable as ``recipe`` or a method's ``recipe``."""
     resources: Resources = Resources()
+    """What one trial asks of the cluster (see its section)."""
     evaluation: Evaluation = Evaluation()
+    """Which numbers the report shows (see its section)."""
     table: Layout = Layout()
+    """The report's table (see its section)."""
     paper_table: PaperTableRef | None = None
-    plugins: list[str] = []  # modules or .py files (relative to the suite file) that register methods, models, datasets
-    # experiment trackers every cell of a run logs to, each with its settings: a name, a list of names, or a mapping
-    # {wandb: {project: okd}, mlflow: {}}; their names and settings are checked by load_suite (the registry's)
+    """The paper's table printed beside ours (see its section)."""
+    plugins: list[str] = []
+    """Modules or .py files (relative to the suite file) that register methods, models, datasets or trackers."""
     log: dict[str, dict] = {}
+    """Experiment trackers every cell of a run logs to, each with its settings: a name, a list of names, or a
+    mapping {wandb: {project: okd}, mlflow: {}} (``harness list trackers``)."""
 
     @field_validator("name")
     @classmethod
