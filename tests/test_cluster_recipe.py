@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +41,9 @@ def as_here(block: str, port: int, temp: Path) -> str:
 
 def run(script: str, home: Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
-    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
+    # the shell of a user whose environment is active: its `ray` and `harness` first on the PATH
+    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
     return subprocess.run(["bash", "-c", "set -e\n" + script], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
