@@ -46,10 +46,11 @@ def download(urls: list[str] | tuple[str, ...], target: Path, digest: str, algor
     for url in urls:
         fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         try:
-            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
+            with os.fdopen(fd, "wb") as out:  # closed on every way out, a malformed address's ValueError too
+                request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
             got = file_digest(partial, algorithm)
             if got != digest:
                 tried.append(f"{url} gave a file whose {algorithm} is {got}, not the published {digest}: it was "

@@ -87,21 +87,22 @@ def fetch(name: str, root: Path) -> None:
     archives = ARCHIVES.get(name)
     root.mkdir(parents=True, exist_ok=True)
     base = mirror()
+
+    def fetched(archive: Archive, folder: Path) -> Path:
+        urls = [f"{base}/{archive.file}"] if base else [f"{u.rstrip('/')}/{archive.file}" for u in archive.urls]
+        try:
+            return download(urls, folder / archive.file, archive.md5, "md5")
+        except FetchError as e:
+            raise DatasetError(f"dataset {name}: {e}{_mirror_hint(base)}") from None
+
     with FileLock(str(root / f".{name}.download.lock")):
         for archive in archives:
-            urls = [f"{base}/{archive.file}"] if base else [f"{u.rstrip('/')}/{archive.file}" for u in archive.urls]
             folder = root / archive.into
             if not archive.unpack:
-                try:
-                    download(urls, folder / archive.file, archive.md5, "md5")
-                except FetchError as e:
-                    raise DatasetError(f"dataset {name}: {e}{_mirror_hint(base)}") from None
+                fetched(archive, folder)
                 continue
             with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.") as scratch:
-                try:
-                    path = download(urls, Path(scratch) / archive.file, archive.md5, "md5")
-                except FetchError as e:
-                    raise DatasetError(f"dataset {name}: {e}{_mirror_hint(base)}") from None
+                path = fetched(archive, Path(scratch))
                 unpacked = Path(scratch) / "unpacked"
                 _unpack(path, unpacked)
                 folder.mkdir(parents=True, exist_ok=True)

@@ -93,9 +93,10 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
     costs_shown = [v for v in suite.spec.table.values if v in COST_VALUES]
     other_metrics = [v for v in suite.spec.table.values if ":" in v]
     records = store.records(report_cells(suite)) if records is None else records
-    stage_entries = {**stage_value_cells(suite), **stage_value_checkpoints(suite)}
+    cell_stages, checkpoint_stages = stage_value_cells(suite), stage_value_checkpoints(suite)
+    stage_entries = {**cell_stages, **checkpoint_stages}
     shown = [(cell, cell.row_name, cell.label, None) for cell in suite.cells]
-    shown += [(stage, group, label, value) for (group, label, value), stage in stage_value_cells(suite).items()]
+    shown += [(stage, group, label, value) for (group, label, value), stage in cell_stages.items()]
     for cell, group, label, only in shown:
         record = records.get(cell.hash)
         if record is None or record.get("status") != "ok":
@@ -122,7 +123,7 @@ def trial_frame(suite: Suite, store: ResultStore, records: dict[str, dict] | Non
             number = COST_VALUES[value][1](record, cell)
             if number is not None:
                 rows.append({**trial, "value": value, metric: number})
-    for (group, label, value), (name, students) in stage_value_checkpoints(suite).items():
+    for (group, label, value), (name, students) in checkpoint_stages.items():
         # a teacher from elsewhere, once per group: as the first of its students (by seed) measured it on the test
         # set; the same file on the same images for every student, so one is its accuracy, not a seed's
         measured = [(c, records[c.hash]) for c in sorted(students, key=lambda c: c.seed)

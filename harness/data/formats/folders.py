@@ -222,11 +222,8 @@ def unpack_imagenet(folder: Path) -> None:
     checks the archives' MD5 sums).  A marker file stands while this runs: an unpacking cut short is done again,
     from scratch, the next time."""
     from filelock import FileLock
+    from torchvision.datasets import ImageNet
 
-    try:
-        from torchvision.datasets import ImageNet
-    except ImportError as e:  # pragma: no cover - torchvision is a dependency
-        raise DatasetError(f"dataset imagenet: torchvision cannot be imported ({_one_line(e)})") from None
     marker = folder / IMAGENET_UNFINISHED
     with FileLock(str(folder / ".imagenet.unpack.lock")):
         if (folder / "train").is_dir() and (folder / "val").is_dir() and not marker.exists():
